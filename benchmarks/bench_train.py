@@ -1,0 +1,123 @@
+"""SAE training throughput, as JSON on stdout.
+
+Two figures from one run on the same device: tokens/s of activations through the SAE training step alone (random
+activations already in memory) and end to end, with the model producing the activations from a text corpus; their
+ratio says how much of training time the model takes.
+
+    python benchmarks/bench_train.py [--model default] [--layer 12] [--tokens 65536] [--device auto] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from steering.corpus import load_corpus
+from steering.models import load_model
+from steering.sae import HookPoint
+from steering.train import TrainConfig, train, train_on_activations
+
+PROSE = (
+    "The harbour was quiet in the grey morning, and the boats knocked softly against the pier. She walked along "
+    "the water with the letter in her pocket, thinking of her brother and of the bank that would not wait. "
+    "Gulls argued over the nets; a ferry left for the islands; by noon the sun broke through and children ran "
+    "across the wet sand while a dog chased the waves. In the evening the wind rose, the lamps came on one by one, "
+    "and the town settled into the long blue dusk of late summer."
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--layer", type=int, default=12)
+    ap.add_argument("--tokens", type=int, default=65_536)
+    ap.add_argument("--expansion", type=int, default=8)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tiny", action="store_true", help="a tiny random model (smoke test)")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args()
+
+    if args.tiny:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from conftest import save_tiny_model
+
+        folder = tempfile.mkdtemp()
+        save_tiny_model(folder)
+        args.model, args.layer = folder, min(args.layer, 2)
+    lm = load_model(args.model, args.device)
+    device = lm.device
+    cfg = TrainConfig(layer=args.layer, k=args.k, expansion=args.expansion, tokens=args.tokens,
+                      batch_size=args.batch_size, buffer_size=max(args.batch_size * 4, 16_384), log_every=10**9)
+    hook = HookPoint(args.layer)
+    d = lm.d_model
+
+    def random_source(start: int):
+        g = torch.Generator().manual_seed(start)
+        i = start
+        while True:
+            i += 1
+            yield i, torch.randn(args.batch_size, d, generator=g) * 3
+
+    # warm-up, then the SAE step alone
+    train_on_activations(random_source, d, hook, TrainConfig(**{**cfg.__dict__, "tokens": args.batch_size * 2}),
+                         device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    sae_only = train_on_activations(random_source, d, hook, cfg, device=device)
+    _sync(device)
+    sae_seconds = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = "\n\n".join(f"{i}. {PROSE}" for i in range(1 + args.tokens // 80))
+        (Path(tmp) / "corpus.md").write_text(text, encoding="utf-8")
+        corpus = load_corpus(lm.tokenizer, [tmp], separator=next(iter(lm.eos_token_ids), None))
+        _sync(device)
+        t0 = time.perf_counter()
+        full = train(lm, corpus, cfg)
+        _sync(device)
+        full_seconds = time.perf_counter() - t0
+
+    result = {
+        "benchmark": "sae_training_throughput",
+        "model": lm.name,
+        "hook": hook.name,
+        "d_in": d,
+        "d_sae": d * args.expansion,
+        "k": args.k,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "sae_only": {"tokens": sae_only.tokens_seen, "seconds": round(sae_seconds, 3),
+                     "tokens_per_second": round(sae_only.tokens_seen / sae_seconds, 1)},
+        "end_to_end": {"tokens": full.tokens_seen, "seconds": round(full_seconds, 3),
+                       "tokens_per_second": round(full.tokens_seen / full_seconds, 1)},
+    }
+    result["end_to_end_over_sae_only"] = round(
+        result["end_to_end"]["tokens_per_second"] / result["sae_only"]["tokens_per_second"], 3)
+    out = json.dumps(result, indent=2)
+    print(out)
+    if args.out:
+        tmp_path = Path(args.out).with_suffix(".tmp")
+        tmp_path.write_text(out + "\n")
+        os.replace(tmp_path, args.out)
+
+
+if __name__ == "__main__":
+    main()

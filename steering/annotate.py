@@ -1,0 +1,151 @@
+"""Reading features off a document: run the model up to the SAE's layer, encode every token, aggregate by paragraph.
+
+The first position of each forward pass has an outsized residual norm in most models; its features are never
+reported (long documents run in overlapping windows so that only the document's first token is affected).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from .hooks import capture_residual
+from .models import LoadedModel
+from .sae import SAE
+
+
+class FeatureValue(NamedTuple):
+    feature: int
+    activation: float
+
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """One token, its character span in the text, and its strongest features."""
+
+    index: int
+    token_id: int
+    text: str
+    start: int
+    end: int
+    features: tuple[FeatureValue, ...]
+
+
+@dataclass(frozen=True)
+class SpanFeature:
+    """A feature's activity over a span: summed and maximal activation, and on how many tokens it fired."""
+
+    feature: int
+    total: float
+    max: float
+    count: int
+
+
+@dataclass(frozen=True)
+class SpanFeatures:
+    """A paragraph (character offsets, end exclusive) and its top features by summed activation."""
+
+    start: int
+    end: int
+    features: tuple[SpanFeature, ...]
+
+
+@dataclass(frozen=True)
+class Annotation:
+    text: str
+    hook: str
+    tokens: tuple[TokenFeatures, ...]
+    paragraphs: tuple[SpanFeatures, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "tokens": [
+                {**{k: v for k, v in asdict(t).items() if k != "features"},
+                 "features": [{"feature": f.feature, "activation": round(f.activation, 4)} for f in t.features]}
+                for t in self.tokens
+            ],
+            "paragraphs": [
+                {"start": p.start, "end": p.end, "text": self.text[p.start : p.end],
+                 "features": [{"feature": f.feature, "total": round(f.total, 4), "max": round(f.max, 4),
+                               "count": f.count} for f in p.features]}
+                for p in self.paragraphs
+            ],
+        }
+
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+
+
+def paragraphs(text: str) -> list[tuple[int, int]]:
+    """Character spans of the paragraphs: runs of text separated by blank lines, surrounding space trimmed."""
+    spans = []
+    pos = 0
+    for match in [*_PARAGRAPH_BREAK.finditer(text), None]:
+        end = match.start() if match else len(text)
+        chunk = text[pos:end]
+        stripped = chunk.strip()
+        if stripped:
+            lead = len(chunk) - len(chunk.lstrip())
+            spans.append((pos + lead, pos + lead + len(stripped)))
+        if match:
+            pos = match.end()
+    return spans
+
+
+@torch.inference_mode()
+def encode_document(
+    lm: LoadedModel, sae: SAE, text: str, *, window: int = 1024, context: int = 64
+) -> tuple[list[int], list[tuple[int, int]], torch.Tensor]:
+    """Token ids, character offsets and feature activations `[n_tokens, d_sae]` (first token zeroed)."""
+    if sae.hook is None:
+        raise ValueError("The SAE has no hook point.")
+    enc = lm.tokenizer(text, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    feats = torch.zeros(len(ids), sae.d_sae, dtype=torch.float32)
+    start = 0
+    while start < len(ids):
+        end = min(start + window, len(ids))
+        lo = max(0, start - context)
+        chunk = torch.tensor([ids[lo:end]], device=lm.device)
+        resid = capture_residual(lm.model, lm.blocks, sae.hook, chunk)[0]
+        acts = sae.encode(resid[start - lo :].to(sae.device, sae.dtype)).float().cpu()
+        feats[start:end] = acts
+        start = end
+    if len(ids):
+        feats[0] = 0.0
+    return ids, offsets, feats
+
+
+def annotate(
+    lm: LoadedModel, sae: SAE, text: str, *, top_k: int = 5, paragraph_top: int = 8, window: int = 1024
+) -> Annotation:
+    """Per-token top-k features and per-paragraph top features of `text`. Empty text gives an empty annotation."""
+    hook = sae.hook.name if sae.hook else ""
+    if not text.strip():
+        return Annotation(text, hook, (), ())
+    ids, offsets, feats = encode_document(lm, sae, text, window=window)
+    k = min(top_k, sae.d_sae)
+    values, indices = feats.topk(k, dim=-1) if k else (torch.zeros(len(ids), 0), torch.zeros(len(ids), 0))
+    tokens = []
+    for i, (token_id, (start, end)) in enumerate(zip(ids, offsets, strict=True)):
+        fv = tuple(FeatureValue(int(f), float(v)) for v, f in zip(values[i].tolist(), indices[i].tolist(), strict=True)
+                   if v > 0)
+        tokens.append(TokenFeatures(i, token_id, text[start:end], start, end, fv))
+    ends = torch.tensor([max(e - 1, s) for s, e in offsets])
+    spans = []
+    for p_start, p_end in paragraphs(text):
+        mask = (ends >= p_start) & (ends < p_end)
+        if not mask.any():
+            continue
+        block = feats[mask]
+        total, peak, count = block.sum(0), block.max(0).values, (block > 0).sum(0)
+        n = min(paragraph_top, int((total > 0).sum()))
+        top = total.topk(n).indices.tolist() if n else []
+        spans.append(SpanFeatures(p_start, p_end, tuple(
+            SpanFeature(int(f), float(total[f]), float(peak[f]), int(count[f])) for f in top)))
+    return Annotation(text, hook, tuple(tokens), tuple(spans))

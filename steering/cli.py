@@ -1,0 +1,382 @@
+"""`tinymorph`: the engine on the command line. Every command takes `--json`; errors are one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import POSITIONS, EngineConfig, SamplingConfig
+from .errors import TinymorphError
+
+EXIT_USAGE = 2
+
+
+def _common(parser: argparse.ArgumentParser, *, sae: bool = True) -> None:
+    g = parser.add_argument_group("model and SAE")
+    g.add_argument("--model", default="default",
+                   help="default (SmolLM2-135M-Instruct), a model folder, a .gguf file or a hub id")
+    if sae:
+        g.add_argument("--sae", default="default",
+                       help="default, none, or an SAE folder/file (SAELens, sparsify, Gemma Scope)")
+        g.add_argument("--sae-layer", type=int, default=None, help="layer of an SAE whose files do not say it")
+        g.add_argument("--layer", type=int, default=None, help="hook layer for vector steering without an SAE")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the model")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinymorph", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="model, SAE, layer, device and steering scale")
+    _common(p)
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("annotate", help="features that fire in a text file, per paragraph and token")
+    p.add_argument("file", help="a text or Markdown file, or - for standard input")
+    p.add_argument("--top-k", type=int, default=5, help="features kept per token")
+    p.add_argument("--paragraph-top", type=int, default=5, help="features shown per paragraph")
+    _common(p)
+    p.set_defaults(run=cmd_annotate)
+
+    p = sub.add_parser("generate", help="continue a prompt, optionally steered")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--steer", action="append", default=[], metavar="SPEC",
+                   help="F=+S add feature F at strength S; F=clamp:C; F=off. Repeatable.")
+    p.add_argument("--contrast", nargs=2, metavar=("POSITIVE", "NEGATIVE"),
+                   help="steer along mean(residual of POSITIVE) - mean(residual of NEGATIVE)")
+    p.add_argument("--contrast-strength", type=float, default=4.0)
+    p.add_argument("--positions", choices=POSITIONS, default="all", help="where steering applies")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--compare", action="store_true", help="also print the unsteered continuation")
+    _common(p)
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("features", help="feature labels")
+    fsub = p.add_subparsers(dest="features_command", required=True, metavar="SUBCOMMAND")
+    e = fsub.add_parser("explain", help="label, top contexts and logit-lens tokens of a feature")
+    e.add_argument("feature", type=int)
+    e.add_argument("--top", type=int, default=10)
+    _common(e)
+    e.set_defaults(run=cmd_explain)
+    q = fsub.add_parser("search", help="features whose labels or top contexts mention a word")
+    q.add_argument("query")
+    q.add_argument("--limit", type=int, default=20)
+    _common(q)
+    q.set_defaults(run=cmd_search)
+
+    t = sub.add_parser("train-sae", help="train an SAE on the model's residual stream over your text")
+    t.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help="text/Markdown files, folders, globs")
+    t.add_argument("--layer", type=int, required=True)
+    t.add_argument("--site", choices=["resid_post", "resid_pre"], default="resid_post")
+    t.add_argument("--tokens", type=int, default=1_000_000, help="training tokens (activations)")
+    t.add_argument("--arch", choices=["topk", "relu", "jumprelu"], default="topk")
+    t.add_argument("--k", type=int, default=32)
+    t.add_argument("--expansion", type=int, default=8)
+    t.add_argument("--out", required=True, help="output folder (SAELens layout + feature stats + labels.json)")
+    t.add_argument("--overwrite", action="store_true", help="replace an SAE already in --out")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint an interrupted run left")
+    t.add_argument("--plot", metavar="PNG", help="also write training curves to this PNG (and into --out)")
+    t.add_argument("--half", action="store_true", help="store weights in float16")
+    t.add_argument("--context", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=4096)
+    t.add_argument("--model-batch", type=int, default=8)
+    t.add_argument("--buffer-size", type=int, default=65_536)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--sparsity", type=float, default=None, help="L1 (relu) or L0 (jumprelu) coefficient")
+    t.add_argument("--dead-tokens", type=int, default=200_000)
+    t.add_argument("--stats-tokens", type=int, default=100_000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--allow-repeat", action="store_true", help="cycle a corpus smaller than --tokens")
+    _common(t, sae=False)
+    t.set_defaults(run=cmd_train)
+
+    v = sub.add_parser("eval-sae", help="FVU, L0, dead latents and CE-loss recovered on held-out text")
+    v.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
+    v.add_argument("--tokens", type=int, default=20_000)
+    v.add_argument("--context", type=int, default=128)
+    _common(v)
+    v.set_defaults(run=cmd_eval)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _progress_bar(enabled: bool) -> tuple[Callable[[str], None], Callable[[], None]]:
+    if not enabled:
+        return (lambda _s: None), (lambda: None)
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, file=sys.stderr, bar_format="{desc} [{elapsed}]", leave=False)
+
+    def update(stage: str) -> None:
+        bar.set_description_str(f"tinymorph: {stage}")
+
+    return update, bar.close
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from .engine import Engine
+
+    config = EngineConfig(model=args.model, sae=args.sae, device=args.device, dtype=args.dtype,
+                          sae_layer=args.sae_layer, layer=args.layer, trust_remote_code=args.trust_remote_code)
+    update, close = _progress_bar(sys.stderr.isatty())
+    try:
+        return Engine.load(config, progress=update)
+    finally:
+        close()
+
+
+def _emit(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _engine(args).info()
+    if args.json:
+        _emit(info.to_dict())
+    else:
+        for key, value in info.to_dict().items():
+            print(f"{key:17} {value}")
+    return 0
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    p = Path(path)
+    if not p.is_file():
+        raise TinymorphError(f"No such file: {path}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TinymorphError(f"{path} is not UTF-8 text.") from None
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    text = _read_text(args.file)
+    engine = _engine(args)
+    ann = engine.annotate(text, top_k=args.top_k, paragraph_top=args.paragraph_top)
+    labels = {f.feature: engine.explain(f.feature, top=3).label for p in ann.paragraphs for f in p.features}
+    if args.json:
+        _emit({**ann.to_dict(), "labels": {str(k): v for k, v in labels.items()}})
+        return 0
+    if not ann.paragraphs:
+        print("(no text to annotate)")
+    for para in ann.paragraphs:
+        snippet = text[para.start : para.end].replace("\n", " ")
+        print(f"¶ {snippet[:72]}{'…' if len(snippet) > 72 else ''}")
+        for f in para.features:
+            print(f"   #{f.feature:<6} total {f.total:8.2f}  max {f.max:7.2f}  on {f.count:3} tokens  ⟨{labels[f.feature]}⟩")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .interventions import Intervention, parse_steer
+
+    steering = [parse_steer(s) for s in args.steer]
+    sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                              seed=args.seed, stop=tuple(args.stop), steer_positions=args.positions)
+    engine = _engine(args)
+    if args.contrast:
+        vector = engine.contrast_vector(*args.contrast)
+        steering.append(Intervention("vector", vector=vector, strength=args.contrast_strength))
+    pieces_steered = engine.generate(args.prompt, steering, sampling)  # validates steering before any output
+    result: dict[str, Any] = {"prompt": args.prompt, "steering": [s.to_dict() for s in steering],
+                              "hook": engine.hook.name}
+    if args.compare:
+        plain = "".join(engine.generate(args.prompt, (), sampling))
+        result["unsteered"] = plain
+        if not args.json:
+            print(f"--- unsteered\n{args.prompt}{plain}\n--- steered ({', '.join(map(str, steering)) or 'none'})")
+    if args.json:
+        result["text"] = "".join(pieces_steered)
+        _emit(result)
+        return 0
+    sys.stdout.write(args.prompt)
+    for piece in pieces_steered:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    explanation = _engine(args).explain(args.feature, top=args.top)
+    if args.json:
+        _emit(explanation.to_dict())
+        return 0
+    data = explanation.to_dict()
+    print(f"feature {data['feature']}: ⟨{data['label']}⟩")
+    if data["max_act"] is not None:
+        print(f"max activation {data['max_act']:.3f}, fires on {100 * (data['frequency'] or 0):.3f}% of tokens")
+    print("promotes:   " + "  ".join(repr(t["token"]) for t in data["promoted"]))
+    print("suppresses: " + "  ".join(repr(t["token"]) for t in data["suppressed"]))
+    for ctx in data["contexts"]:
+        print(f"  {ctx['activation']:7.2f}  {ctx['text']}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    hits = _engine(args).search(args.query, args.limit)
+    if args.json:
+        _emit({"query": args.query, "results": [{"feature": f, "score": s, "label": lab} for f, s, lab in hits]})
+        return 0
+    if not hits:
+        print(f"no feature mentions {args.query!r}")
+    for feature, score, label in hits:
+        print(f"#{feature:<6} {score:5.1f}  ⟨{label}⟩")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .corpus import load_corpus
+    from .labels import LABELS_FILE, build_labels, feature_statistics
+    from .models import load_model
+    from .train import (
+        CHECKPOINT_SUFFIX,
+        TrainConfig,
+        dist_info,
+        maybe_init_distributed,
+        out_folder_has_sae,
+        train,
+    )
+
+    out = Path(args.out)
+    checkpoint = out.with_name(out.name + CHECKPOINT_SUFFIX)
+    if out_folder_has_sae(out) and not args.overwrite:
+        raise TinymorphError(f"{out} already holds an SAE; pass --overwrite to replace it.")
+    if out.exists() and not out.is_dir():
+        raise TinymorphError(f"{out} exists and is not a folder.")
+    if args.plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()
+    cfg = TrainConfig(layer=args.layer, site=args.site, arch=args.arch, k=args.k, expansion=args.expansion,
+                      tokens=args.tokens, context=args.context, batch_size=args.batch_size,
+                      model_batch=args.model_batch, buffer_size=args.buffer_size, lr=args.lr, sparsity=args.sparsity,
+                      dead_tokens=args.dead_tokens, seed=args.seed, stats_tokens=args.stats_tokens,
+                      allow_repeat=args.allow_repeat)
+    update, close = _progress_bar(sys.stderr.isatty())
+    lm = load_model(args.model, args.device, args.dtype, trust_remote_code=args.trust_remote_code, progress=update)
+    close()
+    maybe_init_distributed(lm.device)
+    rank, world = dist_info()
+    corpus = load_corpus(lm.tokenizer, args.corpus, separator=next(iter(sorted(lm.eos_token_ids)), None))
+    sys.stderr.write(
+        f"tinymorph: {corpus.n_tokens:,} corpus tokens from {len(corpus.files)} files; training {cfg.arch} "
+        f"{cfg.expansion}x ({cfg.expansion * lm.d_model:,} latents) on blocks.{cfg.layer}.hook_{cfg.site} for "
+        f"{cfg.tokens:,} tokens; shuffle buffer {cfg.buffer_size:,} x {lm.d_model} x 4 B = "
+        f"{cfg.buffer_size * lm.d_model * 4 / 2**20:.0f} MB per rank ({world} rank{'s' * (world > 1)})\n")
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.tokens, unit="tok", unit_scale=True, file=sys.stderr, disable=rank != 0, leave=False)
+
+    def on_progress(point: dict[str, float]) -> None:
+        bar.n = int(point["tokens"])
+        bar.set_postfix(loss=f"{point['loss']:.4f}", fvu=f"{point['fvu']:.3f}", l0=f"{point['l0']:.1f}",
+                        dead=f"{point['dead']:.3f}", refresh=False)
+        bar.refresh()
+
+    model_spec = lm.source.location if args.model != "default" else f"default ({lm.name}, {Path(lm.source.location).name})"
+    meta = {"model_name": lm.name, "tinymorph": {"model": model_spec, "corpus": corpus.provenance()}}
+    try:
+        result = train(lm, corpus, cfg, progress=on_progress, checkpoint=checkpoint, resume=args.resume,
+                       metadata=meta)
+    finally:
+        bar.close()
+    if rank != 0:
+        return 0
+    sae = result.sae.to(lm.device)
+    sys.stderr.write(f"tinymorph: feature statistics and labels over {cfg.stats_tokens:,} tokens\n")
+    stats = feature_statistics(lm, sae, corpus.tokens, context=cfg.context, tokens=cfg.stats_tokens,
+                               top=cfg.top_contexts)
+    sae.set_feature_stats(stats.max_act, stats.frequency)
+    labels = build_labels(lm, sae, stats, corpus.tokens, context=cfg.context)
+    extra = {LABELS_FILE: json.dumps(labels, ensure_ascii=False).encode()}
+    if args.plot:
+        from .plot import curves_png
+
+        png = curves_png(result.history, f"{lm.name} · {sae.hook} · {cfg.arch}")
+        extra["training_curves.png"] = png
+        plot_path = Path(args.plot)
+        tmp = plot_path.with_name(f".{plot_path.name}.tmp")
+        tmp.write_bytes(png)
+        tmp.replace(plot_path)
+    sae.metadata.setdefault("tinymorph", {})["stats_tokens"] = stats.tokens
+    sae.save(out, dtype=torch_half() if args.half else None, overwrite=True, extra=extra)
+    import shutil
+
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    final = result.history[-1] if result.history else {}
+    summary = {"out": str(out), "tokens_seen": result.tokens_seen, "seconds": round(result.seconds, 1),
+               "tokens_per_second": round(result.tokens_seen / max(result.seconds, 1e-9), 1),
+               "final": final, "dead_fraction_at_end": sae.metadata["tinymorph"]["dead_fraction_at_end"]}
+    if args.json:
+        _emit(summary)
+    else:
+        print(f"saved {out}: {result.tokens_seen:,} tokens in {result.seconds:.0f} s; final FVU "
+              f"{final.get('fvu', float('nan')):.3f}, L0 {final.get('l0', float('nan')):.1f}")
+    return 0
+
+
+def torch_half() -> Any:
+    import torch
+
+    return torch.float16
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .corpus import load_corpus
+    from .evaluate import evaluate
+
+    engine = _engine(args)
+    sae = engine.require_sae("eval-sae")
+    corpus = load_corpus(engine.lm.tokenizer, args.corpus, separator=next(iter(sorted(engine.lm.eos_token_ids)), None),
+                         max_tokens=args.tokens * 2 + args.context)
+    result = evaluate(engine.lm, sae, corpus, tokens=args.tokens, context=args.context)
+    data = {"model": engine.lm.name, "sae": sae.source, "hook": sae.hook.name if sae.hook else None,
+            **result.to_dict()}
+    if args.json:
+        _emit(data)
+    else:
+        for key, value in data.items():
+            print(f"{key:14} {value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="tinymorph: %(message)s")
+    try:
+        return int(args.run(args))
+    except TinymorphError as exc:
+        sys.stderr.write(f"tinymorph: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("tinymorph: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug, not bad input: one line, and the traceback with -v
+        if args.verbose:
+            raise
+        sys.stderr.write(f"tinymorph: internal error: {type(exc).__name__}: {exc} (run with -v for details)\n")
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

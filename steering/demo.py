@@ -1,0 +1,78 @@
+"""`python -m steering.demo [--sae PATH]`: a tour of the engine on the default model, for `make demo`.
+
+Loads the model and SAE once, then: what is loaded; the features of each paragraph of a sample text; what one
+feature means; a continuation steered toward it next to the unsteered one; and a contrastive steering vector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import EngineConfig, SamplingConfig
+from .engine import Engine
+from .errors import TinymorphError
+from .interventions import Intervention
+
+SAMPLE = Path(__file__).parent / "data" / "sample.md"
+
+
+def say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def run(sae: str, model: str) -> None:
+    engine = Engine.load(EngineConfig(model=model, sae=sae))
+    info = engine.info()
+    say(f"== model {info.model} ({info.layers} layers, {info.device}, {info.dtype}); SAE: "
+        f"{info.sae or 'none'} at {info.hook}")
+    sampling = SamplingConfig(max_tokens=32)
+    if engine.sae is not None:
+        text = SAMPLE.read_text(encoding="utf-8")
+        ann = engine.annotate(text)
+        say(f"\n== features per paragraph of {SAMPLE.name} (label: activating tokens → promoted tokens)")
+        for para in ann.paragraphs:
+            snippet = text[para.start : para.end].replace("\n", " ")
+            say(f"¶ {snippet[:70]}…")
+            for f in para.features[:4]:
+                say(f"    #{f.feature:<5} Σ {f.total:7.1f}  max {f.max:5.1f}  ⟨{engine.label(f.feature)}⟩")
+        feature = ann.paragraphs[-1].features[0].feature
+        ex = engine.explain(feature, top=6)
+        say(f"\n== feature {feature}: ⟨{ex.label}⟩")
+        say("promotes: " + " ".join(repr(t.token) for t in ex.lens.promoted))
+        for context, act in ex.contexts[:4]:
+            say(f"  {act:6.2f}  {context}")
+        prompt = "The afternoon in the town was"
+        say(f"\n== greedy continuation of {prompt!r}, unsteered vs steered toward feature {feature} (+6)")
+        say("unsteered: " + "".join(engine.generate(prompt, (), sampling)).strip())
+        say("steered:   " + "".join(engine.generate(prompt, [Intervention("add", feature, strength=6.0)],
+                                                   sampling)).strip())
+    else:
+        say("\n(no SAE: feature annotation skipped; pass --sae PATH)")
+    prompt = "The morning by the harbour was"
+    vector = engine.contrast_vector(
+        "A violent storm: thunder, lightning, howling wind, crashing waves, torrential rain.",
+        "A calm, sunny, peaceful morning: still water, blue sky, warm light.")
+    say(f"\n== {prompt!r}, unsteered vs along a contrastive calm → stormy vector (+1.5)")
+    say("unsteered: " + "".join(engine.generate(prompt, (), sampling)).strip())
+    say("steered:   " + "".join(engine.generate(prompt, [Intervention("vector", vector=vector, strength=1.5)],
+                                               sampling)).strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sae", default="default")
+    ap.add_argument("--model", default="default")
+    args = ap.parse_args(argv)
+    try:
+        run(args.sae, args.model)
+    except TinymorphError as exc:
+        sys.stderr.write(f"tinymorph: error: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""The engine: one model, at most one SAE, and the operations the language server and the CLI call.
+
+The engine keeps no per-user state: steering sets are passed in with each call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .annotate import Annotation, annotate
+from .config import EngineConfig, SamplingConfig
+from .errors import NoSAEError, SAELoadError, ShapeMismatchError
+from .generate import CancelToken, prompt_ids, stream_text
+from .hooks import capture_residual
+from .interventions import Intervention, SteeringHook
+from .labels import LogitLens, load_labels, logit_lens, search_labels
+from .models import LoadedModel, Progress, _no_progress, load_model
+from .sae import SAE, HookPoint, load_sae
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
+
+# A neutral paragraph whose mean residual norm sets the `add` scale when an SAE has no max_act statistics.
+CALIBRATION_TEXT = (
+    "The library opens at nine in the morning. Visitors can borrow up to five books at a time, and the reading "
+    "room on the second floor is quiet all day. In winter the windows look out over the snow in the park, and in "
+    "summer people sit on the steps outside with coffee, talking about what they have read."
+)
+
+
+def resolve_sae_path(spec: str) -> Path | None:
+    """`none` gives None; `default` the SAE shipped for the default model (None while none is shipped)."""
+    if spec in ("none", ""):
+        return None
+    if spec == "default":
+        return DEFAULT_SAE_DIR if DEFAULT_SAE_DIR.is_dir() else None
+    return Path(spec).expanduser()
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model: str
+    model_source: str
+    layers: int
+    d_model: int
+    device: str
+    dtype: str
+    sae: str | None
+    sae_layout: str | None
+    sae_architecture: str | None
+    d_sae: int | None
+    hook: str | None
+    feature_stats: bool
+    steering_scale: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FeatureExplanation:
+    feature: int
+    label: str
+    max_act: float | None
+    frequency: float | None
+    lens: LogitLens
+    contexts: tuple[tuple[str, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "label": self.label,
+            "max_act": self.max_act,
+            "frequency": self.frequency,
+            "promoted": [{"token": t.token, "score": round(t.score, 4)} for t in self.lens.promoted],
+            "suppressed": [{"token": t.token, "score": round(t.score, 4)} for t in self.lens.suppressed],
+            "contexts": [{"text": text, "activation": act} for text, act in self.contexts],
+        }
+
+
+class Engine:
+    """A loaded model and SAE. Not thread-safe: one worker thread should own it."""
+
+    def __init__(self, lm: LoadedModel, sae: SAE | None = None, *, layer: int | None = None) -> None:
+        self.lm = lm
+        self.sae = sae
+        if sae is not None:
+            if sae.d_in != lm.d_model:
+                raise ShapeMismatchError(
+                    f"The SAE reads vectors of size {sae.d_in}, but {lm.name} has hidden size {lm.d_model}."
+                )
+            if sae.hook is None:
+                raise SAELoadError("The SAE does not say which layer it reads; pass its layer (--sae-layer).")
+            if sae.hook.layer >= lm.n_layers:
+                raise ShapeMismatchError(
+                    f"The SAE reads layer {sae.hook.layer}, but {lm.name} has layers 0 to {lm.n_layers - 1}."
+                )
+            sae.to(lm.device)
+            self.hook = sae.hook
+        else:
+            chosen = lm.n_layers // 2 if layer is None else layer
+            if not 0 <= chosen < lm.n_layers:
+                raise ShapeMismatchError(f"Layer {chosen} is out of range: {lm.name} has layers 0 to {lm.n_layers - 1}.")
+            self.hook = HookPoint(chosen, "resid_post")
+        self._fallback_scale: float | None = None
+        self._labels: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, config: EngineConfig, progress: Progress = _no_progress) -> Engine:
+        lm = load_model(config.model, config.device, config.dtype, trust_remote_code=config.trust_remote_code,
+                        progress=progress)
+        sae = None
+        sae_path = resolve_sae_path(config.sae)
+        if sae_path is not None:
+            progress(f"loading SAE {sae_path}")
+            sae = load_sae(sae_path, layer=config.sae_layer)
+            if config.sae_layer is not None and sae.hook is not None and sae.hook.layer != config.sae_layer:
+                sae.hook = HookPoint(config.sae_layer, sae.hook.site)
+        elif config.sae == "default":
+            log.info("No default SAE is shipped yet; running without one.")
+        return cls(lm, sae, layer=config.layer)
+
+    # -------------------------------------------------------------------------------------------- queries
+    def info(self) -> EngineInfo:
+        sae = self.sae
+        if sae is None:
+            scale = "no SAE: only vector steering"
+        elif sae.max_act is not None:
+            scale = "max_act from the SAE's feature statistics"
+        else:
+            scale = (f"fallback: no max_act statistics, so add uses the mean residual norm at {self.hook} "
+                     f"({self.fallback_scale():.3g}) as every feature's scale")
+        return EngineInfo(
+            model=self.lm.name,
+            model_source=self.lm.source.location,
+            layers=self.lm.n_layers,
+            d_model=self.lm.d_model,
+            device=str(self.lm.device),
+            dtype=str(self.lm.dtype).removeprefix("torch."),
+            sae=sae.source if sae else None,
+            sae_layout=sae.layout if sae else None,
+            sae_architecture=sae.architecture if sae else None,
+            d_sae=sae.d_sae if sae else None,
+            hook=self.hook.name,
+            feature_stats=bool(sae is not None and sae.max_act is not None),
+            steering_scale=scale,
+        )
+
+    def require_sae(self, what: str) -> SAE:
+        if self.sae is None:
+            raise NoSAEError(f"{what} needs an SAE: pass --sae PATH (a SAELens, sparsify or Gemma Scope SAE).")
+        return self.sae
+
+    def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8) -> Annotation:
+        return annotate(self.lm, self.require_sae("annotate"), text, top_k=top_k, paragraph_top=paragraph_top)
+
+    def explain(self, feature: int, *, top: int = 10) -> FeatureExplanation:
+        sae = self.require_sae("features explain")
+        lens = logit_lens(self.lm, sae, sae.check_feature(feature), top)
+        entry = (self.labels() or {}).get("features", {}).get(str(feature), {})
+        label = entry.get("label") or " ".join(t.token.strip() or repr(t.token) for t in lens.promoted[:3])
+        return FeatureExplanation(
+            feature=feature,
+            label=label,
+            max_act=None if sae.max_act is None else float(sae.max_act[feature]),
+            frequency=None if sae.frequency is None else float(sae.frequency[feature]),
+            lens=lens,
+            contexts=tuple((c["text"], float(c["activation"])) for c in entry.get("contexts", [])),
+        )
+
+    def labels(self) -> dict[str, Any] | None:
+        """The SAE's labels.json (top contexts and labels per feature), when it has one."""
+        if self._labels is None and self.sae is not None and self.sae.source:
+            self._labels = load_labels(self.sae.source) or {}
+        return self._labels or None
+
+    def label(self, feature: int) -> str:
+        """A short label: from labels.json, else the top promoted tokens."""
+        entry = (self.labels() or {}).get("features", {}).get(str(feature))
+        return entry["label"] if entry else self.explain(feature, top=3).label
+
+    def search(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]:
+        """(feature, score, label) of features whose labels or contexts mention `query`."""
+        self.require_sae("features search")
+        labels = self.labels()
+        if labels is None:
+            raise NoSAEError("features search needs the SAE's labels.json (written by `tinymorph train-sae`).")
+        return [(f, score, labels["features"][str(f)]["label"]) for f, score in search_labels(labels, query, limit)]
+
+    # -------------------------------------------------------------------------------------------- steering
+    def residual(self, text: str) -> torch.Tensor:
+        """The residual `[seq, d]` of `text` at the engine's hook point."""
+        with torch.inference_mode():
+            return capture_residual(self.lm.model, self.lm.blocks, self.hook, prompt_ids(self.lm, text).to(
+                self.lm.device))[0].float()
+
+    def fallback_scale(self) -> float:
+        """Mean residual norm at the hook point over a fixed calibration text (first token left out)."""
+        if self._fallback_scale is None:
+            self._fallback_scale = float(self.residual(CALIBRATION_TEXT)[1:].norm(dim=-1).mean())
+        return self._fallback_scale
+
+    def contrast_vector(self, positive: str, negative: str) -> torch.Tensor:
+        """Mean residual of `positive` minus mean residual of `negative` (first tokens left out)."""
+        pos, neg = self.residual(positive), self.residual(negative)
+        return (pos[1:] if len(pos) > 1 else pos).mean(0) - (neg[1:] if len(neg) > 1 else neg).mean(0)
+
+    def steering_hook(self, steering: Sequence[Intervention]) -> SteeringHook | None:
+        if not steering:
+            return None
+        needs_fallback = self.sae is not None and self.sae.max_act is None and any(
+            i.mode == "add" for i in steering)
+        return SteeringHook(steering, self.sae, self.lm.d_model, self.fallback_scale() if needs_fallback else None)
+
+    def generate(
+        self,
+        prompt: str,
+        steering: Sequence[Intervention] = (),
+        sampling: SamplingConfig | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[str]:
+        """Stream the continuation of `prompt` under a steering set. Bad steering raises here, before any work."""
+        hook = self.steering_hook(steering)
+        return stream_text(self.lm, prompt, sampling or SamplingConfig(), steering=hook, hook=self.hook,
+                           cancel=cancel)
+

@@ -1,0 +1,185 @@
+"""The decode loop: an explicit per-token loop over the model's forward with a KV cache, like nanoGPT's `generate`.
+
+Each step runs one forward pass (the whole prompt at step 0, then one token), picks the next token (greedy at
+temperature 0, else temperature + top-p sampling with a seeded generator), and checks the cancel token before the
+next pass. Steering hooks are registered around each forward pass only, so they can never outlive a step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from .config import SamplingConfig
+from .hooks import residual_hook
+from .interventions import SteeringHook
+from .models import LoadedModel
+from .sae import HookPoint
+
+
+class CancelToken:
+    """Set from any thread; the decode loop stops before its next forward pass."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+def pick_token(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> int:
+    """Greedy at temperature 0; otherwise sample from softmax(logits / T) restricted to the top-p nucleus."""
+    if sampling.temperature == 0:
+        return int(logits.argmax(-1))
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < sampling.top_p
+        keep[..., 0] = True
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _forward_kwargs(model: Any) -> dict[str, Any]:
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
+def decode_token_ids(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    sampling: SamplingConfig,
+    *,
+    steering: SteeringHook | None = None,
+    hook: HookPoint | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[int]:
+    """Yield new token ids one by one; stops at max_tokens, EOS (if asked) or cancellation."""
+    model = lm.model
+    extra = _forward_kwargs(model)
+    eos = lm.eos_token_ids if sampling.stop_at_eos else set()
+    generator = None
+    if sampling.seed is not None and sampling.temperature > 0:
+        generator = torch.Generator(device=lm.device).manual_seed(sampling.seed)
+    ids = input_ids.to(lm.device)
+    past: Any = None
+    with torch.inference_mode():
+        for step in range(sampling.max_tokens):
+            if cancel is not None and cancel.cancelled:
+                return
+            ctx: Any = nullcontext()
+            if steering is not None and not steering.empty and hook is not None:
+                phase = "prompt" if step == 0 else "generated"
+                steering.active = sampling.steer_positions in ("all", phase)
+                ctx = residual_hook(lm.blocks, hook, steering)
+            with ctx:
+                out = model(input_ids=ids, past_key_values=past, use_cache=True, **extra)
+            past = out.past_key_values
+            token = pick_token(out.logits[0, -1], sampling, generator)
+            yield token
+            if token in eos:
+                return
+            ids = torch.tensor([[token]], device=lm.device)
+
+
+class Detokenizer:
+    """Turns a stream of token ids into text pieces, holding back incomplete UTF-8 sequences.
+
+    Decodes a short window (a few tokens of context plus the new ones) rather than everything so far, so each step
+    costs the same however long the output grows; the context keeps SentencePiece's leading spaces right.
+    """
+
+    def __init__(self, tokenizer: Any, context: list[int]) -> None:
+        self.tokenizer = tokenizer
+        self.ids = list(context[-4:])
+        self.prefix = 0
+        self.read = len(self.ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+
+class StopScanner:
+    """Cuts the stream before the first stop string, holding back text that may be the start of one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.buffer = ""
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        self.buffer += piece
+        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.buffer = self.buffer[: min(hits)], ""
+            return out
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.buffer)), hold, -1):
+                if self.buffer.endswith(stop[:n]):
+                    hold = n
+                    break
+        out = self.buffer[: len(self.buffer) - hold]
+        self.buffer = self.buffer[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
+
+
+def prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
+    """Token ids `[1, n]` of a prompt; an empty prompt starts from the BOS (or EOS) token."""
+    ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"] if prompt else None
+    if ids is None or ids.shape[1] == 0:
+        start = lm.tokenizer.bos_token_id
+        if start is None:
+            start = next(iter(sorted(lm.eos_token_ids)), 0)
+        ids = torch.tensor([[start]])
+    return ids
+
+
+def stream_text(
+    lm: LoadedModel,
+    prompt: str,
+    sampling: SamplingConfig,
+    *,
+    steering: SteeringHook | None = None,
+    hook: HookPoint | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[str]:
+    """Yield text pieces of the continuation of `prompt`."""
+    ids = prompt_ids(lm, prompt)
+    detok = Detokenizer(lm.tokenizer, ids[0].tolist())
+    scanner = StopScanner(sampling.stop)
+    eos = lm.eos_token_ids if sampling.stop_at_eos else set()
+    for token in decode_token_ids(lm, ids, sampling, steering=steering, hook=hook, cancel=cancel):
+        if token in eos:
+            break
+        piece = scanner.push(detok.push(token))
+        if piece:
+            yield piece
+        if scanner.stopped:
+            return
+    tail = scanner.flush()
+    if tail:
+        yield tail

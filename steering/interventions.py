@@ -1,0 +1,153 @@
+"""Steering as data: a list of interventions applied together to the residual stream at the SAE's hook point.
+
+- `add`:    h + strength * scale[f] * W_dec[f] / |W_dec[f]|, where scale[f] is the feature's `max_act` (from the
+            SAE's per-feature statistics) or, without statistics, the mean residual norm at that layer;
+- `clamp`:  h + (c - f(h)) * W_dec[f], i.e. set feature f to c and keep the SAE's error term;
+- `ablate`: clamp to 0;
+- `vector`: h + strength * v for a raw vector v of the residual's size (contrastive steering vectors).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import SteeringSpecError
+from .sae import SAE
+
+MODES = ("add", "clamp", "ablate", "vector")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One change to the residual stream."""
+
+    mode: str
+    """`add`, `clamp`, `ablate` or `vector`."""
+    feature: int | None = None
+    """The SAE feature (all modes but `vector`)."""
+    strength: float = 1.0
+    """Multiplier for `add` and `vector`."""
+    value: float = 0.0
+    """Target activation for `clamp`."""
+    vector: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """The raw direction for `vector`, of the residual's size."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SteeringSpecError(f"Unknown steering mode {self.mode!r}: use one of {', '.join(MODES)}.")
+        if self.mode == "vector":
+            if self.vector is None or self.vector.ndim != 1:
+                raise SteeringSpecError("A vector intervention needs a 1-D vector.")
+        elif not isinstance(self.feature, int) or isinstance(self.feature, bool) or self.feature < 0:
+            raise SteeringSpecError(f"A {self.mode} intervention needs a feature index >= 0, not {self.feature!r}.")
+        for name in ("strength", "value"):
+            if not math.isfinite(getattr(self, name)):
+                raise SteeringSpecError(f"{name} must be a finite number.")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode}
+        if self.feature is not None:
+            out["feature"] = self.feature
+        if self.mode in ("add", "vector"):
+            out["strength"] = self.strength
+        if self.mode == "clamp":
+            out["value"] = self.value
+        return out
+
+    def __str__(self) -> str:
+        if self.mode == "add":
+            return f"{self.feature}={self.strength:+g}"
+        if self.mode == "clamp":
+            return f"{self.feature}=clamp:{self.value:g}"
+        if self.mode == "ablate":
+            return f"{self.feature}=off"
+        return f"vector={self.strength:+g}"
+
+
+_SPEC = re.compile(r"^\s*(\d+)\s*=\s*(.+?)\s*$")
+SPEC_HELP = "F=+S (add), F=-S, F=clamp:C, F=off (ablate), e.g. 1234=+4"
+
+
+def parse_steer(spec: str) -> Intervention:
+    """Parse a CLI steering spec: `F=+S`, `F=-S`, `F=S`, `F=clamp:C`, `F=off`."""
+    match = _SPEC.match(spec)
+    if not match:
+        raise SteeringSpecError(f"Cannot parse steering spec {spec!r}: expected {SPEC_HELP}.")
+    feature, rhs = int(match.group(1)), match.group(2).lower()
+    if rhs in ("off", "ablate", "0x"):
+        return Intervention("ablate", feature)
+    try:
+        if rhs.startswith("clamp:"):
+            return Intervention("clamp", feature, value=float(rhs.removeprefix("clamp:")))
+        return Intervention("add", feature, strength=float(rhs))
+    except ValueError:
+        raise SteeringSpecError(f"Cannot parse steering spec {spec!r}: expected {SPEC_HELP}.") from None
+
+
+class SteeringHook:
+    """The residual function that applies a steering set; `active` switches it per decode phase."""
+
+    def __init__(
+        self,
+        interventions: Sequence[Intervention],
+        sae: SAE | None,
+        d_model: int,
+        fallback_scale: float | None,
+    ) -> None:
+        self.active = True
+        self.sae = sae
+        self.d_model = d_model
+        self.vector = torch.zeros(d_model, dtype=torch.float32)
+        self.per_token: list[tuple[int, float]] = []  # add under per-token input normalisation
+        self.clamps: dict[int, float] = {}
+        for item in interventions:
+            if item.mode == "vector":
+                assert item.vector is not None
+                if item.vector.shape[0] != d_model:
+                    raise SteeringSpecError(
+                        f"The steering vector has size {item.vector.shape[0]}, the residual stream {d_model}."
+                    )
+                self.vector += item.strength * item.vector.detach().float().cpu()
+                continue
+            if sae is None:
+                raise SteeringSpecError(f"Feature steering ({item}) needs an SAE; none is loaded.")
+            feature = sae.check_feature(item.feature)  # type: ignore[arg-type]
+            if item.mode == "add":
+                if sae.max_act is None and fallback_scale is None:
+                    raise SteeringSpecError("add steering needs max_act statistics or a fallback scale.")
+                scale = float(sae.max_act[feature]) if sae.max_act is not None else float(fallback_scale or 0.0)
+                if sae.max_act is not None and sae.normalize_activations == "constant_norm_rescale":
+                    self.per_token.append((feature, item.strength * scale))
+                    continue
+                if sae.max_act is not None:
+                    s = sae.input_scale(torch.ones(1, d_model))
+                    scale = scale / float(s) if isinstance(s, float) else scale
+                self.vector += item.strength * scale * sae.direction(feature).cpu()
+            else:
+                self.clamps[feature] = item.value if item.mode == "clamp" else 0.0
+        self.empty = not (self.vector.any() or self.per_token or self.clamps)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor | None:
+        if not self.active or self.empty:
+            return None
+        self.vector = self.vector.to(h.device)
+        out = h.float() + self.vector
+        sae = self.sae
+        if sae is not None and (self.per_token or self.clamps):
+            scale = sae.input_scale(out.to(sae.dtype))
+            scale_f = scale.float() if isinstance(scale, torch.Tensor) else scale
+            for feature, amount in self.per_token:
+                out = out + amount * sae.direction(feature).to(h.device) / scale_f
+            if self.clamps:
+                acts = sae.encode(out.to(sae.dtype)).float()
+                idx = torch.tensor(list(self.clamps), device=sae.device)
+                targets = torch.tensor(list(self.clamps.values()), device=sae.device)
+                delta = (targets - acts[..., idx]) @ sae.W_dec[idx].float()
+                out = out + (delta / scale_f).to(h.device)
+        return out.to(h.dtype)

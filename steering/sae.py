@@ -1,0 +1,497 @@
+"""Sparse autoencoders: four architectures, three on-disk layouts, one class.
+
+Layouts are detected from the path:
+
+- SAELens: `cfg.json` + `sae_weights.safetensors` (v6 and pre-6 config keys);
+- sparsify (EleutherAI): `cfg.json` + `sae.safetensors` in a `layers.L` folder (output of block L);
+- Gemma Scope: `params.npz` (JumpReLU, no `b_dec` subtraction on the input), read with `allow_pickle=False`.
+
+`SAE.save` writes the SAELens layout (and our per-feature statistics beside it), so SAEs made here load in SAELens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import FeatureIndexError, SAELoadError
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("standard", "gated", "jumprelu", "topk")
+NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale")
+SITES = ("resid_pre", "resid_post")
+
+SAELENS_CFG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+FEATURE_STATS = "feature_stats.safetensors"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+GEMMASCOPE_PARAMS = "params.npz"
+
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A place in the residual stream: the input (`resid_pre`) or output (`resid_post`) of block `layer`."""
+
+    layer: int
+    site: str = "resid_post"
+
+    def __post_init__(self) -> None:
+        if self.site not in SITES:
+            raise SAELoadError(f"Unsupported hook site {self.site!r}: tinymorph reads {' or '.join(SITES)}.")
+        if self.layer < 0:
+            raise SAELoadError(f"Hook layer must be >= 0, not {self.layer}.")
+
+    @property
+    def name(self) -> str:
+        """The TransformerLens-style name SAELens uses, e.g. `blocks.8.hook_resid_post`."""
+        return f"blocks.{self.layer}.hook_{self.site}"
+
+    @classmethod
+    def parse(cls, name: str) -> HookPoint:
+        match = _HOOK_RE.match(name.strip())
+        if not match:
+            raise SAELoadError(
+                f"Unsupported hook {name!r}: tinymorph reads the residual stream, blocks.L.hook_resid_pre or "
+                "blocks.L.hook_resid_post."
+            )
+        return cls(int(match.group(1)), match.group(2))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder over one hook point of the residual stream.
+
+    `encode` maps `[..., d_in]` to `[..., d_sae]`, `decode` maps back. Input normalisation (`constant_norm_rescale`,
+    `expected_average_only_in` with a known factor) is applied inside `encode`; `reconstruct` undoes it.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        architecture: str = "topk",
+        *,
+        k: int | None = None,
+        hook: HookPoint | None = None,
+        apply_b_dec_to_input: bool = True,
+        normalize_activations: str = "none",
+        norm_scaling_factor: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise SAELoadError(f"Unknown SAE architecture {architecture!r}: known ones are {', '.join(ARCHITECTURES)}.")
+        if normalize_activations not in NORMALIZATIONS:
+            raise SAELoadError(
+                f"Unsupported normalize_activations {normalize_activations!r}: tinymorph supports "
+                f"{', '.join(NORMALIZATIONS)}."
+            )
+        if architecture == "topk" and (k is None or not 0 < k <= d_sae):
+            raise SAELoadError(f"A TopK SAE needs 0 < k <= d_sae ({d_sae}); got k={k}.")
+        if d_in <= 0 or d_sae <= 0:
+            raise SAELoadError(f"SAE sizes must be positive: d_in={d_in}, d_sae={d_sae}.")
+        self.d_in = d_in
+        self.d_sae = d_sae
+        self.architecture = architecture
+        self.k = k
+        self.hook = hook
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.normalize_activations = normalize_activations
+        self.norm_scaling_factor = norm_scaling_factor
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.layout = "memory"
+        self.source = ""
+
+        def param(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.zeros(*shape, dtype=dtype, device=device), requires_grad=False)
+
+        self.W_enc = param(d_in, d_sae)
+        self.W_dec = param(d_sae, d_in)
+        self.b_dec = param(d_in)
+        if architecture == "gated":
+            self.b_gate = param(d_sae)
+            self.b_mag = param(d_sae)
+            self.r_mag = param(d_sae)
+        else:
+            self.b_enc = param(d_sae)
+        if architecture == "jumprelu":
+            self.threshold = param(d_sae)
+        self.max_act: torch.Tensor | None = None
+        self.frequency: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------------------------------------- weights
+    def weight_names(self) -> list[str]:
+        names = ["W_enc", "W_dec", "b_dec"]
+        names += ["b_gate", "b_mag", "r_mag"] if self.architecture == "gated" else ["b_enc"]
+        if self.architecture == "jumprelu":
+            names.append("threshold")
+        return names
+
+    def load_weights(self, weights: dict[str, torch.Tensor], where: str) -> None:
+        """Copy named tensors in, checking every name and shape; the message names the file."""
+        shapes = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, self.d_in), "b_dec": (self.d_in,)}
+        for name in self.weight_names():
+            expected = shapes.get(name, (self.d_sae,))
+            if name not in weights:
+                raise SAELoadError(f"{where} has no tensor {name!r}, which a {self.architecture} SAE needs.")
+            value = weights[name]
+            if tuple(value.shape) != expected:
+                raise SAELoadError(f"{where}: {name} has shape {list(value.shape)}, expected {list(expected)}.")
+            if not torch.isfinite(value.float()).all():
+                raise SAELoadError(f"{where}: {name} holds NaN or infinite values.")
+            getattr(self, name).data.copy_(value.to(self.W_enc.dtype))
+
+    def set_feature_stats(self, max_act: torch.Tensor | None, frequency: torch.Tensor | None = None) -> None:
+        """Per-feature statistics: `max_act` scales `add` steering; `frequency` is the firing rate."""
+        for name, value in (("max_act", max_act), ("frequency", frequency)):
+            if value is not None and tuple(value.shape) != (self.d_sae,):
+                raise SAELoadError(f"{name} has shape {list(value.shape)}, expected [{self.d_sae}].")
+        self.max_act = None if max_act is None else max_act.detach().float().to(self.W_dec.device)
+        self.frequency = None if frequency is None else frequency.detach().float().to(self.W_dec.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    def check_feature(self, feature: int) -> int:
+        if not isinstance(feature, int) or isinstance(feature, bool) or not 0 <= feature < self.d_sae:
+            raise FeatureIndexError(f"Feature {feature} is out of range: this SAE has features 0 to {self.d_sae - 1}.")
+        return feature
+
+    # ----------------------------------------------------------------------------------------------- maths
+    def input_scale(self, x: torch.Tensor) -> torch.Tensor | float:
+        """The factor s with which the SAE sees `x * s`; 1 without normalisation."""
+        if self.normalize_activations == "constant_norm_rescale":
+            return math.sqrt(self.d_in) / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        if self.normalize_activations == "expected_average_only_in" and self.norm_scaling_factor:
+            return float(self.norm_scaling_factor)
+        return 1.0
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations (the magnitude path for gated SAEs)."""
+        x = x.to(self.dtype) * self.input_scale(x.to(self.dtype))
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        if self.architecture == "gated":
+            return x @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations `[..., d_sae]` of residual vectors `[..., d_in]`."""
+        self._check_input(x)
+        pre = self.pre_acts(x)
+        if self.architecture == "standard":
+            return torch.relu(pre)
+        if self.architecture == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold)
+        if self.architecture == "topk":
+            assert self.k is not None
+            top = pre.topk(self.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+        # gated
+        xs = x.to(self.dtype) * self.input_scale(x.to(self.dtype))
+        if self.apply_b_dec_to_input:
+            xs = xs - self.b_dec
+        gate = (xs @ self.W_enc + self.b_gate) > 0
+        return torch.relu(pre) * gate
+
+    def decode(self, features: torch.Tensor, scale: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Reconstruction from features; pass `scale=input_scale(x)` to return to the model's space."""
+        out = features.to(self.dtype) @ self.W_dec + self.b_dec
+        return out if scale is None else out / scale
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """`decode(encode(x))` in the model's space."""
+        return self.decode(self.encode(x), scale=self.input_scale(x.to(self.dtype))).to(x.dtype)
+
+    def direction(self, feature: int) -> torch.Tensor:
+        """The unit-norm decoder row of a feature (the direction `add` steering moves along)."""
+        row = self.W_dec[self.check_feature(feature)].float()
+        return row / row.norm().clamp_min(1e-12)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise SAELoadError(f"The SAE reads vectors of size {self.d_in}; got size {x.shape[-1]}.")
+
+    # ----------------------------------------------------------------------------------------------- saving
+    def config_dict(self) -> dict[str, Any]:
+        """SAELens v6 config (plus pre-6 keys older loaders read)."""
+        meta = {k: v for k, v in self.metadata.items() if k != "tinymorph"}
+        if self.hook is not None:
+            meta["hook_name"] = self.hook.name
+            meta["hook_layer"] = self.hook.layer
+        cfg: dict[str, Any] = {
+            "architecture": self.architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": "cpu",
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": self.normalize_activations,
+            "reshape_activations": "none",
+            "metadata": meta,
+        }
+        if self.hook is not None:
+            cfg["hook_name"] = self.hook.name
+            cfg["hook_layer"] = self.hook.layer
+        if self.architecture == "topk":
+            cfg["k"] = self.k
+        if self.norm_scaling_factor is not None:
+            cfg["norm_scaling_factor"] = self.norm_scaling_factor
+        if "tinymorph" in self.metadata:
+            cfg["tinymorph"] = self.metadata["tinymorph"]
+        return cfg
+
+    def save(self, folder: str | Path, *, dtype: torch.dtype | None = None, overwrite: bool = False,
+             extra: dict[str, bytes] | None = None) -> Path:
+        """Write the SAELens layout to `folder` atomically (a temporary folder renamed into place).
+
+        `extra` adds files beside the weights (labels.json, training curves) in the same atomic step.
+        """
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise SAELoadError(f"{folder} exists and is not a folder; refusing to replace it.")
+        if folder.exists() and not overwrite and any(folder.iterdir()):
+            raise SAELoadError(f"{folder} already exists and is not empty; refusing to overwrite it.")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            out_dtype = dtype or self.dtype
+            tensors = {n: getattr(self, n).detach().to("cpu", out_dtype).contiguous() for n in self.weight_names()}
+            save_file(tensors, str(tmp / SAELENS_WEIGHTS))
+            cfg = self.config_dict()
+            cfg["dtype"] = str(out_dtype).removeprefix("torch.")
+            (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
+            stats = {n: t.detach().to("cpu", torch.float32).contiguous()
+                     for n, t in (("max_act", self.max_act), ("frequency", self.frequency)) if t is not None}
+            if stats:
+                save_file(stats, str(tmp / FEATURE_STATS))
+            for name, data in (extra or {}).items():
+                (tmp / name).write_bytes(data)
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                os.replace(folder, old)
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def load_sae(
+    path: str | Path,
+    *,
+    layer: int | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> SAE:
+    """Load an SAE from a SAELens, sparsify or Gemma Scope folder or file, detecting the layout.
+
+    `layer` picks one hook point in a sparsify folder holding several, and sets the layer of a Gemma Scope file
+    whose path does not say it.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SAELoadError(f"SAE path not found: {p}")
+    if p.is_file():
+        if p.suffix == ".npz":
+            return _load_gemmascope(p, layer, device, dtype)
+        if p.name in (SAELENS_WEIGHTS, SAELENS_CFG, SPARSIFY_WEIGHTS):
+            p = p.parent
+        else:
+            raise SAELoadError(
+                f"{p} is not an SAE file: expected {SAELENS_WEIGHTS}, {SPARSIFY_WEIGHTS}, {SAELENS_CFG} or a .npz."
+            )
+    if (p / SAELENS_WEIGHTS).is_file():
+        return _load_saelens(p, device, dtype)
+    if (p / SPARSIFY_WEIGHTS).is_file():
+        return _load_sparsify(p, layer, device, dtype)
+    if (p / GEMMASCOPE_PARAMS).is_file():
+        return _load_gemmascope(p / GEMMASCOPE_PARAMS, layer, device, dtype)
+    hookpoints = sorted(
+        (int(m.group(1)), d) for d in p.iterdir()
+        if d.is_dir() and (m := re.fullmatch(r"layers\.(\d+)", d.name)) and (d / SPARSIFY_WEIGHTS).is_file()
+    )
+    if hookpoints:
+        if layer is None and len(hookpoints) == 1:
+            return _load_sparsify(hookpoints[0][1], None, device, dtype)
+        chosen = [d for n, d in hookpoints if n == layer]
+        if not chosen:
+            names = ", ".join(f"layers.{n}" for n, _ in hookpoints)
+            raise SAELoadError(f"{p} holds SAEs for several hook points ({names}); choose one with a layer.")
+        return _load_sparsify(chosen[0], layer, device, dtype)
+    raise SAELoadError(
+        f"No SAE found in {p}: expected {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens), {SAELENS_CFG} + "
+        f"{SPARSIFY_WEIGHTS} (sparsify) or {GEMMASCOPE_PARAMS} (Gemma Scope)."
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SAELoadError(f"{path} is missing.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SAELoadError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SAELoadError(f"{path} must hold a JSON object.")
+    return data
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SAELoadError(f"{path} is not a readable safetensors file: {exc}") from None
+
+
+def _int(cfg: dict[str, Any], key: str, where: Path) -> int:
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SAELoadError(f"{where}: {key!r} must be an integer, got {value!r}.")
+    return value
+
+
+def _saelens_architecture(cfg: dict[str, Any]) -> tuple[str, int | None]:
+    arch = cfg.get("architecture")
+    act = cfg.get("activation_fn") or cfg.get("activation_fn_str")
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    k = cfg.get("k", kwargs.get("k") if isinstance(kwargs, dict) else None)
+    if arch in (None, "standard") and act == "topk":
+        arch = "topk"
+    if arch is None:
+        arch = "standard"
+    if arch == "standard" and act not in (None, "relu", "topk"):
+        raise SAELoadError(f"Unsupported activation function {act!r} for a standard SAE.")
+    return str(arch), (int(k) if isinstance(k, (int, float)) else None)
+
+
+def _load_saelens(folder: Path, device: torch.device | str, dtype: torch.dtype) -> SAE:
+    cfg_path = folder / SAELENS_CFG
+    cfg = _read_json(cfg_path)
+    arch, k = _saelens_architecture(cfg)
+    meta = cfg.get("metadata") or cfg.get("meta") or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    hook_name = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    hook = HookPoint.parse(str(hook_name)) if hook_name else None
+    factor = cfg.get("norm_scaling_factor", cfg.get("scaling_factor"))
+    weights = _read_safetensors(folder / SAELENS_WEIGHTS)
+    if factor is None and "scaling_factor" in weights:
+        factor = float(weights.pop("scaling_factor").float().reshape(-1)[0])
+    normalize = cfg.get("normalize_activations") or "none"
+    if normalize == "expected_average_only_in" and factor is None:
+        log.warning("%s: expected_average_only_in without a stored factor; assuming it was folded into the weights.",
+                    folder)
+    sae = SAE(
+        _int(cfg, "d_in", cfg_path),
+        _int(cfg, "d_sae", cfg_path),
+        arch,
+        k=k,
+        hook=hook,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+        normalize_activations=str(normalize),
+        norm_scaling_factor=None if factor is None else float(factor),
+        metadata={**meta, **({"tinymorph": cfg["tinymorph"]} if "tinymorph" in cfg else {})},
+        dtype=dtype,
+        device=device,
+    )
+    sae.load_weights(weights, str(folder / SAELENS_WEIGHTS))
+    stats_path = folder / FEATURE_STATS
+    if stats_path.is_file():
+        stats = _read_safetensors(stats_path)
+        sae.set_feature_stats(stats.get("max_act"), stats.get("frequency"))
+    sae.layout, sae.source = "saelens", str(folder)
+    return sae
+
+
+def _load_sparsify(folder: Path, layer: int | None, device: torch.device | str, dtype: torch.dtype) -> SAE:
+    cfg_path = folder / SAELENS_CFG
+    cfg = _read_json(cfg_path)
+    weights = _read_safetensors(folder / SPARSIFY_WEIGHTS)
+    d_in = _int(cfg, "d_in", cfg_path)
+    if isinstance(cfg.get("num_latents"), int) and cfg["num_latents"] > 0:
+        d_sae = cfg["num_latents"]
+    else:
+        d_sae = d_in * _int(cfg, "expansion_factor", cfg_path)
+    if re.fullmatch(r"layers\.\d+\..+", folder.name):
+        raise SAELoadError(f"{folder}: hook point {folder.name!r} is not the residual stream (want layers.L).")
+    unsupported = [key for key in ("transcode", "skip_connection") if cfg.get(key)]
+    if "W_skip" in weights:
+        unsupported.append("W_skip")
+    if cfg.get("activation", "topk") != "topk":
+        unsupported.append(f"activation={cfg['activation']}")
+    if unsupported:
+        raise SAELoadError(f"{folder}: sparsify options {', '.join(unsupported)} are not supported (plain TopK only).")
+    match = re.fullmatch(r"layers\.(\d+)", folder.name)
+    if match:
+        hook: HookPoint | None = HookPoint(int(match.group(1)), "resid_post")
+    elif layer is not None:
+        hook = HookPoint(layer, "resid_post")
+    else:
+        hook = None
+    rename = {"encoder.weight": "W_enc", "encoder.bias": "b_enc", "W_dec": "W_dec", "b_dec": "b_dec"}
+    for name in rename:
+        if name not in weights:
+            raise SAELoadError(f"{folder / SPARSIFY_WEIGHTS} has no tensor {name!r}.")
+    tensors = {new: weights[old] for old, new in rename.items()}
+    if tuple(tensors["W_enc"].shape) != (d_sae, d_in):
+        raise SAELoadError(
+            f"{folder / SPARSIFY_WEIGHTS}: encoder.weight has shape {list(tensors['W_enc'].shape)}, "
+            f"expected [{d_sae}, {d_in}]."
+        )
+    tensors["W_enc"] = tensors["W_enc"].T
+    sae = SAE(d_in, d_sae, "topk", k=_int(cfg, "k", cfg_path), hook=hook, apply_b_dec_to_input=True,
+              metadata={"sparsify_cfg": cfg}, dtype=dtype, device=device)
+    sae.load_weights(tensors, str(folder / SPARSIFY_WEIGHTS))
+    sae.layout, sae.source = "sparsify", str(folder)
+    return sae
+
+
+def _load_gemmascope(path: Path, layer: int | None, device: torch.device | str, dtype: torch.dtype) -> SAE:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: torch.from_numpy(np.asarray(data[name], dtype=np.float32)) for name in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise SAELoadError(f"{path} is not a readable .npz file: {exc}") from None
+    if "W_enc" not in arrays or arrays["W_enc"].ndim != 2:
+        raise SAELoadError(f"{path} has no 2-D W_enc array; it is not a Gemma Scope SAE.")
+    d_in, d_sae = arrays["W_enc"].shape
+    if layer is None:  # the nearest enclosing folder named layer_N (Gemma Scope's layout)
+        layer = next((int(m.group(1)) for part in path.parent.parts[::-1]
+                      if (m := re.fullmatch(r"layer_(\d+)", part))), None)
+    hook = HookPoint(layer, "resid_post") if layer is not None else None
+    sae = SAE(d_in, d_sae, "jumprelu", hook=hook, apply_b_dec_to_input=False, dtype=dtype, device=device)
+    sae.load_weights(arrays, str(path))
+    sae.layout, sae.source = "gemmascope", str(path)
+    return sae

