@@ -1,11 +1,55 @@
-"""`python -m lsp_server`: the language server is built in a later step; say so instead of failing obscurely."""
+"""`python -m lsp_server` / `tinymorph serve`: start the language server on stdio (or TCP on 127.0.0.1)."""
 
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
 
+LOCALHOST = "127.0.0.1"
 
-def main() -> int:
-    sys.stderr.write("tinymorph: the language server is not built yet; the engine CLI is `tinymorph`.\n")
-    return 2
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tinymorph serve", description=(
+        "The tinymorph language server: feature hints, hover, steering actions and steered completions. "
+        "Speaks LSP on stdio unless --tcp is given."))
+    ap.add_argument("--stdio", action="store_true", help="speak LSP on stdin/stdout (the default)")
+    ap.add_argument("--tcp", action="store_true", help=f"listen on TCP, on {LOCALHOST} only")
+    ap.add_argument("--port", type=int, default=2087, help="TCP port (default 2087)")
+    ap.add_argument("--log-file", help="also write the server's log to this file")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not 0 < args.port < 65536:
+        sys.stderr.write(f"tinymorph serve: --port must be between 1 and 65535, not {args.port}\n")
+        return 2
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]  # stdout is the protocol
+    if args.log_file:
+        try:
+            handlers.append(logging.FileHandler(args.log_file, encoding="utf-8"))
+        except OSError as exc:
+            sys.stderr.write(f"tinymorph serve: cannot write the log file: {exc}\n")
+            return 2
+    logging.basicConfig(level=level, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pygls").setLevel(max(level, logging.WARNING) if args.verbose < 2 else logging.DEBUG)
+
+    from .server import LogForwarder, create_server
+
+    server = create_server()
+    forwarder = LogForwarder(server)
+    forwarder.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    for name in ("lsp_server", "steering"):
+        logging.getLogger(name).addHandler(forwarder)
+    if args.tcp:
+        server.start_tcp(LOCALHOST, args.port)
+    else:
+        server.start_io()
+    return 0
 
 
 if __name__ == "__main__":

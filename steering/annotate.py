@@ -96,6 +96,51 @@ def paragraphs(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]»”’]*(\s+)|(\n[ \t]*\n)")
+GRANULARITIES = ("paragraph", "sentence", "line")
+
+
+def _trimmed(text: str, cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for start, end in cuts:
+        chunk = text[start:end]
+        if chunk.strip():
+            lead = len(chunk) - len(chunk.lstrip())
+            out.append((start + lead, start + lead + len(chunk.strip())))
+    return out
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences: text up to `.`, `!`, `?` or `…` (and closing quotes) plus space, or a
+    paragraph break."""
+    cuts, pos = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        cuts.append((pos, match.start(1) if match.group(1) is not None else match.start(2)))
+        pos = match.end()
+    cuts.append((pos, len(text)))
+    return _trimmed(text, cuts)
+
+
+def lines(text: str) -> list[tuple[int, int]]:
+    """Character spans of the non-blank lines."""
+    cuts, pos = [], 0
+    for line in text.splitlines(keepends=True):
+        cuts.append((pos, pos + len(line)))
+        pos += len(line)
+    return _trimmed(text, cuts)
+
+
+def split_spans(text: str, granularity: str = "paragraph") -> list[tuple[int, int]]:
+    """Spans of `text` at `granularity`: `paragraph`, `sentence` or `line`."""
+    if granularity == "paragraph":
+        return paragraphs(text)
+    if granularity == "sentence":
+        return sentences(text)
+    if granularity == "line":
+        return lines(text)
+    raise ValueError(f"Unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}.")
+
+
 @torch.inference_mode()
 def encode_document(
     lm: LoadedModel, sae: SAE, text: str, *, window: int = 1024, context: int = 64
@@ -122,9 +167,12 @@ def encode_document(
 
 
 def annotate(
-    lm: LoadedModel, sae: SAE, text: str, *, top_k: int = 5, paragraph_top: int = 8, window: int = 1024
+    lm: LoadedModel, sae: SAE, text: str, *, top_k: int = 5, paragraph_top: int = 8, window: int = 1024,
+    granularity: str = "paragraph",
 ) -> Annotation:
-    """Per-token top-k features and per-paragraph top features of `text`. Empty text gives an empty annotation."""
+    """Per-token top-k features and per-span top features of `text` (spans are paragraphs, sentences or lines, by
+    `granularity`). Empty text gives an empty annotation."""
+    spans_of = split_spans(text, granularity)
     hook = sae.hook.name if sae.hook else ""
     if not text.strip():
         return Annotation(text, hook, (), ())
@@ -138,7 +186,7 @@ def annotate(
         tokens.append(TokenFeatures(i, token_id, text[start:end], start, end, fv))
     ends = torch.tensor([max(e - 1, s) for s, e in offsets])
     spans = []
-    for p_start, p_end in paragraphs(text):
+    for p_start, p_end in spans_of:
         mask = (ends >= p_start) & (ends < p_end)
         if not mask.any():
             continue

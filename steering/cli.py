@@ -33,7 +33,8 @@ def _common(parser: argparse.ArgumentParser, *, sae: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinymorph", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tinymorph", description=__doc__, epilog=(
+        "tinymorph serve [--tcp --port P] [--log-file F] [-v] starts the language server (python -m lsp_server)."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="model, SAE, layer, device and steering scale")

@@ -158,8 +158,11 @@ class Engine:
             raise NoSAEError(f"{what} needs an SAE: pass --sae PATH (a SAELens, sparsify or Gemma Scope SAE).")
         return self.sae
 
-    def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8) -> Annotation:
-        return annotate(self.lm, self.require_sae("annotate"), text, top_k=top_k, paragraph_top=paragraph_top)
+    def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8, granularity: str = "paragraph",
+                 ) -> Annotation:
+        """Features of `text`; `paragraphs` of the result holds spans at `granularity` (paragraph, sentence, line)."""
+        return annotate(self.lm, self.require_sae("annotate"), text, top_k=top_k, paragraph_top=paragraph_top,
+                        granularity=granularity)
 
     def explain(self, feature: int, *, top: int = 10) -> FeatureExplanation:
         sae = self.require_sae("features explain")

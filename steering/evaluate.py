@@ -3,6 +3,10 @@
 The first position of every sequence is left out of all metrics and is never replaced: its residual norm is
 outsized in most models. CE loss is measured three times per batch: clean, with the SAE's reconstruction spliced in
 at the hook, and with the hook's residual zero-ablated; CE recovered = (CE_ablated - CE_sae) / (CE_ablated - CE_clean).
+
+FVU over all tokens is dominated by the few tokens with massive residual norms (beyond the first position, models
+keep some at delimiter tokens), which SAEs reconstruct well; `fvu_typical` leaves out tokens whose norm is above
+`MASSIVE` times the median and says how many (`massive_tokens`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from .hooks import capture_residual, residual_hook
 from .models import LoadedModel
 from .sae import SAE
 
+MASSIVE = 5.0
+"""A token's residual norm above this multiple of the median counts as a massive activation."""
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -30,6 +37,8 @@ class EvalResult:
     ce_sae: float
     ce_ablated: float
     ce_recovered: float
+    fvu_typical: float = float("nan")
+    massive_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -57,6 +66,8 @@ def evaluate(lm: LoadedModel, sae: SAE, corpus: Corpus, *, tokens: int = 20_000,
     n = 0
     ce = {"clean": 0.0, "sae": 0.0, "ablated": 0.0}
     ce_n = 0
+    rows: list[torch.Tensor] = []
+    errors: list[torch.Tensor] = []
     seqs = [ids for _i, ids in corpus.sequences(context)]
     for first in range(0, len(seqs), batch):
         if n >= tokens:
@@ -67,7 +78,10 @@ def evaluate(lm: LoadedModel, sae: SAE, corpus: Corpus, *, tokens: int = 20_000,
         acts = sae.encode(x.to(sae.device, sae.dtype))
         x_hat = sae.decode(acts, scale=sae.input_scale(x.to(sae.dtype))).float().to(x.device)
         flat, flat_hat = x.reshape(-1, x.shape[-1]).double().cpu(), x_hat.reshape(-1, x.shape[-1]).double().cpu()
-        sq_err += float((flat - flat_hat).pow(2).sum())
+        per_token = (flat - flat_hat).pow(2).sum(-1)
+        sq_err += float(per_token.sum())
+        rows.append(flat.float())
+        errors.append(per_token)
         x_sum += flat.sum(0)
         x_sq += float(flat.pow(2).sum())
         l0_sum += float((acts > 0).sum())
@@ -91,7 +105,14 @@ def evaluate(lm: LoadedModel, sae: SAE, corpus: Corpus, *, tokens: int = 20_000,
     total_var_num = x_sq - float(x_sum.pow(2).sum()) / max(1, n)
     ce_clean, ce_sae, ce_abl = (ce[k] / max(1, ce_n) for k in ("clean", "sae", "ablated"))
     recovered = (ce_abl - ce_sae) / (ce_abl - ce_clean) if ce_abl != ce_clean else float("nan")
+    xs, errs = torch.cat(rows), torch.cat(errors)
+    norms = xs.norm(dim=-1)
+    typical = norms <= MASSIVE * norms.median()
+    kept = xs[typical].double()
+    typical_var = float((kept - kept.mean(0)).pow(2).sum()) if len(kept) else 0.0
     return EvalResult(
+        fvu_typical=float(errs[typical].sum()) / max(typical_var, 1e-12),
+        massive_tokens=int((~typical).sum()),
         tokens=n,
         fvu=sq_err / max(total_var_num, 1e-12),
         mse=sq_err / max(1, n * sae.d_in),

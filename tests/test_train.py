@@ -163,6 +163,8 @@ def test_train_eval_and_load_end_to_end(tiny_model_dir: Path, corpus_dir: Path, 
     assert 0 <= ev["fvu"] < 1 and 0 < ev["l0"] <= 8 and 0 <= ev["dead_fraction"] <= 1
     assert ev["ce_recovered"] == pytest.approx(
         (ev["ce_ablated"] - ev["ce_sae"]) / (ev["ce_ablated"] - ev["ce_clean"]), rel=1e-3, abs=1e-3)
+    # a tiny random model has no massive activations: the typical-token FVU is the FVU over all tokens
+    assert ev["massive_tokens"] == 0 and ev["fvu_typical"] == pytest.approx(ev["fvu"], rel=1e-3)
 
     word = alive[0]["activating"][0] if alive[0]["activating"] else "the"
     assert main(["features", "search", word, "--model", str(tiny_model_dir), "--sae", str(out), "--json"]) == 0

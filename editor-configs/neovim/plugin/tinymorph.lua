@@ -1,0 +1,22 @@
+-- :Tinymorph* commands. Nothing starts until require('tinymorph').setup() is called (see lua/tinymorph/init.lua).
+local function tm()
+  return require('tinymorph')
+end
+
+vim.api.nvim_create_user_command('TinymorphSteer', function(a)
+  local feature, strength = tonumber(a.fargs[1]), tonumber(a.fargs[2] or '4')
+  if not feature then
+    vim.notify('tinymorph: usage :TinymorphSteer FEATURE [STRENGTH]', vim.log.levels.ERROR)
+    return
+  end
+  tm().steer(feature, strength)
+end, { nargs = '+', desc = 'tinymorph: steer toward a feature' })
+vim.api.nvim_create_user_command('TinymorphSuppress', function(a)
+  tm().steer(tonumber(a.fargs[1]), 0, 'ablate')
+end, { nargs = 1, desc = 'tinymorph: switch a feature off' })
+vim.api.nvim_create_user_command('TinymorphClear', function() tm().clear() end, { desc = 'tinymorph: clear steering' })
+vim.api.nvim_create_user_command('TinymorphList', function() tm().list() end, { desc = 'tinymorph: list steering' })
+vim.api.nvim_create_user_command('TinymorphSearch', function(a)
+  tm().search(a.args ~= '' and a.args or nil)
+end, { nargs = '?', desc = 'tinymorph: search features' })
+vim.api.nvim_create_user_command('TinymorphStatus', function() tm().status() end, { desc = 'tinymorph: status' })

@@ -1,0 +1,153 @@
+"""Code actions: accept the suggestion, amplify or suppress the selection's top features, rewrite the selection
+with the current steering (resolved lazily), clear steering.
+
+Every edit is a versioned `WorkspaceEdit`: the editor refuses it if the document changed, and the server refuses to
+compute one for a version it no longer has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonRpcRequestCancelled
+
+from .hints import card, short
+from .server import PROMPT_CHARS, Superseded, TinymorphServer
+from .state import DocState
+from .text import PositionError
+
+REWRITE = "tinymorph.rewrite"
+TOP_FEATURES = 3
+KIND_STEER = "refactor.tinymorph"
+KIND_REWRITE = types.CodeActionKind.RefactorRewrite
+
+
+def versioned_edit(state: DocState, version: int, start: int, end: int, text: str) -> types.WorkspaceEdit:
+    return types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+        text_document=types.OptionalVersionedTextDocumentIdentifier(uri=state.doc.uri, version=version),
+        edits=[types.TextEdit(range=state.doc.index.range(start, end), new_text=text)])])
+
+
+def selection_features(state: DocState, lo: int, hi: int) -> list[tuple[int, float]]:
+    """(feature, summed activation) over the annotated tokens in `[lo, hi)`, or in the span at the cursor."""
+    annotated = state.annotated
+    if annotated is None:
+        return []
+    text = state.doc.text
+    if lo == hi:
+        for span in annotated.annotation.paragraphs:
+            at = annotated.locate(text, span.start, span.end)
+            if at is not None and at <= lo <= at + span.end - span.start:
+                return [(f.feature, f.total) for f in span.features]
+        return []
+    totals: dict[int, float] = {}
+    for span in annotated.annotation.paragraphs:
+        at = annotated.locate(text, span.start, span.end)
+        if at is None:
+            continue
+        for tok in annotated.annotation.tokens:
+            start = at + tok.start - span.start
+            if span.start <= tok.start < span.end and lo <= start < hi:
+                for f in tok.features:
+                    totals[f.feature] = totals.get(f.feature, 0.0) + f.activation
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
+def rewrite_budget(selection: str) -> int:
+    """Tokens to generate for a rewrite: about as many as the selection has (4 characters a token), 8 to 256."""
+    return max(8, min(256, len(selection) // 3 + 4))
+
+
+async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: types.Range) -> types.WorkspaceEdit:
+    """The selection regenerated from the text before it, under the workspace's steering."""
+    state = server.state(uri)
+    if state.doc.version != version:
+        raise JsonRpcContentModified(f"{uri} changed (version {state.doc.version}, the action was for {version}).")
+    try:
+        lo, hi = state.doc.index.offsets(rng, strict=True)
+    except PositionError as exc:
+        raise JsonRpcInvalidParams(str(exc)) from None
+    selection = state.doc.text[lo:hi]
+    prompt = state.doc.text[max(0, lo - PROMPT_CHARS):lo]
+    stop = ("\n\n",) if "\n\n" not in selection else ()
+    try:
+        text = await server.generate(uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop)
+    except Superseded:
+        raise JsonRpcRequestCancelled("A newer request for this document took over.") from None
+    if state.doc.version != version or server.docs.get(uri) is not state:
+        raise JsonRpcContentModified(f"{uri} changed while the rewrite ran; nothing was applied.")
+    before = state.doc.text[lo - 1] if lo else "\n"
+    if not selection[:1].isspace() and before.isspace():
+        text = text.lstrip()
+    text = text.rstrip() + selection[len(selection.rstrip()):]
+    return versioned_edit(state, version, lo, hi, text)
+
+
+def register(server: TinymorphServer) -> None:
+    @server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
+        code_action_kinds=[types.CodeActionKind.QuickFix, KIND_REWRITE, types.CodeActionKind.Refactor],
+        resolve_provider=True))
+    def code_actions(ls: TinymorphServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+        state = ls.state(params.text_document.uri)
+        doc = state.doc
+        try:
+            lo, hi = doc.index.offsets(params.range, strict=True)
+        except PositionError as exc:
+            raise JsonRpcInvalidParams(str(exc)) from None
+        uri, version = doc.uri, doc.version
+        actions: list[types.CodeAction] = []
+        s = state.suggestion
+        if s is not None and s.version == version and lo - 1 <= s.offset <= hi + 1:
+            actions.append(types.CodeAction(
+                title=f"Accept suggestion: {short(s.text.strip(), 50)}", kind=types.CodeActionKind.QuickFix,
+                is_preferred=True, edit=versioned_edit(state, version, s.offset, s.offset, s.text)))
+        for feature, _total in selection_features(state, lo, hi)[:TOP_FEATURES]:
+            label = short(card(ls, feature).label, 30)
+            strength = ls.settings.amplify_strength
+            actions.append(types.CodeAction(
+                title=f"Amplify feature {feature} ({label})", kind=f"{KIND_STEER}.amplify",
+                command=types.Command(title="Amplify", command="tinymorph.steer.add", arguments=[
+                    {"feature": feature, "strength": strength, "mode": "add", "uri": uri}])))
+            actions.append(types.CodeAction(
+                title=f"Suppress feature {feature} ({label})", kind=f"{KIND_STEER}.suppress",
+                command=types.Command(title="Suppress", command="tinymorph.steer.add", arguments=[
+                    {"feature": feature, "strength": 0.0, "mode": "ablate", "uri": uri}])))
+        if hi > lo and doc.text[lo:hi].strip():
+            data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
+            steering = ls.steering_for(uri).entries
+            title = "Rewrite selection with current steering" + (
+                f" ({', '.join(e.describe() for e in steering)})" if steering else " (no steering set)")
+            action = types.CodeAction(title=title, kind=KIND_REWRITE, data=data)
+            if not ls.client_supports("text_document.code_action.resolve_support"):
+                action.command = types.Command(title=title, command=REWRITE, arguments=[data])
+            actions.append(action)
+        if ls.steering_for(uri).entries:
+            actions.append(types.CodeAction(
+                title="Clear steering", kind=f"{KIND_STEER}.clear",
+                command=types.Command(title="Clear steering", command="tinymorph.steer.clear", arguments=[
+                    {"uri": uri}])))
+        return actions
+
+    @server.feature(types.CODE_ACTION_RESOLVE)
+    async def resolve(ls: TinymorphServer, action: types.CodeAction) -> types.CodeAction:
+        data = action.data
+        if action.kind != KIND_REWRITE or not isinstance(data, dict):
+            return action
+        uri, version, rng = parse_rewrite_args(ls, data)
+        action.edit = await compute_rewrite(ls, uri, version, rng)
+        return action
+
+
+def parse_rewrite_args(server: TinymorphServer, data: Any) -> tuple[str, int, types.Range]:
+    if not isinstance(data, dict):
+        raise JsonRpcInvalidParams("expected {uri, version, range}")
+    uri, version = data.get("uri"), data.get("version")
+    if not isinstance(uri, str) or not isinstance(version, int) or isinstance(version, bool):
+        raise JsonRpcInvalidParams("expected {uri: string, version: integer, range}")
+    try:
+        rng = server.protocol._converter.structure(data.get("range"), types.Range)
+    except Exception:
+        raise JsonRpcInvalidParams("range must be an LSP range {start: {line, character}, end: {...}}") from None
+    return uri, version, rng
+

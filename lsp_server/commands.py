@@ -1,0 +1,213 @@
+"""`workspace/executeCommand`: steering, feature search and explanation, status, and the edits behind actions.
+
+Every command takes one object argument (or none), checked field by field: a bad one is a JSON-RPC InvalidParams
+error naming the field, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
+
+from steering.errors import TinymorphError
+
+from .actions import REWRITE, compute_rewrite, parse_rewrite_args, versioned_edit
+from .server import TinymorphServer
+from .state import SteerEntry, SteeringError
+from .worker import EngineUnavailable
+
+
+def the_object(args: tuple[Any, ...], command: str) -> dict[str, Any]:
+    if not args:
+        return {}
+    if len(args) != 1 or not isinstance(args[0], dict):
+        raise JsonRpcInvalidParams(f"{command} takes one object argument, e.g. {EXAMPLES.get(command, '{}')}")
+    return args[0]
+
+
+def field_of(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], command: str, default: Any = ...) -> Any:
+    if name not in obj:
+        if default is ...:
+            raise JsonRpcInvalidParams(f"{command}: missing {name!r} (e.g. {EXAMPLES.get(command, '{}')})")
+        return default
+    value = obj[name]
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if kind == (int, float):
+        ok = ok and math.isfinite(value)
+    if not ok:
+        names = {int: "a whole number", str: "a string", (int, float): "a number"}
+        raise JsonRpcInvalidParams(f"{command}: {name!r} must be {names.get(kind, kind)}, not {value!r}")
+    return value
+
+
+EXAMPLES = {
+    "tinymorph.steer.add": '{"feature": 123, "strength": 4, "mode": "add"}',
+    "tinymorph.steer.remove": '{"feature": 123}',
+    "tinymorph.features.search": '{"query": "weather"}',
+    "tinymorph.features.explain": '{"feature": 123}',
+    "tinymorph.suggestion.accept": '{"uri": "file:///...", "version": 3}',
+}
+
+
+@dataclass(frozen=True)
+class SteerAdd:
+    feature: int
+    strength: float
+    mode: str
+    uri: str | None
+
+    @classmethod
+    def parse(cls, args: tuple[Any, ...]) -> SteerAdd:
+        cmd = "tinymorph.steer.add"
+        obj = the_object(args, cmd)
+        mode = field_of(obj, "mode", str, cmd, "add")
+        return cls(feature=field_of(obj, "feature", int, cmd),
+                   strength=float(field_of(obj, "strength", (int, float), cmd, 4.0 if mode == "add" else 0.0)),
+                   mode=mode, uri=field_of(obj, "uri", str, cmd, None))
+
+
+async def engine_call(ls: TinymorphServer, kind: str, fn: Any) -> Any:
+    try:
+        return await ls.run_engine(kind, fn)
+    except EngineUnavailable as exc:
+        raise JsonRpcContentModified(str(exc)) from None
+    except TinymorphError as exc:
+        raise JsonRpcInvalidParams(str(exc)) from None
+
+
+def steering_list(ls: TinymorphServer, uri: str | None) -> dict[str, Any]:
+    steering = ls.steering_for(uri)
+    return {"steering": [e.to_dict() for e in steering.entries],
+            "file": str(steering.path) if steering.path else None}
+
+
+def after_steering_change(ls: TinymorphServer) -> None:
+    """New steering: suggestions are out of date; recompute them and refresh the hints."""
+    for state in ls.docs.values():
+        state.suggestion = None
+        if ls.settings.suggestion and state.last_edit is not None:
+            ls.schedule(state, 0)
+    ls.refresh_hints()
+
+
+async def apply_edit(ls: TinymorphServer, edit: types.WorkspaceEdit, label: str) -> dict[str, Any]:
+    """Ask the client to apply `edit`; its refusal (or failure) is reported, not raised."""
+    try:
+        result = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=label))
+    except Exception as exc:
+        return {"applied": False, "reason": f"the editor did not apply the edit: {exc}"}
+    if result is None or not result.applied:
+        return {"applied": False, "reason": (result.failure_reason if result else None) or "the editor refused"}
+    return {"applied": True}
+
+
+def register(server: TinymorphServer) -> None:
+    @server.command("tinymorph.steer.add")
+    async def steer_add(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        req = SteerAdd.parse(args)
+        try:
+            entry = SteerEntry(req.feature, req.strength, req.mode)
+        except SteeringError as exc:
+            raise JsonRpcInvalidParams(f"tinymorph.steer.add: {exc}") from None
+        label = ""
+        if ls.worker.engine is not None:
+            info = ls.worker.engine.info()
+            if info.d_sae is None:
+                raise JsonRpcInvalidParams("tinymorph.steer.add: the loaded model has no SAE to steer with.")
+            if req.feature >= info.d_sae:
+                raise JsonRpcInvalidParams(f"tinymorph.steer.add: feature {req.feature} does not exist: the SAE "
+                                           f"has features 0 to {info.d_sae - 1}.")
+            card = ls.cards.get(req.feature)
+            label = card.label if card else await engine_call(ls, "label", lambda e: e.label(req.feature))
+        ls.steering_for(req.uri).put(dataclasses.replace(entry, label=label))
+        after_steering_change(ls)
+        return steering_list(ls, req.uri)
+
+    @server.command("tinymorph.steer.remove")
+    def steer_remove(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        cmd = "tinymorph.steer.remove"
+        obj = the_object(args, cmd)
+        feature, uri = field_of(obj, "feature", int, cmd), field_of(obj, "uri", str, cmd, None)
+        if not ls.steering_for(uri).remove(feature):
+            raise JsonRpcInvalidParams(f"{cmd}: feature {feature} is not in the steering set.")
+        after_steering_change(ls)
+        return steering_list(ls, uri)
+
+    @server.command("tinymorph.steer.clear")
+    def steer_clear(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        uri = field_of(the_object(args, "tinymorph.steer.clear"), "uri", str, "tinymorph.steer.clear", None)
+        ls.steering_for(uri).clear()
+        after_steering_change(ls)
+        return steering_list(ls, uri)
+
+    @server.command("tinymorph.steer.list")
+    def steer_list(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        uri = field_of(the_object(args, "tinymorph.steer.list"), "uri", str, "tinymorph.steer.list", None)
+        return steering_list(ls, uri)
+
+    @server.command("tinymorph.features.search")
+    async def search(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        cmd = "tinymorph.features.search"
+        obj = the_object(args, cmd)
+        query = field_of(obj, "query", str, cmd).strip()
+        limit = field_of(obj, "limit", int, cmd, 20)
+        if not query:
+            raise JsonRpcInvalidParams(f"{cmd}: 'query' must not be empty")
+        if not 1 <= limit <= 200:
+            raise JsonRpcInvalidParams(f"{cmd}: 'limit' must be between 1 and 200")
+        found = await engine_call(ls, "search", lambda e: e.search(query, limit))
+        return {"query": query, "features": [{"feature": f, "score": round(s, 4), "label": label}
+                                             for f, s, label in found]}
+
+    @server.command("tinymorph.features.explain")
+    async def explain(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        cmd = "tinymorph.features.explain"
+        feature = field_of(the_object(args, cmd), "feature", int, cmd)
+        result: dict[str, Any] = await engine_call(ls, "explain", lambda e: e.explain(feature).to_dict())
+        return result
+
+    @server.command("tinymorph.status")
+    def status(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        w = ls.worker
+        engine: dict[str, Any] | None = None
+        if w.engine is not None:
+            engine = w.engine.info().to_dict()
+        return {"state": w.state, "error": w.error, "engine": engine, "queueDepth": w.queue_depth,
+                "running": w.running, "latencyMs": dict(w.latency_ms), "documents": len(ls.docs),
+                "positionEncoding": ls.encoding, "hintRefreshes": ls.hint_refreshes,
+                "settings": {k: v for k, v in ls.protocol._converter.unstructure(ls.settings.__dict__).items()}}
+
+    @server.command("tinymorph.document")
+    def document(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        cmd = "tinymorph.document"
+        state = ls.state(field_of(the_object(args, cmd), "uri", str, cmd))
+        a = state.annotated
+        return {"uri": state.doc.uri, "version": state.doc.version, "text": state.doc.text,
+                "annotatedVersion": a.version if a else None,
+                "annotatedRange": [a.base, a.base + len(a.annotation.text)] if a else None,
+                "suggestion": None if state.suggestion is None else {
+                    "version": state.suggestion.version, "offset": state.suggestion.offset,
+                    "text": state.suggestion.text}}
+
+    @server.command("tinymorph.suggestion.accept")
+    async def accept(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        cmd = "tinymorph.suggestion.accept"
+        obj = the_object(args, cmd)
+        uri, version = field_of(obj, "uri", str, cmd), field_of(obj, "version", int, cmd)
+        state = ls.state(uri)
+        s = state.suggestion
+        if state.doc.version != version or s is None or s.version != version:
+            raise JsonRpcContentModified(f"{cmd}: the document changed since the suggestion; nothing was applied.")
+        return await apply_edit(ls, versioned_edit(state, version, s.offset, s.offset, s.text),
+                                "Accept tinymorph suggestion")
+
+    @server.command(REWRITE)
+    async def rewrite(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        uri, version, rng = parse_rewrite_args(ls, the_object(args, REWRITE))
+        edit = await compute_rewrite(ls, uri, version, rng)
+        return await apply_edit(ls, edit, "tinymorph rewrite")

@@ -1,0 +1,70 @@
+"""Steered completions at the cursor: `textDocument/completion` and, as ghost text, `textDocument/inlineCompletion`.
+
+A newer request for the same document cancels the older one (its decode loop stops at the next step), and
+`$/cancelRequest` does the same.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+
+from .hints import short
+from .server import PROMPT_CHARS, Superseded, TinymorphServer
+from .text import PositionError
+
+_WORD_BEFORE = re.compile(r"\w+$")
+
+
+async def continuation(ls: TinymorphServer, uri: str, position: types.Position, kind: str,
+                       ) -> tuple[str, int, int] | None:
+    """(continuation, word start, cursor offset), or None when a newer request took over."""
+    state = ls.state(uri)
+    try:
+        offset = state.doc.index.offset(position, strict=True)
+    except PositionError as exc:
+        raise JsonRpcInvalidParams(str(exc)) from None
+    text = state.doc.text
+    prompt = text[max(0, offset - PROMPT_CHARS):offset]
+    word = _WORD_BEFORE.search(prompt)
+    start = offset - (len(word.group(0)) if word else 0)
+    try:
+        out = await ls.generate(uri, prompt, kind=kind, stop=("\n\n",))
+    except Superseded:
+        return None
+    return out, start, offset
+
+
+def register(server: TinymorphServer) -> None:
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[]))
+    async def completion(ls: TinymorphServer, params: types.CompletionParams) -> types.CompletionList:
+        got = await continuation(ls, params.text_document.uri, params.position, "completion")
+        if got is None or not got[0].strip():
+            return types.CompletionList(is_incomplete=True, items=[])
+        text, start, offset = got
+        doc = ls.state(params.text_document.uri).doc
+        prefix = doc.text[start:offset]
+        steering = ls.steering_for(doc.uri).entries
+        detail = "tinymorph · " + (", ".join(e.describe() for e in steering) if steering else "unsteered")
+        item = types.CompletionItem(
+            label=short(prefix + text.split("\n", 1)[0], 60), kind=types.CompletionItemKind.Text, detail=detail,
+            documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```text\n{text}\n```"),
+            filter_text=prefix + text, sort_text="0",
+            text_edit=types.TextEdit(range=doc.index.range(start, offset), new_text=prefix + text))
+        return types.CompletionList(is_incomplete=False, items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: TinymorphServer, params: types.InlineCompletionParams,
+                                ) -> types.InlineCompletionList | None:
+        got = await continuation(ls, params.text_document.uri, params.position, "inline")
+        if got is None or not got[0].strip():
+            return types.InlineCompletionList(items=[])
+        text, _start, offset = got
+        doc = ls.state(params.text_document.uri).doc
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(
+            insert_text=text, range=doc.index.range(offset, offset))])
+
+
+

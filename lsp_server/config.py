@@ -1,0 +1,161 @@
+"""The server's settings: one typed dataclass, camelCase on the wire, converted and checked in one place.
+
+Settings come from `initializationOptions` and from the `tinymorph` section of `workspace/configuration` (or the
+payload of `workspace/didChangeConfiguration` when the client cannot be asked). A bad value is reported by key and
+replaced by its default; the other settings still apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+GRANULARITIES = ("paragraph", "sentence", "line")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a user can set. Every field has a default; `docs` in the metadata feeds the README table."""
+
+    model: str = _doc("`default` (SmolLM2-135M-Instruct), a local model folder, a `.gguf` file or a hub id.",
+                      default="default")
+    sae: str = _doc("`default` (the SAE shipped for the default model), an SAE folder or file, or `none`.",
+                    default="default")
+    device: str = _doc("`auto` (CUDA when available), `cpu` or `cuda`.", default="auto")
+    dtype: str = _doc("`auto` (bf16 on CUDA, fp32 on CPU), `float32`, `bfloat16` or `float16`.", default="auto")
+    trust_remote_code: bool = _doc("Run the model repository's own code (only for models you trust).",
+                                   default=False)
+    hint_granularity: str = _doc("Where feature hints go: after each `paragraph`, `sentence` or `line`.",
+                                 default="paragraph")
+    hint_count: int = _doc("Features shown in each hint (0 turns feature hints off).", default=3)
+    suggestion: bool = _doc("Show a steered continuation as a hint after the last edit.", default=True)
+    max_tokens: int = _doc("Tokens per suggestion, completion or rewrite.", default=24)
+    temperature: float = _doc("Sampling temperature; 0 is greedy.", default=0.0)
+    debounce_ms: int = _doc("Quiet time after an edit before the model reads the document.", default=300)
+    filetypes: tuple[str, ...] = _doc("Language ids the server annotates.", default=("markdown", "plaintext"))
+    amplify_strength: float = _doc("Strength of the Amplify action and of steering from a hint.", default=4.0)
+    max_chars: int = _doc("Longer documents are annotated only around the visible range, in a window this big.",
+                          default=12000)
+
+    def __post_init__(self) -> None:
+        problems = validate(self)
+        if problems:
+            raise ValueError("; ".join(problems.values()))
+
+    def engine_key(self) -> tuple[str, str, str, str, bool]:
+        """The settings whose change needs the model or SAE reloaded."""
+        return (self.model, self.sae, self.device, self.dtype, self.trust_remote_code)
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def schema() -> list[dict[str, Any]]:
+    """The settings as the README and the VS Code extension describe them: camelCase name, type, default, doc."""
+    out = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        kind = {"str": "string", "bool": "boolean", "int": "integer", "float": "number"}.get(
+            str(f.type), "array")
+        out.append({"name": camel(f.name), "type": kind,
+                    "default": list(default) if isinstance(default, tuple) else default, "doc": f.metadata["doc"]})
+    return out
+
+
+def _check(name: str, value: Any) -> str | None:
+    """Why `value` is not valid for field `name`, or None."""
+    kind = str(FIELDS[name].type)
+    key = camel(name)
+    if kind == "str" and not isinstance(value, str):
+        return f"{key} must be a string"
+    if kind == "bool" and not isinstance(value, bool):
+        return f"{key} must be true or false"
+    if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        return f"{key} must be a whole number"
+    if kind == "float" and (not isinstance(value, int | float) or isinstance(value, bool)):
+        return f"{key} must be a number"
+    if kind.startswith("tuple") and (not isinstance(value, list | tuple) or
+                                     not all(isinstance(v, str) and v for v in value)):
+        return f"{key} must be a list of language ids"
+    if name == "device" and value not in DEVICES:
+        return f"{key} must be one of {', '.join(DEVICES)}"
+    if name == "dtype" and value not in DTYPES:
+        return f"{key} must be one of {', '.join(DTYPES)}"
+    if name == "hint_granularity" and value not in GRANULARITIES:
+        return f"{key} must be one of {', '.join(GRANULARITIES)}"
+    if name in ("model", "sae") and not value.strip():
+        return f"{key} must not be empty"
+    if name == "hint_count" and not 0 <= value <= 20:
+        return f"{key} must be between 0 and 20"
+    if name == "max_tokens" and not 1 <= value <= 512:
+        return f"{key} must be between 1 and 512"
+    if name == "temperature" and not 0 <= value <= 5:
+        return f"{key} must be between 0 and 5"
+    if name == "debounce_ms" and not 0 <= value <= 10_000:
+        return f"{key} must be between 0 and 10000"
+    if name == "amplify_strength" and not 0 < value <= 100:
+        return f"{key} must be above 0 and at most 100"
+    if name == "max_chars" and not 200 <= value <= 1_000_000:
+        return f"{key} must be between 200 and 1000000"
+    return None
+
+
+def validate(settings: Settings) -> dict[str, str]:
+    problems = {}
+    for name in FIELDS:
+        problem = _check(name, getattr(settings, name))
+        if problem:
+            problems[camel(name)] = problem
+    return problems
+
+
+def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Settings from a camelCase mapping (`None` = nothing set) on top of `base`, and the problems found.
+
+    Unknown keys and bad values are reported; a bad value keeps the default. Accepts the section itself or an object
+    holding it under `tinymorph`.
+    """
+    base = base or Settings()
+    values = {name: getattr(base, name) for name in FIELDS}
+    problems: list[str] = []
+    if raw is None:
+        return Settings(**values), problems
+    if not isinstance(raw, dict):
+        return Settings(**values), ["tinymorph settings must be an object"]
+    if isinstance(raw.get("tinymorph"), dict):
+        raw = raw["tinymorph"]
+    for key, value in raw.items():
+        name = snake(str(key))
+        if name not in FIELDS:
+            problems.append(f"unknown setting {key!r}")
+            continue
+        problem = _check(name, value)
+        if problem:
+            problems.append(f"{problem} (got {value!r}); using the default {camel_default(name)!r}")
+            values[name] = FIELDS[name].default
+            continue
+        values[name] = tuple(value) if isinstance(value, list) else (float(value) if str(FIELDS[name].type) ==
+                                                                      "float" else value)
+    return Settings(**values), problems
+
+
+def camel_default(name: str) -> Any:
+    default = FIELDS[name].default
+    return list(default) if isinstance(default, tuple) else default

@@ -1,0 +1,109 @@
+"""Inlay hints: the top features at the end of each paragraph (or sentence, or line), and the steered suggestion.
+
+Answered from the last finished annotation, never waiting for the model. Spans whose text changed since that
+annotation get no hint until the next one arrives.
+"""
+
+from __future__ import annotations
+
+from lsprotocol import types
+
+from .server import FeatureCard, TinymorphServer
+from .state import DocState
+
+LABEL_CHARS = 22
+SUGGESTION_CHARS = 60
+
+
+def short(label: str, limit: int = LABEL_CHARS) -> str:
+    label = " ".join(label.split())
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def num(x: float) -> str:
+    """An activation for display: one decimal from 1 up, two significant digits below."""
+    return f"{x:.1f}" if abs(x) >= 1 else f"{x:.2g}"
+
+
+def card(server: TinymorphServer, feature: int) -> FeatureCard:
+    return server.cards.get(feature) or FeatureCard(f"#{feature}", ())
+
+
+def promoted(c: FeatureCard) -> str:
+    return ", ".join(f"`{t.strip() or repr(t)}`" for t in c.promoted[:5]) or "—"
+
+
+def steer_command(server: TinymorphServer, feature: int, uri: str) -> types.Command:
+    strength = server.settings.amplify_strength
+    return types.Command(title=f"Steer toward feature {feature} (+{strength:g})", command="tinymorph.steer.add",
+                         arguments=[{"feature": feature, "strength": strength, "mode": "add", "uri": uri}])
+
+
+def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) -> list[types.InlayHint]:
+    annotated, count = state.annotated, server.settings.hint_count
+    if annotated is None or count == 0:
+        return []
+    text, index, uri = state.doc.text, state.doc.index, state.doc.uri
+    hints = []
+    for span in annotated.annotation.paragraphs:
+        at = annotated.locate(text, span.start, span.end)
+        if at is None:
+            continue
+        end = at + span.end - span.start
+        if not lo <= end <= hi or not span.features:
+            continue
+        parts = [types.InlayHintLabelPart(value="⟨")]
+        for i, f in enumerate(span.features[:count]):
+            c = card(server, f.feature)
+            if i:
+                parts.append(types.InlayHintLabelPart(value=" · "))
+            parts.append(types.InlayHintLabelPart(
+                value=f"{short(c.label)} {num(f.max)}",
+                tooltip=types.MarkupContent(kind=types.MarkupKind.Markdown, value=(
+                    f"**feature {f.feature}**: {c.label}\n\npromotes {promoted(c)}\n\n"
+                    f"peak {f.max:.2f} · sum {f.total:.2f} over {f.count} tokens\n\n"
+                    f"Click to steer toward it (+{server.settings.amplify_strength:g}).")),
+                command=steer_command(server, f.feature, uri)))
+        parts.append(types.InlayHintLabelPart(value="⟩"))
+        rows = [f"| {f.feature} | {short(card(server, f.feature).label, 40)} | {f.max:.2f} | {f.total:.2f} | "
+                f"{promoted(card(server, f.feature))} |" for f in span.features]
+        tooltip = "\n".join(["**tinymorph**: features of this " + server.settings.hint_granularity, "",
+                             "| feature | label | peak | sum | promotes |", "|---:|---|---:|---:|---|", *rows])
+        hints.append(types.InlayHint(
+            position=index.position(end), label=parts, padding_left=True,
+            tooltip=types.MarkupContent(kind=types.MarkupKind.Markdown, value=tooltip)))
+    return hints
+
+
+def suggestion_hint(server: TinymorphServer, state: DocState, lo: int, hi: int) -> list[types.InlayHint]:
+    s = state.suggestion
+    if s is None or s.version != state.doc.version or not lo <= s.offset <= hi:
+        return []
+    first = short(s.text.replace("\n", " ⏎ "), SUGGESTION_CHARS)
+    steering = server.steering_for(state.doc.uri).entries
+    how = "steered by " + ", ".join(e.describe() for e in steering) if steering else "unsteered"
+    return [types.InlayHint(
+        position=state.doc.index.position(s.offset),
+        label=[types.InlayHintLabelPart(
+            value=f"⟶ {first}",
+            command=types.Command(title="Accept the suggestion", command="tinymorph.suggestion.accept",
+                                  arguments=[{"uri": state.doc.uri, "version": s.version}]))],
+        padding_left=True,
+        tooltip=types.MarkupContent(kind=types.MarkupKind.Markdown, value=(
+            f"**tinymorph suggestion** ({how})\n\n```text\n{s.text}\n```\n\n"
+            "Accept it with the code action *Accept suggestion* or by clicking the hint.")))]
+
+
+def register(server: TinymorphServer) -> None:
+    @server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
+    def inlay_hints(ls: TinymorphServer, params: types.InlayHintParams) -> list[types.InlayHint]:
+        state = ls.state(params.text_document.uri)
+        lo, hi = state.doc.index.offsets(params.range)
+        state.visible = (lo, hi)
+        annotated = state.annotated
+        if annotated is not None and len(state.doc.text) > ls.settings.max_chars:
+            covered = (annotated.base, annotated.base + len(annotated.annotation.text))
+            fits = hi - lo <= ls.settings.max_chars
+            if fits and (lo < covered[0] or hi > covered[1]) and (state.pending is None or state.pending.done()):
+                ls.schedule(state, 0.05)  # the editor scrolled out of the annotated window
+        return feature_hints(ls, state, lo, hi) + suggestion_hint(ls, state, lo, hi)

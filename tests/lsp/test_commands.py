@@ -1,0 +1,86 @@
+"""`tinymorph.*` commands: steering add / remove / clear / list, search, explain, status; malformed arguments are
+InvalidParams errors that change nothing; the steering set persists in the workspace."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import client_fixture, command
+
+client = client_fixture(suggestion=False)
+
+
+async def test_steering_round_trip_and_persistence(client) -> None:
+    await command(client, "tinymorph.steer.clear")
+    listed = await command(client, "tinymorph.steer.add", {"feature": 3, "strength": 2.5})
+    assert listed["steering"][0]["feature"] == 3 and listed["steering"][0]["strength"] == 2.5
+    assert listed["steering"][0]["label"]  # the feature's label, for display
+    await command(client, "tinymorph.steer.add", {"feature": 5, "mode": "clamp", "strength": 1.0})
+    await command(client, "tinymorph.steer.add", {"feature": 3, "strength": -1})  # replaces feature 3
+    listed = await command(client, "tinymorph.steer.list")
+    assert [(e["feature"], e["mode"], e["strength"]) for e in listed["steering"]] == [(5, "clamp", 1.0),
+                                                                                      (3, "add", -1.0)]
+    path = client.workspace_dir / ".tinymorph" / "steering.json"
+    assert listed["file"] == str(path)
+    on_disk = json.loads(path.read_text(encoding="utf-8"))
+    assert [e["feature"] for e in on_disk["steering"]] == [5, 3]
+    assert not [p for p in path.parent.iterdir() if p.name != "steering.json"]  # no temporary files left
+    listed = await command(client, "tinymorph.steer.remove", {"feature": 5})
+    assert [e["feature"] for e in listed["steering"]] == [3]
+    assert [e["feature"] for e in json.loads(path.read_text())["steering"]] == [3]
+    listed = await command(client, "tinymorph.steer.clear")
+    assert listed["steering"] == [] and json.loads(path.read_text())["steering"] == []
+
+
+@pytest.mark.parametrize("args,message", [
+    ([{"feature": "three"}], "'feature' must be a whole number"),
+    ([{"feature": 1.5}], "'feature' must be a whole number"),
+    ([{"strength": 2}], "missing 'feature'"),
+    ([{"feature": 1, "mode": "boost"}], "mode must be one of"),
+    ([{"feature": 1, "strength": True}], "'strength' must be a number"),
+    ([{"feature": 10_000}], "does not exist"),
+    ([{"feature": -1}], "feature must be a whole number >= 0"),
+    (["feature=1"], "takes one object argument"),
+    ([{"feature": 1}, {"feature": 2}], "takes one object argument"),
+])
+async def test_malformed_steer_add_changes_nothing(client, args, message) -> None:
+    await command(client, "tinymorph.steer.clear")
+    await command(client, "tinymorph.steer.add", {"feature": 2})
+    with pytest.raises(Exception, match=message):
+        await command(client, "tinymorph.steer.add", *args)
+    assert [e["feature"] for e in (await command(client, "tinymorph.steer.list"))["steering"]] == [2]
+
+
+async def test_remove_of_a_missing_feature_is_an_error(client) -> None:
+    await command(client, "tinymorph.steer.clear")
+    with pytest.raises(Exception, match="not in the steering set"):
+        await command(client, "tinymorph.steer.remove", {"feature": 7})
+
+
+async def test_search_and_explain(client) -> None:
+    explained = await command(client, "tinymorph.features.explain", {"feature": 4})
+    assert explained["feature"] == 4 and explained["label"]
+    assert len(explained["promoted"]) > 0 and explained["max_act"] is not None
+    found = await command(client, "tinymorph.features.search", {"query": "rain"})  # a word of the SAE's corpus
+    assert found["query"] == "rain" and found["features"]
+    for hit in found["features"]:
+        assert set(hit) == {"feature", "score", "label"} and hit["score"] > 0
+    with pytest.raises(Exception, match="'query' must not be empty"):
+        await command(client, "tinymorph.features.search", {"query": "  "})
+    with pytest.raises(Exception, match=r"does not exist|out of range|feature"):
+        await command(client, "tinymorph.features.explain", {"feature": 99_999})
+
+
+async def test_status(client) -> None:
+    status = await command(client, "tinymorph.status")
+    assert status["state"] == "ready" and status["error"] is None
+    assert status["engine"]["device"] == "cpu" and status["engine"]["d_sae"] == 128
+    assert status["engine"]["hook"] == "blocks.2.hook_resid_post"
+    assert isinstance(status["queueDepth"], int) and isinstance(status["latencyMs"], dict)
+
+
+async def test_unknown_command_is_an_error(client) -> None:
+    with pytest.raises(Exception, match="not defined"):
+        await command(client, "tinymorph.nope")

@@ -1,0 +1,138 @@
+"""Completions: steered continuations at the cursor (completion and inline completion), steering changes them, a
+newer request and `$/cancelRequest` stop a running generation, and hover / hints stay answered meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from lsprotocol import types
+
+from .conftest import client_fixture, command, open_doc, wait_annotated, wait_for
+
+client = client_fixture(suggestion=False)
+
+TEXT = "The rain fell on the quiet harbour and"
+
+
+def at_end(uri: str) -> dict:
+    return {"text_document": types.TextDocumentIdentifier(uri=uri),
+            "position": types.Position(line=0, character=len(TEXT))}
+
+
+async def set_max_tokens(client, n: int) -> None:
+    client.set_configuration({"maxTokens": n}, section="tinymorph")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"tinymorph": {"maxTokens": n}}))
+
+    async def applied():
+        return (await command(client, "tinymorph.status"))["settings"]["max_tokens"] == n
+
+    await wait_for(applied, what="the new setting")
+
+
+async def running(client, kind: str) -> None:
+    async def busy():
+        return (await command(client, "tinymorph.status"))["running"] == kind
+
+    await wait_for(busy, timeout=30, what=f"a running {kind}")
+
+
+async def test_completion_continues_the_text_at_the_cursor(client) -> None:
+    uri = "file:///complete.md"
+    open_doc(client, uri, TEXT)
+    result = await client.text_document_completion_async(types.CompletionParams(**at_end(uri)))
+    assert len(result.items) == 1
+    item = result.items[0]
+    prefix = "and"  # the word before the cursor is part of the edit, so client-side filtering keeps the item
+    assert item.text_edit.range == types.Range(start=types.Position(line=0, character=len(TEXT) - len(prefix)),
+                                               end=types.Position(line=0, character=len(TEXT)))
+    assert item.text_edit.new_text.startswith(prefix) and len(item.text_edit.new_text) > len(prefix)
+    assert "unsteered" in item.detail
+    inline = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        **at_end(uri), context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+    assert len(inline.items) == 1
+    assert inline.items[0].insert_text == item.text_edit.new_text[len(prefix):]  # greedy: the same continuation
+    assert inline.items[0].range.start == inline.items[0].range.end == at_end(uri)["position"]
+
+
+async def test_steering_changes_the_completion(client) -> None:
+    uri = "file:///steer.md"
+    open_doc(client, uri, TEXT)
+    plain = (await client.text_document_completion_async(types.CompletionParams(**at_end(uri)))).items[0]
+    info = (await command(client, "tinymorph.status"))["engine"]
+    changed = None
+    for feature in range(info["d_sae"]):
+        await command(client, "tinymorph.steer.clear")
+        await command(client, "tinymorph.steer.add", {"feature": feature, "strength": 2})
+        steered = (await client.text_document_completion_async(types.CompletionParams(**at_end(uri)))).items[0]
+        if steered.text_edit.new_text != plain.text_edit.new_text:
+            changed = steered
+            break
+    await command(client, "tinymorph.steer.clear")
+    assert changed is not None, "no feature changed the greedy continuation"
+    assert f"{feature} " in changed.detail
+
+
+async def test_newer_request_cancels_the_older(client) -> None:
+    uri = "file:///cancel.md"
+    open_doc(client, uri, TEXT)
+    await set_max_tokens(client, 500)
+    try:
+        first = asyncio.ensure_future(client.text_document_completion_async(types.CompletionParams(**at_end(uri))))
+        await running(client, "completion")
+        second = asyncio.ensure_future(client.text_document_completion_async(types.CompletionParams(**at_end(uri))))
+        old = await first
+        assert len(old.items) == 0 and old.is_incomplete
+        new = await second
+        assert len(new.items) == 1
+    finally:
+        await set_max_tokens(client, 8)
+
+
+async def test_cancel_request_stops_the_generation(client) -> None:
+    uri = "file:///cancel-request.md"
+    open_doc(client, uri, TEXT)
+    await set_max_tokens(client, 500)
+    try:
+        msg_id = "cancel-me"
+        future = asyncio.ensure_future(client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_COMPLETION, types.CompletionParams(**at_end(uri)), msg_id=msg_id))
+        await running(client, "completion")
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+        with pytest.raises(Exception, match="cancel"):
+            await future
+
+        async def idle():
+            status = await command(client, "tinymorph.status")
+            return status["running"] is None and status["queueDepth"] == 0
+
+        await wait_for(idle, timeout=5, what="the worker to stop")
+    finally:
+        await set_max_tokens(client, 8)
+
+
+async def test_hover_and_hints_answer_while_a_generation_runs(client) -> None:
+    uri = "file:///busy.md"
+    open_doc(client, uri, TEXT)
+    await wait_annotated(client, uri, 1)
+    await set_max_tokens(client, 500)
+    try:
+        gen = asyncio.ensure_future(client.text_document_completion_async(types.CompletionParams(**at_end(uri))))
+        await running(client, "completion")
+        hover = await client.text_document_hover_async(types.HoverParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=0, character=5)))
+        hints = await client.text_document_inlay_hint_async(types.InlayHintParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            range=types.Range(start=types.Position(line=0, character=0), end=types.Position(line=1, character=0))))
+        assert not gen.done(), "the generation ended before hover and hints were answered"
+        assert hover is not None and hints
+        assert (await command(client, "tinymorph.status"))["running"] == "completion"
+        await gen
+    finally:
+        await set_max_tokens(client, 8)
+
+
+async def test_completion_in_an_unknown_document_is_an_error(client) -> None:
+    with pytest.raises(Exception, match="Unknown document"):
+        await client.text_document_completion_async(types.CompletionParams(**at_end("file:///nope.md")))

@@ -1,0 +1,83 @@
+"""Configuration: initializationOptions, workspace/configuration, invalid settings (a message naming the key, then
+the defaults), model reloads with progress, a model that fails to load, steering that survives a restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+
+from .conftest import SERVER, Client, command, init_options, start, wait_for, wait_ready
+
+
+@pytest_lsp.fixture(config=SERVER, params=["neovim", "emacs"])
+async def fresh(lsp_client: Client, request: pytest.FixtureRequest):
+    lsp_client.spec = request.param  # type: ignore[attr-defined]
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_invalid_settings_are_named_and_defaulted(fresh: Client, assets, tmp_path: Path) -> None:
+    options = init_options(assets, hintCount="many", debounceMs=-5, colour="blue", hintGranularity="word")
+    await start(fresh, fresh.spec, options, tmp_path)
+    status = await wait_ready(fresh)
+    text = " ".join(m.message for m in fresh.messages)
+    for key in ("hintCount", "debounceMs", "'colour'", "hintGranularity"):
+        assert key in text
+    settings = status["settings"]
+    assert settings["hint_count"] == 3 and settings["debounce_ms"] == 300 and settings["hint_granularity"] == "paragraph"
+    assert settings["max_tokens"] == 8  # the valid settings still apply
+
+
+async def test_model_reload_progress_and_failure(fresh: Client, assets, tmp_path: Path) -> None:
+    await start(fresh, fresh.spec, init_options(assets), tmp_path)
+    await wait_ready(fresh)
+    begun = [r for reports in fresh.progress_reports.values() for r in reports
+             if isinstance(r, types.WorkDoneProgressBegin)]
+    assert begun and begun[0].title == "tinymorph"
+    fresh.set_configuration({"model": str(tmp_path / "no-such-model")}, section="tinymorph")
+    fresh.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+
+    async def failed():
+        status = await command(fresh, "tinymorph.status")
+        return status if status["state"] == "failed" else None
+
+    status = await wait_for(failed, what="the load to fail")
+    assert "no-such-model" in status["error"]
+    assert any(m.type == types.MessageType.Error and "failed to load" in m.message for m in fresh.messages)
+    with pytest.raises(Exception, match="failed to load"):
+        await command(fresh, "tinymorph.features.explain", {"feature": 1})
+    fresh.set_configuration({"model": assets["model"]}, section="tinymorph")
+    fresh.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await wait_ready(fresh, after_failure=True)  # back to a working model, without a restart
+
+
+async def test_steering_survives_a_restart(fresh: Client, assets, tmp_path: Path) -> None:
+    state = tmp_path / ".tinymorph"
+    state.mkdir()
+    (state / "steering.json").write_text(json.dumps({"version": 1, "steering": [
+        {"feature": 6, "strength": 3.0, "mode": "add", "label": "x"}]}), encoding="utf-8")
+    await start(fresh, fresh.spec, init_options(assets), tmp_path)
+    listed = await command(fresh, "tinymorph.steer.list")
+    assert listed["steering"] == [{"feature": 6, "strength": 3.0, "mode": "add", "label": "x"}]
+
+
+async def test_a_damaged_steering_file_is_reported_not_lost(fresh: Client, assets, tmp_path: Path) -> None:
+    state = tmp_path / ".tinymorph"
+    state.mkdir()
+    (state / "steering.json").write_text("{not json", encoding="utf-8")
+    await start(fresh, fresh.spec, init_options(assets), tmp_path)
+    listed = await command(fresh, "tinymorph.steer.list")
+    assert listed["steering"] == []
+    assert any("not a valid steering file" in m.message for m in fresh.messages)
+    assert (state / "steering.json").read_text(encoding="utf-8") == "{not json"
+
+
+async def test_without_a_workspace_steering_lives_in_memory(fresh: Client, assets) -> None:
+    await start(fresh, fresh.spec, init_options(assets), None)
+    await wait_ready(fresh)
+    listed = await command(fresh, "tinymorph.steer.add", {"feature": 1})
+    assert listed["file"] is None and [e["feature"] for e in listed["steering"]] == [1]
