@@ -1,0 +1,136 @@
+// A thin VS Code client for the tinymorph language server: it starts `tinymorph serve`, passes the settings, and
+// adds palette commands for steering. Hints, hover, code actions and completions come from the server itself.
+import * as vscode from 'vscode';
+import {
+  CloseAction, ErrorAction, LanguageClient, LanguageClientOptions, ServerOptions, TransportKind,
+} from 'vscode-languageclient/node';
+import {
+  contributedKeys, describeSteering, documentSelector, initializationOptions, Launch, launchOptions, parseFeature,
+  serverDownMessage, SteerEntry,
+} from './settings';
+
+let client: LanguageClient | undefined;
+let keys: string[] = [];
+
+async function start(): Promise<void> {
+  const settings = vscode.workspace.getConfiguration('tinymorph');
+  const launch = launchOptions(settings);
+  if ('error' in launch) {
+    void vscode.window.showErrorMessage(launch.error);
+    return;
+  }
+  const serverOptions: ServerOptions = { command: launch.command, args: launch.args, transport: TransportKind.stdio };
+  let warned = false;
+  const warnOnce = (detail: string) => {
+    if (!warned) {
+      warned = true;
+      void vscode.window.showErrorMessage(serverDownMessage(launch as Launch, detail));
+    }
+  };
+  const clientOptions: LanguageClientOptions = {
+    documentSelector: documentSelector(settings),
+    initializationOptions: initializationOptions(settings, keys),
+    synchronize: { configurationSection: 'tinymorph' },
+    outputChannelName: 'tinymorph',
+    errorHandler: {
+      error: () => ({ action: ErrorAction.Shutdown, handled: true }),
+      closed: () => {
+        warnOnce('stopped');
+        return { action: CloseAction.DoNotRestart, handled: true };
+      },
+    },
+  };
+  client = new LanguageClient('tinymorph', 'tinymorph', serverOptions, clientOptions);
+  try {
+    await client.start();
+  } catch (err) {
+    warnOnce(`could not start: ${err instanceof Error ? err.message : String(err)}`);
+    client = undefined;
+  }
+}
+
+async function stop(): Promise<void> {
+  const running = client;
+  client = undefined;
+  if (running) {
+    await running.stop().catch(() => undefined);
+  }
+}
+
+async function run<T>(command: string, argument: object = {}): Promise<T | undefined> {
+  if (!client) {
+    void vscode.window.showWarningMessage('tinymorph: the server is not running ("tinymorph: Restart the server").');
+    return undefined;
+  }
+  try {
+    return await client.sendRequest<T>('workspace/executeCommand', { command, arguments: [argument] });
+  } catch (err) {
+    void vscode.window.showErrorMessage(`tinymorph: ${err instanceof Error ? err.message : String(err)}`);
+    return undefined;
+  }
+}
+
+async function askFeature(prompt: string): Promise<number | undefined> {
+  const text = await vscode.window.showInputBox({
+    prompt, validateInput: (v) => (typeof parseFeature(v) === 'string' ? (parseFeature(v) as string) : undefined),
+  });
+  const feature = parseFeature(text);
+  return typeof feature === 'number' ? feature : undefined;
+}
+
+async function steer(feature: number, strength: number, mode = 'add'): Promise<void> {
+  const result = await run<{ steering: SteerEntry[] }>('tinymorph.steer.add', { feature, strength, mode });
+  if (result) {
+    void vscode.window.showInformationMessage(`tinymorph steering: ${describeSteering(result.steering)}`);
+  }
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  keys = contributedKeys(context.extension.packageJSON);
+  const register = (name: string, fn: () => Promise<void>) =>
+    context.subscriptions.push(vscode.commands.registerCommand(name, fn));
+  register('tinymorph.ui.steer', async () => {
+    const feature = await askFeature('Feature to steer toward');
+    if (feature === undefined) { return; }
+    const strength = Number(await vscode.window.showInputBox({ prompt: 'Strength', value: '4' }));
+    if (Number.isFinite(strength)) { await steer(feature, strength); }
+  });
+  register('tinymorph.ui.suppress', async () => {
+    const feature = await askFeature('Feature to switch off');
+    if (feature !== undefined) { await steer(feature, 0, 'ablate'); }
+  });
+  register('tinymorph.ui.clear', async () => {
+    if (await run('tinymorph.steer.clear')) { void vscode.window.showInformationMessage('tinymorph: steering cleared'); }
+  });
+  register('tinymorph.ui.list', async () => {
+    const result = await run<{ steering: SteerEntry[] }>('tinymorph.steer.list');
+    if (result) { void vscode.window.showInformationMessage(`tinymorph steering: ${describeSteering(result.steering)}`); }
+  });
+  register('tinymorph.ui.search', async () => {
+    const query = await vscode.window.showInputBox({ prompt: 'Search features (labels and contexts)' });
+    if (!query) { return; }
+    const result = await run<{ features: { feature: number; label: string }[] }>('tinymorph.features.search', { query });
+    if (!result) { return; }
+    const pick = await vscode.window.showQuickPick(
+      result.features.map((f) => ({ label: `${f.feature}`, description: f.label, feature: f.feature })),
+      { placeHolder: 'Steer toward…' });
+    if (pick) { await steer(pick.feature, 4); }
+  });
+  register('tinymorph.ui.status', async () => {
+    const s = await run<{ state: string; engine?: { model: string; sae: string; device: string }; queueDepth: number }>(
+      'tinymorph.status');
+    if (s) {
+      void vscode.window.showInformationMessage(
+        `tinymorph: ${s.state} · ${s.engine?.model ?? '-'} · SAE ${s.engine?.sae ?? '-'} · ${s.engine?.device ?? '-'}`);
+    }
+  });
+  register('tinymorph.ui.restart', async () => { await stop(); await start(); });
+  context.subscriptions.push(vscode.workspace.onDidChangeConfiguration(async (e) => {
+    if (e.affectsConfiguration('tinymorph.server')) { await stop(); await start(); }
+  }));
+  await start();
+}
+
+export async function deactivate(): Promise<void> {
+  await stop();
+}

@@ -1,0 +1,94 @@
+// Pure logic of the extension (no `vscode` import), so `node --test` can cover it: how settings become the
+// server's launch command and initializationOptions, which documents it serves, and how results read.
+
+/** The part of vscode.WorkspaceConfiguration this module needs. */
+export interface Settings {
+  get<T>(key: string): T | undefined;
+}
+
+export interface Launch {
+  command: string;
+  args: string[];
+}
+
+/** Keys under `tinymorph.server.*` configure the client, not the server. */
+export const CLIENT_KEYS = ['server.command', 'server.pythonPath'];
+
+/** How to start the server: `server.command`, else `server.pythonPath -m lsp_server`, else `tinymorph serve`. */
+export function launchOptions(settings: Settings): Launch | { error: string } {
+  const command = settings.get<unknown>('server.command');
+  if (typeof command === 'string' && command.trim() !== '') {
+    return { command: command.trim(), args: [] };
+  }
+  if (Array.isArray(command) && command.length > 0) {
+    if (!command.every((part) => typeof part === 'string' && part !== '')) {
+      return { error: 'tinymorph.server.command must be a list of non-empty strings, e.g. ["tinymorph", "serve"]' };
+    }
+    return { command: command[0], args: command.slice(1) };
+  }
+  const python = settings.get<unknown>('server.pythonPath');
+  if (typeof python === 'string' && python.trim() !== '') {
+    return { command: python.trim(), args: ['-m', 'lsp_server'] };
+  }
+  return { command: 'tinymorph', args: ['serve'] };
+}
+
+/** The server's settings (camelCase, as the README's table names them) from the `tinymorph` section. */
+export function initializationOptions(settings: Settings, keys: string[]): Record<string, unknown> {
+  const options: Record<string, unknown> = {};
+  for (const key of keys) {
+    if (CLIENT_KEYS.includes(key)) {
+      continue;
+    }
+    const value = settings.get<unknown>(key);
+    if (value !== undefined && value !== null) {
+      options[key] = value;
+    }
+  }
+  return options;
+}
+
+/** The setting names the extension contributes (without the `tinymorph.` prefix), from its package.json. */
+export function contributedKeys(packageJson: { contributes: { configuration: { properties: object } } }): string[] {
+  return Object.keys(packageJson.contributes.configuration.properties).map((k) => k.replace(/^tinymorph\./, ''));
+}
+
+/** Document selector for the language ids in `filetypes` (markdown and plaintext by default), files and untitled. */
+export function documentSelector(settings: Settings): { scheme: string; language: string }[] {
+  const filetypes = settings.get<unknown>('filetypes');
+  const ids = Array.isArray(filetypes) && filetypes.every((f) => typeof f === 'string') && filetypes.length > 0
+    ? (filetypes as string[]) : ['markdown', 'plaintext'];
+  return ids.flatMap((language) => [{ scheme: 'file', language }, { scheme: 'untitled', language }]);
+}
+
+export interface SteerEntry {
+  feature: number;
+  strength: number;
+  mode: string;
+  label: string;
+}
+
+/** One line describing a steering set, for notifications. */
+export function describeSteering(steering: SteerEntry[]): string {
+  if (steering.length === 0) {
+    return 'no steering';
+  }
+  return steering.map((e) => {
+    const how = e.mode === 'ablate' ? 'off' : e.mode === 'clamp' ? `= ${e.strength}` :
+      (e.strength >= 0 ? `+${e.strength}` : `${e.strength}`);
+    return `${e.feature} ${how}${e.label ? ` (${e.label})` : ''}`;
+  }).join(', ');
+}
+
+/** A feature index typed by the user: a whole number >= 0, else an error message. */
+export function parseFeature(text: string | undefined): number | string {
+  const value = Number((text ?? '').trim());
+  return Number.isInteger(value) && value >= 0 && (text ?? '').trim() !== '' ? value : 'a feature is a whole number >= 0';
+}
+
+/** The message shown, once, when the server cannot start or stops: the client never restarts it by itself. */
+export function serverDownMessage(launch: Launch, detail: string): string {
+  return `tinymorph: the server (${[launch.command, ...launch.args].join(' ')}) ${detail}. ` +
+    'Run `make demo` in the tinymorph checkout and set tinymorph.server.command (or tinymorph.server.pythonPath), ' +
+    'then run "tinymorph: Restart the server".';
+}

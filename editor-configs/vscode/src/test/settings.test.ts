@@ -1,0 +1,85 @@
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  contributedKeys, describeSteering, documentSelector, initializationOptions, launchOptions, parseFeature,
+  serverDownMessage, Settings,
+} from '../settings';
+
+const packageJson = JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8'));
+
+function settings(values: Record<string, unknown>): Settings {
+  return { get: <T>(key: string) => values[key] as T | undefined };
+}
+
+test('launch: tinymorph serve by default', () => {
+  assert.deepEqual(launchOptions(settings({})), { command: 'tinymorph', args: ['serve'] });
+  assert.deepEqual(launchOptions(settings({ 'server.command': [], 'server.pythonPath': '' })),
+    { command: 'tinymorph', args: ['serve'] });
+});
+
+test('launch: an explicit command wins over the Python path', () => {
+  assert.deepEqual(launchOptions(settings({ 'server.command': ['/opt/tm/bin/tinymorph', 'serve', '-v'],
+    'server.pythonPath': '/usr/bin/python3' })), { command: '/opt/tm/bin/tinymorph', args: ['serve', '-v'] });
+  assert.deepEqual(launchOptions(settings({ 'server.command': ' /opt/tm/bin/tinymorph-serve ' })),
+    { command: '/opt/tm/bin/tinymorph-serve', args: [] });
+});
+
+test('launch: the Python path runs python -m lsp_server', () => {
+  assert.deepEqual(launchOptions(settings({ 'server.pythonPath': '/home/me/tinymorph/.venv/bin/python' })),
+    { command: '/home/me/tinymorph/.venv/bin/python', args: ['-m', 'lsp_server'] });
+});
+
+test('launch: a malformed command is one clear error', () => {
+  const result = launchOptions(settings({ 'server.command': ['tinymorph', 3] }));
+  assert.ok('error' in result && result.error.includes('list of non-empty strings'));
+});
+
+test('initializationOptions: every server setting the extension contributes, camelCase, none of server.*', () => {
+  const keys = contributedKeys(packageJson);
+  assert.ok(keys.includes('server.command') && keys.includes('hintGranularity') && keys.includes('debounceMs'));
+  const values: Record<string, unknown> = {};
+  for (const key of keys) {
+    values[key] = packageJson.contributes.configuration.properties[`tinymorph.${key}`].default;
+  }
+  values.model = '/models/mine';
+  values.hintCount = 5;
+  const options = initializationOptions(settings(values), keys);
+  assert.equal(options.model, '/models/mine');
+  assert.equal(options.hintCount, 5);
+  assert.deepEqual(options.filetypes, ['markdown', 'plaintext']);
+  assert.ok(!('server.command' in options) && !('server.pythonPath' in options));
+  assert.deepEqual(Object.keys(options).sort(), keys.filter((k) => !k.startsWith('server.')).sort());
+});
+
+test('initializationOptions: unset values are left to the server defaults', () => {
+  assert.deepEqual(initializationOptions(settings({ model: 'default' }), ['model', 'sae', 'server.command']),
+    { model: 'default' });
+});
+
+test('documentSelector: the filetypes setting, for files and untitled buffers', () => {
+  assert.deepEqual(documentSelector(settings({})).map((s) => s.language), ['markdown', 'markdown', 'plaintext',
+    'plaintext']);
+  assert.deepEqual(documentSelector(settings({ filetypes: ['latex'] })),
+    [{ scheme: 'file', language: 'latex' }, { scheme: 'untitled', language: 'latex' }]);
+  assert.equal(documentSelector(settings({ filetypes: 'markdown' })).length, 4);  // malformed: the default
+});
+
+test('describeSteering and parseFeature', () => {
+  assert.equal(describeSteering([]), 'no steering');
+  assert.equal(describeSteering([{ feature: 12, strength: 4, mode: 'add', label: 'rain' },
+    { feature: 3, strength: 0, mode: 'ablate', label: '' }, { feature: 7, strength: 2.5, mode: 'clamp', label: 'x' }]),
+  '12 +4 (rain), 3 off, 7 = 2.5 (x)');
+  assert.equal(parseFeature('42'), 42);
+  assert.equal(typeof parseFeature('-1'), 'string');
+  assert.equal(typeof parseFeature('1.5'), 'string');
+  assert.equal(typeof parseFeature(''), 'string');
+  assert.equal(typeof parseFeature(undefined), 'string');
+});
+
+test('the server-down message names the command and the fix', () => {
+  const message = serverDownMessage({ command: 'tinymorph', args: ['serve'] }, 'could not start: spawn ENOENT');
+  assert.match(message, /\(tinymorph serve\) could not start: spawn ENOENT/);
+  assert.match(message, /tinymorph\.server\.command/);
+});
