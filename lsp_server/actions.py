@@ -16,6 +16,7 @@ from .hints import card, short
 from .server import PROMPT_CHARS, Superseded, TinymorphServer
 from .state import DocState
 from .text import PositionError
+from .worker import EngineUnavailable
 
 REWRITE = "tinymorph.rewrite"
 TOP_FEATURES = 3
@@ -75,6 +76,8 @@ async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: 
         text = await server.generate(uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop)
     except Superseded:
         raise JsonRpcRequestCancelled("A newer request for this document took over.") from None
+    except EngineUnavailable as exc:
+        raise JsonRpcContentModified(str(exc)) from None
     if state.doc.version != version or server.docs.get(uri) is not state:
         raise JsonRpcContentModified(f"{uri} changed while the rewrite ran; nothing was applied.")
     before = state.doc.text[lo - 1] if lo else "\n"

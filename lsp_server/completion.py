@@ -14,6 +14,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from .hints import short
 from .server import PROMPT_CHARS, Superseded, TinymorphServer
 from .text import PositionError
+from .worker import EngineUnavailable
 
 _WORD_BEFORE = re.compile(r"\w+$")
 
@@ -32,7 +33,7 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
     start = offset - (len(word.group(0)) if word else 0)
     try:
         out = await ls.generate(uri, prompt, kind=kind, stop=("\n\n",))
-    except Superseded:
+    except (Superseded, EngineUnavailable):  # a newer request took over, or the model is not loaded (yet)
         return None
     return out, start, offset
 

@@ -17,6 +17,10 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+CLIENT_SIDE = frozenset({"server"})
+"""Keys of the `tinymorph` section that configure an editor's client (how to start the server), not the server."""
+
+
 def _doc(text: str, **kw: Any) -> Any:
     return field(metadata={"doc": text}, **kw)
 
@@ -142,6 +146,8 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
     if isinstance(raw.get("tinymorph"), dict):
         raw = raw["tinymorph"]
     for key, value in raw.items():
+        if key in CLIENT_SIDE:
+            continue
         name = snake(str(key))
         if name not in FIELDS:
             problems.append(f"unknown setting {key!r}")

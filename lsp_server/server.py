@@ -17,13 +17,14 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcInvalidParams, JsonRpcInvalidRequest
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from steering.annotate import Annotation
 from steering.config import EngineConfig
+from steering.errors import TinymorphError
 from steering.generate import CancelToken
 
 from .config import Settings, parse_settings
@@ -298,6 +299,8 @@ class TinymorphServer(LanguageServer):
         try:
             text = await self.run_engine(
                 kind, lambda e: "".join(e.generate(prompt, steering, sampling, cancel)), INTERACTIVE, cancel)
+        except TinymorphError as exc:  # e.g. steering with features the loaded SAE does not have
+            raise JsonRpcInvalidRequest(f"tinymorph: {exc}") from None
         finally:
             if state.generation is cancel:
                 state.generation = None

@@ -24,5 +24,8 @@ def test_parse_settings_reports_and_defaults() -> None:
     assert any("temperature" in p for p in problems) and any("'nope'" in p for p in problems)
     settings, problems = parse_settings({"tinymorph": {"maxTokens": 9}})
     assert settings.max_tokens == 9 and not problems
+    # VS Code sends its client-side keys (how to start the server) in the same section: not an error
+    settings, problems = parse_settings({"server": {"command": ["tinymorph", "serve"]}, "model": "/m"})
+    assert settings.model == "/m" and not problems
     _, problems = parse_settings(["not", "an", "object"])
     assert problems == ["tinymorph settings must be an object"]
