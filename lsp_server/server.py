@@ -28,6 +28,8 @@ from steering.errors import TinymorphError
 from steering.generate import CancelToken
 
 from .config import Settings, parse_settings
+from .incremental import merge as merge_annotations
+from .incremental import plan as incremental_plan
 from .state import Annotated, DocState, SteeringSet, Suggestion
 from .worker import (
     ANNOTATE,
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 VERSION = "0.1.0"
+FULL_REREAD_DELAY = 2.0
+"""Seconds of quiet after an incremental annotation before the whole document is read again."""
 PROMPT_CHARS = 2000
 """Characters of text before the cursor that a completion or suggestion reads."""
 
@@ -221,40 +225,68 @@ class TinymorphServer(LanguageServer):
         return lo, hi
 
     async def _annotate_later(self, state: DocState, wait: float) -> None:
+        """The debounced pipeline: read the document (only the edited spans when possible), refresh the hints,
+        compute the suggestion, and after an incremental read, read everything again once the writer pauses."""
         await asyncio.sleep(wait)
+        partial = await self._annotate(state, incremental=True)
+        if self.settings.suggestion and state.last_edit is not None and state.annotated is not None:
+            await self._suggest(state)
+        if partial:
+            await asyncio.sleep(FULL_REREAD_DELAY)
+            await self._annotate(state, incremental=False)
+
+    async def _annotate(self, state: DocState, *, incremental: bool) -> bool:
+        """Annotate the document's current version; True when only its edited spans were read."""
         doc = state.doc
         if self.docs.get(doc.uri) is not state or self.worker.engine is None:
-            return
-        version, base_end = doc.version, self.window(state)
-        base, end = base_end
+            return False
+        version, (base, end) = doc.version, self.window(state)
         text, doc_length = doc.text[base:end], len(doc.text)
         settings = self.settings
+        granularity = settings.hint_granularity
         known = set(self.cards)
+        previous = state.annotated
+        the_plan = None
+        if incremental and previous is not None and previous.base == 0 and base == 0 and end == doc_length and \
+                previous.doc_length == len(previous.annotation.text) and previous.granularity == granularity:
+            the_plan = incremental_plan(previous.annotation, text, granularity)
+        if the_plan is not None and previous is not None:
+            old, step = previous.annotation, the_plan
+            piece = text[step.start:step.end]
+        else:
+            old, step, piece = None, None, text
 
         def job(engine: EngineAPI) -> tuple[Annotation, dict[int, FeatureCard]]:
-            annotation = engine.annotate(text, top_k=5, paragraph_top=max(8, settings.hint_count + 5),
-                                         granularity=settings.hint_granularity)
+            fresh = None
+            if step is None or step.dirty:
+                fresh = engine.annotate(piece, top_k=5, paragraph_top=max(8, settings.hint_count + 5),
+                                        granularity=granularity)
             wanted: list[int] = []
-            for span in annotation.paragraphs:
-                wanted += [f.feature for f in span.features]
-            for token in annotation.tokens:
-                wanted += [f.feature for f in token.features]
-            return annotation, cards_of(engine, [f for f in dict.fromkeys(wanted) if f not in known])
+            if fresh is not None:
+                for span in fresh.paragraphs:
+                    wanted += [f.feature for f in span.features]
+                for token in fresh.tokens:
+                    wanted += [f.feature for f in token.features]
+            cards = cards_of(engine, [f for f in dict.fromkeys(wanted) if f not in known])
+            if step is None:
+                assert fresh is not None
+                return fresh, cards
+            assert old is not None
+            return merge_annotations(old, text, step, fresh), cards
 
         try:
             annotation, cards = await self.run_engine("annotate", job, ANNOTATE)
         except EngineUnavailable:
-            return
+            return False
         except Exception as exc:
             log.warning("annotating %s failed: %s", doc.uri, exc)
-            return
+            return False
         self.cards.update(cards)
         if self.docs.get(doc.uri) is not state or doc.version != version:
-            return  # outdated: a newer run is scheduled
-        state.annotated = Annotated(version, base, doc_length, annotation)
+            return False  # outdated: a newer run is scheduled
+        state.annotated = Annotated(version, base, doc_length, annotation, granularity, partial=step is not None)
         self.refresh_hints()
-        if settings.suggestion and state.last_edit is not None:
-            await self._suggest(state)
+        return step is not None
 
     async def _suggest(self, state: DocState) -> None:
         doc = state.doc

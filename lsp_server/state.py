@@ -161,6 +161,9 @@ class Annotated:
     base: int
     doc_length: int
     annotation: Annotation
+    granularity: str = "paragraph"
+    partial: bool = False
+    """Only the edited spans were read again; the others keep features computed before the edit."""
 
     def locate(self, current: str, start: int, end: int) -> int | None:
         """Where the annotated span `[start, end)` (annotation coordinates) now starts in `current`, if that text is

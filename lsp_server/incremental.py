@@ -1,0 +1,106 @@
+"""Incremental annotation: after an edit, re-read only the spans (paragraphs, sentences, lines) the edit touched.
+
+The model reads the edited spans with up to `CONTEXT_CHARS` of the text before them; the other spans keep their
+features from the previous annotation (moved by the edit's length change). Spans after the edit were computed with
+the old text before them, so the server follows an incremental annotation with a full one once the writer pauses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from steering.annotate import Annotation, SpanFeatures, TokenFeatures, split_spans
+
+CONTEXT_CHARS = 1500
+"""Text before the first edited span that the model reads again with it (about 350 tokens of English)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to read again: `text[start:end]`, keeping results from `keep_from` on, for the spans in `dirty`."""
+
+    start: int
+    keep_from: int
+    end: int
+    dirty: tuple[tuple[int, int], ...]
+    reused: tuple[tuple[int, int, int], ...]
+    """(new start, new end, shift) of the spans taken from the old annotation; old offsets are new - shift."""
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    step = 4096
+    while i < n:  # compare in blocks first (in C), then character by character inside the first unequal block
+        j = min(n, i + step)
+        if a[i:j] == b[i:j]:
+            i = j
+            continue
+        while a[i] == b[i]:
+            i += 1
+        return i
+    return n
+
+
+def plan(old: Annotation, new_text: str, granularity: str) -> Plan | None:
+    """How to update `old` (an annotation of a whole document) to `new_text`; None when there is nothing to reuse
+    or nothing changed."""
+    old_text = old.text
+    if old_text == new_text or not old.paragraphs:
+        return None
+    prefix = _common_prefix(old_text, new_text)
+    suffix = _common_prefix(old_text[prefix:][::-1], new_text[prefix:][::-1])
+    change_end = len(new_text) - suffix  # the changed region in the new text is [prefix, change_end)
+    shift = len(new_text) - len(old_text)
+    old_spans = {(p.start, p.end) for p in old.paragraphs}
+    dirty, reused = [], []
+    for start, end in split_spans(new_text, granularity):
+        if start <= change_end and end >= prefix:
+            dirty.append((start, end))
+        elif end < prefix and (start, end) in old_spans:
+            reused.append((start, end, 0))
+        elif start > change_end and (start - shift, end - shift) in old_spans:
+            reused.append((start, end, shift))
+        else:
+            dirty.append((start, end))
+    if not reused:
+        return None
+    if not dirty:
+        return Plan(0, 0, 0, (), tuple(reused))
+    first, last = dirty[0][0], dirty[-1][1]
+    # spans between edited ones are read again too, so that the fresh run's tokens never overlap reused ones
+    dirty += [(s, e) for s, e, _ in reused if first <= s <= last]
+    dirty.sort()
+    reused = [r for r in reused if not first <= r[0] <= last]
+    context = max(0, first - CONTEXT_CHARS)
+    if context > 0:  # start the context at a line start, so the tokenizer sees a clean boundary
+        line = new_text.rfind("\n", 0, context)
+        context = line + 1 if line != -1 else 0
+    return Plan(context, first, last, tuple(dirty), tuple(reused))
+
+
+def merge(old: Annotation, new_text: str, the_plan: Plan, fresh: Annotation | None) -> Annotation:
+    """The annotation of `new_text`: spans in `the_plan.dirty` from `fresh` (an annotation of
+    `new_text[the_plan.start:the_plan.end]`), the others from `old`, moved."""
+    tokens: list[TokenFeatures] = []
+    spans: list[SpanFeatures] = []
+    old_by_span = {(p.start, p.end): p for p in old.paragraphs}
+    for start, end, shift in the_plan.reused:
+        span = old_by_span[(start - shift, end - shift)]
+        spans.append(dataclasses.replace(span, start=start, end=end))
+        tokens += [dataclasses.replace(t, start=t.start + shift, end=t.end + shift) for t in old.tokens
+                   if start - shift <= t.start < end - shift]
+    if fresh is not None:
+        base = the_plan.start
+        wanted = set(the_plan.dirty)
+        for span in fresh.paragraphs:
+            placed = (span.start + base, span.end + base)
+            if placed in wanted:
+                spans.append(dataclasses.replace(span, start=placed[0], end=placed[1]))
+        tokens += [dataclasses.replace(t, start=t.start + base, end=t.end + base) for t in fresh.tokens
+                   if t.start + base >= the_plan.keep_from]
+    tokens.sort(key=lambda t: (t.start, t.end))
+    tokens = [dataclasses.replace(t, index=i) for i, t in enumerate(tokens)]
+    spans.sort(key=lambda s: s.start)
+    return Annotation(new_text, old.hook, tuple(tokens), tuple(spans))
