@@ -59,6 +59,8 @@ def run(sae: str, model: str) -> None:
     say("unsteered: " + "".join(engine.generate(prompt, (), sampling)).strip())
     say("steered:   " + "".join(engine.generate(prompt, [Intervention("vector", vector=vector, strength=1.5)],
                                                sampling)).strip())
+    say("\n== In your editor: `.venv/bin/tinymorph serve` is the language server (hints, hover, steering actions,"
+        "\n   steered completions); set-ups for Neovim, VS Code and Emacs are in editor-configs/ (see the README).")
 
 
 def main(argv: list[str] | None = None) -> int:
