@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from typing import Any
 
 from lsprotocol import types
@@ -28,6 +30,7 @@ async def pull_configuration(server: TinymorphServer) -> Any:
 def register(server: TinymorphServer) -> None:
     @server.feature(types.INITIALIZE)
     def initialize(ls: TinymorphServer, params: types.InitializeParams) -> None:
+        ls.loop, ls.loop_thread = asyncio.get_running_loop(), threading.get_ident()
         ls.apply_settings(params.initialization_options, initial=True)
 
     @server.feature(types.INITIALIZED)

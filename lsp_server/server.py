@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -111,6 +112,8 @@ class TinymorphServer(LanguageServer):
         self.loaded_key: tuple[Any, ...] | None = None
         self.load_task: asyncio.Task[Any] | None = None
         self.hint_refreshes = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: int | None = None
 
     # ------------------------------------------------------------------------------------------ plumbing
     @property
@@ -429,7 +432,14 @@ class LogForwarder(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             kind = types.MessageType.Error if record.levelno >= logging.ERROR else types.MessageType.Warning
-            self.server.window_log_message(types.LogMessageParams(type=kind, message=self.format(record)))
+            params = types.LogMessageParams(type=kind, message=self.format(record))
+            loop = self.server.loop
+            if loop is None:
+                return  # not connected yet: stderr and the log file have it
+            if threading.get_ident() == self.server.loop_thread:
+                self.server.window_log_message(params)
+            else:  # the engine thread logs too; only the event loop may write to the client
+                loop.call_soon_threadsafe(self.server.window_log_message, params)
         except Exception:  # logging must never break the server
             pass
 
