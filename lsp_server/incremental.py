@@ -2,7 +2,8 @@
 
 The model reads the edited spans with up to `CONTEXT_CHARS` of the text before them; the other spans keep their
 features from the previous annotation (moved by the edit's length change). Spans after the edit were computed with
-the old text before them, so the server follows an incremental annotation with a full one once the writer pauses.
+the old text before them, so once the writer pauses the server reads the whole document again, a few spans per job
+(`rereads`), so that completions wait behind at most one short job.
 """
 
 from __future__ import annotations
@@ -73,11 +74,37 @@ def plan(old: Annotation, new_text: str, granularity: str) -> Plan | None:
     dirty += [(s, e) for s, e, _ in reused if first <= s <= last]
     dirty.sort()
     reused = [r for r in reused if not first <= r[0] <= last]
+    last = dirty[-1][1]
     context = max(0, first - CONTEXT_CHARS)
     if context > 0:  # start the context at a line start, so the tokenizer sees a clean boundary
         line = new_text.rfind("\n", 0, context)
         context = line + 1 if line != -1 else 0
     return Plan(context, first, last, tuple(dirty), tuple(reused))
+
+
+def _context_start(text: str, first: int) -> int:
+    context = max(0, first - CONTEXT_CHARS)
+    if context > 0:  # start the context at a line start, so the tokenizer sees a clean boundary
+        line = text.rfind("\n", 0, context)
+        context = line + 1 if line != -1 else 0
+    return context
+
+
+def rereads(old: Annotation, budget: int = 4000) -> list[Plan]:
+    """Plans that read all of `old`'s spans again, about `budget` characters at a time (each a short job, so that
+    a completion never waits long behind a full re-read)."""
+    spans = [(p.start, p.end) for p in old.paragraphs]
+    plans, i = [], 0
+    while i < len(spans):
+        j = i + 1
+        while j < len(spans) and spans[j][1] - spans[i][0] <= budget:
+            j += 1
+        first, last = spans[i][0], spans[j - 1][1]
+        dirty = tuple(spans[i:j])
+        reused = tuple((s, e, 0) for s, e in spans[:i] + spans[j:])
+        plans.append(Plan(_context_start(old.text, first), first, last, dirty, reused))
+        i = j
+    return plans
 
 
 def merge(old: Annotation, new_text: str, the_plan: Plan, fresh: Annotation | None) -> Annotation:

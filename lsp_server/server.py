@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import uuid
@@ -31,6 +32,7 @@ from steering.generate import CancelToken
 from .config import Settings, parse_settings
 from .incremental import merge as merge_annotations
 from .incremental import plan as incremental_plan
+from .incremental import rereads as reread_plans
 from .state import Annotated, DocState, SteeringSet, Suggestion
 from .worker import (
     ANNOTATE,
@@ -236,7 +238,41 @@ class TinymorphServer(LanguageServer):
             await self._suggest(state)
         if partial:
             await asyncio.sleep(FULL_REREAD_DELAY)
-            await self._annotate(state, incremental=False)
+            await self._reread(state)
+
+    async def _reread(self, state: DocState) -> None:
+        """Read an incrementally annotated document again, a few spans per engine job."""
+        annotated = state.annotated
+        if annotated is None:
+            return
+        version, text = annotated.version, annotated.annotation.text
+        for step in reread_plans(annotated.annotation):
+            current = state.annotated
+            if current is None or state.doc.version != version or self.docs.get(state.doc.uri) is not state:
+                return
+            piece, old, granularity = text[step.start:step.end], current.annotation, current.granularity
+
+            known = set(self.cards)
+
+            def job(engine: EngineAPI, piece: str = piece, old: Annotation = old, step: Any = step,
+                    granularity: str = granularity, known: set[int] = known,
+                    ) -> tuple[Annotation, dict[int, FeatureCard]]:
+                fresh = engine.annotate(piece, top_k=5, paragraph_top=max(8, self.settings.hint_count + 5),
+                                        granularity=granularity)
+                return merge_annotations(old, text, step, fresh), cards_of(engine, new_features(fresh, known))
+
+            try:
+                merged, cards = await self.run_engine("reread", job, ANNOTATE)
+            except Exception as exc:
+                log.debug("re-reading %s stopped: %s", state.doc.uri, exc)
+                return
+            self.cards.update(cards)
+            if state.doc.version != version or state.annotated is not current:
+                return
+            state.annotated = dataclasses.replace(current, annotation=merged)
+        if state.annotated is not None and state.doc.version == version:
+            state.annotated = dataclasses.replace(state.annotated, partial=False)
+            self.refresh_hints()
 
     async def _annotate(self, state: DocState, *, incremental: bool) -> bool:
         """Annotate the document's current version; True when only its edited spans were read."""
@@ -264,13 +300,7 @@ class TinymorphServer(LanguageServer):
             if step is None or step.dirty:
                 fresh = engine.annotate(piece, top_k=5, paragraph_top=max(8, settings.hint_count + 5),
                                         granularity=granularity)
-            wanted: list[int] = []
-            if fresh is not None:
-                for span in fresh.paragraphs:
-                    wanted += [f.feature for f in span.features]
-                for token in fresh.tokens:
-                    wanted += [f.feature for f in token.features]
-            cards = cards_of(engine, [f for f in dict.fromkeys(wanted) if f not in known])
+            cards = cards_of(engine, new_features(fresh, known)) if fresh is not None else {}
             if step is None:
                 assert fresh is not None
                 return fresh, cards
@@ -401,6 +431,13 @@ class TinymorphServer(LanguageServer):
         for state in self.docs.values():
             state.annotated = None
             self.schedule(state, 0)
+
+
+def new_features(annotation: Annotation, known: set[int]) -> list[int]:
+    """Features of `annotation` (spans first, then tokens) that have no card yet, each once."""
+    wanted = [f.feature for span in annotation.paragraphs for f in span.features]
+    wanted += [f.feature for token in annotation.tokens for f in token.features]
+    return [f for f in dict.fromkeys(wanted) if f not in known]
 
 
 EXPLAIN_LIMIT = 256

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lsp_server.incremental import merge, plan
+from lsp_server.incremental import merge, plan, rereads
 from steering.annotate import split_spans
 from steering.engine import Engine
 from steering.sae import SAE
@@ -93,3 +93,20 @@ def test_nothing_to_reuse_or_nothing_changed() -> None:
     before = eng.annotate(TEXT)
     assert plan(before, TEXT, "paragraph") is None
     assert plan(before, "Something else entirely.", "paragraph") is None
+
+
+def test_rereads_bring_a_stale_merge_back_to_a_full_read() -> None:
+    eng = engine()
+    before = eng.annotate(TEXT)
+    new = "Dawn. " + TEXT  # an edit at the top: every later paragraph keeps features read after the old text
+    the_plan = plan(before, new, "paragraph")
+    assert the_plan is not None
+    merged = merge(before, new, the_plan, eng.annotate(new[the_plan.start:the_plan.end]))
+    steps = rereads(merged, budget=40)  # small jobs: one paragraph each here
+    assert len(steps) == len(merged.paragraphs)
+    for step in steps:
+        merged = merge(merged, new, step, eng.annotate(new[step.start:step.end]))
+    full = eng.annotate(new)
+    assert spans_of(merged) == spans_of(full)
+    for start, end in spans_of(full):
+        same_features(merged, full, start, end)
