@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .annotate import Annotation
 from .config import EngineConfig, SamplingConfig
 from .engine import Engine
 from .errors import TinymorphError
@@ -38,17 +39,17 @@ def run(sae: str, model: str) -> None:
             say(f"¶ {snippet[:70]}…")
             for f in para.features[:4]:
                 say(f"    #{f.feature:<5} Σ {f.total:7.1f}  max {f.max:5.1f}  ⟨{engine.label(f.feature)}⟩")
-        feature = ann.paragraphs[-1].features[0].feature
+        prompt = "The afternoon in the town was"
+        plain = "".join(engine.generate(prompt, (), sampling)).strip()
+        feature, strength, steered = pick_steering(engine, ann, prompt, sampling, plain)
         ex = engine.explain(feature, top=6)
         say(f"\n== feature {feature}: ⟨{ex.label}⟩")
         say("promotes: " + " ".join(repr(t.token) for t in ex.lens.promoted))
         for context, act in ex.contexts[:4]:
             say(f"  {act:6.2f}  {context}")
-        prompt = "The afternoon in the town was"
-        say(f"\n== greedy continuation of {prompt!r}, unsteered vs steered toward feature {feature} (+6)")
-        say("unsteered: " + "".join(engine.generate(prompt, (), sampling)).strip())
-        say("steered:   " + "".join(engine.generate(prompt, [Intervention("add", feature, strength=6.0)],
-                                                   sampling)).strip())
+        say(f"\n== greedy continuation of {prompt!r}, unsteered vs steered toward feature {feature} (+{strength:g})")
+        say("unsteered: " + plain)
+        say("steered:   " + steered)
     else:
         say("\n(no SAE: feature annotation skipped; pass --sae PATH)")
     prompt = "The morning by the harbour was"
@@ -61,6 +62,24 @@ def run(sae: str, model: str) -> None:
                                                sampling)).strip())
     say("\n== In your editor: `.venv/bin/tinymorph serve` is the language server (hints, hover, steering actions,"
         "\n   steered completions); set-ups for Neovim, VS Code and Emacs are in editor-configs/ (see the README).")
+
+
+def pick_steering(engine: Engine, ann: Annotation, prompt: str, sampling: SamplingConfig, plain: str,
+                  ) -> tuple[int, float, str]:
+    """A feature of the sample (top features first) and a strength whose steered continuation is readable text
+    that differs from the unsteered one: steering a small model far enough often gives repetition or nothing."""
+    candidates = list(dict.fromkeys(f.feature for p in ann.paragraphs for f in p.features[:4]))[:12]
+    first: tuple[int, float, str] | None = None
+    for feature in candidates:
+        for strength in (3.0, 5.0):
+            out = "".join(engine.generate(prompt, [Intervention("add", feature, strength=strength)],
+                                          sampling)).strip()
+            first = first or (feature, strength, out)
+            words = out.split()
+            if out != plain and len(words) >= 8 and len(set(words)) >= 0.5 * len(words):
+                return feature, strength, out
+    assert first is not None
+    return first
 
 
 def main(argv: list[str] | None = None) -> int:
