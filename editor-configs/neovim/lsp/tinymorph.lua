@@ -1,8 +1,8 @@
 -- tinymorph language server: feature hints, hover, steering actions and steered completions for prose.
 --
 -- Neovim >= 0.11:   vim.lsp.enable('tinymorph')          (this file is found on 'runtimepath' as lsp/tinymorph.lua)
--- nvim-lspconfig:   the same table works as a custom config: require('lspconfig.configs').tinymorph =
---                   { default_config = dofile('.../lsp/tinymorph.lua') }
+-- nvim-lspconfig:   recent versions read lsp/*.lua the same way; for the older setup{} interface see the README
+--                   (register this table under lspconfig.configs with a root_dir).
 -- Override fields with vim.lsp.config('tinymorph', { cmd = { '/path/to/.venv/bin/tinymorph', 'serve' } }).
 return {
   cmd = { 'tinymorph', 'serve' },
