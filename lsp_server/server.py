@@ -233,7 +233,7 @@ class TinymorphServer(LanguageServer):
         """The debounced pipeline: read the document (only the edited spans when possible), refresh the hints,
         compute the suggestion, and after an incremental read, read everything again once the writer pauses."""
         await asyncio.sleep(wait)
-        partial = await self._annotate(state, incremental=True)
+        partial = await self._annotate(state)
         if self.settings.suggestion and state.last_edit is not None and state.annotated is not None:
             await self._suggest(state)
         if partial:
@@ -274,8 +274,9 @@ class TinymorphServer(LanguageServer):
             state.annotated = dataclasses.replace(state.annotated, partial=False)
             self.refresh_hints()
 
-    async def _annotate(self, state: DocState, *, incremental: bool) -> bool:
-        """Annotate the document's current version; True when only its edited spans were read."""
+    async def _annotate(self, state: DocState) -> bool:
+        """Annotate the document's current version, reading only the edited spans where the previous annotation
+        allows it; True when it did."""
         doc = state.doc
         if self.docs.get(doc.uri) is not state or self.worker.engine is None:
             return False
@@ -286,7 +287,7 @@ class TinymorphServer(LanguageServer):
         known = set(self.cards)
         previous = state.annotated
         the_plan = None
-        if incremental and previous is not None and previous.base == 0 and base == 0 and end == doc_length and \
+        if previous is not None and previous.base == 0 and base == 0 and end == doc_length and \
                 previous.doc_length == len(previous.annotation.text) and previous.granularity == granularity:
             the_plan = incremental_plan(previous.annotation, text, granularity)
         if the_plan is not None and previous is not None:
