@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from steering.annotate import Annotation, SpanFeatures, TokenFeatures, split_spans
 
+from .text import common_prefix, common_suffix
+
 CONTEXT_CHARS = 1500
 """Text before the first edited span that the model reads again with it (about 350 tokens of English)."""
 
@@ -29,29 +31,14 @@ class Plan:
     """(new start, new end, shift) of the spans taken from the old annotation; old offsets are new - shift."""
 
 
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    step = 4096
-    while i < n:  # compare in blocks first (in C), then character by character inside the first unequal block
-        j = min(n, i + step)
-        if a[i:j] == b[i:j]:
-            i = j
-            continue
-        while a[i] == b[i]:
-            i += 1
-        return i
-    return n
-
-
 def plan(old: Annotation, new_text: str, granularity: str) -> Plan | None:
     """How to update `old` (an annotation of a whole document) to `new_text`; None when there is nothing to reuse
     or nothing changed."""
     old_text = old.text
     if old_text == new_text or not old.paragraphs:
         return None
-    prefix = _common_prefix(old_text, new_text)
-    suffix = _common_prefix(old_text[prefix:][::-1], new_text[prefix:][::-1])
+    prefix = common_prefix(old_text, new_text)
+    suffix = common_suffix(old_text[prefix:], new_text[prefix:])
     change_end = len(new_text) - suffix  # the changed region in the new text is [prefix, change_end)
     shift = len(new_text) - len(old_text)
     old_spans = {(p.start, p.end) for p in old.paragraphs}

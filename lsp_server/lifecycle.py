@@ -31,13 +31,13 @@ def register(server: TinymorphServer) -> None:
     @server.feature(types.INITIALIZE)
     def initialize(ls: TinymorphServer, params: types.InitializeParams) -> None:
         ls.loop, ls.loop_thread = asyncio.get_running_loop(), threading.get_ident()
-        ls.apply_settings(params.initialization_options, initial=True)
+        ls.apply_settings(params.initialization_options, react=False)
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: TinymorphServer, params: types.InitializedParams) -> None:
         pulled = await pull_configuration(ls)
-        if pulled is not None:
-            _merge(ls, pulled)
+        if pulled is not None:  # the client's settings override the initialization options
+            ls.apply_settings(pulled, react=False)
         ls.start_loading()
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -55,12 +55,3 @@ def register(server: TinymorphServer) -> None:
                 state.generation.cancel()
         ls.worker.stop()
 
-
-def _merge(server: TinymorphServer, pulled: Any) -> None:
-    """Settings pulled at start-up override the initialization options, before anything loads."""
-    from .config import parse_settings
-
-    settings, problems = parse_settings(pulled, server.settings)
-    if problems:
-        server.tell("invalid settings: " + "; ".join(problems))
-    server.settings = settings

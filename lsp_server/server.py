@@ -257,8 +257,7 @@ class TinymorphServer(LanguageServer):
             def job(engine: EngineAPI, piece: str = piece, old: Annotation = old, step: Any = step,
                     granularity: str = granularity, known: set[int] = known,
                     ) -> tuple[Annotation, dict[int, FeatureCard]]:
-                fresh = engine.annotate(piece, top_k=5, paragraph_top=max(8, self.settings.hint_count + 5),
-                                        granularity=granularity)
+                fresh = self.read(engine, piece, granularity)
                 return merge_annotations(old, text, step, fresh), cards_of(engine, new_features(fresh, known))
 
             try:
@@ -274,6 +273,11 @@ class TinymorphServer(LanguageServer):
             state.annotated = dataclasses.replace(state.annotated, partial=False)
             self.refresh_hints()
 
+    def read(self, engine: EngineAPI, text: str, granularity: str) -> Annotation:
+        """The one annotate call of the server (runs on the worker): enough span features for hints and tooltips."""
+        return engine.annotate(text, top_k=5, paragraph_top=max(8, self.settings.hint_count + 5),
+                               granularity=granularity)
+
     async def _annotate(self, state: DocState) -> bool:
         """Annotate the document's current version, reading only the edited spans where the previous annotation
         allows it; True when it did."""
@@ -282,8 +286,7 @@ class TinymorphServer(LanguageServer):
             return False
         version, (base, end) = doc.version, self.window(state)
         text, doc_length = doc.text[base:end], len(doc.text)
-        settings = self.settings
-        granularity = settings.hint_granularity
+        granularity = self.settings.hint_granularity
         known = set(self.cards)
         previous = state.annotated
         the_plan = None
@@ -299,8 +302,7 @@ class TinymorphServer(LanguageServer):
         def job(engine: EngineAPI) -> tuple[Annotation, dict[int, FeatureCard]]:
             fresh = None
             if step is None or step.dirty:
-                fresh = engine.annotate(piece, top_k=5, paragraph_top=max(8, settings.hint_count + 5),
-                                        granularity=granularity)
+                fresh = self.read(engine, piece, granularity)
             cards = cards_of(engine, new_features(fresh, known)) if fresh is not None else {}
             if step is None:
                 assert fresh is not None
@@ -375,12 +377,14 @@ class TinymorphServer(LanguageServer):
         return text
 
     # ------------------------------------------------------------------------------------------ settings and engine
-    def apply_settings(self, raw: Any, *, initial: bool = False) -> None:
-        settings, problems = parse_settings(raw, None if initial else self.settings)
+    def apply_settings(self, raw: Any, *, react: bool = True) -> None:
+        """Settings from `raw` on top of the current ones; with `react`, reload the engine or re-annotate as the
+        change needs (at start-up nothing is loaded yet, so there is nothing to react to)."""
+        settings, problems = parse_settings(raw, self.settings)
         if problems:
             self.tell("invalid settings: " + "; ".join(problems))
         old, self.settings = self.settings, settings
-        if initial:
+        if not react:
             return
         if settings.engine_key() != self.loaded_key:
             self.start_loading()

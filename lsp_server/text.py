@@ -118,8 +118,8 @@ class Document:
             return start, start + len(change.text)
         old, new = self.text, change.text
         self.text = new
-        prefix = _common_prefix(old, new)
-        suffix = _common_suffix(old[prefix:], new[prefix:])
+        prefix = common_prefix(old, new)
+        suffix = common_suffix(old[prefix:], new[prefix:])
         return prefix, len(new) - suffix
 
 
@@ -127,17 +127,22 @@ def _ordered(rng: types.Range) -> bool:
     return (rng.start.line, rng.start.character) <= (rng.end.line, rng.end.character)
 
 
-def _common_prefix(a: str, b: str) -> int:
+def common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix of `a` and `b`."""
     n = min(len(a), len(b))
-    lo, hi = 0, n
-    while lo < hi:  # binary search on equal prefixes: O(n) compares in C rather than a Python loop
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    i = 0
+    step = 4096
+    while i < n:  # compare in blocks first (in C), then character by character inside the first unequal block
+        j = min(n, i + step)
+        if a[i:j] == b[i:j]:
+            i = j
+            continue
+        while a[i] == b[i]:
+            i += 1
+        return i
+    return n
 
 
-def _common_suffix(a: str, b: str) -> int:
-    return _common_prefix(a[::-1], b[::-1])
+def common_suffix(a: str, b: str) -> int:
+    """Length of the longest common suffix of `a` and `b`."""
+    return common_prefix(a[::-1], b[::-1])
