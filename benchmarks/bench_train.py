@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from steering.config import TrainConfig
 from steering.corpus import load_corpus
 from steering.models import load_model
 from steering.sae import HookPoint
-from steering.train import TrainConfig, train, train_on_activations
+from steering.train import train
+from steering.trainer import train_on_activations
 
 PROSE = (
     "The harbour was quiet in the grey morning, and the boats knocked softly against the pier. She walked along "

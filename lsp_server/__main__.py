@@ -1,12 +1,60 @@
-"""`python -m lsp_server` / `tinymorph serve`: start the language server on stdio (or TCP on 127.0.0.1)."""
+"""`python -m lsp_server` / `tinymorph serve`: build the server (`create_server`), forward its log to the client,
+and start it on stdio (or TCP on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import threading
+from typing import TYPE_CHECKING
+
+from lsprotocol import types
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
+    from .worker import Loader
+
+log = logging.getLogger("lsp_server")
 
 LOCALHOST = "127.0.0.1"
+
+
+def create_server(loader: Loader | None = None) -> TinymorphServer:
+    """The server with every feature registered; a feature that fails to register is logged and left out."""
+    from . import actions, commands, completion, documents, hints, hover, lifecycle
+    from .server import TinymorphServer
+    from .worker import load_engine
+
+    server = TinymorphServer(loader or load_engine)
+    for module in (lifecycle, documents, hints, hover, actions, completion, commands):
+        try:
+            module.register(server)
+        except Exception:
+            log.exception("could not register %s", module.__name__)
+    return server
+
+
+class LogForwarder(logging.Handler):
+    """Sends warnings and errors of the server's loggers to the client's log (`window/logMessage`)."""
+
+    def __init__(self, server: TinymorphServer) -> None:
+        super().__init__(logging.WARNING)
+        self.server = server
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            kind = types.MessageType.Error if record.levelno >= logging.ERROR else types.MessageType.Warning
+            params = types.LogMessageParams(type=kind, message=self.format(record))
+            loop = self.server.loop
+            if loop is None:
+                return  # not connected yet: stderr and the log file have it
+            if threading.get_ident() == self.server.loop_thread:
+                self.server.window_log_message(params)
+            else:  # the engine thread logs too; only the event loop may write to the client
+                loop.call_soon_threadsafe(self.server.window_log_message, params)
+        except Exception:  # logging must never break the server
+            pass
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pygls").setLevel(max(level, logging.WARNING) if args.verbose < 2 else logging.DEBUG)
-
-    from .server import LogForwarder, create_server
 
     server = create_server()
     forwarder = LogForwarder(server)

@@ -7,16 +7,20 @@ compute one for a version it no longer has.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
-from .hints import card, short
-from .server import PROMPT_CHARS, Superseded, TinymorphServer
+from .cards import card
+from .generation import Superseded, generate, prompt_before
+from .hints import short
 from .state import DocState
 from .text import PositionError
 from .worker import EngineUnavailable
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
 
 REWRITE = "tinymorph.rewrite"
 TOP_FEATURES = 3
@@ -35,18 +39,13 @@ def selection_features(state: DocState, lo: int, hi: int) -> list[tuple[int, flo
     annotated = state.annotated
     if annotated is None:
         return []
-    text = state.doc.text
     if lo == hi:
-        for span in annotated.annotation.paragraphs:
-            at = annotated.locate(text, span.start, span.end)
-            if at is not None and at <= lo <= at + span.end - span.start:
+        for at, span in annotated.spans(state.doc.text):
+            if at <= lo <= at + span.end - span.start:
                 return [(f.feature, f.total) for f in span.features]
         return []
     totals: dict[int, float] = {}
-    for span in annotated.annotation.paragraphs:
-        at = annotated.locate(text, span.start, span.end)
-        if at is None:
-            continue
+    for at, span in annotated.spans(state.doc.text):
         for tok in annotated.annotation.tokens:
             start = at + tok.start - span.start
             if span.start <= tok.start < span.end and lo <= start < hi:
@@ -70,10 +69,10 @@ async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: 
     except PositionError as exc:
         raise JsonRpcInvalidParams(str(exc)) from None
     selection = state.doc.text[lo:hi]
-    prompt = state.doc.text[max(0, lo - PROMPT_CHARS):lo]
+    prompt = prompt_before(state.doc.text, lo)
     stop = ("\n\n",) if "\n\n" not in selection else ()
     try:
-        text = await server.generate(uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop)
+        text = await generate(server, uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop)
     except Superseded:
         raise JsonRpcRequestCancelled("A newer request for this document took over.") from None
     except EngineUnavailable as exc:
@@ -106,7 +105,7 @@ def register(server: TinymorphServer) -> None:
                 title=f"Accept suggestion: {short(s.text.strip(), 50)}", kind=types.CodeActionKind.QuickFix,
                 is_preferred=True, edit=versioned_edit(state, version, s.offset, s.offset, s.text)))
         for feature, _total in selection_features(state, lo, hi)[:TOP_FEATURES]:
-            label = short(card(ls, feature).label, 30)
+            label = short(card(ls.cards, feature).label, 30)
             strength = ls.settings.amplify_strength
             actions.append(types.CodeAction(
                 title=f"Amplify feature {feature} ({label})", kind=f"{KIND_STEER}.amplify",
@@ -115,14 +114,14 @@ def register(server: TinymorphServer) -> None:
             actions.append(types.CodeAction(
                 title=f"Suppress feature {feature} ({label})", kind=f"{KIND_STEER}.suppress",
                 command=types.Command(title="Suppress", command="tinymorph.steer.add", arguments=[
-                    {"feature": feature, "strength": 0.0, "mode": "ablate", "uri": uri}])))
+                    {"feature": feature, "mode": "ablate", "uri": uri}])))
         if hi > lo and doc.text[lo:hi].strip():
             data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
-            steering = ls.steering_for(uri).entries
+            steering = ls.steering_for(uri)
             title = "Rewrite selection with current steering" + (
-                f" ({', '.join(e.describe() for e in steering)})" if steering else " (no steering set)")
+                f" ({steering.describe()})" if steering.entries else " (no steering set)")
             action = types.CodeAction(title=title, kind=KIND_REWRITE, data=data)
-            if not ls.client_supports("text_document.code_action.resolve_support"):
+            if not ls.supports("text_document.code_action.resolve_support"):
                 action.command = types.Command(title=title, command=REWRITE, arguments=[data])
             actions.append(action)
         if ls.steering_for(uri).entries:

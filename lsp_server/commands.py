@@ -6,20 +6,25 @@ error naming the field, and nothing changes.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 
 from steering.errors import TinymorphError
+from steering.interventions import Intervention
 
 from .actions import REWRITE, compute_rewrite, parse_rewrite_args, versioned_edit
-from .server import TinymorphServer
-from .state import SteerEntry, SteeringError
+from .config import to_wire
+from .pipeline import schedule
+from .state import Steer, SteeringError, intervention_from
 from .worker import EngineUnavailable
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
+else:  # pygls resolves command handlers' annotations at run time: the base class stands in for the server type
+    from pygls.lsp.server import LanguageServer as TinymorphServer
 
 
 def the_object(args: tuple[Any, ...], command: str) -> dict[str, Any]:
@@ -54,21 +59,23 @@ EXAMPLES = {
 }
 
 
-@dataclass(frozen=True)
-class SteerAdd:
-    feature: int
-    strength: float
-    mode: str
-    uri: str | None
-
-    @classmethod
-    def parse(cls, args: tuple[Any, ...]) -> SteerAdd:
-        cmd = "tinymorph.steer.add"
-        obj = the_object(args, cmd)
-        mode = field_of(obj, "mode", str, cmd, "add")
-        return cls(feature=field_of(obj, "feature", int, cmd),
-                   strength=float(field_of(obj, "strength", (int, float), cmd, 4.0 if mode == "add" else 0.0)),
-                   mode=mode, uri=field_of(obj, "uri", str, cmd, None))
+def parse_steer_add(ls: TinymorphServer, args: tuple[Any, ...]) -> tuple[Intervention, str | None]:
+    """The intervention `tinymorph.steer.add` asks for (its fields are the engine's: `Intervention.to_dict`), and
+    the workspace it names."""
+    cmd = "tinymorph.steer.add"
+    obj = the_object(args, cmd)
+    described: dict[str, Any] = {"mode": field_of(obj, "mode", str, cmd, "add"),
+                                 "feature": field_of(obj, "feature", int, cmd)}
+    for name in ("strength", "value"):
+        if name in obj:
+            described[name] = float(field_of(obj, name, (int, float), cmd))
+    if described["mode"] == "add":
+        described.setdefault("strength", ls.settings.amplify_strength)
+    try:
+        intervention = intervention_from(described)
+    except SteeringError as exc:
+        raise JsonRpcInvalidParams(f"{cmd}: {exc}") from None
+    return intervention, field_of(obj, "uri", str, cmd, None)
 
 
 async def engine_call(ls: TinymorphServer, kind: str, fn: Any) -> Any:
@@ -91,7 +98,7 @@ def after_steering_change(ls: TinymorphServer) -> None:
     for state in ls.docs.values():
         state.suggestion = None
         if ls.settings.suggestion and state.last_edit is not None:
-            ls.schedule(state, 0)
+            schedule(ls, state, 0)
     ls.refresh_hints()
 
 
@@ -109,24 +116,22 @@ async def apply_edit(ls: TinymorphServer, edit: types.WorkspaceEdit, label: str)
 def register(server: TinymorphServer) -> None:
     @server.command("tinymorph.steer.add")
     async def steer_add(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
-        req = SteerAdd.parse(args)
-        try:
-            entry = SteerEntry(req.feature, req.strength, req.mode)
-        except SteeringError as exc:
-            raise JsonRpcInvalidParams(f"tinymorph.steer.add: {exc}") from None
+        intervention, uri = parse_steer_add(ls, args)
+        feature = intervention.feature
+        assert feature is not None
         label = ""
-        if ls.worker.engine is not None:
-            info = ls.worker.engine.info()
+        info = ls.worker.info
+        if ls.worker.engine is not None and info is not None:
             if info.d_sae is None:
                 raise JsonRpcInvalidParams("tinymorph.steer.add: the loaded model has no SAE to steer with.")
-            if req.feature >= info.d_sae:
-                raise JsonRpcInvalidParams(f"tinymorph.steer.add: feature {req.feature} does not exist: the SAE "
+            if feature >= info.d_sae:
+                raise JsonRpcInvalidParams(f"tinymorph.steer.add: feature {feature} does not exist: the SAE "
                                            f"has features 0 to {info.d_sae - 1}.")
-            card = ls.cards.get(req.feature)
-            label = card.label if card else await engine_call(ls, "label", lambda e: e.label(req.feature))
-        ls.steering_for(req.uri).put(dataclasses.replace(entry, label=label))
+            card = ls.cards.get(feature)
+            label = card.label if card else await engine_call(ls, "label", lambda e: e.label(feature))
+        ls.steering_for(uri).put(Steer(intervention, label))
         after_steering_change(ls)
-        return steering_list(ls, req.uri)
+        return steering_list(ls, uri)
 
     @server.command("tinymorph.steer.remove")
     def steer_remove(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
@@ -174,13 +179,11 @@ def register(server: TinymorphServer) -> None:
     @server.command("tinymorph.status")
     def status(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
         w = ls.worker
-        engine: dict[str, Any] | None = None
-        if w.engine is not None:
-            engine = w.engine.info().to_dict()
+        engine = w.info.to_dict() if w.engine is not None and w.info is not None else None
         return {"state": w.state, "error": w.error, "engine": engine, "queueDepth": w.queue_depth,
                 "running": w.running, "latencyMs": dict(w.latency_ms), "documents": len(ls.docs),
                 "positionEncoding": ls.encoding, "hintRefreshes": ls.hint_refreshes,
-                "settings": {k: v for k, v in ls.protocol._converter.unstructure(ls.settings.__dict__).items()}}
+                "settings": to_wire(ls.settings)}
 
     @server.command("tinymorph.document")
     def document(ls: TinymorphServer, *args: Any) -> dict[str, Any]:

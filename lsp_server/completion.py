@@ -7,14 +7,18 @@ A newer request for the same document cancels the older one (its decode loop sto
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
+from .generation import Superseded, generate, prompt_before
 from .hints import short
-from .server import PROMPT_CHARS, Superseded, TinymorphServer
 from .text import PositionError
 from .worker import EngineUnavailable
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
 
 _WORD_BEFORE = re.compile(r"\w+$")
 
@@ -27,12 +31,11 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
         offset = state.doc.index.offset(position, strict=True)
     except PositionError as exc:
         raise JsonRpcInvalidParams(str(exc)) from None
-    text = state.doc.text
-    prompt = text[max(0, offset - PROMPT_CHARS):offset]
+    prompt = prompt_before(state.doc.text, offset)
     word = _WORD_BEFORE.search(prompt)
     start = offset - (len(word.group(0)) if word else 0)
     try:
-        out = await ls.generate(uri, prompt, kind=kind, stop=("\n\n",))
+        out = await generate(ls, uri, prompt, kind=kind, stop=("\n\n",))
     except (Superseded, EngineUnavailable):  # a newer request took over, or the model is not loaded (yet)
         return None
     return out, start, offset
@@ -47,8 +50,8 @@ def register(server: TinymorphServer) -> None:
         text, start, offset = got
         doc = ls.state(params.text_document.uri).doc
         prefix = doc.text[start:offset]
-        steering = ls.steering_for(doc.uri).entries
-        detail = "tinymorph · " + (", ".join(e.describe() for e in steering) if steering else "unsteered")
+        steering = ls.steering_for(doc.uri)
+        detail = "tinymorph · " + (steering.describe() if steering.entries else "unsteered")
         item = types.CompletionItem(
             label=short(prefix + text.split("\n", 1)[0], 60), kind=types.CompletionItemKind.Text, detail=detail,
             documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```text\n{text}\n```"),

@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-GRANULARITIES = ("paragraph", "sentence", "line")
+from steering.config import DTYPES
+from steering.spans import GRANULARITIES
+
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 CLIENT_SIDE = frozenset({"server"})
@@ -57,6 +58,10 @@ class Settings:
     def engine_key(self) -> tuple[str, str, str, str, bool]:
         """The settings whose change needs the model or SAE reloaded."""
         return (self.model, self.sae, self.device, self.dtype, self.trust_remote_code)
+
+    def annotation_key(self) -> tuple[Any, ...]:
+        """The settings whose change needs the open documents read again."""
+        return (self.hint_granularity, self.hint_count, self.suggestion, self.max_chars, self.filetypes)
 
 
 def camel(name: str) -> str:
@@ -160,6 +165,12 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
         values[name] = tuple(value) if isinstance(value, list) else (float(value) if str(FIELDS[name].type) ==
                                                                       "float" else value)
     return Settings(**values), problems
+
+
+def to_wire(settings: Settings) -> dict[str, Any]:
+    """The settings as the client writes them: camelCase keys, lists for tuples."""
+    return {camel(name): list(value) if isinstance(value, tuple) else value
+            for name, value in ((f, getattr(settings, f)) for f in FIELDS)}
 
 
 def camel_default(name: str) -> Any:

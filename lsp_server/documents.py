@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lsprotocol import types
 
-from .server import TinymorphServer
+from .pipeline import schedule
 from .state import DocState
 from .text import Document
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
 
 
 def register(server: TinymorphServer) -> None:
@@ -18,7 +23,7 @@ def register(server: TinymorphServer) -> None:
             old.pending.cancel()
         doc = Document(item.uri, item.language_id, item.version, item.text, ls.encoding)
         state = ls.docs[item.uri] = DocState(doc)
-        ls.schedule(state, 0)
+        schedule(ls, state, 0)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TinymorphServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -29,7 +34,7 @@ def register(server: TinymorphServer) -> None:
             _, state.last_edit = state.doc.apply(change)
         state.doc.version = params.text_document.version
         state.suggestion = None
-        ls.schedule(state)
+        schedule(ls, state)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: TinymorphServer, params: types.DidCloseTextDocumentParams) -> None:

@@ -6,10 +6,16 @@ annotation get no hint until the next one arrives.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lsprotocol import types
 
-from .server import FeatureCard, TinymorphServer
+from .cards import card, promoted
+from .pipeline import schedule
 from .state import DocState
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
 
 LABEL_CHARS = 22
 SUGGESTION_CHARS = 60
@@ -25,14 +31,6 @@ def num(x: float) -> str:
     return f"{x:.1f}" if abs(x) >= 1 else f"{x:.2g}"
 
 
-def card(server: TinymorphServer, feature: int) -> FeatureCard:
-    return server.cards.get(feature) or FeatureCard(f"#{feature}", ())
-
-
-def promoted(c: FeatureCard) -> str:
-    return ", ".join(f"`{t.strip() or repr(t)}`" for t in c.promoted[:5]) or "—"
-
-
 def steer_command(server: TinymorphServer, feature: int, uri: str) -> types.Command:
     strength = server.settings.amplify_strength
     return types.Command(title=f"Steer toward feature {feature} (+{strength:g})", command="tinymorph.steer.add",
@@ -43,18 +41,15 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
     annotated, count = state.annotated, server.settings.hint_count
     if annotated is None or count == 0:
         return []
-    text, index, uri = state.doc.text, state.doc.index, state.doc.uri
+    index, uri = state.doc.index, state.doc.uri
     hints = []
-    for span in annotated.annotation.paragraphs:
-        at = annotated.locate(text, span.start, span.end)
-        if at is None:
-            continue
+    for at, span in annotated.spans(state.doc.text):
         end = at + span.end - span.start
         if not lo <= end <= hi or not span.features:
             continue
         parts = [types.InlayHintLabelPart(value="⟨")]
         for i, f in enumerate(span.features[:count]):
-            c = card(server, f.feature)
+            c = card(server.cards, f.feature)
             if i:
                 parts.append(types.InlayHintLabelPart(value=" · "))
             parts.append(types.InlayHintLabelPart(
@@ -65,8 +60,8 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
                     f"Click to steer toward it (+{server.settings.amplify_strength:g}).")),
                 command=steer_command(server, f.feature, uri)))
         parts.append(types.InlayHintLabelPart(value="⟩"))
-        rows = [f"| {f.feature} | {short(card(server, f.feature).label, 40)} | {f.max:.2f} | {f.total:.2f} | "
-                f"{promoted(card(server, f.feature))} |" for f in span.features]
+        rows = [f"| {f.feature} | {short(card(server.cards, f.feature).label, 40)} | {f.max:.2f} | {f.total:.2f} | "
+                f"{promoted(card(server.cards, f.feature))} |" for f in span.features]
         tooltip = "\n".join(["**tinymorph**: features of this " + server.settings.hint_granularity, "",
                              "| feature | label | peak | sum | promotes |", "|---:|---|---:|---:|---|", *rows])
         hints.append(types.InlayHint(
@@ -80,8 +75,8 @@ def suggestion_hint(server: TinymorphServer, state: DocState, lo: int, hi: int) 
     if s is None or s.version != state.doc.version or not lo <= s.offset <= hi:
         return []
     first = short(s.text.replace("\n", " ⏎ "), SUGGESTION_CHARS)
-    steering = server.steering_for(state.doc.uri).entries
-    how = "steered by " + ", ".join(e.describe() for e in steering) if steering else "unsteered"
+    steering = server.steering_for(state.doc.uri)
+    how = f"steered by {steering.describe()}" if steering.entries else "unsteered"
     return [types.InlayHint(
         position=state.doc.index.position(s.offset),
         label=[types.InlayHintLabelPart(
@@ -105,5 +100,5 @@ def register(server: TinymorphServer) -> None:
             covered = (annotated.base, annotated.base + len(annotated.annotation.text))
             fits = hi - lo <= ls.settings.max_chars
             if fits and (lo < covered[0] or hi > covered[1]) and (state.pending is None or state.pending.done()):
-                ls.schedule(state, 0.05)  # the editor scrolled out of the annotated window
+                schedule(ls, state, 0.05)  # the editor scrolled out of the annotated window
         return feature_hints(ls, state, lo, hi) + suggestion_hint(ls, state, lo, hi)

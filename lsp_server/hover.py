@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import bisect
+from typing import TYPE_CHECKING
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
 from steering.annotate import TokenFeatures
 
-from .hints import card, promoted, short
-from .server import TinymorphServer
+from .cards import card, promoted
+from .hints import short
 from .state import DocState
 from .text import PositionError
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
 
 NEIGHBOURHOOD = 16
 """Characters around a token that must be unchanged since the annotation for its features to be shown."""
@@ -48,7 +52,7 @@ def render(server: TinymorphServer, tok: TokenFeatures) -> str:
         return "\n".join(lines)
     lines += ["| feature | activation | label | promotes |", "|---:|---:|---|---|"]
     for f in tok.features:
-        c = card(server, f.feature)
+        c = card(server.cards, f.feature)
         lines.append(f"| {f.feature} | {f.activation:.2f} | {short(c.label, 40)} | {promoted(c)} |")
     return "\n".join(lines)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from steering.annotate import Annotation, SpanFeatures, TokenFeatures, split_spans
+from steering.annotate import Annotation, SpanFeatures, TokenFeatures
+from steering.spans import split_spans
 
 from .text import common_prefix, common_suffix
 
@@ -61,17 +62,14 @@ def plan(old: Annotation, new_text: str, granularity: str) -> Plan | None:
     dirty += [(s, e) for s, e, _ in reused if first <= s <= last]
     dirty.sort()
     reused = [r for r in reused if not first <= r[0] <= last]
-    last = dirty[-1][1]
-    context = max(0, first - CONTEXT_CHARS)
-    if context > 0:  # start the context at a line start, so the tokenizer sees a clean boundary
-        line = new_text.rfind("\n", 0, context)
-        context = line + 1 if line != -1 else 0
-    return Plan(context, first, last, tuple(dirty), tuple(reused))
+    return Plan(_context_start(new_text, first), first, dirty[-1][1], tuple(dirty), tuple(reused))
 
 
 def _context_start(text: str, first: int) -> int:
+    """Where the context read with a span starting at `first` begins: up to `CONTEXT_CHARS` before it, at the
+    start of a line, so the tokenizer sees a clean boundary."""
     context = max(0, first - CONTEXT_CHARS)
-    if context > 0:  # start the context at a line start, so the tokenizer sees a clean boundary
+    if context > 0:
         line = text.rfind("\n", 0, context)
         context = line + 1 if line != -1 else 0
     return context

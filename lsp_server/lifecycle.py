@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
-from .server import TinymorphServer
+from .loading import apply_settings, start_loading
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
 
 log = logging.getLogger(__name__)
 
 
 async def pull_configuration(server: TinymorphServer) -> Any:
     """The client's `tinymorph` section, or None when it has none or cannot be asked."""
-    if not server.client_supports("workspace.configuration"):
+    if not server.supports("workspace.configuration"):
         return None
     try:
         result = await server.workspace_configuration_async(
@@ -31,14 +34,14 @@ def register(server: TinymorphServer) -> None:
     @server.feature(types.INITIALIZE)
     def initialize(ls: TinymorphServer, params: types.InitializeParams) -> None:
         ls.loop, ls.loop_thread = asyncio.get_running_loop(), threading.get_ident()
-        ls.apply_settings(params.initialization_options, react=False)
+        apply_settings(ls, params.initialization_options, react=False)
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: TinymorphServer, params: types.InitializedParams) -> None:
         pulled = await pull_configuration(ls)
         if pulled is not None:  # the client's settings override the initialization options
-            ls.apply_settings(pulled, react=False)
-        ls.start_loading()
+            apply_settings(ls, pulled, react=False)
+        start_loading(ls)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def changed(ls: TinymorphServer, params: types.DidChangeConfigurationParams) -> None:
@@ -46,7 +49,7 @@ def register(server: TinymorphServer) -> None:
         if raw is None and isinstance(params.settings, dict):
             raw = params.settings.get("tinymorph", params.settings)
         if raw is not None:
-            ls.apply_settings(raw)
+            apply_settings(ls, raw)
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: TinymorphServer, params: Any) -> None:

@@ -9,68 +9,60 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-import os
-import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steering.annotate import Annotation
+from steering.annotate import Annotation, SpanFeatures
+from steering.atomic import write_text
+from steering.errors import TinymorphError
 from steering.generate import CancelToken
-from steering.interventions import Intervention
+from steering.interventions import FEATURE_MODES, Intervention
 
 from .text import Document
 
 log = logging.getLogger(__name__)
 
 STEERING_FILE = Path(".tinymorph") / "steering.json"
-MODES = ("add", "clamp", "ablate")
 
 
 class SteeringError(ValueError):
     """A steering entry that cannot be used."""
 
 
+def intervention_from(data: dict[str, Any]) -> Intervention:
+    """An engine intervention on one feature from its JSON description (`Intervention.to_dict`). Files written
+    before `value` existed kept a clamp's target in `strength`: that still reads as the clamp value."""
+    mode = data.get("mode", "add")
+    if mode not in FEATURE_MODES:
+        raise SteeringError(f"mode must be one of {', '.join(FEATURE_MODES)}, not {mode!r}")
+    if mode == "clamp" and "value" not in data and "strength" in data:
+        data = {**data, "value": data["strength"]}
+        del data["strength"]
+    try:
+        return Intervention.from_dict(data)
+    except TinymorphError as exc:
+        raise SteeringError(str(exc)) from None
+
+
 @dataclass(frozen=True)
-class SteerEntry:
-    """One feature in the workspace's steering set."""
+class Steer:
+    """One entry of a workspace's steering set: what the engine applies, and the feature's label for display."""
 
-    feature: int
-    """SAE feature index."""
-    strength: float = 4.0
-    """`add`: multiple of the feature's max activation; `clamp`: the activation to hold; `ablate`: unused."""
-    mode: str = "add"
-    """`add`, `clamp` or `ablate`."""
+    intervention: Intervention
     label: str = ""
-    """The feature's label when it was added, for display."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.feature, int) or isinstance(self.feature, bool) or self.feature < 0:
-            raise SteeringError(f"feature must be a whole number >= 0, not {self.feature!r}")
-        if isinstance(self.strength, bool) or not isinstance(self.strength, int | float) or \
-                not math.isfinite(self.strength):
-            raise SteeringError(f"strength must be a finite number, not {self.strength!r}")
-        if self.mode not in MODES:
-            raise SteeringError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-
-    def intervention(self) -> Intervention:
-        if self.mode == "clamp":
-            return Intervention("clamp", self.feature, value=float(self.strength))
-        if self.mode == "ablate":
-            return Intervention("ablate", self.feature)
-        return Intervention("add", self.feature, strength=float(self.strength))
+    @property
+    def feature(self) -> int:
+        assert self.intervention.feature is not None
+        return self.intervention.feature
 
     def to_dict(self) -> dict[str, Any]:
-        return {"feature": self.feature, "strength": self.strength, "mode": self.mode, "label": self.label}
+        return {**self.intervention.to_dict(), "label": self.label}
 
-    def describe(self) -> str:
-        name = f"{self.feature}" + (f" ({self.label})" if self.label else "")
-        if self.mode == "ablate":
-            return f"{name} off"
-        if self.mode == "clamp":
-            return f"{name} clamped at {self.strength:g}"
-        return f"{name} {self.strength:+g}"
+    def __str__(self) -> str:
+        return self.intervention.describe(self.label)
 
 
 class SteeringSet:
@@ -78,7 +70,7 @@ class SteeringSet:
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
-        self.entries: list[SteerEntry] = []
+        self.entries: list[Steer] = []
         self.load_error: str | None = None
         if folder is not None:
             self._load()
@@ -95,32 +87,24 @@ class SteeringSet:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("steering"), list):
                 raise SteeringError('expected an object with a "steering" list')
-            self.entries = [SteerEntry(**{k: v for k, v in e.items() if k in ("feature", "strength", "mode",
-                                                                               "label")})
-                            for e in data["steering"]]
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            entries = []
+            for e in data["steering"]:
+                if not isinstance(e, dict):
+                    raise SteeringError(f"each entry must be an object, not {e!r}")
+                label = e.get("label", "")
+                entries.append(Steer(intervention_from(e), label if isinstance(label, str) else ""))
+            self.entries = entries
+        except (OSError, ValueError) as exc:
             self.entries = []
             self.load_error = f"{path} is not a valid steering file ({exc}); starting with no steering."
             log.warning(self.load_error)
 
     def save(self) -> None:
-        path = self.path
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"version": 1, "steering": [e.to_dict() for e in self.entries]}, indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".steering.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if self.path is not None:
+            payload = {"version": 2, "steering": [e.to_dict() for e in self.entries]}
+            write_text(self.path, json.dumps(payload, indent=2) + "\n")
 
-    def put(self, entry: SteerEntry) -> None:
+    def put(self, entry: Steer) -> None:
         """Add `entry`, replacing any entry for the same feature."""
         self.entries = [e for e in self.entries if e.feature != entry.feature] + [entry]
         self.save()
@@ -138,10 +122,11 @@ class SteeringSet:
         self.save()
 
     def interventions(self) -> list[Intervention]:
-        return [e.intervention() for e in self.entries]
+        return [e.intervention for e in self.entries]
 
-    def key(self) -> tuple[tuple[int, float, str], ...]:
-        return tuple((e.feature, e.strength, e.mode) for e in self.entries)
+    def describe(self) -> str:
+        """The set in a few words, for titles and tooltips."""
+        return ", ".join(map(str, self.entries)) if self.entries else "no steering"
 
 
 @dataclass(frozen=True)
@@ -164,6 +149,13 @@ class Annotated:
     granularity: str = "paragraph"
     partial: bool = False
     """Only the edited spans were read again; the others keep features computed before the edit."""
+
+    def spans(self, current: str) -> Iterator[tuple[int, SpanFeatures]]:
+        """(where it starts in `current`, span) for each annotated span whose text is still there."""
+        for span in self.annotation.paragraphs:
+            at = self.locate(current, span.start, span.end)
+            if at is not None:
+                yield at, span
 
     def locate(self, current: str, start: int, end: int) -> int | None:
         """Where the annotated span `[start, end)` (annotation coordinates) now starts in `current`, if that text is
@@ -191,4 +183,3 @@ class DocState:
     """The debounced annotation task."""
     generation: CancelToken | None = None
     """The running completion for this document, cancelled by a newer one."""
-    features_seen: set[int] = field(default_factory=set)

@@ -8,12 +8,11 @@ character past the end of a line means the end of that line.
 from __future__ import annotations
 
 import bisect
-import re
 from dataclasses import dataclass, field
 
 from lsprotocol import types
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+from steering.spans import LINE_BREAK
 
 
 class PositionError(ValueError):
@@ -37,7 +36,7 @@ class LineIndex:
         self.encoding = encoding
         self.starts = [0]
         self.ends = []  # end of each line's content, before its line break
-        for match in _LINE_BREAK.finditer(text):
+        for match in LINE_BREAK.finditer(text):
             self.ends.append(match.start())
             self.starts.append(match.end())
         self.ends.append(len(text))

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from steering.annotate import Annotation
 from steering.config import EngineConfig, SamplingConfig
-from steering.engine import EngineInfo, FeatureExplanation
+from steering.engine import EngineInfo, FeatureCard, FeatureExplanation
 from steering.generate import CancelToken
 from steering.interventions import Intervention
 
@@ -44,11 +44,12 @@ class EngineAPI(Protocol):
 
     def explain(self, feature: int, *, top: int = 10) -> FeatureExplanation: ...
 
+    def cards(self, features: Sequence[int], *, lens_limit: int = 256) -> dict[int, FeatureCard]: ...
+
     def search(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]: ...
 
     def label(self, feature: int) -> str: ...
 
-    def labels(self) -> dict[str, Any] | None: ...
 
 
 Loader = Callable[[EngineConfig, Callable[[str], None]], EngineAPI]
@@ -86,6 +87,8 @@ class EngineWorker:
         self._thread = threading.Thread(target=self._run, name="tinymorph-engine", daemon=True)
         self._thread.start()
         self.engine: EngineAPI | None = None
+        self.info: EngineInfo | None = None
+        """What the engine said of itself when it loaded (read it instead of calling the engine off its thread)."""
         self.state = "idle"
         self.error: str | None = None
         self.latency_ms: dict[str, float] = {}
@@ -110,9 +113,9 @@ class EngineWorker:
                 info = engine.info()
             except BaseException as exc:
                 self.state, self.error = "failed", str(exc) or type(exc).__name__
-                self.engine = None
+                self.engine, self.info = None, None
                 raise
-            self.engine, self.state, self.error = engine, "ready", None
+            self.engine, self.info, self.state, self.error = engine, info, "ready", None
             return info
 
         return self._submit_raw("load", run, LOAD)

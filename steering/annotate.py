@@ -6,7 +6,6 @@ reported (long documents run in overlapping windows so that only the document's 
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -15,6 +14,7 @@ import torch
 from .hooks import capture_residual
 from .models import LoadedModel
 from .sae import SAE
+from .spans import split_spans
 
 
 class FeatureValue(NamedTuple):
@@ -75,70 +75,6 @@ class Annotation:
                 for p in self.paragraphs
             ],
         }
-
-
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
-
-
-def paragraphs(text: str) -> list[tuple[int, int]]:
-    """Character spans of the paragraphs: runs of text separated by blank lines, surrounding space trimmed."""
-    spans = []
-    pos = 0
-    for match in [*_PARAGRAPH_BREAK.finditer(text), None]:
-        end = match.start() if match else len(text)
-        chunk = text[pos:end]
-        stripped = chunk.strip()
-        if stripped:
-            lead = len(chunk) - len(chunk.lstrip())
-            spans.append((pos + lead, pos + lead + len(stripped)))
-        if match:
-            pos = match.end()
-    return spans
-
-
-_SENTENCE_END = re.compile(r"[.!?…][\"')\]»”’]*(\s+)|(\n[ \t]*\n)")
-GRANULARITIES = ("paragraph", "sentence", "line")
-
-
-def _trimmed(text: str, cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out = []
-    for start, end in cuts:
-        chunk = text[start:end]
-        if chunk.strip():
-            lead = len(chunk) - len(chunk.lstrip())
-            out.append((start + lead, start + lead + len(chunk.strip())))
-    return out
-
-
-def sentences(text: str) -> list[tuple[int, int]]:
-    """Character spans of the sentences: text up to `.`, `!`, `?` or `…` (and closing quotes) plus space, or a
-    paragraph break."""
-    cuts, pos = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        cuts.append((pos, match.start(1) if match.group(1) is not None else match.start(2)))
-        pos = match.end()
-    cuts.append((pos, len(text)))
-    return _trimmed(text, cuts)
-
-
-def lines(text: str) -> list[tuple[int, int]]:
-    """Character spans of the non-blank lines."""
-    cuts, pos = [], 0
-    for line in text.splitlines(keepends=True):
-        cuts.append((pos, pos + len(line)))
-        pos += len(line)
-    return _trimmed(text, cuts)
-
-
-def split_spans(text: str, granularity: str = "paragraph") -> list[tuple[int, int]]:
-    """Spans of `text` at `granularity`: `paragraph`, `sentence` or `line`."""
-    if granularity == "paragraph":
-        return paragraphs(text)
-    if granularity == "sentence":
-        return sentences(text)
-    if granularity == "line":
-        return lines(text)
-    raise ValueError(f"Unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}.")
 
 
 @torch.inference_mode()

@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import POSITIONS, EngineConfig, SamplingConfig
+from .config import (
+    DTYPES,
+    POSITIONS,
+    EngineConfig,
+    SamplingConfig,
+    TrainConfig,
+    add_arguments,
+    from_arguments,
+)
 from .errors import TinymorphError
 
 EXIT_USAGE = 2
@@ -26,7 +36,7 @@ def _common(parser: argparse.ArgumentParser, *, sae: bool = True) -> None:
         g.add_argument("--sae-layer", type=int, default=None, help="layer of an SAE whose files do not say it")
         g.add_argument("--layer", type=int, default=None, help="hook layer for vector steering without an SAE")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--dtype", default="auto", choices=DTYPES)
     g.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the model")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
@@ -80,27 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-sae", help="train an SAE on the model's residual stream over your text")
     t.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help="text/Markdown files, folders, globs")
-    t.add_argument("--layer", type=int, required=True)
-    t.add_argument("--site", choices=["resid_post", "resid_pre"], default="resid_post")
-    t.add_argument("--tokens", type=int, default=1_000_000, help="training tokens (activations)")
-    t.add_argument("--arch", choices=["topk", "relu", "jumprelu"], default="topk")
-    t.add_argument("--k", type=int, default=32)
-    t.add_argument("--expansion", type=int, default=8)
     t.add_argument("--out", required=True, help="output folder (SAELens layout + feature stats + labels.json)")
     t.add_argument("--overwrite", action="store_true", help="replace an SAE already in --out")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint an interrupted run left")
     t.add_argument("--plot", metavar="PNG", help="also write training curves to this PNG (and into --out)")
     t.add_argument("--half", action="store_true", help="store weights in float16")
-    t.add_argument("--context", type=int, default=128)
-    t.add_argument("--batch-size", type=int, default=4096)
-    t.add_argument("--model-batch", type=int, default=8)
-    t.add_argument("--buffer-size", type=int, default=65_536)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--sparsity", type=float, default=None, help="L1 (relu) or L0 (jumprelu) coefficient")
-    t.add_argument("--dead-tokens", type=int, default=200_000)
-    t.add_argument("--stats-tokens", type=int, default=100_000)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--allow-repeat", action="store_true", help="cycle a corpus smaller than --tokens")
+    add_arguments(t.add_argument_group("training (TrainConfig)"), TrainConfig, required=("layer",))
     _common(t, sae=False)
     t.set_defaults(run=cmd_train)
 
@@ -137,6 +132,11 @@ def _engine(args: argparse.Namespace) -> Any:
         return Engine.load(config, progress=update)
     finally:
         close()
+
+
+def _say(line: str) -> None:
+    """A progress line on stderr (stdout is for results)."""
+    sys.stderr.write(f"tinymorph: {line}\n")
 
 
 def _emit(data: dict[str, Any]) -> None:
@@ -243,100 +243,41 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .corpus import load_corpus
-    from .labels import LABELS_FILE, build_labels, feature_statistics
-    from .models import load_model
-    from .train import (
-        CHECKPOINT_SUFFIX,
-        TrainConfig,
-        dist_info,
-        maybe_init_distributed,
-        out_folder_has_sae,
-        train,
-    )
-
-    out = Path(args.out)
-    checkpoint = out.with_name(out.name + CHECKPOINT_SUFFIX)
-    if out_folder_has_sae(out) and not args.overwrite:
-        raise TinymorphError(f"{out} already holds an SAE; pass --overwrite to replace it.")
-    if out.exists() and not out.is_dir():
-        raise TinymorphError(f"{out} exists and is not a folder.")
-    if args.plot:
-        from .plot import require_matplotlib
-
-        require_matplotlib()
-    cfg = TrainConfig(layer=args.layer, site=args.site, arch=args.arch, k=args.k, expansion=args.expansion,
-                      tokens=args.tokens, context=args.context, batch_size=args.batch_size,
-                      model_batch=args.model_batch, buffer_size=args.buffer_size, lr=args.lr, sparsity=args.sparsity,
-                      dead_tokens=args.dead_tokens, seed=args.seed, stats_tokens=args.stats_tokens,
-                      allow_repeat=args.allow_repeat)
-    update, close = _progress_bar(sys.stderr.isatty())
-    lm = load_model(args.model, args.device, args.dtype, trust_remote_code=args.trust_remote_code, progress=update)
-    close()
-    maybe_init_distributed(lm.device)
-    rank, world = dist_info()
-    corpus = load_corpus(lm.tokenizer, args.corpus, separator=next(iter(sorted(lm.eos_token_ids)), None))
-    sys.stderr.write(
-        f"tinymorph: {corpus.n_tokens:,} corpus tokens from {len(corpus.files)} files; training {cfg.arch} "
-        f"{cfg.expansion}x ({cfg.expansion * lm.d_model:,} latents) on blocks.{cfg.layer}.hook_{cfg.site} for "
-        f"{cfg.tokens:,} tokens; shuffle buffer {cfg.buffer_size:,} x {lm.d_model} x 4 B = "
-        f"{cfg.buffer_size * lm.d_model * 4 / 2**20:.0f} MB per rank ({world} rank{'s' * (world > 1)})\n")
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.tokens, unit="tok", unit_scale=True, file=sys.stderr, disable=rank != 0, leave=False)
+    from .train import train_sae
 
-    def on_progress(point: dict[str, float]) -> None:
+    cfg = from_arguments(TrainConfig, args)
+    update, close = _progress_bar(sys.stderr.isatty())
+    bar: Any = None
+
+    def on_step(point: dict[str, float]) -> None:
+        nonlocal bar
+        if bar is None:
+            close()
+            bar = tqdm(total=cfg.tokens, unit="tok", unit_scale=True, file=sys.stderr, leave=False)
         bar.n = int(point["tokens"])
         bar.set_postfix(loss=f"{point['loss']:.4f}", fvu=f"{point['fvu']:.3f}", l0=f"{point['l0']:.1f}",
                         dead=f"{point['dead']:.3f}", refresh=False)
         bar.refresh()
 
-    model_spec = lm.source.location if args.model != "default" else f"default ({lm.name}, {Path(lm.source.location).name})"
-    meta = {"model_name": lm.name, "tinymorph": {"model": model_spec, "corpus": corpus.provenance()}}
     try:
-        result = train(lm, corpus, cfg, progress=on_progress, checkpoint=checkpoint, resume=args.resume,
-                       metadata=meta)
+        summary = train_sae(cfg, args.corpus, args.out, model=args.model, device=args.device, dtype=args.dtype,
+                            trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, resume=args.resume,
+                            plot=args.plot, half=args.half, on_load=update, on_step=on_step,
+                            say=_say)
     finally:
-        bar.close()
-    if rank != 0:
+        close()
+        if bar is not None:
+            bar.close()
+    if summary is None:  # not rank 0 of a torchrun job
         return 0
-    sae = result.sae.to(lm.device)
-    sys.stderr.write(f"tinymorph: feature statistics and labels over {cfg.stats_tokens:,} tokens\n")
-    stats = feature_statistics(lm, sae, corpus.tokens, context=cfg.context, tokens=cfg.stats_tokens,
-                               top=cfg.top_contexts)
-    sae.set_feature_stats(stats.max_act, stats.frequency)
-    labels = build_labels(lm, sae, stats, corpus.tokens, context=cfg.context)
-    extra = {LABELS_FILE: json.dumps(labels, ensure_ascii=False).encode()}
-    if args.plot:
-        from .plot import curves_png
-
-        png = curves_png(result.history, f"{lm.name} · {sae.hook} · {cfg.arch}")
-        extra["training_curves.png"] = png
-        plot_path = Path(args.plot)
-        tmp = plot_path.with_name(f".{plot_path.name}.tmp")
-        tmp.write_bytes(png)
-        tmp.replace(plot_path)
-    sae.metadata.setdefault("tinymorph", {})["stats_tokens"] = stats.tokens
-    sae.save(out, dtype=torch_half() if args.half else None, overwrite=True, extra=extra)
-    import shutil
-
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    final = result.history[-1] if result.history else {}
-    summary = {"out": str(out), "tokens_seen": result.tokens_seen, "seconds": round(result.seconds, 1),
-               "tokens_per_second": round(result.tokens_seen / max(result.seconds, 1e-9), 1),
-               "final": final, "dead_fraction_at_end": sae.metadata["tinymorph"]["dead_fraction_at_end"]}
     if args.json:
-        _emit(summary)
+        _emit(asdict(summary))
     else:
-        print(f"saved {out}: {result.tokens_seen:,} tokens in {result.seconds:.0f} s; final FVU "
-              f"{final.get('fvu', float('nan')):.3f}, L0 {final.get('l0', float('nan')):.1f}")
+        print(f"saved {summary.out}: {summary.tokens_seen:,} tokens in {summary.seconds:.0f} s; final FVU "
+              f"{summary.final.get('fvu', float('nan')):.3f}, L0 {summary.final.get('l0', float('nan')):.1f}")
     return 0
-
-
-def torch_half() -> Any:
-    import torch
-
-    return torch.float16
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -345,7 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     engine = _engine(args)
     sae = engine.require_sae("eval-sae")
-    corpus = load_corpus(engine.lm.tokenizer, args.corpus, separator=next(iter(sorted(engine.lm.eos_token_ids)), None),
+    corpus = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id,
                          max_tokens=args.tokens * 2 + args.context)
     result = evaluate(engine.lm, sae, corpus, tokens=args.tokens, context=args.context)
     data = {"model": engine.lm.name, "sae": sae.source, "hook": sae.hook.name if sae.hook else None,
@@ -364,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="tinymorph: %(message)s")
     try:
         return int(args.run(args))
+    except BrokenPipeError:  # the reader went away (`tinymorph annotate F | head -1`): stop quietly
+        _silence_stdout()
+        return 0
     except TinymorphError as exc:
         sys.stderr.write(f"tinymorph: error: {exc}\n")
         return EXIT_USAGE
@@ -375,8 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"tinymorph: internal error: {type(exc).__name__}: {exc} (run with -v for details)\n")
         return 1
-    except BrokenPipeError:
-        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

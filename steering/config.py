@@ -1,11 +1,19 @@
-"""Typed configuration of the engine: every field has a default and a docstring."""
+"""Typed configuration of the engine and of SAE training: every field has a default and a docstring, and the CLI
+builds its flags from them (`add_arguments`)."""
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import itertools
+import textwrap
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from .errors import TinymorphError
+from .errors import TinymorphError, TrainError
 
 Device = Literal["auto", "cpu", "cuda"] | str
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -13,6 +21,8 @@ Positions = Literal["all", "prompt", "generated"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 POSITIONS = ("all", "prompt", "generated")
+TRAIN_ARCHS = ("topk", "relu", "jumprelu")
+SITES = ("resid_post", "resid_pre")
 
 
 @dataclass
@@ -82,3 +92,113 @@ class SamplingConfig:
         if self.steer_positions not in POSITIONS:
             raise TinymorphError(f"steer_positions must be one of {', '.join(POSITIONS)}, not {self.steer_positions!r}.")
         self.stop = tuple(s for s in self.stop if s)
+
+
+@dataclass
+class TrainConfig:
+    layer: int = 0
+    """Block whose residual stream the SAE reads."""
+    site: str = "resid_post"
+    """`resid_post` (output of the block) or `resid_pre` (its input)."""
+    arch: str = "topk"
+    """`topk` (with AuxK), `relu` (L1 weighted by decoder norms) or `jumprelu` (straight-through threshold)."""
+    k: int = 32
+    """Active latents per token for TopK."""
+    expansion: int = 8
+    """d_sae = expansion * d_in."""
+    tokens: int = 1_000_000
+    """Activations to train on (all ranks together)."""
+    context: int = 128
+    """Tokens per sequence fed to the model."""
+    batch_size: int = 4096
+    """Activations per optimiser step (all ranks together)."""
+    model_batch: int = 8
+    """Sequences per model forward pass."""
+    buffer_size: int = 65_536
+    """Activations held in the shuffle buffer per rank; memory = buffer_size * d_in * 4 bytes."""
+    lr: float | None = None
+    """Adam learning rate; default 2e-4 / sqrt(d_sae / 2**14) (TopK), 5e-4 otherwise."""
+    sparsity: float | None = None
+    """L1 coefficient (relu, default 5e-3) or L0 coefficient (jumprelu, default 2e-3)."""
+    aux_coefficient: float = 1 / 32
+    """Weight of the AuxK loss (TopK)."""
+    dead_tokens: int = 200_000
+    """A latent is dead after this many training tokens without firing (AuxK revives dead latents)."""
+    warmup_fraction: float = 0.05
+    """Share of steps with a linear learning-rate (and sparsity-coefficient) warm-up."""
+    decay_fraction: float = 0.2
+    """Share of final steps over which the learning rate decays linearly to 0."""
+    seed: int = 0
+    """Seed for initialisation and shuffling."""
+    stats_tokens: int = 100_000
+    """Tokens of the corpus read after training for max_act, frequency and top contexts."""
+    top_contexts: int = 8
+    """Top activating contexts kept per feature in labels.json."""
+    allow_repeat: bool = False
+    """Cycle the corpus when it holds fewer tokens than requested (otherwise that is an error)."""
+    log_every: int = 10
+    """Steps between progress updates and history points."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in TRAIN_ARCHS:
+            raise TrainError(f"--arch must be one of {', '.join(TRAIN_ARCHS)}, not {self.arch!r}.")
+        if self.site not in SITES:
+            raise TrainError(f"--site must be one of {', '.join(SITES)}, not {self.site!r}.")
+        for name in ("k", "expansion", "tokens", "context", "batch_size", "model_batch", "buffer_size"):
+            if getattr(self, name) <= 0:
+                raise TrainError(f"{name} must be positive, not {getattr(self, name)}.")
+        if self.layer < 0:
+            raise TrainError(f"layer must be >= 0, not {self.layer}.")
+        if self.context < 2:
+            raise TrainError("context must be at least 2 tokens (the first position is left out).")
+        if self.buffer_size < self.batch_size:
+            raise TrainError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size}).")
+
+
+# ------------------------------------------------------------------------------------------------ CLI flags
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls` (read from its source, as simple_parsing does)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+CHOICES = {"arch": TRAIN_ARCHS, "site": SITES, "dtype": DTYPES, "steer_positions": POSITIONS}
+"""Fields whose flag takes one of a fixed set of values."""
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, skip: tuple[str, ...] = (),
+                  required: tuple[str, ...] = ()) -> None:
+    """One `--flag` per field of dataclass `cls`: its type, default and help come from the field."""
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" ", "")
+        help_text = docs.get(f.name, "").replace("%", "%%")
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
+            continue
+        caster = {"int": int, "float": float, "str": str, "int|None": int, "float|None": float}.get(kind)
+        if caster is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: no CLI flag for type {f.type}")
+        if f.name in required:
+            parser.add_argument(flag, type=caster, required=True, help=help_text)
+            continue
+        shown = "" if f.default is None else f" (default {f.default:,})" if isinstance(f.default, int) else \
+            f" (default {f.default:g})" if isinstance(f.default, float) else f" (default {f.default})"
+        parser.add_argument(flag, type=caster, default=f.default, choices=CHOICES.get(f.name),
+                            help=help_text + shown.replace("%", "%%"))
+
+
+def from_arguments(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """An instance of dataclass `cls` from the flags `add_arguments` made (and `extra`)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **extra})

@@ -5,7 +5,6 @@ The engine keeps no per-user state: steering sets are passed in with each call.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +18,9 @@ from .errors import NoSAEError, SAELoadError, ShapeMismatchError
 from .generate import CancelToken, prompt_ids, stream_text
 from .hooks import capture_residual
 from .interventions import Intervention, SteeringHook
-from .labels import LogitLens, load_labels, logit_lens, search_labels
+from .labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
 from .models import LoadedModel, Progress, _no_progress, load_model
 from .sae import SAE, HookPoint, load_sae
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
 
@@ -36,11 +33,14 @@ CALIBRATION_TEXT = (
 
 
 def resolve_sae_path(spec: str) -> Path | None:
-    """`none` gives None; `default` the SAE shipped for the default model (None while none is shipped)."""
+    """`none` gives None; `default` the SAE shipped for the default model; anything else a path."""
     if spec in ("none", ""):
         return None
     if spec == "default":
-        return DEFAULT_SAE_DIR if DEFAULT_SAE_DIR.is_dir() else None
+        if not (DEFAULT_SAE_DIR / "cfg.json").is_file():
+            raise SAELoadError(f"The default SAE is missing from this installation (expected in {DEFAULT_SAE_DIR}): "
+                               "reinstall tinymorph, or pass --sae PATH (or --sae none).")
+        return DEFAULT_SAE_DIR
     return Path(spec).expanduser()
 
 
@@ -62,6 +62,14 @@ class EngineInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class FeatureCard:
+    """What an editor shows of a feature next to the text: its label and the tokens it promotes."""
+
+    label: str
+    promoted: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,6 @@ class Engine:
             sae = load_sae(sae_path, layer=config.sae_layer)
             if config.sae_layer is not None and sae.hook is not None and sae.hook.layer != config.sae_layer:
                 sae.hook = HookPoint(config.sae_layer, sae.hook.site)
-        elif config.sae == "default":
-            log.info("No default SAE is shipped yet; running without one.")
         return cls(lm, sae, layer=config.layer)
 
     # -------------------------------------------------------------------------------------------- queries
@@ -167,11 +173,10 @@ class Engine:
     def explain(self, feature: int, *, top: int = 10) -> FeatureExplanation:
         sae = self.require_sae("features explain")
         lens = logit_lens(self.lm, sae, sae.check_feature(feature), top)
-        entry = (self.labels() or {}).get("features", {}).get(str(feature), {})
-        label = entry.get("label") or " ".join(t.token.strip() or repr(t.token) for t in lens.promoted[:3])
+        entry = self._entry(feature)
         return FeatureExplanation(
             feature=feature,
-            label=label,
+            label=feature_label(entry, lens),
             max_act=None if sae.max_act is None else float(sae.max_act[feature]),
             frequency=None if sae.frequency is None else float(sae.frequency[feature]),
             lens=lens,
@@ -184,10 +189,28 @@ class Engine:
             self._labels = load_labels(self.sae.source) or {}
         return self._labels or None
 
+    def _entry(self, feature: int) -> dict[str, Any]:
+        entry = (self.labels() or {}).get("features", {}).get(str(feature))
+        return entry if isinstance(entry, dict) else {}
+
+    def cards(self, features: Sequence[int], *, lens_limit: int = 256) -> dict[int, FeatureCard]:
+        """Label and promoted tokens of each feature: from labels.json, else from the logit lens (computed for at
+        most `lens_limit` features; the others are left out, for a later call)."""
+        sae = self.require_sae("feature labels")
+        cards: dict[int, FeatureCard] = {}
+        for feature in features:
+            entry = self._entry(sae.check_feature(feature))
+            if entry.get("label"):
+                cards[feature] = FeatureCard(entry["label"], tuple(entry.get("promoted", ())[:5]))
+            elif lens_limit > 0:
+                lens_limit -= 1
+                lens = logit_lens(self.lm, sae, feature, 5)
+                cards[feature] = FeatureCard(feature_label(entry, lens), tuple(t.token for t in lens.promoted))
+        return cards
+
     def label(self, feature: int) -> str:
         """A short label: from labels.json, else the top promoted tokens."""
-        entry = (self.labels() or {}).get("features", {}).get(str(feature))
-        return entry["label"] if entry else self.explain(feature, top=3).label
+        return self.cards([feature])[feature].label
 
     def search(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]:
         """(feature, score, label) of features whose labels or contexts mention `query`."""

@@ -29,3 +29,11 @@ class SteeringSpecError(TinymorphError):
 
 class NoSAEError(TinymorphError):
     """An operation needs an SAE and none is loaded."""
+
+
+class TrainError(TinymorphError):
+    """Training cannot start or go on."""
+
+
+class TrainingInterrupted(TinymorphError):
+    """Ctrl-C: a checkpoint was saved and `--resume` continues."""

@@ -153,7 +153,7 @@ def prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
     if ids is None or ids.shape[1] == 0:
         start = lm.tokenizer.bos_token_id
         if start is None:
-            start = next(iter(sorted(lm.eos_token_ids)), 0)
+            start = lm.first_eos_id if lm.first_eos_id is not None else 0
         ids = torch.tensor([[start]])
     return ids
 

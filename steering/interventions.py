@@ -21,6 +21,9 @@ from .errors import SteeringSpecError
 from .sae import SAE
 
 MODES = ("add", "clamp", "ablate", "vector")
+"""Every steering mode."""
+FEATURE_MODES = tuple(m for m in MODES if m != "vector")
+"""The modes that act on one SAE feature (the ones a steering set can hold by feature index)."""
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,26 @@ class Intervention:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise SteeringSpecError(f"Unknown steering mode {self.mode!r}: use one of {', '.join(MODES)}.")
+            raise SteeringSpecError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}.")
         if self.mode == "vector":
             if self.vector is None or self.vector.ndim != 1:
                 raise SteeringSpecError("A vector intervention needs a 1-D vector.")
         elif not isinstance(self.feature, int) or isinstance(self.feature, bool) or self.feature < 0:
-            raise SteeringSpecError(f"A {self.mode} intervention needs a feature index >= 0, not {self.feature!r}.")
+            raise SteeringSpecError(f"feature must be a whole number >= 0 for {self.mode}, not {self.feature!r}.")
         for name in ("strength", "value"):
-            if not math.isfinite(getattr(self, name)):
-                raise SteeringSpecError(f"{name} must be a finite number.")
+            number = getattr(self, name)
+            if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+                raise SteeringSpecError(f"{name} must be a finite number, not {number!r}.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Intervention:
+        """The intervention `to_dict` describes (a feature mode: `vector` needs the vector itself). Keys it does
+        not know are ignored; a bad value raises SteeringSpecError naming it."""
+        mode = data.get("mode", "add")
+        if mode == "vector":
+            raise SteeringSpecError("A vector intervention cannot be read from a description; it needs the vector.")
+        fields = {k: data[k] for k in ("feature", "strength", "value") if k in data}
+        return cls(mode, **fields)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode}
@@ -60,7 +74,17 @@ class Intervention:
             out["value"] = self.value
         return out
 
+    def describe(self, label: str = "") -> str:
+        """In words, for people: `12 (rain) +4`, `12 (rain) clamped at 2`, `12 (rain) off`, `vector +3`."""
+        name = "vector" if self.mode == "vector" else f"{self.feature}" + (f" ({label})" if label else "")
+        if self.mode == "ablate":
+            return f"{name} off"
+        if self.mode == "clamp":
+            return f"{name} clamped at {self.value:g}"
+        return f"{name} {self.strength:+g}"
+
     def __str__(self) -> str:
+        """The CLI's steering spec (`parse_steer` reads it back): `12=+4`, `12=clamp:2`, `12=off`."""
         if self.mode == "add":
             return f"{self.feature}={self.strength:+g}"
         if self.mode == "clamp":

@@ -156,6 +156,11 @@ def make_label(activating: list[str], promoted: list[str], *, alive: bool = True
     return f"{fires} → {promotes}" if promotes else fires
 
 
+def feature_label(entry: dict[str, Any], lens: LogitLens) -> str:
+    """A feature's label: the one labels.json gives, else its top three promoted tokens."""
+    return entry.get("label") or " ".join(t.token.strip() or repr(t.token) for t in lens.promoted[:3])
+
+
 def load_labels(folder: str | Path | None) -> dict[str, Any] | None:
     """The labels.json beside an SAE, or None."""
     if folder is None:

@@ -84,6 +84,11 @@ class LoadedModel:
                 ids.update(int(v) for v in value)
         return ids
 
+    @property
+    def first_eos_id(self) -> int | None:
+        """The smallest end-of-sequence id: the separator between documents, and a start token of last resort."""
+        return min(self.eos_token_ids, default=None)
+
 
 def cache_root() -> Path:
     """The user cache folder of tinymorph, respecting XDG_CACHE_HOME."""

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import replacing
 from .errors import FeatureIndexError, SAELoadError
 
 log = logging.getLogger(__name__)
@@ -278,11 +277,8 @@ class SAE(nn.Module):
             raise SAELoadError(f"{folder} exists and is not a folder; refusing to replace it.")
         if folder.exists() and not overwrite and any(folder.iterdir()):
             raise SAELoadError(f"{folder} already exists and is not empty; refusing to overwrite it.")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with replacing(folder) as tmp:
+            tmp.mkdir()
             out_dtype = dtype or self.dtype
             tensors = {n: getattr(self, n).detach().to("cpu", out_dtype).contiguous() for n in self.weight_names()}
             save_file(tensors, str(tmp / SAELENS_WEIGHTS))
@@ -295,15 +291,6 @@ class SAE(nn.Module):
                 save_file(stats, str(tmp / FEATURE_STATS))
             for name, data in (extra or {}).items():
                 (tmp / name).write_bytes(data)
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
 

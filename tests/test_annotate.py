@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from steering.annotate import annotate, encode_document, paragraphs
+from steering.annotate import annotate, encode_document
 from steering.engine import Engine
 from steering.hooks import capture_residual
 from steering.sae import SAE, HookPoint
+from steering.spans import paragraphs
 
 
 def random_sae(d_in: int = 64, d_sae: int = 96, layer: int = 2) -> SAE:

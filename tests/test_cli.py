@@ -112,3 +112,41 @@ def test_subprocess_has_no_traceback(tiny_model_dir) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert "Cannot parse steering spec" in proc.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tiny_model_dir, sae_dir, tmp_path) -> None:
+    """`tinymorph annotate F | head -1`: the closed pipe ends the command with exit 0 and nothing on stderr."""
+    doc = tmp_path / "long.md"
+    doc.write_text("\n\n".join(f"Paragraph {i} about the rain on the harbour." for i in range(400)), encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "steering", "annotate", str(doc), "--model", str(tiny_model_dir), "--sae", str(sae_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert first.startswith("¶".encode()) and err == ""
+
+
+def test_train_sae_flags_come_from_the_config_fields() -> None:
+    import dataclasses
+
+    from steering.cli import build_parser
+    from steering.config import TrainConfig, field_docs
+
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "train-sae")[1]
+    by_dest = {a.dest: a for a in train._actions}
+    docs = field_docs(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in by_dest, f.name
+        assert docs[f.name] and by_dest[f.name].help.startswith(docs[f.name].replace("%", "%%")), f.name
+        if f.name != "layer":
+            assert by_dest[f.name].default == f.default, f.name
+    assert by_dest["layer"].required and by_dest["arch"].choices == ("topk", "relu", "jumprelu")
+    args = train.parse_args(["--corpus", "x", "--out", "y", "--layer", "3", "--dead-tokens", "500", "--lr", "1e-3",
+                             "--allow-repeat"])
+    from steering.config import from_arguments
+
+    cfg = from_arguments(TrainConfig, args)
+    assert (cfg.layer, cfg.dead_tokens, cfg.lr, cfg.allow_repeat, cfg.k) == (3, 500, 1e-3, True, 32)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lsp_server.incremental import merge, plan, rereads
-from steering.annotate import split_spans
 from steering.engine import Engine
 from steering.sae import SAE
+from steering.spans import split_spans
 from tests.conftest import tiny_lm
 
 TEXT = ("The rain fell on the quiet harbour.\n\nShe read the letter again and again.\n\n"

@@ -188,3 +188,28 @@ def test_contrast_vector_points_from_negative_to_positive(llama) -> None:
     v = engine.contrast_vector("happy happy joy", "sad sad gloom")
     pos, neg = engine.residual("happy happy joy")[1:].mean(0), engine.residual("sad sad gloom")[1:].mean(0)
     torch.testing.assert_close(v, pos - neg)
+
+
+def test_interventions_read_back_from_their_description() -> None:
+    for original in (Intervention("add", 3, strength=-2.5), Intervention("clamp", 7, value=4.0),
+                     Intervention("ablate", 0)):
+        assert Intervention.from_dict(original.to_dict()) == original
+    assert Intervention.from_dict({"mode": "add", "feature": 2, "label": "rain"}) == Intervention("add", 2)
+    for bad, message in (({"mode": "boost", "feature": 1}, "mode must be one of"),
+                         ({"mode": "add", "feature": -1}, "feature must be a whole number >= 0"),
+                         ({"mode": "add", "feature": True}, "feature must be a whole number"),
+                         ({"mode": "clamp", "feature": 1, "value": "high"}, "value must be a finite number"),
+                         ({"mode": "add", "feature": 1, "strength": float("inf")}, "strength must be a finite"),
+                         ({"mode": "vector", "strength": 2.0}, "needs the vector")):
+        with pytest.raises(SteeringSpecError, match=message):
+            Intervention.from_dict(bad)
+
+
+def test_interventions_in_words_and_as_specs() -> None:
+    cases = [(Intervention("add", 12, strength=4.0), "12 (rain) +4", "12=+4"),
+             (Intervention("clamp", 12, value=2.0), "12 (rain) clamped at 2", "12=clamp:2"),
+             (Intervention("ablate", 12), "12 (rain) off", "12=off")]
+    for intervention, words, spec in cases:
+        assert intervention.describe("rain") == words
+        assert str(intervention) == spec and parse_steer(spec) == intervention
+    assert Intervention("add", 3, strength=-1.5).describe() == "3 -1.5"

@@ -15,8 +15,10 @@ import torch
 import torch.multiprocessing as mp
 
 from steering.cli import main
+from steering.config import TrainConfig
+from steering.errors import TrainingInterrupted
 from steering.sae import HookPoint, load_sae
-from steering.train import TrainConfig, TrainingInterrupted, train_on_activations
+from steering.trainer import train_on_activations
 
 D_IN, N_TRUE = 32, 64
 
@@ -102,6 +104,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         cfg = TrainConfig(arch="topk", k=3, expansion=2, tokens=20_480, batch_size=2048, buffer_size=4096)
         sae = train_on_activations(source, D_IN, HookPoint(0), cfg).sae
         save_file({n: getattr(sae, n).detach().contiguous() for n in sae.weight_names()}, f"{out}/rank{rank}.st")
+        dist.barrier()  # both ranks are done with gloo before either tears it down
     finally:
         dist.destroy_process_group()
 
@@ -217,3 +220,26 @@ def test_torchrun_two_ranks_cli(tiny_model_dir, corpus_dir, tmp_path) -> None:
     assert json.loads(proc.stdout)["tokens_seen"] >= 7000
     assert json.loads((out / "cfg.json").read_text())["tinymorph"]["training"]["world_size"] == 2
     assert load_sae(out).hook == HookPoint(1, "resid_post")
+
+
+def test_jump_relu_straight_through_gradients() -> None:
+    """One kernel serves both uses: the activations pass their gradient to `pre` where they fire and
+    -theta K(pre - theta) / bw to the threshold; the step (the L0 penalty) passes -K(pre - theta) / bw."""
+    from steering.training_sae import jump_relu
+
+    bw = 0.5
+    pre = torch.tensor([[0.1, 0.9, 1.2], [1.1, -0.3, 2.0]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0, 1.5], requires_grad=True)
+    acts, step = jump_relu(pre, theta, bw)
+    gate = (pre > theta).float()
+    torch.testing.assert_close(acts, pre.detach() * gate)
+    torch.testing.assert_close(step, gate)
+    kernel = ((pre.detach() - theta.detach()).abs() < bw / 2).float() / bw
+    upstream = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    (acts * upstream).sum().backward()
+    torch.testing.assert_close(pre.grad, upstream * gate)
+    torch.testing.assert_close(theta.grad, (-theta.detach() * kernel * upstream).sum(0))
+    theta.grad = None
+    _acts, step = jump_relu(pre, theta, bw)
+    step.sum().backward()
+    torch.testing.assert_close(theta.grad, (-kernel).sum(0))

@@ -76,7 +76,7 @@ tinymorph checkout and set `tinymorph-command' to (\"<checkout>/.venv/bin/tinymo
                    (format "%s %s (%s)" (plist-get e :feature)
                            (pcase (plist-get e :mode)
                              ("ablate" "off")
-                             ("clamp" (format "= %s" (plist-get e :strength)))
+                             ("clamp" (format "= %s" (plist-get e :value)))
                              (_ (format "%+g" (plist-get e :strength))))
                            (plist-get e :label)))
                  entries ", "))))

@@ -17,15 +17,20 @@ async def test_steering_round_trip_and_persistence(client) -> None:
     listed = await command(client, "tinymorph.steer.add", {"feature": 3, "strength": 2.5})
     assert listed["steering"][0]["feature"] == 3 and listed["steering"][0]["strength"] == 2.5
     assert listed["steering"][0]["label"]  # the feature's label, for display
+    # a clamp's target is its `value`; `strength` is the spelling older clients send for it
     await command(client, "tinymorph.steer.add", {"feature": 5, "mode": "clamp", "strength": 1.0})
     await command(client, "tinymorph.steer.add", {"feature": 3, "strength": -1})  # replaces feature 3
     listed = await command(client, "tinymorph.steer.list")
-    assert [(e["feature"], e["mode"], e["strength"]) for e in listed["steering"]] == [(5, "clamp", 1.0),
-                                                                                      (3, "add", -1.0)]
+    assert [(e["feature"], e["mode"], e.get("value", e.get("strength"))) for e in listed["steering"]] == [
+        (5, "clamp", 1.0), (3, "add", -1.0)]
+    assert "strength" not in listed["steering"][0]
+    listed = await command(client, "tinymorph.steer.add", {"feature": 5, "mode": "clamp", "value": 2.5})
+    assert listed["steering"][-1] == {"mode": "clamp", "feature": 5, "value": 2.5,
+                                      "label": listed["steering"][-1]["label"]}
     path = client.workspace_dir / ".tinymorph" / "steering.json"
     assert listed["file"] == str(path)
     on_disk = json.loads(path.read_text(encoding="utf-8"))
-    assert [e["feature"] for e in on_disk["steering"]] == [5, 3]
+    assert [e["feature"] for e in on_disk["steering"]] == [3, 5]
     assert not [p for p in path.parent.iterdir() if p.name != "steering.json"]  # no temporary files left
     listed = await command(client, "tinymorph.steer.remove", {"feature": 5})
     assert [e["feature"] for e in listed["steering"]] == [3]
@@ -79,6 +84,8 @@ async def test_status(client) -> None:
     assert status["engine"]["device"] == "cpu" and status["engine"]["d_sae"] == 128
     assert status["engine"]["hook"] == "blocks.2.hook_resid_post"
     assert isinstance(status["queueDepth"], int) and isinstance(status["latencyMs"], dict)
+    settings = status["settings"]  # camelCase on the wire, as the client writes them
+    assert settings["suggestion"] is False and settings["debounceMs"] == 50 and "debounce_ms" not in settings
 
 
 async def test_unknown_command_is_an_error(client) -> None:

@@ -26,7 +26,7 @@ async def set_max_tokens(client, n: int) -> None:
         settings={"tinymorph": {"maxTokens": n}}))
 
     async def applied():
-        return (await command(client, "tinymorph.status"))["settings"]["max_tokens"] == n
+        return (await command(client, "tinymorph.status"))["settings"]["maxTokens"] == n
 
     await wait_for(applied, what="the new setting")
 

@@ -28,8 +28,8 @@ async def test_invalid_settings_are_named_and_defaulted(fresh: Client, assets, t
     for key in ("hintCount", "debounceMs", "'colour'", "hintGranularity"):
         assert key in text
     settings = status["settings"]
-    assert settings["hint_count"] == 3 and settings["debounce_ms"] == 300 and settings["hint_granularity"] == "paragraph"
-    assert settings["max_tokens"] == 8  # the valid settings still apply
+    assert settings["hintCount"] == 3 and settings["debounceMs"] == 300 and settings["hintGranularity"] == "paragraph"
+    assert settings["maxTokens"] == 8  # the valid settings still apply
 
 
 async def test_model_reload_progress_and_failure(fresh: Client, assets, tmp_path: Path) -> None:
@@ -58,11 +58,15 @@ async def test_model_reload_progress_and_failure(fresh: Client, assets, tmp_path
 async def test_steering_survives_a_restart(fresh: Client, assets, tmp_path: Path) -> None:
     state = tmp_path / ".tinymorph"
     state.mkdir()
-    (state / "steering.json").write_text(json.dumps({"version": 1, "steering": [
-        {"feature": 6, "strength": 3.0, "mode": "add", "label": "x"}]}), encoding="utf-8")
+    (state / "steering.json").write_text(json.dumps({"version": 1, "steering": [  # a file from before `value`
+        {"feature": 6, "strength": 3.0, "mode": "add", "label": "x"},
+        {"feature": 2, "strength": 1.5, "mode": "clamp", "label": "y"},
+        {"feature": 4, "strength": 0.0, "mode": "ablate", "label": ""}]}), encoding="utf-8")
     await start(fresh, fresh.spec, init_options(assets), tmp_path)
     listed = await command(fresh, "tinymorph.steer.list")
-    assert listed["steering"] == [{"feature": 6, "strength": 3.0, "mode": "add", "label": "x"}]
+    assert listed["steering"] == [{"feature": 6, "strength": 3.0, "mode": "add", "label": "x"},
+                                  {"feature": 2, "value": 1.5, "mode": "clamp", "label": "y"},
+                                  {"feature": 4, "mode": "ablate", "label": ""}]
 
 
 async def test_a_damaged_steering_file_is_reported_not_lost(fresh: Client, assets, tmp_path: Path) -> None:

@@ -61,10 +61,12 @@ export function documentSelector(settings: Settings): { scheme: string; language
   return ids.flatMap((language) => [{ scheme: 'file', language }, { scheme: 'untitled', language }]);
 }
 
+/** One entry of `tinymorph.steer.list`: the engine's intervention (`strength` for add, `value` for clamp). */
 export interface SteerEntry {
   feature: number;
-  strength: number;
   mode: string;
+  strength?: number;
+  value?: number;
   label: string;
 }
 
@@ -74,8 +76,9 @@ export function describeSteering(steering: SteerEntry[]): string {
     return 'no steering';
   }
   return steering.map((e) => {
-    const how = e.mode === 'ablate' ? 'off' : e.mode === 'clamp' ? `= ${e.strength}` :
-      (e.strength >= 0 ? `+${e.strength}` : `${e.strength}`);
+    const strength = e.strength ?? 0;
+    const how = e.mode === 'ablate' ? 'off' : e.mode === 'clamp' ? `= ${e.value ?? 0}` :
+      (strength >= 0 ? `+${strength}` : `${strength}`);
     return `${e.feature} ${how}${e.label ? ` (${e.label})` : ''}`;
   }).join(', ');
 }

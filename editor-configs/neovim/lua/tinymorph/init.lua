@@ -40,7 +40,7 @@ local function describe(steering)
   end
   local parts = {}
   for _, e in ipairs(steering) do
-    local what = e.mode == 'ablate' and 'off' or (e.mode == 'clamp' and ('= ' .. e.strength) or
+    local what = e.mode == 'ablate' and 'off' or (e.mode == 'clamp' and ('= ' .. e.value) or
       string.format('%+g', e.strength))
     table.insert(parts, string.format('%d %s (%s)', e.feature, what, e.label ~= '' and e.label or '?'))
   end

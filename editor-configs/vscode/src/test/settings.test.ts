@@ -69,7 +69,7 @@ test('documentSelector: the filetypes setting, for files and untitled buffers', 
 test('describeSteering and parseFeature', () => {
   assert.equal(describeSteering([]), 'no steering');
   assert.equal(describeSteering([{ feature: 12, strength: 4, mode: 'add', label: 'rain' },
-    { feature: 3, strength: 0, mode: 'ablate', label: '' }, { feature: 7, strength: 2.5, mode: 'clamp', label: 'x' }]),
+    { feature: 3, mode: 'ablate', label: '' }, { feature: 7, value: 2.5, mode: 'clamp', label: 'x' }]),
   '12 +4 (rain), 3 off, 7 = 2.5 (x)');
   assert.equal(parseFeature('42'), 42);
   assert.equal(typeof parseFeature('-1'), 'string');

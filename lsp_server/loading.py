@@ -1,0 +1,83 @@
+"""Settings and the engine: applying new settings (and reacting to what changed), loading the model and SAE on the
+worker with progress in the editor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+
+from steering.config import EngineConfig
+
+from .config import Settings, parse_settings
+from .pipeline import schedule
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
+
+log = logging.getLogger(__name__)
+
+
+def apply_settings(server: TinymorphServer, raw: Any, *, react: bool = True) -> None:
+    """Settings from `raw` on top of the current ones; with `react`, reload the engine or re-annotate as the change
+    needs (at start-up nothing is loaded yet, so there is nothing to react to)."""
+    settings, problems = parse_settings(raw, server.settings)
+    if problems:
+        server.tell("invalid settings: " + "; ".join(problems))
+    old, server.settings = server.settings, settings
+    if not react:
+        return
+    if settings.engine_key() != server.loaded_key:
+        start_loading(server)
+    elif settings.annotation_key() != old.annotation_key():
+        for state in server.docs.values():
+            schedule(server, state, 0)
+        server.refresh_hints()
+
+
+def start_loading(server: TinymorphServer) -> None:
+    """Load the engine the settings describe; a load still running is cancelled."""
+    server.loaded_key = server.settings.engine_key()
+    if server.load_task is not None and not server.load_task.done():
+        server.load_task.cancel()
+    server.load_task = server.spawn(_load(server, server.settings), "load engine")
+
+
+async def _load(server: TinymorphServer, settings: Settings) -> None:
+    config = EngineConfig(model=settings.model, sae=settings.sae, device=settings.device,
+                          dtype=settings.dtype, trust_remote_code=settings.trust_remote_code)  # type: ignore[arg-type]
+    token: str | None = None
+    loop = asyncio.get_running_loop()
+    if server.supports("window.work_done_progress"):
+        token = f"tinymorph-load-{uuid.uuid4()}"
+        try:
+            await server.work_done_progress.create_async(token)
+            server.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+                title="tinymorph", message=f"loading {settings.model}", cancellable=False))
+        except Exception as exc:
+            log.debug("no progress: %s", exc)
+            token = None
+
+    def progress(stage: str) -> None:
+        log.info("load: %s", stage)
+        if token is not None:
+            loop.call_soon_threadsafe(server.work_done_progress.report, token,
+                                      types.WorkDoneProgressReport(message=stage))
+
+    try:
+        info = await asyncio.wrap_future(server.worker.load(config, progress))
+    except Exception as exc:
+        if token is not None:
+            server.work_done_progress.end(token, types.WorkDoneProgressEnd(message="failed"))
+        server.tell(f"the model failed to load: {exc}", types.MessageType.Error)
+        return
+    if token is not None:
+        server.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
+    server.cards.clear()
+    log.info("engine ready: %s", info.to_dict())
+    for state in server.docs.values():
+        state.annotated = None
+        schedule(server, state, 0)

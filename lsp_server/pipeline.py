@@ -1,0 +1,179 @@
+"""The document pipeline: debounce → read the document (only the edited spans when it can) → refresh the hints →
+compute the suggestion → once the writer pauses, read the whole document again, a few spans per engine job.
+
+Every step checks that the document is still open and at the version it started with; an outdated result is
+dropped, never shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from steering.annotate import Annotation
+from steering.engine import FeatureCard
+from steering.generate import CancelToken
+
+from .cards import cards_for
+from .config import Settings
+from .generation import prompt_before, sampling
+from .incremental import Plan, merge, plan, rereads
+from .state import Annotated, DocState, Suggestion
+from .worker import ANNOTATE, SUGGEST, EngineAPI, EngineUnavailable
+
+if TYPE_CHECKING:
+    from .server import TinymorphServer
+
+log = logging.getLogger(__name__)
+
+FULL_REREAD_DELAY = 2.0
+"""Seconds of quiet after an incremental annotation before the whole document is read again."""
+
+ReadResult = tuple[Annotation, dict[int, FeatureCard]]
+
+
+def schedule(server: TinymorphServer, state: DocState, delay: float | None = None) -> None:
+    """(Re)start the document's debounce timer; the older pending run is cancelled."""
+    if state.pending is not None and not state.pending.done():
+        state.pending.cancel()
+    if not server.handles(state.doc.language_id):
+        return
+    wait = server.settings.debounce_ms / 1000 if delay is None else delay
+    state.pending = server.spawn(_annotate_later(server, state, wait), f"annotate {state.doc.uri}")
+
+
+def window(settings: Settings, state: DocState) -> tuple[int, int]:
+    """The part of the document to annotate: all of it, or for long documents a window of `maxChars` around the
+    visible range (or the last edit), cut at paragraph breaks."""
+    text, limit = state.doc.text, settings.max_chars
+    if len(text) <= limit:
+        return 0, len(text)
+    focus = (state.visible[0] + state.visible[1]) // 2 if state.visible is not None else state.last_edit or 0
+    lo = max(0, min(focus - limit // 2, len(text) - limit))
+    hi = min(len(text), lo + limit)
+    cut = text.find("\n\n", lo, focus)
+    if lo > 0 and cut != -1:
+        lo = cut + 2
+    cut = text.rfind("\n\n", max(focus, lo), hi)
+    if hi < len(text) and cut != -1:
+        hi = cut
+    return lo, hi
+
+
+def read(engine: EngineAPI, settings: Settings, text: str, granularity: str) -> Annotation:
+    """The one annotate call of the server (runs on the worker): enough span features for hints and tooltips."""
+    return engine.annotate(text, top_k=5, paragraph_top=max(8, settings.hint_count + 5), granularity=granularity)
+
+
+def read_job(settings: Settings, text: str, step: Plan | None, old: Annotation | None, granularity: str,
+             known: set[int]) -> Callable[[EngineAPI], ReadResult]:
+    """The engine job that annotates `text` (all of it without `step`; else only `text[step.start:step.end]`,
+    merged into `old`), with the cards of the features not in `known`."""
+
+    def job(engine: EngineAPI) -> ReadResult:
+        fresh = None
+        if step is None or step.dirty:
+            fresh = read(engine, settings, text if step is None else text[step.start:step.end], granularity)
+        cards = cards_for(engine, fresh, known)
+        if step is None:
+            assert fresh is not None
+            return fresh, cards
+        assert old is not None
+        return merge(old, text, step, fresh), cards
+
+    return job
+
+
+async def _annotate_later(server: TinymorphServer, state: DocState, wait: float) -> None:
+    await asyncio.sleep(wait)
+    partial = await annotate(server, state)
+    if server.settings.suggestion and state.last_edit is not None and state.annotated is not None:
+        await suggest(server, state)
+    if partial:
+        await asyncio.sleep(FULL_REREAD_DELAY)
+        await reread(server, state)
+
+
+async def annotate(server: TinymorphServer, state: DocState) -> bool:
+    """Annotate the document's current version, reading only the edited spans where the previous annotation
+    allows it; True when it did."""
+    doc = state.doc
+    if server.docs.get(doc.uri) is not state or server.worker.engine is None:
+        return False
+    version, (base, end) = doc.version, window(server.settings, state)
+    text, doc_length = doc.text[base:end], len(doc.text)
+    granularity = server.settings.hint_granularity
+    previous, step = state.annotated, None
+    if previous is not None and previous.base == 0 and base == 0 and end == doc_length and \
+            previous.doc_length == len(previous.annotation.text) and previous.granularity == granularity:
+        step = plan(previous.annotation, text, granularity)
+    old = previous.annotation if step is not None and previous is not None else None
+    try:
+        annotation, cards = await server.run_engine(
+            "annotate", read_job(server.settings, text, step, old, granularity, set(server.cards)), ANNOTATE)
+    except EngineUnavailable:
+        return False
+    except Exception as exc:
+        log.warning("annotating %s failed: %s", doc.uri, exc)
+        return False
+    server.cards.update(cards)
+    if server.docs.get(doc.uri) is not state or doc.version != version:
+        return False  # outdated: a newer run is scheduled
+    state.annotated = Annotated(version, base, doc_length, annotation, granularity, partial=step is not None)
+    server.refresh_hints()
+    return step is not None
+
+
+async def reread(server: TinymorphServer, state: DocState) -> None:
+    """Read an incrementally annotated document again, a few spans per engine job."""
+    annotated = state.annotated
+    if annotated is None:
+        return
+    version, text = annotated.version, annotated.annotation.text
+    for step in rereads(annotated.annotation):
+        current = state.annotated
+        if current is None or state.doc.version != version or server.docs.get(state.doc.uri) is not state:
+            return
+        job = read_job(server.settings, text, step, current.annotation, current.granularity, set(server.cards))
+        try:
+            merged, cards = await server.run_engine("reread", job, ANNOTATE)
+        except Exception as exc:
+            log.debug("re-reading %s stopped: %s", state.doc.uri, exc)
+            return
+        server.cards.update(cards)
+        if state.doc.version != version or state.annotated is not current:
+            return
+        state.annotated = dataclasses.replace(current, annotation=merged)
+    if state.annotated is not None and state.doc.version == version:
+        state.annotated = dataclasses.replace(state.annotated, partial=False)
+        server.refresh_hints()
+
+
+async def suggest(server: TinymorphServer, state: DocState) -> None:
+    """The steered continuation after the last edit, shown as a hint there."""
+    doc = state.doc
+    version, offset = doc.version, state.last_edit
+    if offset is None:
+        return
+    prompt = prompt_before(doc.text, offset)
+    if not prompt.strip():
+        return
+    steering = server.steering_for(doc.uri).interventions()
+    cancel = CancelToken()
+    how = sampling(server.settings, stop=("\n\n",))
+    try:
+        text = await server.run_engine("suggest", lambda e: "".join(e.generate(prompt, steering, how, cancel)),
+                                       SUGGEST, cancel)
+    except EngineUnavailable:
+        return
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("suggestion for %s failed: %s", doc.uri, exc)
+        return
+    if doc.version == version and text.strip() and server.docs.get(doc.uri) is state:
+        state.suggestion = Suggestion(version, offset, text)
+        server.refresh_hints()
