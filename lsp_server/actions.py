@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
+from steering.ranking import rank
+
 from .cards import card
 from .generation import Superseded, generate, prompt_before
 from .hints import short
@@ -34,15 +36,16 @@ def versioned_edit(state: DocState, version: int, start: int, end: int, text: st
         edits=[types.TextEdit(range=state.doc.index.range(start, end), new_text=text)])])
 
 
-def selection_features(state: DocState, lo: int, hi: int) -> list[tuple[int, float]]:
-    """(feature, summed activation) over the annotated tokens in `[lo, hi)`, or in the span at the cursor."""
+def selection_features(state: DocState, lo: int, hi: int) -> list[int]:
+    """The hintable features of the annotated tokens in `[lo, hi)` (or of the span at the cursor), most specific
+    first, ranked as the hints are."""
     annotated = state.annotated
     if annotated is None:
         return []
     if lo == hi:
         for at, span in annotated.spans(state.doc.text):
             if at <= lo <= at + span.end - span.start:
-                return [(f.feature, f.total) for f in span.features]
+                return [f.feature for f in span.features if f.hintable]
         return []
     totals: dict[int, float] = {}
     for at, span in annotated.spans(state.doc.text):
@@ -51,7 +54,7 @@ def selection_features(state: DocState, lo: int, hi: int) -> list[tuple[int, flo
             if span.start <= tok.start < span.end and lo <= start < hi:
                 for f in tok.features:
                     totals[f.feature] = totals.get(f.feature, 0.0) + f.activation
-    return sorted(totals.items(), key=lambda kv: -kv[1])
+    return [r.feature for r in rank(totals, annotated.annotation.weights, top=TOP_FEATURES, also=0)]
 
 
 def rewrite_budget(selection: str) -> int:
@@ -104,15 +107,16 @@ def register(server: TinymorphServer) -> None:
             actions.append(types.CodeAction(
                 title=f"Accept suggestion: {short(s.text.strip(), 50)}", kind=types.CodeActionKind.QuickFix,
                 is_preferred=True, edit=versioned_edit(state, version, s.offset, s.offset, s.text)))
-        for feature, _total in selection_features(state, lo, hi)[:TOP_FEATURES]:
+        for feature in selection_features(state, lo, hi)[:TOP_FEATURES]:
             label = short(card(ls.cards, feature).label, 30)
+            label = f" ({label})" if label else ""
             strength = ls.settings.amplify_strength
             actions.append(types.CodeAction(
-                title=f"Amplify feature {feature} ({label})", kind=f"{KIND_STEER}.amplify",
+                title=f"Amplify feature {feature}{label}", kind=f"{KIND_STEER}.amplify",
                 command=types.Command(title="Amplify", command="tinymorph.steer.add", arguments=[
                     {"feature": feature, "strength": strength, "mode": "add", "uri": uri}])))
             actions.append(types.CodeAction(
-                title=f"Suppress feature {feature} ({label})", kind=f"{KIND_STEER}.suppress",
+                title=f"Suppress feature {feature}{label}", kind=f"{KIND_STEER}.suppress",
                 command=types.Command(title="Suppress", command="tinymorph.steer.add", arguments=[
                     {"feature": feature, "mode": "ablate", "uri": uri}])))
         if hi > lo and doc.text[lo:hi].strip():

@@ -30,8 +30,8 @@ def cards_for(engine: EngineAPI, annotation: Annotation | None, known: set[int])
 
 
 def card(cards: dict[int, FeatureCard], feature: int) -> FeatureCard:
-    """The feature's card, or a placeholder naming it until its card arrives."""
-    return cards.get(feature) or FeatureCard(f"#{feature}", ())
+    """The feature's card, or an empty one (no label, so no hint) until its card arrives."""
+    return cards.get(feature) or FeatureCard("", ())
 
 
 def promoted(c: FeatureCard) -> str:

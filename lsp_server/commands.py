@@ -19,7 +19,7 @@ from .actions import REWRITE, compute_rewrite, parse_rewrite_args, versioned_edi
 from .config import to_wire
 from .pipeline import schedule
 from .state import Steer, SteeringError, intervention_from
-from .worker import EngineUnavailable
+from .worker import EngineAPI, EngineUnavailable
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -45,7 +45,7 @@ def field_of(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], comm
     if kind == (int, float):
         ok = ok and math.isfinite(value)
     if not ok:
-        names = {int: "a whole number", str: "a string", (int, float): "a number"}
+        names = {int: "a whole number", str: "a string", (int, float): "a number", bool: "true or false"}
         raise JsonRpcInvalidParams(f"{command}: {name!r} must be {names.get(kind, kind)}, not {value!r}")
     return value
 
@@ -54,7 +54,7 @@ EXAMPLES = {
     "tinymorph.steer.add": '{"feature": 123, "strength": 4, "mode": "add"}',
     "tinymorph.steer.remove": '{"feature": 123}',
     "tinymorph.features.search": '{"query": "weather"}',
-    "tinymorph.features.explain": '{"feature": 123}',
+    "tinymorph.features.explain": '{"feature": 123, "self": false}',
     "tinymorph.suggestion.accept": '{"uri": "file:///...", "version": 3}',
 }
 
@@ -172,8 +172,16 @@ def register(server: TinymorphServer) -> None:
     @server.command("tinymorph.features.explain")
     async def explain(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
         cmd = "tinymorph.features.explain"
-        feature = field_of(the_object(args, cmd), "feature", int, cmd)
-        result: dict[str, Any] = await engine_call(ls, "explain", lambda e: e.explain(feature).to_dict())
+        obj = the_object(args, cmd)
+        feature, own_words = field_of(obj, "feature", int, cmd), field_of(obj, "self", bool, cmd, False)
+
+        def explain(engine: EngineAPI) -> dict[str, Any]:
+            out = engine.explain(feature).to_dict()
+            if own_words:
+                out["self"] = engine.self_explain(feature).to_dict()
+            return out
+
+        result: dict[str, Any] = await engine_call(ls, "explain", explain)
         return result
 
     @server.command("tinymorph.status")

@@ -26,11 +26,6 @@ def short(label: str, limit: int = LABEL_CHARS) -> str:
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
-def num(x: float) -> str:
-    """An activation for display: one decimal from 1 up, two significant digits below."""
-    return f"{x:.1f}" if abs(x) >= 1 else f"{x:.2g}"
-
-
 def steer_command(server: TinymorphServer, feature: int, uri: str) -> types.Command:
     strength = server.settings.amplify_strength
     return types.Command(title=f"Steer toward feature {feature} (+{strength:g})", command="tinymorph.steer.add",
@@ -45,23 +40,26 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
     hints = []
     for at, span in annotated.spans(state.doc.text):
         end = at + span.end - span.start
-        if not lo <= end <= hi or not span.features:
+        # a hint names what the span is about in words: features without a word label, and dense, punctuation and
+        # position features, stay in the tooltip
+        shown = [f for f in span.features if f.hintable and card(server.cards, f.feature).label][:count]
+        if not lo <= end <= hi or not shown:
             continue
         parts = [types.InlayHintLabelPart(value="⟨")]
-        for i, f in enumerate(span.features[:count]):
+        for i, f in enumerate(shown):
             c = card(server.cards, f.feature)
             if i:
                 parts.append(types.InlayHintLabelPart(value=" · "))
             parts.append(types.InlayHintLabelPart(
-                value=f"{short(c.label)} {num(f.max)}",
+                value=short(c.label),
                 tooltip=types.MarkupContent(kind=types.MarkupKind.Markdown, value=(
-                    f"**feature {f.feature}**: {c.label}\n\npromotes {promoted(c)}\n\n"
+                    f"**{c.label}** (feature {f.feature})\n\npromotes {promoted(c)}\n\n"
                     f"peak {f.max:.2f} · sum {f.total:.2f} over {f.count} tokens\n\n"
                     f"Click to steer toward it (+{server.settings.amplify_strength:g}).")),
                 command=steer_command(server, f.feature, uri)))
         parts.append(types.InlayHintLabelPart(value="⟩"))
-        rows = [f"| {f.feature} | {short(card(server.cards, f.feature).label, 40)} | {f.max:.2f} | {f.total:.2f} | "
-                f"{promoted(card(server.cards, f.feature))} |" for f in span.features]
+        rows = [f"| {f.feature} | {short(card(server.cards, f.feature).label, 40) or '—'} | {f.max:.2f} | "
+                f"{f.total:.2f} | {promoted(card(server.cards, f.feature))} |" for f in span.features]
         tooltip = "\n".join(["**tinymorph**: features of this " + server.settings.hint_granularity, "",
                              "| feature | label | peak | sum | promotes |", "|---:|---|---:|---:|---|", *rows])
         hints.append(types.InlayHint(

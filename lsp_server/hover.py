@@ -53,7 +53,7 @@ def render(server: TinymorphServer, tok: TokenFeatures) -> str:
     lines += ["| feature | activation | label | promotes |", "|---:|---:|---|---|"]
     for f in tok.features:
         c = card(server.cards, f.feature)
-        lines.append(f"| {f.feature} | {f.activation:.2f} | {short(c.label, 40)} | {promoted(c)} |")
+        lines.append(f"| {f.feature} | {f.activation:.2f} | {short(c.label, 40) or '—'} | {promoted(c)} |")
     return "\n".join(lines)
 
 

@@ -115,4 +115,5 @@ def merge(old: Annotation, new_text: str, the_plan: Plan, fresh: Annotation | No
     tokens.sort(key=lambda t: (t.start, t.end))
     tokens = [dataclasses.replace(t, index=i) for i, t in enumerate(tokens)]
     spans.sort(key=lambda s: s.start)
-    return Annotation(new_text, old.hook, tuple(tokens), tuple(spans))
+    weights = {**old.weights, **(fresh.weights if fresh is not None else {})}
+    return Annotation(new_text, old.hook, tuple(tokens), tuple(spans), weights)

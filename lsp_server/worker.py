@@ -22,6 +22,7 @@ from steering.config import EngineConfig, SamplingConfig
 from steering.engine import EngineInfo, FeatureCard, FeatureExplanation
 from steering.generate import CancelToken
 from steering.interventions import Intervention
+from steering.selfexplain import SelfExplanation
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class EngineAPI(Protocol):
     def explain(self, feature: int, *, top: int = 10) -> FeatureExplanation: ...
 
     def cards(self, features: Sequence[int], *, lens_limit: int = 256) -> dict[int, FeatureCard]: ...
+
+    def self_explain(self, feature: int) -> SelfExplanation: ...
 
     def search(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]: ...
 

@@ -26,7 +26,8 @@ def activation_stream(lm: LoadedModel, hook: HookPoint, corpus: Corpus, cfg: Tra
     """Activations `[model_batch * (context - 1), d]` of this rank's sequences from `start` on; position 0 dropped."""
     rank, world = dist_info()
     batch: list[torch.Tensor] = []
-    for index, ids in corpus.sequences(cfg.context, start=start, rank=rank, world=world, repeat=cfg.allow_repeat):
+    for index, ids in corpus.sequences(cfg.context, start=start, rank=rank, world=world, repeat=cfg.allow_repeat,
+                                       shuffle=cfg.seed):
         batch.append(ids)
         if len(batch) == cfg.model_batch:
             yield index + 1, _residuals(lm, hook, torch.stack(batch))

@@ -6,13 +6,14 @@ reported (long documents run in overlapping windows so that only the document's 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 
 from .hooks import capture_residual
 from .models import LoadedModel
+from .ranking import Specificity, Weight, rank
 from .sae import SAE
 from .spans import split_spans
 
@@ -36,17 +37,20 @@ class TokenFeatures:
 
 @dataclass(frozen=True)
 class SpanFeature:
-    """A feature's activity over a span: summed and maximal activation, and on how many tokens it fired."""
+    """A feature's activity over a span: summed and maximal activation, on how many tokens it fired, and its
+    specificity score (`steering.ranking`); `hintable` is False for dense, punctuation and position features."""
 
     feature: int
     total: float
     max: float
     count: int
+    score: float = 0.0
+    hintable: bool = True
 
 
 @dataclass(frozen=True)
 class SpanFeatures:
-    """A paragraph (character offsets, end exclusive) and its top features by summed activation."""
+    """A paragraph (character offsets, end exclusive) and its features, most specific first (`steering.ranking`)."""
 
     start: int
     end: int
@@ -59,6 +63,8 @@ class Annotation:
     hook: str
     tokens: tuple[TokenFeatures, ...]
     paragraphs: tuple[SpanFeatures, ...]
+    weights: dict[int, Weight] = field(default_factory=dict, compare=False)
+    """How each feature seen here is ranked: what ranks a selection of the text as the spans were (`rank`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,7 +77,8 @@ class Annotation:
             "paragraphs": [
                 {"start": p.start, "end": p.end, "text": self.text[p.start : p.end],
                  "features": [{"feature": f.feature, "total": round(f.total, 4), "max": round(f.max, 4),
-                               "count": f.count} for f in p.features]}
+                               "count": f.count, "score": round(f.score, 4), "hint": f.hintable}
+                              for f in p.features]}
                 for p in self.paragraphs
             ],
         }
@@ -104,10 +111,11 @@ def encode_document(
 
 def annotate(
     lm: LoadedModel, sae: SAE, text: str, *, top_k: int = 5, paragraph_top: int = 8, window: int = 1024,
-    granularity: str = "paragraph",
+    granularity: str = "paragraph", specificity: Specificity | None = None,
 ) -> Annotation:
-    """Per-token top-k features and per-span top features of `text` (spans are paragraphs, sentences or lines, by
-    `granularity`). Empty text gives an empty annotation."""
+    """Per-token top-k features and per-span features of `text` (spans are paragraphs, sentences or lines, by
+    `granularity`): the `paragraph_top` most specific hintable ones, then a few that are never hinted. Empty text
+    gives an empty annotation."""
     spans_of = split_spans(text, granularity)
     hook = sae.hook.name if sae.hook else ""
     if not text.strip():
@@ -120,6 +128,8 @@ def annotate(
         fv = tuple(FeatureValue(int(f), float(v)) for v, f in zip(values[i].tolist(), indices[i].tolist(), strict=True)
                    if v > 0)
         tokens.append(TokenFeatures(i, token_id, text[start:end], start, end, fv))
+    specificity = specificity or Specificity(sae)
+    weights = {f.feature: specificity.weight(f.feature) for t in tokens for f in t.features}
     ends = torch.tensor([max(e - 1, s) for s, e in offsets])
     spans = []
     for p_start, p_end in spans_of:
@@ -128,8 +138,11 @@ def annotate(
             continue
         block = feats[mask]
         total, peak, count = block.sum(0), block.max(0).values, (block > 0).sum(0)
-        n = min(paragraph_top, int((total > 0).sum()))
-        top = total.topk(n).indices.tolist() if n else []
+        fired = total.nonzero().flatten().tolist()
+        span_weights = {f: specificity.weight(f) for f in fired}
+        weights.update(span_weights)
+        ranked = rank(dict(zip(fired, total[fired].tolist(), strict=True)), span_weights, top=paragraph_top)
         spans.append(SpanFeatures(p_start, p_end, tuple(
-            SpanFeature(int(f), float(total[f]), float(peak[f]), int(count[f])) for f in top)))
-    return Annotation(text, hook, tuple(tokens), tuple(spans))
+            SpanFeature(r.feature, float(total[r.feature]), float(peak[r.feature]), int(count[r.feature]), r.score,
+                        r.hintable) for r in ranked)))
+    return Annotation(text, hook, tuple(tokens), tuple(spans), weights)

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = fsub.add_parser("explain", help="label, top contexts and logit-lens tokens of a feature")
     e.add_argument("feature", type=int)
     e.add_argument("--top", type=int, default=10)
+    e.add_argument("--self", dest="self_explain", action="store_true",
+                   help="also let the model say what the feature means (self-explanation, a sweep of scales)")
     _common(e)
     e.set_defaults(run=cmd_explain)
     q = fsub.add_parser("search", help="features whose labels or top contexts mention a word")
@@ -98,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(t.add_argument_group("training (TrainConfig)"), TrainConfig, required=("layer",))
     _common(t, sae=False)
     t.set_defaults(run=cmd_train)
+
+    s = sub.add_parser("sae-stats", help="feature statistics and labels of an SAE over your text, saved beside it")
+    s.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
+    s.add_argument("--tokens", type=int, default=200_000, help="tokens read (spread over the whole corpus)")
+    s.add_argument("--context", type=int, default=128)
+    _common(s)
+    s.set_defaults(run=cmd_sae_stats)
+
+    lv = sub.add_parser("eval-labels", help="how well the SAE's labels pick out their features on held-out text")
+    lv.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
+    lv.add_argument("--tokens", type=int, default=50_000, help="held-out tokens read for the top contexts")
+    lv.add_argument("--features", type=int, default=200, help="labelled features sampled (seeded)")
+    lv.add_argument("--contexts", type=int, default=5, help="contexts per feature on each side")
+    lv.add_argument("--seed", type=int, default=0)
+    _common(lv)
+    lv.set_defaults(run=cmd_eval_labels)
 
     v = sub.add_parser("eval-sae", help="FVU, L0, dead latents and CE-loss recovered on held-out text")
     v.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
@@ -170,7 +188,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     text = _read_text(args.file)
     engine = _engine(args)
     ann = engine.annotate(text, top_k=args.top_k, paragraph_top=args.paragraph_top)
-    labels = {f.feature: engine.explain(f.feature, top=3).label for p in ann.paragraphs for f in p.features}
+    cards = engine.cards(list(dict.fromkeys(f.feature for p in ann.paragraphs for f in p.features)),
+                         lens_limit=10_000)
+    labels = {f: c.label for f, c in cards.items()}
     if args.json:
         _emit({**ann.to_dict(), "labels": {str(k): v for k, v in labels.items()}})
         return 0
@@ -180,7 +200,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         snippet = text[para.start : para.end].replace("\n", " ")
         print(f"¶ {snippet[:72]}{'…' if len(snippet) > 72 else ''}")
         for f in para.features:
-            print(f"   #{f.feature:<6} total {f.total:8.2f}  max {f.max:7.2f}  on {f.count:3} tokens  ⟨{labels[f.feature]}⟩")
+            label = labels[f.feature] or "(no word names it)"
+            kind = "" if f.hintable else "  [dense, punctuation or position: never a hint]"
+            print(f"   #{f.feature:<6} ⟨{label}⟩  score {f.score:6.1f}  max {f.max:6.2f}  on {f.count:3} tokens{kind}")
     return 0
 
 
@@ -215,11 +237,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    explanation = _engine(args).explain(args.feature, top=args.top)
-    if args.json:
-        _emit(explanation.to_dict())
-        return 0
+    engine = _engine(args)
+    explanation = engine.explain(args.feature, top=args.top)
     data = explanation.to_dict()
+    if args.self_explain:
+        data["self"] = engine.self_explain(args.feature).to_dict()
+    if args.json:
+        _emit(data)
+        return 0
     print(f"feature {data['feature']}: ⟨{data['label']}⟩")
     if data["max_act"] is not None:
         print(f"max activation {data['max_act']:.3f}, fires on {100 * (data['frequency'] or 0):.3f}% of tokens")
@@ -227,6 +252,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print("suppresses: " + "  ".join(repr(t["token"]) for t in data["suppressed"]))
     for ctx in data["contexts"]:
         print(f"  {ctx['activation']:7.2f}  {ctx['text']}")
+    if "self" in data:
+        own = data["self"]
+        print(f"in the model's words: {own['text']!r} (scale {own['scale']:g} x the mean residual norm; "
+              f"self-similarity {own['self_similarity']:.3f}, first-token entropy {own['entropy']:.3f})")
     return 0
 
 
@@ -277,6 +306,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"saved {summary.out}: {summary.tokens_seen:,} tokens in {summary.seconds:.0f} s; final FVU "
               f"{summary.final.get('fvu', float('nan')):.3f}, L0 {summary.final.get('l0', float('nan')):.1f}")
+    return 0
+
+
+def cmd_sae_stats(args: argparse.Namespace) -> int:
+    """Statistics (for ranking and steering) and word labels of an SAE in the SAELens layout, written into its
+    folder: what `train-sae` writes, for an SAE trained elsewhere or on other text."""
+    from .atomic import write_bytes
+    from .corpus import load_corpus
+    from .labels import LABELS_FILE, describe_sae
+    from .sae import FEATURE_STATS, SAELENS_CFG
+
+    engine = _engine(args)
+    sae = engine.require_sae("sae-stats")
+    folder = Path(sae.source or "")
+    if sae.layout != "saelens" or not (folder / SAELENS_CFG).is_file():
+        raise TinymorphError("sae-stats writes into an SAE folder in the SAELens layout (cfg.json + "
+                             "sae_weights.safetensors); this SAE is not one.")
+    corpus = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id)
+    labels = describe_sae(engine.lm, sae, corpus.tokens, context=args.context, tokens=args.tokens)
+    from safetensors.torch import save as save_tensors
+
+    write_bytes(folder / FEATURE_STATS, save_tensors({n: t.detach().cpu().contiguous() for n, t in sae.stats.items()}))
+    write_bytes(folder / LABELS_FILE, json.dumps(labels, ensure_ascii=False).encode())
+    named = sum(bool(e["label"]) for e in labels["features"].values())
+    summary = {"sae": str(folder), "tokens": labels["tokens"], "features": sae.d_sae, "labelled_in_words": named}
+    if args.json:
+        _emit(summary)
+    else:
+        print(f"{folder}: statistics over {labels['tokens']:,} tokens; {named:,} of {sae.d_sae:,} features have a "
+              "label in words")
+    return 0
+
+
+def cmd_eval_labels(args: argparse.Namespace) -> int:
+    from .corpus import load_corpus
+    from .label_eval import evaluate_labels
+
+    engine = _engine(args)
+    sae = engine.require_sae("eval-labels")
+    labels = engine.labels()
+    if labels is None:
+        raise TinymorphError("eval-labels needs the SAE's labels.json (written by train-sae or sae-stats).")
+    corpus = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id)
+    try:
+        result = evaluate_labels(engine.lm, sae, labels, corpus.tokens, tokens=args.tokens, features=args.features,
+                                 per_side=args.contexts, seed=args.seed)
+    except ValueError as exc:
+        raise TinymorphError(str(exc)) from None
+    data = {"model": engine.lm.name, "sae": sae.source, **result.to_dict()}
+    if args.json:
+        _emit(data)
+    else:
+        for key, value in data.items():
+            print(f"{key:18} {value}")
     return 0
 
 

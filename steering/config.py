@@ -132,8 +132,8 @@ class TrainConfig:
     """Seed for initialisation and shuffling."""
     stats_tokens: int = 100_000
     """Tokens of the corpus read after training for max_act, frequency and top contexts."""
-    top_contexts: int = 8
-    """Top activating contexts kept per feature in labels.json."""
+    top_contexts: int = 32
+    """Top activating contexts read per feature to label it in words (labels.json keeps the first 8)."""
     allow_repeat: bool = False
     """Cycle the corpus when it holds fewer tokens than requested (otherwise that is an error)."""
     log_every: int = 10

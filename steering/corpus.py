@@ -64,19 +64,23 @@ class Corpus:
         return self.n_tokens // context
 
     def sequences(self, context: int, *, start: int = 0, rank: int = 0, world: int = 1,
-                  repeat: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+                  repeat: bool = False, shuffle: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """(position in the stream of sequences, ids `[context]`) for this rank from `start` on.
 
         Positions count on past the end when `repeat` is set (the corpus is cycled); rank r takes positions
-        r, r + world, ... so ranks read disjoint shards.
+        r, r + world, ... so ranks read disjoint shards. With a `shuffle` seed, position p reads sequence
+        `permutation[p]` (one seeded permutation of the whole corpus), so any stretch of training sees every source
+        of a corpus in proportion, not one file after another.
         """
         n = self.n_sequences(context)
         if n == 0:
             raise CorpusError(f"The corpus holds {self.n_tokens} tokens, less than one sequence of {context}.")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle)) if shuffle is not None else None
         index = start
         while repeat or index < n:
             if index % world == rank:
                 i = index % n
+                i = int(order[i]) if order is not None else i
                 yield index, self.tokens[i * context : (i + 1) * context]
             index += 1
 

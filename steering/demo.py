@@ -7,6 +7,7 @@ feature means; a continuation steered toward it next to the unsteered one; and a
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -33,12 +34,15 @@ def run(sae: str, model: str) -> None:
     if engine.sae is not None:
         text = SAMPLE.read_text(encoding="utf-8")
         ann = engine.annotate(text)
-        say(f"\n== features per paragraph of {SAMPLE.name} (label: activating tokens → promoted tokens)")
+        say(f"\n== what each paragraph of {SAMPLE.name} is about: its most specific features, as editor hints")
         for para in ann.paragraphs:
             snippet = text[para.start : para.end].replace("\n", " ")
             say(f"¶ {snippet[:70]}…")
-            for f in para.features[:4]:
-                say(f"    #{f.feature:<5} Σ {f.total:7.1f}  max {f.max:5.1f}  ⟨{engine.label(f.feature)}⟩")
+            hinted = [f for f in para.features if f.hintable]
+            cards = engine.cards([f.feature for f in hinted], lens_limit=len(hinted))
+            named = [f for f in hinted if cards[f.feature].label][:3]
+            say("    ⟨" + " · ".join(cards[f.feature].label for f in named) + "⟩   (features "
+                + ", ".join(f"#{f.feature}" for f in named) + ")")
         prompt = "The afternoon in the town was"
         plain = "".join(engine.generate(prompt, (), sampling)).strip()
         feature, strength, steered = pick_steering(engine, ann, prompt, sampling, plain)
@@ -68,7 +72,8 @@ def pick_steering(engine: Engine, ann: Annotation, prompt: str, sampling: Sampli
                   ) -> tuple[int, float, str]:
     """A feature of the sample (top features first) and a strength whose steered continuation is readable text
     that differs from the unsteered one: steering a small model far enough often gives repetition or nothing."""
-    candidates = list(dict.fromkeys(f.feature for p in ann.paragraphs for f in p.features[:4]))[:12]
+    body = [p for p in ann.paragraphs if not ann.text[p.start:p.end].startswith("#")]  # not the heading
+    candidates = list(dict.fromkeys(f.feature for p in body for f in p.features if f.hintable))[:12]
     first: tuple[int, float, str] | None = None
     for feature in candidates:
         for strength in (3.0, 5.0):
@@ -76,7 +81,8 @@ def pick_steering(engine: Engine, ann: Annotation, prompt: str, sampling: Sampli
                                           sampling)).strip()
             first = first or (feature, strength, out)
             words = out.split()
-            if out != plain and len(words) >= 8 and len(set(words)) >= 0.5 * len(words):
+            prose = sum(bool(re.fullmatch(r"[\"'(]?[A-Za-z][a-z'’-]*[.,;:!?\"')]*", w)) for w in words)
+            if out != plain and len(words) >= 8 and len(set(words)) >= 0.5 * len(words) and prose >= 0.8 * len(words):
                 return feature, strength, out
     assert first is not None
     return first

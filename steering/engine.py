@@ -20,7 +20,9 @@ from .hooks import capture_residual
 from .interventions import Intervention, SteeringHook
 from .labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
 from .models import LoadedModel, Progress, _no_progress, load_model
+from .ranking import Specificity
 from .sae import SAE, HookPoint, load_sae
+from .selfexplain import SelfExplanation, self_explain
 
 DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
 
@@ -118,6 +120,7 @@ class Engine:
                 raise ShapeMismatchError(f"Layer {chosen} is out of range: {lm.name} has layers 0 to {lm.n_layers - 1}.")
             self.hook = HookPoint(chosen, "resid_post")
         self._fallback_scale: float | None = None
+        self._specificity: Specificity | None = None
         self._labels: dict[str, Any] | None = None
 
     @classmethod
@@ -167,8 +170,11 @@ class Engine:
     def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8, granularity: str = "paragraph",
                  ) -> Annotation:
         """Features of `text`; `paragraphs` of the result holds spans at `granularity` (paragraph, sentence, line)."""
-        return annotate(self.lm, self.require_sae("annotate"), text, top_k=top_k, paragraph_top=paragraph_top,
-                        granularity=granularity)
+        sae = self.require_sae("annotate")
+        if self._specificity is None:
+            self._specificity = Specificity(sae)
+        return annotate(self.lm, sae, text, top_k=top_k, paragraph_top=paragraph_top, granularity=granularity,
+                        specificity=self._specificity)
 
     def explain(self, feature: int, *, top: int = 10) -> FeatureExplanation:
         sae = self.require_sae("features explain")
@@ -182,6 +188,12 @@ class Engine:
             lens=lens,
             contexts=tuple((c["text"], float(c["activation"])) for c in entry.get("contexts", [])),
         )
+
+    def self_explain(self, feature: int) -> SelfExplanation:
+        """The model's own words for the feature (`steering.selfexplain`): the decoder direction on a placeholder
+        token, at the scale with the best composite score over a sweep."""
+        sae = self.require_sae("features explain --self")
+        return self_explain(self.lm, sae, feature, self.fallback_scale())
 
     def labels(self) -> dict[str, Any] | None:
         """The SAE's labels.json (top contexts and labels per feature), when it has one."""

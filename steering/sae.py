@@ -38,6 +38,9 @@ SITES = ("resid_pre", "resid_post")
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 FEATURE_STATS = "feature_stats.safetensors"
+FEATURE_STAT_NAMES = ("max_act", "frequency", "mean_act", "punct_share", "early_share")
+"""max activation; firing rate; mean activation where it fires; share of its activation on tokens of punctuation or
+white space alone; share on the first few positions of a text (other names in the file are ignored)."""
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMASCOPE_PARAMS = "params.npz"
 
@@ -136,8 +139,18 @@ class SAE(nn.Module):
             self.b_enc = param(d_sae)
         if architecture == "jumprelu":
             self.threshold = param(d_sae)
-        self.max_act: torch.Tensor | None = None
-        self.frequency: torch.Tensor | None = None
+        self.stats: dict[str, torch.Tensor] = {}
+        """Per-feature statistics over a corpus (`FEATURE_STAT_NAMES`), kept in feature_stats.safetensors."""
+
+    @property
+    def max_act(self) -> torch.Tensor | None:
+        """The largest activation seen: the unit of `add` steering."""
+        return self.stats.get("max_act")
+
+    @property
+    def frequency(self) -> torch.Tensor | None:
+        """The share of tokens on which the feature fires."""
+        return self.stats.get("frequency")
 
     # ----------------------------------------------------------------------------------------------- weights
     def weight_names(self) -> list[str]:
@@ -161,13 +174,19 @@ class SAE(nn.Module):
                 raise SAELoadError(f"{where}: {name} holds NaN or infinite values.")
             getattr(self, name).data.copy_(value.to(self.W_enc.dtype))
 
-    def set_feature_stats(self, max_act: torch.Tensor | None, frequency: torch.Tensor | None = None) -> None:
-        """Per-feature statistics: `max_act` scales `add` steering; `frequency` is the firing rate."""
-        for name, value in (("max_act", max_act), ("frequency", frequency)):
-            if value is not None and tuple(value.shape) != (self.d_sae,):
+    def set_feature_stats(self, max_act: torch.Tensor | None = None, frequency: torch.Tensor | None = None,
+                          **more: torch.Tensor | None) -> None:
+        """Per-feature statistics (`FEATURE_STAT_NAMES`): `max_act` scales `add` steering, `frequency` is the firing
+        rate, the others rank a span's features by how specific they are (`steering.ranking`). Replaces them all."""
+        given = {"max_act": max_act, "frequency": frequency, **more}
+        stats = {}
+        for name, value in given.items():
+            if value is None or name not in FEATURE_STAT_NAMES:
+                continue
+            if tuple(value.shape) != (self.d_sae,):
                 raise SAELoadError(f"{name} has shape {list(value.shape)}, expected [{self.d_sae}].")
-        self.max_act = None if max_act is None else max_act.detach().float().to(self.W_dec.device)
-        self.frequency = None if frequency is None else frequency.detach().float().to(self.W_dec.device)
+            stats[name] = value.detach().float().to(self.W_dec.device)
+        self.stats = stats
 
     @property
     def device(self) -> torch.device:
@@ -285,8 +304,7 @@ class SAE(nn.Module):
             cfg = self.config_dict()
             cfg["dtype"] = str(out_dtype).removeprefix("torch.")
             (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
-            stats = {n: t.detach().to("cpu", torch.float32).contiguous()
-                     for n, t in (("max_act", self.max_act), ("frequency", self.frequency)) if t is not None}
+            stats = {n: t.detach().to("cpu", torch.float32).contiguous() for n, t in self.stats.items()}
             if stats:
                 save_file(stats, str(tmp / FEATURE_STATS))
             for name, data in (extra or {}).items():
@@ -416,8 +434,7 @@ def _load_saelens(folder: Path, device: torch.device | str, dtype: torch.dtype) 
     sae.load_weights(weights, str(folder / SAELENS_WEIGHTS))
     stats_path = folder / FEATURE_STATS
     if stats_path.is_file():
-        stats = _read_safetensors(stats_path)
-        sae.set_feature_stats(stats.get("max_act"), stats.get("frequency"))
+        sae.set_feature_stats(**_read_safetensors(stats_path))
     sae.layout, sae.source = "saelens", str(folder)
     return sae
 

@@ -70,6 +70,23 @@ class TrainSummary:
     dead_fraction_at_end: float
 
 
+def recipe_sources(corpus_paths: list[str]) -> dict[str, Any] | None:
+    """The packages (with licences and hashes) of a corpus built by `steering.recipe`, from the `sources.json`
+    beside or above the corpus folder, when there is one."""
+    from .recipe import SOURCES
+
+    for spec in corpus_paths:
+        for folder in (Path(spec), Path(spec).parent):
+            path = folder / SOURCES
+            if path.is_file():
+                try:
+                    packages = json.loads(path.read_text(encoding="utf-8")).get("packages")
+                except (OSError, ValueError, AttributeError):
+                    return None
+                return packages if isinstance(packages, dict) else None
+    return None
+
+
 def check_output(out: Path, *, overwrite: bool) -> None:
     """Refuse an output that is a file, or a folder holding an SAE that `overwrite` does not allow to replace."""
     if out.exists() and not out.is_dir():
@@ -114,19 +131,21 @@ def train_sae(
         f"MB per rank ({world} rank{'s' * (world > 1)})")
     model_spec = lm.source.location if model != "default" else \
         f"default ({lm.name}, {Path(lm.source.location).name})"
-    meta = {"model_name": lm.name, "tinymorph": {"model": model_spec, "corpus": corpus.provenance()}}
+    about: dict[str, Any] = {"model": model_spec, "corpus": corpus.provenance()}
+    sources = recipe_sources(corpus_paths)
+    if sources is not None:
+        about["sources"] = sources
+    meta = {"model_name": lm.name, "tinymorph": about}
     checkpoint = out.with_name(out.name + CHECKPOINT_SUFFIX)
     result = train(lm, corpus, cfg, progress=on_step, checkpoint=checkpoint, resume=resume, metadata=meta)
     if rank != 0:
         return None
-    from .labels import LABELS_FILE, build_labels, feature_statistics
+    from .labels import LABELS_FILE, describe_sae
 
     sae = result.sae.to(lm.device)
     say(f"feature statistics and labels over {cfg.stats_tokens:,} tokens")
-    stats = feature_statistics(lm, sae, corpus.tokens, context=cfg.context, tokens=cfg.stats_tokens,
-                               top=cfg.top_contexts)
-    sae.set_feature_stats(stats.max_act, stats.frequency)
-    labels = build_labels(lm, sae, stats, corpus.tokens, context=cfg.context)
+    labels = describe_sae(lm, sae, corpus.tokens, context=cfg.context, tokens=cfg.stats_tokens,
+                          top=cfg.top_contexts)
     extra = {LABELS_FILE: json.dumps(labels, ensure_ascii=False).encode()}
     if plot is not None:
         from .plot import curves_png
@@ -134,7 +153,7 @@ def train_sae(
         png = curves_png(result.history, f"{lm.name} · {sae.hook} · {cfg.arch}")
         extra["training_curves.png"] = png
         write_bytes(plot, png)
-    sae.metadata.setdefault("tinymorph", {})["stats_tokens"] = stats.tokens
+    sae.metadata.setdefault("tinymorph", {})["stats_tokens"] = labels["tokens"]
     sae.save(out, dtype=torch.float16 if half else None, overwrite=True, extra=extra)
     shutil.rmtree(checkpoint, ignore_errors=True)
     return TrainSummary(str(out), result.tokens_seen, round(result.seconds, 1),

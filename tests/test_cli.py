@@ -70,6 +70,10 @@ def test_explain(capsys, tiny_model_dir, sae_dir) -> None:
     assert data["feature"] == 7 and len(data["promoted"]) == 4 and data["max_act"] == 2.0
     scores = [t["score"] for t in data["promoted"]]
     assert scores == sorted(scores, reverse=True)
+    own = run_json(capsys, "features", "explain", "7", "--self", "--model", str(tiny_model_dir),
+                   "--sae", str(sae_dir))["self"]
+    assert own["feature"] == 7 and len(own["sweep"]) == 5 and own["scale"] in [s["scale"] for s in own["sweep"]]
+    assert isinstance(own["text"], str) and 0 <= own["entropy"] <= 1
 
 
 @pytest.mark.parametrize(
@@ -150,3 +154,47 @@ def test_train_sae_flags_come_from_the_config_fields() -> None:
 
     cfg = from_arguments(TrainConfig, args)
     assert (cfg.layer, cfg.dead_tokens, cfg.lr, cfg.allow_repeat, cfg.k) == (3, 500, 1e-3, True, 32)
+
+
+def test_sae_stats_writes_statistics_and_word_labels_beside_the_sae(capsys, tiny_model_dir, sae_dir, tmp_path) -> None:
+    import shutil
+
+    from steering.sae import load_sae
+
+    folder = tmp_path / "copy"
+    shutil.copytree(sae_dir, folder)
+    corpus = tmp_path / "corpus.md"
+    corpus.write_text("\n\n".join(["The rain fell on the quiet harbour and the boats rocked."] * 60), encoding="utf-8")
+    data = run_json(capsys, "sae-stats", "--corpus", str(corpus), "--tokens", "2000", "--model", str(tiny_model_dir),
+                    "--sae", str(folder))
+    assert data["features"] == 128 and 2000 <= data["tokens"] < 2000 + 128  # whole sequences of 128
+    sae = load_sae(folder)
+    assert set(sae.stats) == {"max_act", "frequency", "mean_act", "punct_share", "early_share"}
+    labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    assert labels["version"] == 2 and len(labels["features"]) == 128
+    for entry in labels["features"].values():  # a label is words from the corpus, or nothing
+        assert all(w.isalpha() and w in "the rain fell on quiet harbour and boats rocked" for w in
+                   entry["label"].split(", ") if entry["label"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in sae_dir.iterdir()] + ["labels.json"])
+
+
+def test_eval_labels_against_a_shuffled_baseline(capsys, tiny_model_dir, tmp_path) -> None:
+    import random
+
+    rnd = random.Random(0)
+    words = ["rain", "storm", "harbour", "boats", "money", "bank", "violin", "music", "onion", "soup"]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(2):
+        (corpus / f"d{i}.md").write_text("\n\n".join(" ".join(rnd.choice(words) for _ in range(30)) + "."
+                                                     for _ in range(30)), encoding="utf-8")
+    out = tmp_path / "sae"
+    assert main(["train-sae", "--model", str(tiny_model_dir), "--layer", "2", "--corpus", str(corpus / "d0.md"),
+                 "--tokens", "4000", "--out", str(out), "--batch-size", "256", "--buffer-size", "1024",
+                 "--stats-tokens", "3000", "--expansion", "2", "--k", "8"]) == 0
+    capsys.readouterr()
+    data = run_json(capsys, "eval-labels", "--corpus", str(corpus / "d1.md"), "--tokens", "3000", "--features", "20",
+                    "--contexts", "3", "--model", str(tiny_model_dir), "--sae", str(out))
+    assert 2 <= data["features"] <= 20 and data["contexts_per_side"] == 3
+    for key in ("balanced_accuracy", "shuffled_baseline", "beats_baseline"):
+        assert 0 <= data[key] <= 1

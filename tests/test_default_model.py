@@ -50,7 +50,7 @@ def test_default_sae_ships_with_labels_and_annotates_real_text() -> None:
     from steering.engine import DEFAULT_SAE_DIR
 
     files = [p for p in DEFAULT_SAE_DIR.iterdir() if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    assert sum(p.stat().st_size for p in files) <= 32 * 2**20
     engine = Engine.load(EngineConfig(model="default", sae="default"))
     info = engine.info()
     assert info.sae_layout == "saelens" and info.feature_stats and info.hook.startswith("blocks.")
@@ -58,9 +58,13 @@ def test_default_sae_ships_with_labels_and_annotates_real_text() -> None:
     text = "The storm broke over the harbour at dawn.\n\nShe opened the letter from the bank and read it twice."
     ann = engine.annotate(text)
     assert len(ann.paragraphs) == 2 and all(p.features for p in ann.paragraphs)
-    top = ann.paragraphs[0].features[0].feature
+    hinted = [f.feature for f in ann.paragraphs[0].features if f.hintable]
+    cards = engine.cards(hinted)
+    top = next(f for f in hinted if cards[f].label)  # the first hint of the paragraph
     explanation = engine.explain(top)
-    assert explanation.label and explanation.contexts and explanation.max_act and explanation.max_act > 0
+    assert explanation.label == cards[top].label and all(w.replace("-", "").replace("'", "").isalpha()
+                                                         for w in explanation.label.split(", "))
+    assert explanation.contexts and explanation.max_act and explanation.max_act > 0
     steered = "".join(engine.generate("The weather today", [Intervention("add", top, strength=4.0)],
                                       SamplingConfig(max_tokens=12)))
     plain = "".join(engine.generate("The weather today", (), SamplingConfig(max_tokens=12)))

@@ -66,7 +66,11 @@ async def test_remove_of_a_missing_feature_is_an_error(client) -> None:
 
 async def test_search_and_explain(client) -> None:
     explained = await command(client, "tinymorph.features.explain", {"feature": 4})
-    assert explained["feature"] == 4 and explained["label"]
+    assert explained["feature"] == 4 and "self" not in explained
+    own = (await command(client, "tinymorph.features.explain", {"feature": 4, "self": True}))["self"]
+    assert own["feature"] == 4 and len(own["sweep"]) == 5 and isinstance(own["text"], str)
+    with pytest.raises(Exception, match="'self' must be true or false"):
+        await command(client, "tinymorph.features.explain", {"feature": 4, "self": "yes"})
     assert len(explained["promoted"]) > 0 and explained["max_act"] is not None
     found = await command(client, "tinymorph.features.search", {"query": "rain"})  # a word of the SAE's corpus
     assert found["query"] == "rain" and found["features"]

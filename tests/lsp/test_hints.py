@@ -3,6 +3,8 @@ suggestion hint, and no waiting for the model."""
 
 from __future__ import annotations
 
+import re
+
 from lsprotocol import types
 
 from .conftest import client_fixture, command, open_doc, typed_with_suggestion, wait_annotated
@@ -40,8 +42,8 @@ async def test_feature_hints_at_paragraph_ends(client) -> None:
         for part in features:
             assert part.command.command == "tinymorph.steer.add"
             assert isinstance(part.command.arguments[0]["feature"], int)
-            label, strength = part.value.rsplit(" ", 1)
-            assert label and float(strength) > 0
+            words = part.value.split(", ")  # a label in words, never token fragments or numbers
+            assert 1 <= len(words) <= 3 and all(re.fullmatch(r"[^\W\d_]+(?:['’-][^\W\d_]+)*…?", w) for w in words)
         assert "| feature | label |" in hint.tooltip.value
     if client.capabilities.workspace.inlay_hint and client.capabilities.workspace.inlay_hint.refresh_support:
         assert client.refreshes >= 1

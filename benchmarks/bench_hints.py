@@ -1,0 +1,106 @@
+"""What the writer sees: do the hints name what each paragraph is about? One JSON object on stdout.
+
+On a set of paragraphs on distinct everyday topics (`hint_topics.json`, or `--topics FILE` of the same shape), each
+paragraph is annotated on its own and gets the hints the language server would show: its top `--slots` features
+that may be hinted and have a label in words. Reported for the specificity ranking the server uses and, in the same
+run, for ranking by summed activation with every feature allowed (what the server did before):
+
+- `shared_slot_share`: the share of hint slots taken by a feature that is in the top slots of at least half the
+  paragraphs (features that fire everywhere; goal <= 0.10);
+- `topic_share`: the share of paragraphs with a hint label naming the topic (a label word and an accepted topic word
+  match when one starts with the other, four letters at least; goal >= 2/3);
+- the hints of every paragraph, and those of the short story in the same file, as the editor shows them.
+
+    python benchmarks/bench_hints.py [--model default] [--sae default] [--slots 3] [--topics FILE] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from steering.annotate import Annotation, annotate
+from steering.config import EngineConfig
+from steering.engine import Engine
+from steering.ranking import Specificity
+
+HERE = Path(__file__).parent
+WORD = re.compile(r"[^\W\d_]+")
+
+
+def names_topic(labels: list[str], accept: list[str]) -> bool:
+    words = {w.lower() for label in labels for w in WORD.findall(label)}
+    return any(len(w) >= 4 and len(a) >= 4 and (w.startswith(a) or a.startswith(w)) for w in words for a in accept)
+
+
+def hints(engine: Engine, annotation: Annotation, slots: int) -> list[list[tuple[int, str]]]:
+    """Per span: (feature, label) of the hints, as the server picks them."""
+    out = []
+    for span in annotation.paragraphs:
+        ranked = [f.feature for f in span.features if f.hintable]
+        cards = engine.cards(ranked, lens_limit=len(ranked))
+        out.append([(f, cards[f].label) for f in ranked if cards[f].label][:slots])
+    return out
+
+
+def score(per_paragraph: list[list[tuple[int, str]]], accepts: list[list[str]]) -> dict[str, Any]:
+    in_top = Counter(f for hinted in per_paragraph for f in {f for f, _ in hinted})
+    shared = {f for f, n in in_top.items() if n >= len(per_paragraph) / 2}
+    slots = [f for hinted in per_paragraph for f, _ in hinted]
+    named = [names_topic([label for _, label in hinted], accept) for hinted, accept in zip(per_paragraph, accepts,
+                                                                                          strict=True)]
+    return {"shared_slot_share": round(sum(f in shared for f in slots) / max(1, len(slots)), 4),
+            "topic_share": round(sum(named) / max(1, len(named)), 4),
+            "slots_filled": len(slots), "named": named}
+
+
+def shown(hinted: list[tuple[int, str]]) -> str:
+    return "⟨" + " · ".join(label for _, label in hinted) + "⟩" if hinted else "(no hint)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--sae", default="default")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--slots", type=int, default=3, help="hints per paragraph (the server's hintCount)")
+    ap.add_argument("--topics", default=str(HERE / "hint_topics.json"))
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+    data = json.loads(Path(args.topics).read_text(encoding="utf-8"))
+    began = time.perf_counter()
+    engine = Engine.load(EngineConfig(model=args.model, sae=args.sae, device=args.device))
+    paragraphs, story = data["paragraphs"], data.get("story", "")
+    sae = engine.require_sae("the hints benchmark")
+    accepts = [p["accept"] for p in paragraphs]
+    result: dict[str, Any] = {"benchmark": "hints", "model": engine.info().model, "sae": engine.info().sae,
+                              "hook": engine.hook.name, "slots": args.slots, "paragraphs": len(paragraphs),
+                              "platform": platform.platform(), "processor": platform.processor()}
+    # the ranking the server uses, and the one before it (summed activation, every feature may be hinted)
+    for name, specificity in (("specific", Specificity(sae)), ("summed_activation", Specificity.neutral(sae))):
+
+        def read(text: str, specificity: Specificity = specificity) -> Annotation:
+            return annotate(engine.lm, sae, text, paragraph_top=12, specificity=specificity)
+
+        per_paragraph = [(hints(engine, a, args.slots) or [[]])[0] for a in map(read, (p["text"] for p in paragraphs))]
+        result[name] = {**score(per_paragraph, accepts),
+                        "hints": {p["topic"]: shown(h) for p, h in zip(paragraphs, per_paragraph, strict=True)}}
+        if story:
+            result[name]["story"] = [shown(h) for h in hints(engine, read(story), args.slots)]
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    text = json.dumps(result, ensure_ascii=False, indent=2)
+    sys.stdout.write(text + "\n")
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

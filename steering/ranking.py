@@ -1,0 +1,84 @@
+"""Which features a span is about: its features ranked by how unusual their activation is for them, not by how
+loud it is.
+
+A feature's score over a span is its summed activation in units of its mean activation where it fires (about how
+many times it fired at its usual strength), times log(1 / its firing rate) over the corpus: tf-idf with the SAE's
+feature statistics as the document frequencies. A feature that fires on everything scores little wherever it fires;
+one that rarely fires scores high where it does. Dense features, and features whose activation falls mostly on
+punctuation or white space alone or on the first positions of a text, say nothing about a span's content: they are
+ranked (for tooltips and hover) but never hinted. Without statistics the summed activation ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .sae import SAE
+
+DENSE_FREQUENCY = 0.05
+DENSE_RATIO = 5.0
+"""A feature firing on more than DENSE_FREQUENCY of the tokens and more than DENSE_RATIO times as often as the
+average feature is dense (the average is L0 / width: 1.4 % for k 64 of 4,608)."""
+FILLER_SHARE = 0.5
+"""A feature with more than this share of its activation on punctuation or white space alone is about form."""
+EARLY_SHARE = 0.5
+"""A feature with more than this share of its activation on a text's first positions is about position."""
+
+
+@dataclass(frozen=True)
+class Weight:
+    """How a feature's summed activation over a span turns into its score, and whether it may be hinted."""
+
+    per_unit: float
+    hintable: bool
+
+
+@dataclass(frozen=True)
+class Ranked:
+    feature: int
+    score: float
+    hintable: bool
+
+
+class Specificity:
+    """Per-feature weights of one SAE, from its feature statistics."""
+
+    def __init__(self, sae: SAE) -> None:
+        d, stats = sae.d_sae, sae.stats
+        self.weights = torch.ones(d)
+        self.hintable = torch.ones(d, dtype=torch.bool)
+        frequency, mean = stats.get("frequency"), stats.get("mean_act")
+        if frequency is not None:
+            frequency = frequency.float().cpu()
+            unit = mean.float().cpu() if mean is not None else stats.get("max_act", torch.ones(d)).float().cpu()
+            self.weights = torch.log(1.0 / frequency.clamp_min(1e-7)) / unit.clamp_min(1e-6)
+            dense = max(DENSE_FREQUENCY, DENSE_RATIO * float(frequency.mean()))
+            self.hintable &= (frequency > 0) & (frequency <= dense)
+        for name, limit in (("punct_share", FILLER_SHARE), ("early_share", EARLY_SHARE)):
+            share = stats.get(name)
+            if share is not None:
+                self.hintable &= share.float().cpu() <= limit
+
+    @classmethod
+    def neutral(cls, sae: SAE) -> Specificity:
+        """Summed activation ranks and every feature may be hinted (as if the SAE had no statistics)."""
+        out = cls.__new__(cls)
+        out.weights, out.hintable = torch.ones(sae.d_sae), torch.ones(sae.d_sae, dtype=torch.bool)
+        return out
+
+    def weight(self, feature: int) -> Weight:
+        return Weight(float(self.weights[feature]), bool(self.hintable[feature]))
+
+
+def rank(totals: Mapping[int, float], weights: Mapping[int, Weight], *, top: int, also: int = 3) -> list[Ranked]:
+    """The `top` hintable features of a span by score (from their summed activations `totals`), then up to `also`
+    features that are never hinted (dense, punctuation, position), for tooltips. Features without a weight count
+    as hintable with weight 1."""
+    scored = [Ranked(f, total * w.per_unit, w.hintable) for f, total in totals.items() if total > 0
+              for w in (weights.get(f, Weight(1.0, True)),)]
+    scored.sort(key=lambda r: (-r.score, r.feature))
+    hinted = [r for r in scored if r.hintable][:top]
+    return hinted + [r for r in scored if not r.hintable][:also]

@@ -1,0 +1,103 @@
+"""One pass of an SAE over a corpus: what every feature does there.
+
+Per feature: its largest activation (the unit of `add` steering), how often it fires, its mean activation where it
+fires, how much of its activation falls on tokens of punctuation or white space alone and on the first positions of a
+text (such features say nothing about a paragraph's content), and its top activating positions (for labels). The
+first position of every sequence is left out, as everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .hooks import capture_residual
+from .models import LoadedModel
+from .sae import SAE
+
+EARLY_POSITIONS = 3
+"""Positions 1 to this one of a sequence count as its start (position 0 is never read)."""
+
+
+@dataclass
+class FeatureStats:
+    """What a pass over text says about every feature."""
+
+    max_act: torch.Tensor
+    frequency: torch.Tensor
+    mean_act: torch.Tensor
+    """Mean activation over the tokens where the feature fires (0 where it never does)."""
+    punct_share: torch.Tensor
+    """Share of the feature's summed activation on tokens that are punctuation or white space alone."""
+    early_share: torch.Tensor
+    """Share of the feature's summed activation on the first `EARLY_POSITIONS` positions of a sequence."""
+    top_values: torch.Tensor  # [d_sae, n]
+    top_tokens: torch.Tensor  # [d_sae, n] global token index into the corpus stream (-1: none)
+    tokens: int
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-feature statistics an SAE keeps (`SAE.set_feature_stats`)."""
+        return {"max_act": self.max_act, "frequency": self.frequency, "mean_act": self.mean_act,
+                "punct_share": self.punct_share, "early_share": self.early_share}
+
+
+def is_filler(text: str) -> bool:
+    """A token of punctuation, symbols or white space alone (no letter, no digit)."""
+    return not any(ch.isalnum() for ch in text)
+
+
+def filler_mask(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:
+    """For each token id up to the largest in `ids`: whether it is filler (`is_filler`) or a special token."""
+    size = int(ids.max()) + 1 if len(ids) else 1
+    mask = torch.zeros(size, dtype=torch.bool)
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    for token in torch.unique(ids).tolist():
+        mask[token] = token in special or is_filler(tokenizer.decode([token]))
+    return mask
+
+
+@torch.inference_mode()
+def feature_statistics(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, context: int = 128, tokens: int = 100_000,
+                       top: int = 32, batch: int = 8) -> FeatureStats:
+    """Statistics of every feature over about `tokens` of `stream`, read in sequences of `context` tokens spread
+    evenly over the whole stream (so every part of a corpus counts, not its first files)."""
+    assert sae.hook is not None
+    available = len(stream) // context
+    n_seq = max(1, min(available, math.ceil(tokens / max(1, context - 1))))
+    chosen = torch.linspace(0, max(0, available - 1), n_seq).round().long().unique().tolist()
+    d = sae.d_sae
+    filler = filler_mask(lm.tokenizer, stream[: available * context])
+    max_act, total, on_filler, early = (torch.zeros(d) for _ in range(4))
+    fired = torch.zeros(d, dtype=torch.long)
+    top_v = torch.full((d, top), -1.0)
+    top_i = torch.full((d, top), -1, dtype=torch.long)
+    seen = 0
+    for first in range(0, len(chosen), batch):
+        idx = chosen[first:first + batch]
+        ids = torch.stack([stream[i * context : (i + 1) * context] for i in idx])
+        if ids.shape[1] < 2:
+            break
+        resid = capture_residual(lm.model, lm.blocks, sae.hook, ids.to(lm.device))[:, 1:]
+        acts = sae.encode(resid.to(sae.device, sae.dtype)).float().cpu()  # [b, t - 1, d]
+        early += acts[:, :EARLY_POSITIONS].sum((0, 1))
+        acts = acts.reshape(-1, d)
+        token_ids = ids[:, 1:].reshape(-1)
+        positions = torch.tensor([i * context + p for i in idx for p in range(1, ids.shape[1])])
+        max_act = torch.maximum(max_act, acts.max(0).values)
+        fired += (acts > 0).sum(0)
+        total += acts.sum(0)
+        on_filler += acts[filler[token_ids]].sum(0)
+        seen += len(acts)
+        k = min(top, len(acts))
+        bv, bi = acts.topk(k, dim=0)  # [k, d]
+        all_v = torch.cat([top_v, bv.T], 1)
+        all_i = torch.cat([top_i, positions[bi].T], 1)
+        keep = all_v.topk(top, dim=1).indices
+        top_v, top_i = all_v.gather(1, keep), all_i.gather(1, keep)
+    top_i[top_v <= 0] = -1
+    mass = total.clamp_min(1e-12)
+    return FeatureStats(max_act, fired.float() / max(1, seen), total / fired.clamp_min(1), on_filler / mass,
+                        early / mass, top_v.clamp_min(0), top_i, seen)
