@@ -8,7 +8,7 @@ run, for ranking by summed activation with every feature allowed (what the serve
 - `shared_slot_share`: the share of hint slots taken by a feature that is in the top slots of at least half the
   paragraphs (features that fire everywhere; goal <= 0.10);
 - `topic_share`: the share of paragraphs with a hint label naming the topic (a label word and an accepted topic word
-  match when one starts with the other, four letters at least; goal >= 2/3);
+  match when they are equal, or when one starts with the other and both have four letters at least; goal >= 2/3);
 - the hints of every paragraph, and those of the short story in the same file, as the editor shows them.
 
     python benchmarks/bench_hints.py [--model default] [--sae default] [--slots 3] [--topics FILE] [--out FILE]
@@ -37,7 +37,8 @@ WORD = re.compile(r"[^\W\d_]+")
 
 def names_topic(labels: list[str], accept: list[str]) -> bool:
     words = {w.lower() for label in labels for w in WORD.findall(label)}
-    return any(len(w) >= 4 and len(a) >= 4 and (w.startswith(a) or a.startswith(w)) for w in words for a in accept)
+    return any(w == a or (len(w) >= 4 and len(a) >= 4 and (w.startswith(a) or a.startswith(w)))
+               for w in words for a in accept)
 
 
 def hints(engine: Engine, annotation: Annotation, slots: int) -> list[list[tuple[int, str]]]:
