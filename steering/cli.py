@@ -325,9 +325,7 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
                              "sae_weights.safetensors); this SAE is not one.")
     corpus = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id)
     labels = describe_sae(engine.lm, sae, corpus.tokens, context=args.context, tokens=args.tokens)
-    from safetensors.torch import save as save_tensors
-
-    write_bytes(folder / FEATURE_STATS, save_tensors({n: t.detach().cpu().contiguous() for n, t in sae.stats.items()}))
+    write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
     write_bytes(folder / LABELS_FILE, json.dumps(labels, ensure_ascii=False).encode())
     named = sum(bool(e["label"]) for e in labels["features"].values())
     summary = {"sae": str(folder), "tokens": labels["tokens"], "features": sae.d_sae, "labelled_in_words": named}

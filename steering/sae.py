@@ -142,6 +142,12 @@ class SAE(nn.Module):
         self.stats: dict[str, torch.Tensor] = {}
         """Per-feature statistics over a corpus (`FEATURE_STAT_NAMES`), kept in feature_stats.safetensors."""
 
+    def stats_bytes(self) -> bytes:
+        """The per-feature statistics as the contents of feature_stats.safetensors (float32)."""
+        from safetensors.torch import save
+
+        return save({n: t.detach().to("cpu", torch.float32).contiguous() for n, t in self.stats.items()})
+
     @property
     def max_act(self) -> torch.Tensor | None:
         """The largest activation seen: the unit of `add` steering."""
@@ -304,9 +310,8 @@ class SAE(nn.Module):
             cfg = self.config_dict()
             cfg["dtype"] = str(out_dtype).removeprefix("torch.")
             (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
-            stats = {n: t.detach().to("cpu", torch.float32).contiguous() for n, t in self.stats.items()}
-            if stats:
-                save_file(stats, str(tmp / FEATURE_STATS))
+            if self.stats:
+                (tmp / FEATURE_STATS).write_bytes(self.stats_bytes())
             for name, data in (extra or {}).items():
                 (tmp / name).write_bytes(data)
         return folder
