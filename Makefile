@@ -46,10 +46,10 @@ clean:
 # an hour on 2 CPU cores. `make sae-sweep` trains the candidates the layer was chosen from (500k tokens each).
 SAE_PACKAGES ?= .cache/packages
 SAE_CORPUS   ?= .cache/default-sae-corpus
-SAE_LAYER    ?= 15
+SAE_LAYER    ?= 9
 SAE_COMMON   := --model default --dtype bfloat16 --site resid_post --arch topk --k 64 --expansion 8 --batch-size 2048 \
                 --lr 6e-4 --seed 0 --half --corpus $(SAE_CORPUS)/train
-SAE_TRAIN    := $(SAE_COMMON) --layer $(SAE_LAYER) --tokens 3000000 --stats-tokens 200000
+SAE_TRAIN    := $(SAE_COMMON) --layer $(SAE_LAYER) --tokens 4000000 --stats-tokens 200000
 
 default-sae-corpus: setup
 	$(BIN)/python -m steering.recipe fetch $(SAE_PACKAGES)

@@ -29,7 +29,7 @@ from typing import Any
 from steering.annotate import Annotation, annotate
 from steering.config import EngineConfig
 from steering.engine import Engine
-from steering.ranking import Specificity
+from steering.ranking import Specificity, pick_hints
 
 HERE = Path(__file__).parent
 WORD = re.compile(r"[^\W\d_]+")
@@ -47,7 +47,8 @@ def hints(engine: Engine, annotation: Annotation, slots: int) -> list[list[tuple
     for span in annotation.paragraphs:
         ranked = [f.feature for f in span.features if f.hintable]
         cards = engine.cards(ranked, lens_limit=len(ranked))
-        out.append([(f, cards[f].label) for f in ranked if cards[f].label][:slots])
+        out.append([(f.feature, label) for f, label in pick_hints(span.features, {f: c.label for f, c in cards.items()},
+                                                                     slots)])
     return out
 
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
+from steering.ranking import pick_hints
+
 from .cards import card, promoted
 from .pipeline import schedule
 from .state import DocState
@@ -42,16 +44,18 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
         end = at + span.end - span.start
         # a hint names what the span is about in words: features without a word label, and dense, punctuation and
         # position features, stay in the tooltip
-        shown = [f for f in span.features if f.hintable and card(server.cards, f.feature).label][:count]
-        if not lo <= end <= hi or not shown:
+        if not lo <= end <= hi:
+            continue
+        shown = pick_hints(span.features, {f.feature: card(server.cards, f.feature).label for f in span.features}, count)
+        if not shown:
             continue
         parts = [types.InlayHintLabelPart(value="⟨")]
-        for i, f in enumerate(shown):
+        for i, (f, label) in enumerate(shown):
             c = card(server.cards, f.feature)
             if i:
                 parts.append(types.InlayHintLabelPart(value=" · "))
             parts.append(types.InlayHintLabelPart(
-                value=short(c.label),
+                value=short(label),
                 tooltip=types.MarkupContent(kind=types.MarkupKind.Markdown, value=(
                     f"**{c.label}** (feature {f.feature})\n\npromotes {promoted(c)}\n\n"
                     f"peak {f.max:.2f} · sum {f.total:.2f} over {f.count} tokens\n\n"

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--features", type=int, default=200, help="labelled features sampled (seeded)")
     lv.add_argument("--contexts", type=int, default=5, help="contexts per feature on each side")
     lv.add_argument("--seed", type=int, default=0)
+    lv.add_argument("--self", dest="self_explain", type=int, default=0, metavar="N",
+                    help="also score the model's self-explanations of the first N sampled features beside their labels")
     _common(lv)
     lv.set_defaults(run=cmd_eval_labels)
 
@@ -349,7 +351,8 @@ def cmd_eval_labels(args: argparse.Namespace) -> int:
     corpus = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id)
     try:
         result = evaluate_labels(engine.lm, sae, labels, corpus.tokens, tokens=args.tokens, features=args.features,
-                                 per_side=args.contexts, seed=args.seed)
+                                 per_side=args.contexts, seed=args.seed,
+                                 explain=lambda f: engine.self_explain(f).text, explain_features=args.self_explain)
     except ValueError as exc:
         raise TinymorphError(str(exc)) from None
     data = {"model": engine.lm.name, "sae": sae.source, **result.to_dict()}
@@ -357,6 +360,8 @@ def cmd_eval_labels(args: argparse.Namespace) -> int:
         _emit(data)
     else:
         for key, value in data.items():
+            if key == "self_explanation":
+                value = {k: v for k, v in value.items() if k != "examples"}
             print(f"{key:18} {value}")
     return 0
 

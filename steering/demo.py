@@ -16,6 +16,7 @@ from .config import EngineConfig, SamplingConfig
 from .engine import Engine
 from .errors import TinymorphError
 from .interventions import Intervention
+from .ranking import pick_hints
 
 SAMPLE = Path(__file__).parent / "data" / "sample.md"
 
@@ -38,11 +39,11 @@ def run(sae: str, model: str) -> None:
         for para in ann.paragraphs:
             snippet = text[para.start : para.end].replace("\n", " ")
             say(f"¶ {snippet[:70]}…")
-            hinted = [f for f in para.features if f.hintable]
-            cards = engine.cards([f.feature for f in hinted], lens_limit=len(hinted))
-            named = [f for f in hinted if cards[f.feature].label][:3]
-            say("    ⟨" + " · ".join(cards[f.feature].label for f in named) + "⟩   (features "
-                + ", ".join(f"#{f.feature}" for f in named) + ")")
+            hinted = [f.feature for f in para.features if f.hintable]
+            cards = engine.cards(hinted, lens_limit=len(hinted))
+            named = pick_hints(para.features, {f: c.label for f, c in cards.items()}, 3)
+            say("    ⟨" + " · ".join(label for _, label in named) + "⟩   (features "
+                + ", ".join(f"#{f.feature}" for f, _ in named) + ")")
         prompt = "The afternoon in the town was"
         plain = "".join(engine.generate(prompt, (), sampling)).strip()
         feature, strength, steered = pick_steering(engine, ann, prompt, sampling, plain)

@@ -6,18 +6,23 @@ its feature when the model's own embedding of the label (the mean residual over 
 closer (cosine) to the contexts where the feature fires than to the others: per feature, the balanced accuracy of
 "fires" = "similarity above the median of its contexts". The same with labels shuffled among the features is the
 baseline, in the same run. No external model judges anything.
+
+Self-explanations (the model's own words for a feature, `selfexplain.py`) can be scored beside the context labels on
+the same features and contexts: their words stand in for the label, and an explanation without a real word scores
+chance (0.5), as a label a writer never sees would.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from .hooks import capture_residual
-from .labels import context_at
+from .labels import LABEL_WORDS, context_at, is_label_word, label_words
 from .models import LoadedModel
 from .sae import SAE, HookPoint
 from .stats import feature_statistics
@@ -34,9 +39,37 @@ class LabelEval:
     beats_baseline: float
     """Share of features whose own label scores higher than the shuffled one."""
     tokens: int
+    self_explanation: SelfExplanationEval | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()
+               if k != "self_explanation"}
+        if self.self_explanation is not None:
+            out["self_explanation"] = self.self_explanation.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class SelfExplanationEval:
+    """Self-explanations scored on the first `features` sampled features, beside their context labels."""
+
+    features: int
+    balanced_accuracy: float
+    context_label: float
+    """The context labels' mean balanced accuracy on the same features."""
+    beats_context: float
+    """Share of these features whose self-explanation scores higher than its context label."""
+    examples: dict[int, dict[str, str]] = field(default_factory=dict)
+    """Per feature: the explanation, the words scored, the context label."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def explanation_label(text: str) -> str:
+    """The words of a self-explanation a label would show: its first `LABEL_WORDS` real words, in order."""
+    words = [w for w in label_words(text) if is_label_word(w)]
+    return ", ".join(dict.fromkeys(words[:LABEL_WORDS]))
 
 
 @torch.inference_mode()
@@ -65,8 +98,10 @@ def balanced_accuracy(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def evaluate_labels(lm: LoadedModel, sae: SAE, labels: dict[str, Any], stream: torch.Tensor, *, context: int = 128,
-                    tokens: int = 50_000, features: int = 200, per_side: int = 5, seed: int = 0) -> LabelEval:
-    """Detection scores of the labels in `labels` (labels.json) on the held-out token `stream`."""
+                    tokens: int = 50_000, features: int = 200, per_side: int = 5, seed: int = 0,
+                    explain: Callable[[int], str] | None = None, explain_features: int = 0) -> LabelEval:
+    """Detection scores of the labels in `labels` (labels.json) on the held-out token `stream`; with `explain`
+    (feature -> the model's own words for it), also of the self-explanations of the first `explain_features`."""
     assert sae.hook is not None
     stats = feature_statistics(lm, sae, stream, context=context, tokens=tokens, top=per_side)
     entries = labels.get("features", {})
@@ -83,8 +118,6 @@ def evaluate_labels(lm: LoadedModel, sae: SAE, labels: dict[str, Any], stream: t
     pool = sorted(rng.sample(positions, min(len(positions), per_side * 40)))
     silent_acts = _activations_at(lm, sae, stream, pool, context)
     layer = max(0, lm.n_layers // 2)
-    own: list[float] = []
-    shuffled: list[float] = []
     texts_pos: dict[int, list[str]] = {}
     texts_neg: dict[int, list[str]] = {}
     for f in chosen:
@@ -99,20 +132,38 @@ def evaluate_labels(lm: LoadedModel, sae: SAE, labels: dict[str, Any], stream: t
     label_vectors = embed(lm, [entries[str(f)]["label"] for f in chosen], layer)
     permutation = chosen[1:] + chosen[:1]  # every feature gets another feature's label
     index = {f: i for i, f in enumerate(chosen)}
+    blocks: dict[int, torch.Tensor] = {}
     at = 0
-    for f, other in zip(chosen, permutation, strict=True):
-        n_pos, n_neg = len(texts_pos[f]), len(texts_neg[f])
-        block = vectors[at:at + n_pos + n_neg]
-        at += n_pos + n_neg
-        if not n_pos or not n_neg:
-            continue
-        for target, label in ((own, label_vectors[index[f]]), (shuffled, label_vectors[index[other]])):
-            sims = block @ label
-            target.append(balanced_accuracy(sims[:n_pos], sims[n_pos:]))
-    if not own:
+    for f in chosen:
+        n = len(texts_pos[f]) + len(texts_neg[f])
+        if texts_pos[f] and texts_neg[f]:
+            blocks[f] = vectors[at:at + n]
+        at += n
+    if not blocks:
         raise ValueError("No labelled feature had contexts on both sides; give more text.")
-    beats = sum(a > b for a, b in zip(own, shuffled, strict=True)) / len(own)
-    return LabelEval(len(own), per_side, sum(own) / len(own), sum(shuffled) / len(shuffled), beats, stats.tokens)
+
+    def score(f: int, label: torch.Tensor) -> float:
+        sims = blocks[f] @ label
+        return balanced_accuracy(sims[:len(texts_pos[f])], sims[len(texts_pos[f]):])
+
+    own = {f: score(f, label_vectors[index[f]]) for f in blocks}
+    shuffled = {f: score(f, label_vectors[index[other]]) for f, other in zip(chosen, permutation, strict=True)
+                if f in blocks}
+    beats = sum(own[f] > shuffled[f] for f in blocks) / len(blocks)
+    selfeval = None
+    if explain is not None and explain_features > 0:
+        explained = {f: explain(f) for f in list(blocks)[:explain_features]}
+        words = {f: explanation_label(text) for f, text in explained.items()}
+        spoken = [f for f in explained if words[f]]
+        said = dict(zip(spoken, embed(lm, [words[f] for f in spoken], layer), strict=True)) if spoken else {}
+        mine = {f: score(f, said[f]) if f in said else 0.5 for f in explained}
+        selfeval = SelfExplanationEval(
+            len(explained), sum(mine.values()) / len(mine), sum(own[f] for f in explained) / len(explained),
+            sum(mine[f] > own[f] for f in explained) / len(explained),
+            {f: {"explanation": explained[f], "words": words[f], "label": entries[str(f)]["label"]}
+             for f in explained})
+    return LabelEval(len(blocks), per_side, sum(own.values()) / len(own), sum(shuffled.values()) / len(shuffled),
+                     beats, stats.tokens, selfeval)
 
 
 def _activations_at(lm: LoadedModel, sae: SAE, stream: torch.Tensor, positions: list[int], context: int,

@@ -75,6 +75,11 @@ _NEAR = {0: 1.0, 1: 0.5, 2: 0.25, 3: 0.25}
 """Weight of a word by its distance in words from the peak token."""
 
 
+def label_words(text: str) -> list[str]:
+    """The lower-cased words of `text`, in order."""
+    return [m.group(0).lower() for m in _WORD.finditer(text)]
+
+
 def is_label_word(word: str) -> bool:
     """A word a writer reads: letters only (inner apostrophes and hyphens allowed), three or more with a vowel, not
     a stopword."""

@@ -11,8 +11,10 @@ ranked (for tooltips and hover) but never hinted. Without statistics the summed 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -82,3 +84,36 @@ def rank(totals: Mapping[int, float], weights: Mapping[int, Weight], *, top: int
     scored.sort(key=lambda r: (-r.score, r.feature))
     hinted = [r for r in scored if r.hintable][:top]
     return hinted + [r for r in scored if not r.hintable][:also]
+
+
+class Hintable(Protocol):
+    @property
+    def feature(self) -> int: ...
+
+    @property
+    def hintable(self) -> bool: ...
+
+
+H = TypeVar("H", bound=Hintable)
+_LABEL_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
+
+
+def pick_hints(ranked: Iterable[H], labels: Mapping[int, str], count: int) -> list[tuple[H, str]]:
+    """The hint of a span: its first `count` hintable features (in ranked order) that have a label in `labels`, each
+    with the label shown for it. Words an earlier feature of the same hint already shows are left out of a later
+    label, and a feature with nothing new to say gives its slot to the next one (no ⟨pay, money · pay⟩)."""
+    out: list[tuple[H, str]] = []
+    said: set[str] = set()
+    for item in ranked:
+        if len(out) >= count:
+            break
+        if not item.hintable:
+            continue
+        words = [w.strip() for w in labels.get(item.feature, "").split(",") if w.strip()]
+        new = [w for w in words if w.lower() not in said]
+        if not new:
+            continue
+        said.update(w.lower() for w in words)
+        said.update(m.group(0).lower() for w in words for m in _LABEL_WORD.finditer(w))
+        out.append((item, ", ".join(new)))
+    return out

@@ -198,3 +198,21 @@ def test_eval_labels_against_a_shuffled_baseline(capsys, tiny_model_dir, tmp_pat
     assert 2 <= data["features"] <= 20 and data["contexts_per_side"] == 3
     for key in ("balanced_accuracy", "shuffled_baseline", "beats_baseline"):
         assert 0 <= data[key] <= 1
+    assert "self_explanation" not in data
+    data = run_json(capsys, "eval-labels", "--corpus", str(corpus / "d1.md"), "--tokens", "3000", "--features", "20",
+                    "--contexts", "3", "--self", "2", "--model", str(tiny_model_dir), "--sae", str(out))
+    explained = data["self_explanation"]
+    assert explained["features"] == 2 and len(explained["examples"]) == 2
+    for key in ("balanced_accuracy", "context_label", "beats_context"):
+        assert 0 <= explained[key] <= 1
+    for entry in explained["examples"].values():
+        assert set(entry) == {"explanation", "words", "label"} and entry["label"]
+        assert all(w.strip() in entry["explanation"].lower() for w in entry["words"].split(",") if w)
+
+
+def test_explanation_label_keeps_real_words_in_order() -> None:
+    from steering.label_eval import explanation_label
+
+    assert explanation_label('"the" in Latin, referring to the Latin') == "latin, referring"
+    assert explanation_label("Rain falls; storms, rain and thunder.") == "rain, falls, storms"
+    assert explanation_label('? "?"?') == ""

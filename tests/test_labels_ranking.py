@@ -8,7 +8,7 @@ import torch
 from steering.annotate import annotate
 from steering.corpus import Corpus
 from steering.labels import Context, context_at, feature_label, is_label_word, word_label
-from steering.ranking import Specificity, Weight, rank
+from steering.ranking import Ranked, Specificity, Weight, pick_hints, rank
 from steering.recipe import paragraphs, without_gutenberg_frame
 from steering.sae import SAE, HookPoint
 from steering.stats import EARLY_POSITIONS, feature_statistics, is_filler
@@ -143,3 +143,14 @@ def test_a_feature_of_punctuation_gets_no_label_from_its_neighbours() -> None:
     contexts = [Context("rain and ", "++", "++ storm", 3.0), Context("the rain", ";", " storm", 2.0),
                 Context("rain storm", "--", "", 2.0), Context("storm ", "rain", "", 1.0)]
     assert word_label(contexts, COUNTS) == ""
+
+
+def test_hints_never_repeat_a_word_and_pass_the_slot_on() -> None:
+    ranked = [Ranked(1, 9.0, True), Ranked(2, 8.0, False), Ranked(3, 7.0, True), Ranked(4, 6.0, True),
+              Ranked(5, 5.0, True), Ranked(6, 4.0, True), Ranked(7, 3.0, True)]
+    labels = {1: "pay, money", 2: "commas", 3: "", 4: "pay", 5: "money, bank", 6: "market", 7: "horse"}
+    shown = pick_hints(ranked, labels, 3)
+    # 2 is never hinted, 3 has no words, 4 says nothing new; 5 keeps only its new word
+    assert [(r.feature, label) for r, label in shown] == [(1, "pay, money"), (5, "bank"), (6, "market")]
+    assert pick_hints(ranked, labels, 0) == []
+    assert [r.feature for r, _ in pick_hints(ranked, dict.fromkeys(labels, "Rain"), 3)] == [1]
