@@ -118,7 +118,7 @@ def register(server: TinymorphServer) -> None:
             actions.append(types.CodeAction(
                 title=f"Suppress feature {feature}{label}", kind=f"{KIND_STEER}.suppress",
                 command=types.Command(title="Suppress", command="tinymorph.steer.add", arguments=[
-                    {"feature": feature, "mode": "ablate", "uri": uri}])))
+                    {"feature": feature, "strength": -strength, "mode": "add", "uri": uri}])))
         if hi > lo and doc.text[lo:hi].strip():
             data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
             steering = ls.steering_for(uri)

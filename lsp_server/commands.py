@@ -51,7 +51,7 @@ def field_of(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], comm
 
 
 EXAMPLES = {
-    "tinymorph.steer.add": '{"feature": 123, "strength": 4, "mode": "add"}',
+    "tinymorph.steer.add": '{"feature": 123, "strength": 1, "mode": "add"}',
     "tinymorph.steer.remove": '{"feature": 123}',
     "tinymorph.features.search": '{"query": "weather"}',
     "tinymorph.features.explain": '{"feature": 123, "self": false}',
@@ -69,7 +69,7 @@ def parse_steer_add(ls: TinymorphServer, args: tuple[Any, ...]) -> tuple[Interve
     for name in ("strength", "value"):
         if name in obj:
             described[name] = float(field_of(obj, name, (int, float), cmd))
-    if described["mode"] == "add":
+    if described["mode"] in ("add", "row"):
         described.setdefault("strength", ls.settings.amplify_strength)
     try:
         intervention = intervention_from(described)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from steering.config import DTYPES
+from steering.config import DTYPES, STEERED_REPETITION_PENALTY
 from steering.spans import GRANULARITIES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -46,7 +46,11 @@ class Settings:
     temperature: float = _doc("Sampling temperature; 0 is greedy.", default=0.0)
     debounce_ms: int = _doc("Quiet time after an edit before the model reads the document.", default=300)
     filetypes: tuple[str, ...] = _doc("Language ids the server annotates.", default=("markdown", "plaintext"))
-    amplify_strength: float = _doc("Strength of the Amplify action and of steering from a hint.", default=4.0)
+    amplify_strength: float = _doc("Strength of the Amplify action and of steering from a hint, in the feature's "
+                                   "calibrated unit (1 carries the feature into the text while it stays fluent).",
+                                   default=1.0)
+    repetition_penalty: float = _doc("Penalty on tokens a suggestion already used (1 is off); keeps steered text "
+                                     "from looping.", default=STEERED_REPETITION_PENALTY)
     max_chars: int = _doc("Longer documents are annotated only around the visible range, in a window this big.",
                           default=12000)
 
@@ -121,6 +125,8 @@ def _check(name: str, value: Any) -> str | None:
         return f"{key} must be between 0 and 10000"
     if name == "amplify_strength" and not 0 < value <= 100:
         return f"{key} must be above 0 and at most 100"
+    if name == "repetition_penalty" and not 1 <= value <= 3:
+        return f"{key} must be between 1 and 3"
     if name == "max_chars" and not 200 <= value <= 1_000_000:
         return f"{key} must be between 200 and 1000000"
     return None

@@ -32,7 +32,7 @@ def prompt_before(text: str, offset: int) -> str:
 
 def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> SamplingConfig:
     return SamplingConfig(max_tokens=max_tokens or settings.max_tokens, temperature=settings.temperature, stop=stop,
-                          seed=0)
+                          seed=0, repetition_penalty=settings.repetition_penalty)
 
 
 async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str, max_tokens: int | None = None,

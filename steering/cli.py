@@ -15,6 +15,7 @@ from typing import Any
 from .config import (
     DTYPES,
     POSITIONS,
+    STEERED_REPETITION_PENALTY,
     EngineConfig,
     SamplingConfig,
     TrainConfig,
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=STEERED_REPETITION_PENALTY,
+                   help="penalty on tokens already generated (1 is off)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--compare", action="store_true", help="also print the unsteered continuation")
@@ -107,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--context", type=int, default=128)
     _common(s)
     s.set_defaults(run=cmd_sae_stats)
+
+    c = sub.add_parser("calibrate", help="per-feature steering strength of an SAE, measured and saved beside it")
+    c.add_argument("--features", default="hintable", metavar="WHICH",
+                   help="`hintable` (features hints can show), `all` (every alive feature), `sample:N` (N alive "
+                        "features, seeded) or a comma-separated list of feature ids")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--reference", nargs="+", metavar="PATH",
+                   help="human prose whose NLL is the fluency bound (default: a built-in paragraph, stricter)")
+    c.add_argument("--batch", type=int, default=48, help="continuations decoded together")
+    _common(c)
+    c.set_defaults(run=cmd_calibrate)
 
     lv = sub.add_parser("eval-labels", help="how well the SAE's labels pick out their features on held-out text")
     lv.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
@@ -213,7 +227,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     steering = [parse_steer(s) for s in args.steer]
     sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                              seed=args.seed, stop=tuple(args.stop), steer_positions=args.positions)
+                              seed=args.seed, stop=tuple(args.stop), steer_positions=args.positions,
+                              repetition_penalty=args.repetition_penalty)
     engine = _engine(args)
     if args.contrast:
         vector = engine.contrast_vector(*args.contrast)
@@ -336,6 +351,88 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     else:
         print(f"{folder}: statistics over {labels['tokens']:,} tokens; {named:,} of {sae.d_sae:,} features have a "
               "label in words")
+    return 0
+
+
+def _calibration_features(engine: Any, sae: Any, which: str, seed: int) -> list[int]:
+    import random
+
+    from .ranking import Specificity, alive_and_sparse
+
+    if sae.frequency is None:
+        raise TinymorphError("calibrate needs the SAE's feature statistics (run tinymorph sae-stats first).")
+    alive = _nonzero(alive_and_sparse(sae.frequency))
+    if which == "all":
+        return alive
+    if which == "hintable":
+        hintable = Specificity(sae).hintable
+        return [f for f in alive if bool(hintable[f])]
+    if which.startswith("sample:") and which.removeprefix("sample:").isdigit():
+        return sorted(random.Random(seed).sample(alive, min(int(which.removeprefix("sample:")), len(alive))))
+    try:
+        return [sae.check_feature(int(f)) for f in which.split(",") if f.strip()]
+    except ValueError:
+        raise TinymorphError(f"--features must be hintable, all, sample:N or feature ids, not {which!r}.") from None
+
+
+def _nonzero(mask: Any) -> list[int]:
+    return [int(i) for i in mask.nonzero().flatten().tolist()]
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Calibrated `add` strength per feature (`steering.calibrate`), stored as `steer_scale` in the SAE's
+    feature_stats.safetensors (other features keep theirs)."""
+    import torch
+
+    from .atomic import write_bytes
+    from .calibrate import calibrate
+    from .sae import FEATURE_STATS, SAELENS_CFG
+
+    engine = _engine(args)
+    sae = engine.require_sae("calibrate")
+    folder = Path(sae.source or "")
+    if sae.layout != "saelens" or not (folder / SAELENS_CFG).is_file() or sae.max_act is None:
+        raise TinymorphError("calibrate writes into an SAE folder in the SAELens layout that has feature statistics "
+                             "(run tinymorph sae-stats first).")
+    features = _calibration_features(engine, sae, args.features, args.seed)
+    if not features:
+        raise TinymorphError("No features to calibrate.")
+    reference = None
+    if args.reference:
+        from .batch import human_nll
+        from .calibrate import TOKENS
+        from .corpus import load_corpus
+
+        stream = load_corpus(engine.lm.tokenizer, args.reference, separator=engine.lm.first_eos_id,
+                             max_tokens=200_000).tokens
+        try:
+            reference = human_nll(engine.lm, stream, length=TOKENS)
+        except ValueError as exc:
+            raise TinymorphError(str(exc)) from None
+    update, close = _progress_bar(not args.json and sys.stderr.isatty())
+    try:
+        choices = calibrate(engine.lm, sae, features, batch=args.batch, reference_nll=reference,
+                            progress=lambda done, total: update(f"calibrating: {done}/{total} continuations"))
+    except ValueError as exc:
+        raise TinymorphError(str(exc)) from None
+    finally:
+        close()
+    scale = sae.stats.get("steer_scale")
+    scale = torch.zeros(sae.d_sae) if scale is None else scale.clone().cpu()
+    for choice in choices:
+        scale[choice.feature] = choice.multiple
+    sae.set_feature_stats(**{**sae.stats, "steer_scale": scale})
+    write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
+    found = sum(c.multiple > 0 for c in choices)
+    summary = {"sae": str(folder), "features": len(choices), "carried_while_fluent": found,
+               "calibrated": int((scale > 0).sum()),
+               "multiples": {str(m): sum(c.multiple == m for c in choices) for m in sorted({c.multiple for c in
+                                                                                           choices})}}
+    if args.json:
+        _emit(summary)
+    else:
+        print(f"{folder}: {found:,} of {len(choices):,} features carry into the text while it stays fluent at one of "
+              f"the multiples tried (the others keep the default); {summary['calibrated']:,} calibrated in all")
     return 0
 
 

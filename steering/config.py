@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +22,9 @@ Positions = Literal["all", "prompt", "generated"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 POSITIONS = ("all", "prompt", "generated")
+STEERED_REPETITION_PENALTY = 1.15
+"""The repetition penalty of the editor's and the CLI's generations: steering strong enough to carry a feature into
+a small model's greedy text otherwise makes it loop on the feature's word (benchmarks/bench_steering.py)."""
 TRAIN_ARCHS = ("topk", "relu", "jumprelu")
 SITES = ("resid_post", "resid_pre")
 
@@ -82,6 +86,9 @@ class SamplingConfig:
     steer_positions: Positions = "all"
     """Where interventions apply: prompt and generated tokens, or only one of them."""
 
+    repetition_penalty: float = 1.0
+    """CTRL's penalty on tokens already generated (1 is off; 1.15 keeps steered text from looping)."""
+
     def __post_init__(self) -> None:
         if self.max_tokens < 0:
             raise TinymorphError(f"max_tokens must be >= 0, not {self.max_tokens}.")
@@ -89,6 +96,8 @@ class SamplingConfig:
             raise TinymorphError(f"temperature must be >= 0, not {self.temperature}.")
         if not 0.0 < self.top_p <= 1.0:
             raise TinymorphError(f"top_p must be in (0, 1], not {self.top_p}.")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty < 1.0:
+            raise TinymorphError(f"repetition_penalty must be a finite number >= 1, not {self.repetition_penalty}.")
         if self.steer_positions not in POSITIONS:
             raise TinymorphError(f"steer_positions must be one of {', '.join(POSITIONS)}, not {self.steer_positions!r}.")
         self.stop = tuple(s for s in self.stop if s)

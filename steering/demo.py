@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .annotate import Annotation
-from .config import EngineConfig, SamplingConfig
+from .config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingConfig
 from .engine import Engine
 from .errors import TinymorphError
 from .interventions import Intervention
@@ -31,7 +31,7 @@ def run(sae: str, model: str) -> None:
     info = engine.info()
     say(f"== model {info.model} ({info.layers} layers, {info.device}, {info.dtype}); SAE: "
         f"{info.sae or 'none'} at {info.hook}")
-    sampling = SamplingConfig(max_tokens=32)
+    sampling = SamplingConfig(max_tokens=32, repetition_penalty=STEERED_REPETITION_PENALTY)
     if engine.sae is not None:
         text = SAMPLE.read_text(encoding="utf-8")
         ann = engine.annotate(text)
@@ -77,7 +77,7 @@ def pick_steering(engine: Engine, ann: Annotation, prompt: str, sampling: Sampli
     candidates = list(dict.fromkeys(f.feature for p in body for f in p.features if f.hintable))[:12]
     first: tuple[int, float, str] | None = None
     for feature in candidates:
-        for strength in (3.0, 5.0):
+        for strength in (1.0, 1.5):
             out = "".join(engine.generate(prompt, [Intervention("add", feature, strength=strength)],
                                           sampling)).strip()
             first = first or (feature, strength, out)

@@ -17,7 +17,7 @@ from .config import EngineConfig, SamplingConfig
 from .errors import NoSAEError, SAELoadError, ShapeMismatchError
 from .generate import CancelToken, prompt_ids, stream_text
 from .hooks import capture_residual
-from .interventions import Intervention, SteeringHook
+from .interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
 from .labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
 from .models import LoadedModel, Progress, _no_progress, load_model
 from .ranking import Specificity
@@ -141,8 +141,16 @@ class Engine:
         sae = self.sae
         if sae is None:
             scale = "no SAE: only vector steering"
+        elif sae.diffmean is not None:
+            calibrated = sae.stats.get("steer_scale")
+            count = int((calibrated > 0).sum()) if calibrated is not None else 0
+            scale = (f"add follows each feature's DiffMean direction; strength 1 = its norm x a calibrated multiple "
+                     f"for {count} features, x {DIFFMEAN_MULTIPLE:g} for the rest (row mode: the decoder row x max_act)")
         elif sae.max_act is not None:
-            scale = "max_act from the SAE's feature statistics"
+            calibrated = sae.stats.get("steer_scale")
+            count = int((calibrated > 0).sum()) if calibrated is not None else 0
+            scale = (f"max_act from the SAE's feature statistics (the seeds' rule), x a calibrated multiple for "
+                     f"{count} features")
         else:
             scale = (f"fallback: no max_act statistics, so add uses the mean residual norm at {self.hook} "
                      f"({self.fallback_scale():.3g}) as every feature's scale")
@@ -254,7 +262,7 @@ class Engine:
         if not steering:
             return None
         needs_fallback = self.sae is not None and self.sae.max_act is None and any(
-            i.mode == "add" for i in steering)
+            i.mode in ("add", "row") for i in steering)
         return SteeringHook(steering, self.sae, self.lm.d_model, self.fallback_scale() if needs_fallback else None)
 
     def generate(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any, Protocol
 
@@ -58,6 +58,20 @@ def pick_token(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def penalise_repeats(logits: torch.Tensor, generated: Sequence[Sequence[int]], penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: for each row of `logits` `[batch, vocab]`, the logits of the tokens that row has
+    generated are divided by `penalty` where positive and multiplied where negative."""
+    if penalty == 1.0:
+        return logits
+    logits = logits.clone()
+    for i, row in enumerate(generated):
+        if row:
+            seen = torch.tensor(sorted(set(row)), device=logits.device)
+            values = logits[i, seen]
+            logits[i, seen] = torch.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
 def _forward_kwargs(model: Any) -> dict[str, Any]:
     params = inspect.signature(model.forward).parameters
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -80,6 +94,7 @@ def decode_token_ids(
     if sampling.seed is not None and sampling.temperature > 0:
         generator = torch.Generator(device=lm.device).manual_seed(sampling.seed)
     ids = input_ids.to(lm.device)
+    generated: list[int] = []
     past: Any = None
     with torch.inference_mode():
         for step in range(sampling.max_tokens):
@@ -93,7 +108,9 @@ def decode_token_ids(
             with ctx:
                 out = model(input_ids=ids, past_key_values=past, use_cache=True, **extra)
             past = out.past_key_values
-            token = pick_token(out.logits[0, -1], sampling, generator)
+            logits = penalise_repeats(out.logits[:, -1], [generated], sampling.repetition_penalty)[0]
+            token = pick_token(logits, sampling, generator)
+            generated.append(token)
             yield token
             if token in eos:
                 return

@@ -1,7 +1,12 @@
 """Steering as data: a list of interventions applied together to the residual stream at the SAE's hook point.
 
-- `add`:    h + strength * scale[f] * W_dec[f] / |W_dec[f]|, where scale[f] is the feature's `max_act` (from the
-            SAE's per-feature statistics) or, without statistics, the mean residual norm at that layer;
+- `add`:    h + strength * unit[f] along the feature's steering direction. With a DiffMean direction in the SAE's
+            statistics (the mean residual where the feature fires minus where it does not; `steering.stats`), that
+            direction, and unit[f] = its norm * `steer_scale[f]` (calibrated per feature by `tinymorph calibrate`)
+            or * `DIFFMEAN_MULTIPLE`: the steering benchmark measured DiffMean carrying features into the text far
+            more often than the decoder row at the same fluency. Without one, the seeds' rule (`row`);
+- `row`:    the seeds' rule, h + strength * scale[f] * W_dec[f] / |W_dec[f]|, where scale[f] is the feature's
+            `max_act` (times `steer_scale[f]` when calibrated) or, without statistics, the mean residual norm;
 - `clamp`:  h + (c - f(h)) * W_dec[f], i.e. set feature f to c and keep the SAE's error term;
 - `ablate`: clamp to 0;
 - `vector`: h + strength * v for a raw vector v of the residual's size (contrastive steering vectors).
@@ -20,7 +25,7 @@ import torch
 from .errors import SteeringSpecError
 from .sae import SAE
 
-MODES = ("add", "clamp", "ablate", "vector")
+MODES = ("add", "row", "clamp", "ablate", "vector")
 """Every steering mode."""
 FEATURE_MODES = tuple(m for m in MODES if m != "vector")
 """The modes that act on one SAE feature (the ones a steering set can hold by feature index)."""
@@ -35,7 +40,7 @@ class Intervention:
     feature: int | None = None
     """The SAE feature (all modes but `vector`)."""
     strength: float = 1.0
-    """Multiplier for `add` and `vector`."""
+    """Multiplier for `add`, `row` and `vector`."""
     value: float = 0.0
     """Target activation for `clamp`."""
     vector: torch.Tensor | None = field(default=None, compare=False, repr=False)
@@ -68,7 +73,7 @@ class Intervention:
         out: dict[str, Any] = {"mode": self.mode}
         if self.feature is not None:
             out["feature"] = self.feature
-        if self.mode in ("add", "vector"):
+        if self.mode in ("add", "row", "vector"):
             out["strength"] = self.strength
         if self.mode == "clamp":
             out["value"] = self.value
@@ -81,12 +86,16 @@ class Intervention:
             return f"{name} off"
         if self.mode == "clamp":
             return f"{name} clamped at {self.value:g}"
+        if self.mode == "row":
+            return f"{name} {self.strength:+g} along its decoder row"
         return f"{name} {self.strength:+g}"
 
     def __str__(self) -> str:
         """The CLI's steering spec (`parse_steer` reads it back): `12=+4`, `12=clamp:2`, `12=off`."""
         if self.mode == "add":
             return f"{self.feature}={self.strength:+g}"
+        if self.mode == "row":
+            return f"{self.feature}=row:{self.strength:+g}"
         if self.mode == "clamp":
             return f"{self.feature}=clamp:{self.value:g}"
         if self.mode == "ablate":
@@ -95,7 +104,7 @@ class Intervention:
 
 
 _SPEC = re.compile(r"^\s*(\d+)\s*=\s*(.+?)\s*$")
-SPEC_HELP = "F=+S (add), F=-S, F=clamp:C, F=off (ablate), e.g. 1234=+4"
+SPEC_HELP = "F=+S (add), F=-S, F=row:+S (add along the decoder row), F=clamp:C, F=off (ablate), e.g. 1234=+1"
 
 
 def parse_steer(spec: str) -> Intervention:
@@ -109,9 +118,31 @@ def parse_steer(spec: str) -> Intervention:
     try:
         if rhs.startswith("clamp:"):
             return Intervention("clamp", feature, value=float(rhs.removeprefix("clamp:")))
+        if rhs.startswith("row:"):
+            return Intervention("row", feature, strength=float(rhs.removeprefix("row:")))
         return Intervention("add", feature, strength=float(rhs))
     except ValueError:
         raise SteeringSpecError(f"Cannot parse steering spec {spec!r}: expected {SPEC_HELP}.") from None
+
+
+DIFFMEAN_MULTIPLE = 1.5
+"""Strength 1 of `add` along a DiffMean direction, in units of the direction's own norm, for a feature without a
+calibration of its own: the multiple at which the steering benchmark's features carried into the text while the text
+stayed as fluent as human prose under the same model (with the repetition penalty the editor uses)."""
+
+
+def diffmean_unit(sae: SAE, feature: int) -> torch.Tensor | None:
+    """What strength 1 of `add` adds for `feature` when the SAE has its DiffMean direction (None otherwise)."""
+    directions = sae.diffmean
+    if directions is None:
+        return None
+    vector = directions[feature].float()
+    if not bool(vector.any()):
+        return None
+    calibrated = sae.stats.get("steer_scale")
+    multiple = float(calibrated[feature]) if calibrated is not None and float(calibrated[feature]) > 0 \
+        else DIFFMEAN_MULTIPLE
+    return vector * multiple
 
 
 class SteeringHook:
@@ -142,10 +173,17 @@ class SteeringHook:
             if sae is None:
                 raise SteeringSpecError(f"Feature steering ({item}) needs an SAE; none is loaded.")
             feature = sae.check_feature(item.feature)  # type: ignore[arg-type]
-            if item.mode == "add":
+            along = diffmean_unit(sae, feature) if item.mode == "add" else None
+            if along is not None:
+                self.vector += item.strength * along.cpu()
+                continue
+            if item.mode in ("add", "row"):
                 if sae.max_act is None and fallback_scale is None:
                     raise SteeringSpecError("add steering needs max_act statistics or a fallback scale.")
                 scale = float(sae.max_act[feature]) if sae.max_act is not None else float(fallback_scale or 0.0)
+                calibrated = sae.stats.get("steer_scale")
+                if item.mode == "add" and calibrated is not None and float(calibrated[feature]) > 0:
+                    scale *= float(calibrated[feature])
                 if sae.max_act is not None and sae.normalize_activations == "constant_norm_rescale":
                     self.per_token.append((feature, item.strength * scale))
                     continue

@@ -45,6 +45,13 @@ class Ranked:
     hintable: bool
 
 
+def alive_and_sparse(frequency: torch.Tensor) -> torch.Tensor:
+    """Per feature: it fires at all, and not densely (`DENSE_FREQUENCY`, `DENSE_RATIO`)."""
+    frequency = frequency.float().cpu()
+    dense = max(DENSE_FREQUENCY, DENSE_RATIO * float(frequency.mean()))
+    return (frequency > 0) & (frequency <= dense)
+
+
 class Specificity:
     """Per-feature weights of one SAE, from its feature statistics."""
 
@@ -57,8 +64,7 @@ class Specificity:
             frequency = frequency.float().cpu()
             unit = mean.float().cpu() if mean is not None else stats.get("max_act", torch.ones(d)).float().cpu()
             self.weights = torch.log(1.0 / frequency.clamp_min(1e-7)) / unit.clamp_min(1e-6)
-            dense = max(DENSE_FREQUENCY, DENSE_RATIO * float(frequency.mean()))
-            self.hintable &= (frequency > 0) & (frequency <= dense)
+            self.hintable &= alive_and_sparse(frequency)
         for name, limit in (("punct_share", FILLER_SHARE), ("early_share", EARLY_SHARE)):
             share = stats.get(name)
             if share is not None:

@@ -38,7 +38,10 @@ SITES = ("resid_pre", "resid_post")
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 FEATURE_STATS = "feature_stats.safetensors"
-FEATURE_STAT_NAMES = ("max_act", "frequency", "mean_act", "punct_share", "early_share")
+FEATURE_STAT_NAMES = ("max_act", "frequency", "mean_act", "punct_share", "early_share", "steer_scale")
+"""Per-feature numbers `[d_sae]` kept in feature_stats.safetensors."""
+FEATURE_DIRECTION_NAMES = ("diffmean",)
+"""Per-feature directions `[d_sae, d_in]` kept there too (in half precision)."""
 """max activation; firing rate; mean activation where it fires; share of its activation on tokens of punctuation or
 white space alone; share on the first few positions of a text (other names in the file are ignored)."""
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -146,7 +149,8 @@ class SAE(nn.Module):
         """The per-feature statistics as the contents of feature_stats.safetensors (float32)."""
         from safetensors.torch import save
 
-        return save({n: t.detach().to("cpu", torch.float32).contiguous() for n, t in self.stats.items()})
+        return save({n: t.detach().to("cpu", torch.float16 if n in FEATURE_DIRECTION_NAMES else torch.float32)
+                     .contiguous() for n, t in self.stats.items()})
 
     @property
     def max_act(self) -> torch.Tensor | None:
@@ -157,6 +161,11 @@ class SAE(nn.Module):
     def frequency(self) -> torch.Tensor | None:
         """The share of tokens on which the feature fires."""
         return self.stats.get("frequency")
+
+    @property
+    def diffmean(self) -> torch.Tensor | None:
+        """`[d_sae, d_in]`: the mean residual where each feature fires minus where it does not (`steering.stats`)."""
+        return self.stats.get("diffmean")
 
     # ----------------------------------------------------------------------------------------------- weights
     def weight_names(self) -> list[str]:
@@ -183,14 +192,18 @@ class SAE(nn.Module):
     def set_feature_stats(self, max_act: torch.Tensor | None = None, frequency: torch.Tensor | None = None,
                           **more: torch.Tensor | None) -> None:
         """Per-feature statistics (`FEATURE_STAT_NAMES`): `max_act` scales `add` steering, `frequency` is the firing
-        rate, the others rank a span's features by how specific they are (`steering.ranking`). Replaces them all."""
+        rate, the others rank a span's features by how specific they are (`steering.ranking`); `diffmean`
+        (`FEATURE_DIRECTION_NAMES`) holds a steering direction per feature. Replaces them all."""
         given = {"max_act": max_act, "frequency": frequency, **more}
         stats = {}
         for name, value in given.items():
-            if value is None or name not in FEATURE_STAT_NAMES:
+            if value is None or name not in FEATURE_STAT_NAMES + FEATURE_DIRECTION_NAMES:
                 continue
-            if tuple(value.shape) != (self.d_sae,):
-                raise SAELoadError(f"{name} has shape {list(value.shape)}, expected [{self.d_sae}].")
+            shape = (self.d_sae, self.d_in) if name in FEATURE_DIRECTION_NAMES else (self.d_sae,)
+            if tuple(value.shape) != shape:
+                raise SAELoadError(f"{name} has shape {list(value.shape)}, expected {list(shape)}.")
+            if not torch.isfinite(value).all():
+                raise SAELoadError(f"{name} holds NaN or infinite values.")
             stats[name] = value.detach().float().to(self.W_dec.device)
         self.stats = stats
 

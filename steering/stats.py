@@ -2,8 +2,10 @@
 
 Per feature: its largest activation (the unit of `add` steering), how often it fires, its mean activation where it
 fires, how much of its activation falls on tokens of punctuation or white space alone and on the first positions of a
-text (such features say nothing about a paragraph's content), and its top activating positions (for labels). The
-first position of every sequence is left out, as everywhere.
+text (such features say nothing about a paragraph's content), its top activating positions (for labels), and its
+DiffMean direction: the mean residual where it fires (weighted by its activation, so strong firings count most) minus
+the mean residual where it does not (a steering direction, AxBench's "DiffMean"). The first position of every sequence
+is left out, as everywhere.
 """
 
 from __future__ import annotations
@@ -37,11 +39,17 @@ class FeatureStats:
     top_values: torch.Tensor  # [d_sae, n]
     top_tokens: torch.Tensor  # [d_sae, n] global token index into the corpus stream (-1: none)
     tokens: int
+    diffmean: torch.Tensor | None = None
+    """`[d_sae, d_in]` in the model's residual space: the activation-weighted mean residual where the feature fires
+    minus the mean residual where it does not (zero for features that never fire)."""
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-feature statistics an SAE keeps (`SAE.set_feature_stats`)."""
-        return {"max_act": self.max_act, "frequency": self.frequency, "mean_act": self.mean_act,
-                "punct_share": self.punct_share, "early_share": self.early_share}
+        out = {"max_act": self.max_act, "frequency": self.frequency, "mean_act": self.mean_act,
+               "punct_share": self.punct_share, "early_share": self.early_share}
+        if self.diffmean is not None:
+            out["diffmean"] = self.diffmean
+        return out
 
 
 def is_filler(text: str) -> bool:
@@ -74,6 +82,9 @@ def feature_statistics(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, conte
     fired = torch.zeros(d, dtype=torch.long)
     top_v = torch.full((d, top), -1.0)
     top_i = torch.full((d, top), -1, dtype=torch.long)
+    weighted = torch.zeros(d, sae.d_in)  # activation-weighted sum of the residual where each feature fires
+    where_fired = torch.zeros(d, sae.d_in)  # plain sum of the residual where each feature fires
+    resid_sum = torch.zeros(sae.d_in)
     seen = 0
     for first in range(0, len(chosen), batch):
         idx = chosen[first:first + batch]
@@ -84,6 +95,10 @@ def feature_statistics(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, conte
         acts = sae.encode(resid.to(sae.device, sae.dtype)).float().cpu()  # [b, t - 1, d]
         early += acts[:, :EARLY_POSITIONS].sum((0, 1))
         acts = acts.reshape(-1, d)
+        flat = resid.reshape(-1, resid.shape[-1]).float().cpu()
+        weighted += acts.T @ flat
+        where_fired += (acts > 0).float().T @ flat
+        resid_sum += flat.sum(0)
         token_ids = ids[:, 1:].reshape(-1)
         positions = torch.tensor([i * context + p for i in idx for p in range(1, ids.shape[1])])
         max_act = torch.maximum(max_act, acts.max(0).values)
@@ -99,5 +114,7 @@ def feature_statistics(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, conte
         top_v, top_i = all_v.gather(1, keep), all_i.gather(1, keep)
     top_i[top_v <= 0] = -1
     mass = total.clamp_min(1e-12)
+    silent = (resid_sum - where_fired) / (seen - fired).clamp_min(1)[:, None].float()
+    diffmean = torch.where((total > 0)[:, None], weighted / mass[:, None] - silent, torch.zeros(()))
     return FeatureStats(max_act, fired.float() / max(1, seen), total / fired.clamp_min(1), on_filler / mass,
-                        early / mass, top_v.clamp_min(0), top_i, seen)
+                        early / mass, top_v.clamp_min(0), top_i, seen, diffmean)

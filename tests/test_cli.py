@@ -169,13 +169,45 @@ def test_sae_stats_writes_statistics_and_word_labels_beside_the_sae(capsys, tiny
                     "--sae", str(folder))
     assert data["features"] == 128 and 2000 <= data["tokens"] < 2000 + 128  # whole sequences of 128
     sae = load_sae(folder)
-    assert set(sae.stats) == {"max_act", "frequency", "mean_act", "punct_share", "early_share"}
+    assert set(sae.stats) == {"max_act", "frequency", "mean_act", "punct_share", "early_share", "diffmean"}
+    assert sae.diffmean is not None and sae.diffmean.shape == (128, sae.d_in)
     labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
     assert labels["version"] == 2 and len(labels["features"]) == 128
     for entry in labels["features"].values():  # a label is words from the corpus, or nothing
         assert all(w.isalpha() and w in "the rain fell on quiet harbour and boats rocked" for w in
                    entry["label"].split(", ") if entry["label"])
     assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in sae_dir.iterdir()] + ["labels.json"])
+
+
+def test_calibrate_stores_a_multiple_per_feature_and_keeps_the_others(capsys, tiny_model_dir, sae_dir,
+                                                                      tmp_path) -> None:
+    import shutil
+
+    from steering.calibrate import MULTIPLES
+    from steering.sae import FEATURE_STATS, load_sae
+
+    folder = tmp_path / "copy"
+    shutil.copytree(sae_dir, folder)
+    corpus = tmp_path / "corpus.md"
+    corpus.write_text("\n\n".join(["The rain fell on the quiet harbour and the boats rocked."] * 40), encoding="utf-8")
+    common = ["--model", str(tiny_model_dir), "--sae", str(folder)]
+    run_json(capsys, "sae-stats", "--corpus", str(corpus), "--tokens", "1000", *common)
+    alive = [int(f) for f in torch.nonzero(load_sae(folder).frequency > 0).flatten()[:3]]
+    data = run_json(capsys, "calibrate", "--features", ",".join(map(str, alive[:2])), "--reference", str(corpus),
+                    *common)
+    assert data["features"] == 2 and data["calibrated"] == data["carried_while_fluent"] <= 2
+    scale = load_sae(folder).stats["steer_scale"]
+    assert all(float(scale[f]) in (0.0, *MULTIPLES) for f in alive[:2])
+    assert int((scale > 0).sum()) == data["calibrated"] and not scale[[f for f in range(128) if f not in alive[:2]]].any()
+    data = run_json(capsys, "calibrate", "--features", str(alive[2]), *common)
+    after = load_sae(folder).stats["steer_scale"]
+    assert torch.equal(after[alive[:2]], scale[alive[:2]])  # the first two kept theirs
+    before = (folder / FEATURE_STATS).read_bytes()
+    assert main(["calibrate", "--features", "banana", *common]) != 0
+    assert "--features must be" in capsys.readouterr().err
+    assert main(["calibrate", "--features", "99999", *common]) != 0
+    assert "out of range" in capsys.readouterr().err
+    assert (folder / FEATURE_STATS).read_bytes() == before
 
 
 def test_eval_labels_against_a_shuffled_baseline(capsys, tiny_model_dir, tmp_path) -> None:

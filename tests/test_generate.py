@@ -137,3 +137,24 @@ def test_sampling_config_rejects_bad_values() -> None:
         SamplingConfig(top_p=0)
     with pytest.raises(TinymorphError):
         SamplingConfig(steer_positions="everywhere")  # type: ignore[arg-type]
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(TinymorphError, match="repetition_penalty"):
+            SamplingConfig(repetition_penalty=bad)
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() -> None:
+    from steering.generate import penalise_repeats
+
+    logits = torch.tensor([[2.0, -1.0, 3.0, 0.5], [1.0, 1.0, 1.0, 1.0]])
+    out = penalise_repeats(logits, [[0, 1, 1], []], 2.0)
+    torch.testing.assert_close(out, torch.tensor([[1.0, -2.0, 3.0, 0.5], [1.0, 1.0, 1.0, 1.0]]))
+    assert penalise_repeats(logits, [[0]], 1.0) is logits
+
+
+def test_repetition_penalty_breaks_a_greedy_loop(llama) -> None:
+    ids = prompt_ids(llama, "the the the the the the")
+    plain = list(decode_token_ids(llama, ids, SamplingConfig(max_tokens=24, stop_at_eos=False)))
+    penalised = list(decode_token_ids(llama, ids, SamplingConfig(max_tokens=24, stop_at_eos=False,
+                                                                 repetition_penalty=3.0)))
+    assert len(set(penalised)) > len(set(plain))
+    assert plain[0] == penalised[0]  # nothing generated yet: the first token is the same

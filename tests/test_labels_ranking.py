@@ -90,6 +90,18 @@ def test_statistics_of_a_pass_over_a_corpus(llama) -> None:
     for share in (stats.punct_share, stats.early_share):
         assert torch.all((share >= 0) & (share <= 1 + 1e-6))
     assert EARLY_POSITIONS == 3 and is_filler(" ,;") and not is_filler(" rain")
+    # DiffMean: activation-weighted mean residual where a feature fires minus the mean where it does not
+    from steering.hooks import capture_residual
+
+    seqs = torch.stack([stream[i * 32:(i + 1) * 32] for i in range(len(stream) // 32)])
+    resid = capture_residual(llama.model, llama.blocks, sae.hook, seqs)[:, 1:].reshape(-1, 64).float()
+    acts = sae.encode(resid).float()
+    f = int(torch.nonzero(fired & (stats.frequency < 1))[0])
+    on = acts[:, f] > 0
+    expected = (acts[on, f, None] * resid[on]).sum(0) / acts[on, f].sum() - resid[~on].mean(0)
+    assert stats.diffmean is not None
+    torch.testing.assert_close(stats.diffmean[f], expected, atol=1e-3, rtol=1e-3)
+    assert not stats.diffmean[~fired].any()
     # the statistics go with the SAE and rank the spans of an annotation
     sae.set_feature_stats(**stats.tensors())
     ann = annotate(llama, sae, "The rain fell.\n\nThen: silence...", paragraph_top=3)
@@ -154,3 +166,15 @@ def test_hints_never_repeat_a_word_and_pass_the_slot_on() -> None:
     assert [(r.feature, label) for r, label in shown] == [(1, "pay, money"), (5, "bank"), (6, "market")]
     assert pick_hints(ranked, labels, 0) == []
     assert [r.feature for r, _ in pick_hints(ranked, dict.fromkeys(labels, "Rain"), 3)] == [1]
+
+
+def test_calibration_keeps_the_smallest_multiple_that_carries_while_fluent() -> None:
+    from steering.calibrate import choose
+
+    fluent, loud, looping = (0.3, 2.0, 0.9), (0.4, 5.0, 0.9), (0.5, 1.0, 0.2)
+    quiet = (0.0, 1.5, 0.95)
+    assert choose({0.5: [quiet, quiet], 1.0: [fluent, quiet], 2.0: [fluent, fluent], 3.0: [fluent, fluent]},
+                  3.0) == (1.0, 0.5, 1.75)
+    assert choose({1.0: [quiet, quiet], 2.0: [loud, loud], 3.0: [looping, looping]}, 3.0)[0] == 0.0
+    assert choose({1.0: [quiet], 2.0: [loud]}, 6.0)[0] == 2.0
+    assert choose({}, 3.0)[0] == 0.0

@@ -171,6 +171,7 @@ def test_bad_steering_fails_before_any_work(llama) -> None:
         ("7=3", Intervention("add", 7, strength=3.0)),
         ("7=clamp:1.5", Intervention("clamp", 7, value=1.5)),
         ("7 = off", Intervention("ablate", 7)),
+        ("7=row:+2", Intervention("row", 7, strength=2.0)),
     ],
 )
 def test_parse_steer(spec: str, expected: Intervention) -> None:
@@ -192,7 +193,7 @@ def test_contrast_vector_points_from_negative_to_positive(llama) -> None:
 
 def test_interventions_read_back_from_their_description() -> None:
     for original in (Intervention("add", 3, strength=-2.5), Intervention("clamp", 7, value=4.0),
-                     Intervention("ablate", 0)):
+                     Intervention("ablate", 0), Intervention("row", 5, strength=1.5)):
         assert Intervention.from_dict(original.to_dict()) == original
     assert Intervention.from_dict({"mode": "add", "feature": 2, "label": "rain"}) == Intervention("add", 2)
     for bad, message in (({"mode": "boost", "feature": 1}, "mode must be one of"),
@@ -208,8 +209,51 @@ def test_interventions_read_back_from_their_description() -> None:
 def test_interventions_in_words_and_as_specs() -> None:
     cases = [(Intervention("add", 12, strength=4.0), "12 (rain) +4", "12=+4"),
              (Intervention("clamp", 12, value=2.0), "12 (rain) clamped at 2", "12=clamp:2"),
-             (Intervention("ablate", 12), "12 (rain) off", "12=off")]
+             (Intervention("ablate", 12), "12 (rain) off", "12=off"),
+             (Intervention("row", 12, strength=2.0), "12 (rain) +2 along its decoder row", "12=row:+2")]
     for intervention, words, spec in cases:
         assert intervention.describe("rain") == words
         assert str(intervention) == spec and parse_steer(spec) == intervention
     assert Intervention("add", 3, strength=-1.5).describe() == "3 -1.5"
+
+
+def test_add_follows_diffmean_times_its_calibrated_multiple_and_row_keeps_the_seeds_rule() -> None:
+    from steering.interventions import DIFFMEAN_MULTIPLE
+
+    sae = orthonormal_sae()
+    diffmean = torch.randn(16, 64)
+    diffmean[5] = 0.0  # a feature that never fired: no DiffMean direction
+    sae.set_feature_stats(max_act=torch.full((16,), 2.0), diffmean=diffmean)
+    h = torch.randn(1, 3, 64)
+
+    def added(*items: Intervention) -> torch.Tensor:
+        out = SteeringHook(list(items), sae, 64, None)(h)
+        assert out is not None
+        return out - h
+
+    torch.testing.assert_close(added(Intervention("add", 2, strength=2.0)), 2.0 * DIFFMEAN_MULTIPLE * diffmean[2]
+                               .expand(1, 3, 64))
+    row = 2.0 * 2.0 * sae.direction(2)
+    torch.testing.assert_close(added(Intervention("row", 2, strength=2.0)), row.expand(1, 3, 64))
+    torch.testing.assert_close(added(Intervention("add", 5, strength=1.0)), (2.0 * sae.direction(5)).expand(1, 3, 64))
+    steer_scale = torch.zeros(16)
+    steer_scale[2] = 0.5
+    sae.set_feature_stats(max_act=torch.full((16,), 2.0), diffmean=diffmean, steer_scale=steer_scale)
+    torch.testing.assert_close(added(Intervention("add", 2, strength=2.0)), (0.5 * 2.0 * diffmean[2]).expand(1, 3, 64))
+    torch.testing.assert_close(added(Intervention("add", 3, strength=1.0)), (DIFFMEAN_MULTIPLE * diffmean[3])
+                               .expand(1, 3, 64))
+    torch.testing.assert_close(added(Intervention("row", 2, strength=2.0)), row.expand(1, 3, 64))
+
+
+def test_calibrated_multiple_scales_the_row_rule_without_diffmean(llama) -> None:
+    sae = orthonormal_sae()
+    steer_scale = torch.zeros(16)
+    steer_scale[4] = 3.0
+    sae.set_feature_stats(max_act=torch.full((16,), 2.0), steer_scale=steer_scale)
+    engine = Engine(llama, sae)
+    h = torch.randn(1, 2, 64)
+    torch.testing.assert_close(engine.steering_hook([Intervention("add", 4)])(h), h + 6.0 * sae.direction(4))
+    torch.testing.assert_close(engine.steering_hook([Intervention("row", 4)])(h), h + 2.0 * sae.direction(4))
+    assert "calibrated multiple for 1 features" in engine.info().steering_scale
+    sae.set_feature_stats(max_act=torch.full((16,), 2.0), diffmean=torch.randn(16, 64))
+    assert "DiffMean" in engine.info().steering_scale

@@ -32,7 +32,7 @@
   "Settings sent at start-up (the camelCase keys of the README's configuration table)."
   :type 'plist)
 
-(defcustom tinymorph-steer-strength 4
+(defcustom tinymorph-steer-strength 1
   "Default strength for `tinymorph-steer'."
   :type 'number)
 

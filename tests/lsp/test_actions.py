@@ -45,7 +45,7 @@ async def test_amplify_and_suppress_steer_the_workspace(client) -> None:
     assert result["steering"][0]["mode"] == "add" and result["steering"][0]["strength"] > 0
     cmd = suppress[0].command
     result = await command(client, cmd.command, *cmd.arguments)
-    assert result["steering"][-1]["mode"] == "ablate"
+    assert result["steering"][-1]["mode"] == "add" and result["steering"][-1]["strength"] < 0
     got = await actions(client, uri, rng(0, 0, 0, 20))
     clear = [a for a in got if a.title == "Clear steering"]
     assert len(clear) == 1

@@ -45,8 +45,8 @@ async def test_default_model_hints_hover_and_completion(client: Client, tmp_path
         text_document=types.TextDocumentIdentifier(uri=uri), position=end))
     assert plain.items and plain.items[0].text_edit.new_text.startswith("understood")
     feature = hints[0].label[1].command.arguments[0]["feature"]
-    await command(client, "tinymorph.steer.add", {"feature": feature, "strength": 4})
+    await command(client, "tinymorph.steer.add", {"feature": feature, "strength": 1})
     steered = await client.text_document_completion_async(types.CompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri), position=end))
     assert steered.items[0].text_edit.new_text != plain.items[0].text_edit.new_text
-    assert steered.items[0].detail.startswith(f"tinymorph · {feature} (") and steered.items[0].detail.endswith("+4")
+    assert steered.items[0].detail.startswith(f"tinymorph · {feature} (") and steered.items[0].detail.endswith("+1")

@@ -4,7 +4,7 @@ local function tm()
 end
 
 vim.api.nvim_create_user_command('TinymorphSteer', function(a)
-  local feature, strength = tonumber(a.fargs[1]), tonumber(a.fargs[2] or '4')
+  local feature, strength = tonumber(a.fargs[1]), tonumber(a.fargs[2])
   if not feature then
     vim.notify('tinymorph: usage :TinymorphSteer FEATURE [STRENGTH]', vim.log.levels.ERROR)
     return

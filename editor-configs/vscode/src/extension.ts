@@ -92,7 +92,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   register('tinymorph.ui.steer', async () => {
     const feature = await askFeature('Feature to steer toward');
     if (feature === undefined) { return; }
-    const strength = Number(await vscode.window.showInputBox({ prompt: 'Strength', value: '4' }));
+    const strength = Number(await vscode.window.showInputBox({ prompt: 'Strength (1 = the calibrated strength of the feature)', value: '1' }));
     if (Number.isFinite(strength)) { await steer(feature, strength); }
   });
   register('tinymorph.ui.suppress', async () => {

@@ -1,0 +1,176 @@
+"""Many greedy continuations in one batch, each row under its own steering, and the clean model's re-reading of them.
+
+The steering benchmark and the strength calibration run thousands of short (prompt, steering) continuations; one
+forward pass per step over all of them is many times faster on any device than one request at a time. Prompts are
+left-padded (attention mask and position ids say where each row starts) so every row's next token sits in the last
+column. Each row's steering is a `ResidualEdit` (a `SteeringHook`, say) applied to that row alone, or None.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .generate import ResidualEdit, _forward_kwargs, penalise_repeats
+from .hooks import residual_hook
+from .models import LoadedModel
+from .sae import SAE, HookPoint
+
+
+class RowEdits:
+    """Applies row i's edit to row i of the residual `[batch, seq, d]`; `active` switches all per decode phase."""
+
+    def __init__(self, edits: Sequence[ResidualEdit | None]) -> None:
+        self.edits = list(edits)
+        self.active = True
+        self.empty = all(e is None or e.empty for e in self.edits)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor | None:
+        if not self.active or self.empty:
+            return None
+        rows = []
+        for i, edit in enumerate(self.edits):
+            new = None
+            if edit is not None and not edit.empty:
+                edit.active = True
+                new = edit(h[i : i + 1])
+            rows.append(h[i : i + 1] if new is None else new)
+        return torch.cat(rows)
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    pad = getattr(lm.tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = lm.first_eos_id if lm.first_eos_id is not None else 0
+    return int(pad)
+
+
+@torch.inference_mode()
+def greedy_batch(lm: LoadedModel, prompts: Sequence[Sequence[int]], max_tokens: int, *,
+                 edits: Sequence[ResidualEdit | None] | None = None, hook: HookPoint | None = None,
+                 steer_positions: str = "all", repetition_penalty: float = 1.0) -> list[list[int]]:
+    """Greedy continuations (`max_tokens` ids each, or fewer where a row reaches end-of-sequence) of every prompt
+    (token ids), row i steered by `edits[i]` at `hook` on the positions `steer_positions` names (`all`, `prompt`,
+    `generated`)."""
+    if not prompts:
+        return []
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("Every prompt needs at least one token.")
+    n, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((n, width), _pad_id(lm), dtype=torch.long)
+    mask = torch.zeros(n, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(list(p))
+        mask[i, width - len(p):] = 1
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    steer = RowEdits(edits) if edits is not None and hook is not None else None
+    extra = _forward_kwargs(lm.model)
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = torch.zeros(n, dtype=torch.bool)
+    past: Any = None
+    for step in range(max_tokens):
+        use = steer is not None and not steer.empty and \
+            steer_positions in ("all", "prompt" if step == 0 else "generated")
+        if use:
+            assert steer is not None and hook is not None
+            with residual_hook(lm.blocks, hook, steer):
+                result = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                  past_key_values=past, use_cache=True, **extra)
+        else:
+            result = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                              use_cache=True, **extra)
+        past = result.past_key_values
+        token = penalise_repeats(result.logits[:, -1].float(), out, repetition_penalty).argmax(-1)
+        for i, t in enumerate(token.tolist()):
+            if not done[i]:
+                out[i].append(t)
+                done[i] = t in lm.eos_token_ids
+        if bool(done.all()):
+            break
+        ids = token[:, None]
+        positions = positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype, device=mask.device)], 1)
+    return [[t for t in row if t not in lm.eos_token_ids] for row in out]
+
+
+@dataclass(frozen=True)
+class Reread:
+    """The clean model's view of a continuation."""
+
+    concept: float
+    """Share of the continuation's tokens on which the row's feature fires (0 without a feature)."""
+    nll: float
+    """Mean negative log-likelihood per continuation token, in nats (nan for an empty continuation)."""
+    residual: torch.Tensor
+    """Mean residual at the SAE's hook over the continuation's tokens `[d_in]` (zeros when empty)."""
+
+
+@torch.inference_mode()
+def reread(lm: LoadedModel, sae: SAE, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+           features: Sequence[int | None], *, batch: int = 16) -> list[Reread]:
+    """The unsteered model reads prompt + continuation: per row, how often `features[i]` fires on the continuation,
+    the continuation's NLL per token, and its mean residual."""
+    assert sae.hook is not None
+    out: list[Reread] = []
+    grabbed: list[torch.Tensor] = []
+
+    def grab(h: torch.Tensor) -> None:
+        grabbed.append(h.detach())
+
+    for first in range(0, len(prompts), batch):
+        rows = [list(p) + list(c) for p, c in zip(prompts[first:first + batch], continuations[first:first + batch],
+                                                  strict=True)]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), _pad_id(lm), dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+        grabbed.clear()
+        with residual_hook(lm.blocks, sae.hook, grab):
+            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
+        resid = grabbed[0]
+        for i in range(len(rows)):
+            p, c = len(prompts[first + i]), len(continuations[first + i])
+            if c == 0:
+                out.append(Reread(0.0, float("nan"), torch.zeros(resid.shape[-1])))
+                continue
+            logp = torch.log_softmax(logits[i, p - 1 : p + c - 1].float(), -1)
+            target = ids[i, p : p + c].to(logp.device)
+            nll = float(-logp.gather(1, target[:, None]).mean())
+            h = resid[i, p : p + c]
+            feature = features[first + i]
+            concept = 0.0
+            if feature is not None:
+                acts = sae.encode(h.to(sae.device, sae.dtype))[:, feature]
+                concept = float((acts > 0).float().mean())
+            out.append(Reread(concept, nll, h.float().mean(0).cpu()))
+    return out
+
+
+def human_nll(lm: LoadedModel, stream: torch.Tensor, *, spans: int = 64, prefix: int = 32, length: int = 24) -> float:
+    """The model's NLL per token on human text: `spans` pieces of `length` tokens spread over `stream`, each read
+    after the `prefix` tokens before it (the reference a continuation's fluency is judged against)."""
+    size = prefix + length
+    if len(stream) < size:
+        raise ValueError(f"The reference text has {len(stream)} tokens; at least {size} are needed.")
+    starts = torch.linspace(0, len(stream) - size, spans).long().unique().tolist()
+    total = 0.0
+    with torch.inference_mode():
+        for first in range(0, len(starts), 16):
+            ids = torch.stack([stream[s : s + size] for s in starts[first:first + 16]]).to(lm.device)
+            logits = lm.model(input_ids=ids).logits[:, prefix - 1 : size - 1].float()
+            logp = torch.log_softmax(logits, -1).gather(2, ids[:, prefix:, None])
+            total += float(-logp.sum())
+    return total / (len(starts) * length)
+
+
+def distinct_2(tokens: Sequence[int]) -> float:
+    """Distinct bigrams over all bigrams of a continuation (1: no repeats; low values flag loops)."""
+    pairs = list(itertools.pairwise(tokens))
+    return len(set(pairs)) / len(pairs) if pairs else 1.0
+

@@ -1,0 +1,126 @@
+"""Per-feature steering strength: what strength 1 of `add` means for each feature, found by measurement.
+
+One scale for all features carries one feature into the text and leaves another unnoticed or wrecks fluency.
+Calibration tries each feature at a few multiples of its base vector (its DiffMean direction, or without one its
+decoder row x `max_act`) on neutral prompts (greedy with the editor's repetition penalty, batched: `steering.batch`),
+lets the unsteered model re-read each continuation, and keeps the smallest multiple at which the feature *carries*
+(fires on at least `CARRIED` of the continuation's tokens) on half the prompts while the continuation stays *fluent*:
+its NLL per token under the unsteered model no worse than the model's NLL on human prose, and no loop (distinct-2 at
+least `DISTINCT_2`). The result, `steer_scale[f]`, is what strength 1 means from then on (`SteeringHook`); a feature
+that carries at no multiple while fluent gets 0, "not calibrated", and keeps the default (`DIFFMEAN_MULTIPLE`, or the
+seeds' rule). `tinymorph calibrate` stores it with the feature statistics. `reference_nll` is best the model's NLL on
+held-out prose of the writer's kind (`--reference`); the built-in paragraph is stricter than most prose.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .batch import distinct_2, greedy_batch, human_nll, reread
+from .config import STEERED_REPETITION_PENALTY
+from .interventions import Intervention, SteeringHook
+from .models import LoadedModel
+from .sae import SAE
+
+PROMPTS = (
+    "The weather this morning",
+    "My friend told me that",
+    "In the middle of the room there was",
+)
+"""Calibration prompts: neutral beginnings, different from the steering benchmark's."""
+MULTIPLES = (0.5, 1.0, 1.5, 2.0, 3.0)
+"""Multiples of the feature's base vector tried."""
+CARRIED = 0.2
+DISTINCT_2 = 0.5
+TOKENS = 16
+REFERENCE_TEXT = (
+    "The library opens at nine in the morning. Visitors can borrow up to five books at a time, and the reading "
+    "room on the second floor is quiet all day. In winter the windows look out over the snow in the park, and in "
+    "summer people sit on the steps outside with coffee, talking about what they have read. My grandmother kept a "
+    "small garden behind the house, with beans along the fence and a row of onions by the path. Every evening she "
+    "watered it from a tin can, and in August we ate tomatoes warm from the sun. The train was late again, so we "
+    "waited on the platform and watched the rain. A man beside us read a newspaper about the election; two children "
+    "argued about whose turn it was to hold the umbrella."
+)
+"""Human prose for the fluency reference when no corpus is given."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen multiple of one feature and what was measured at it."""
+
+    feature: int
+    multiple: float
+    carried: float
+    """Share of the calibration prompts on which the feature carried at this multiple."""
+    nll: float
+
+
+Measured = dict[float, list[tuple[float, float, float]]]
+"""Per multiple, per prompt: (concept share, NLL per token, distinct-2)."""
+
+
+def choose(measured: Measured, fluent_nll: float, carried_at: float = CARRIED,
+           distinct: float = DISTINCT_2) -> tuple[float, float, float]:
+    """(multiple, carried share, NLL) by the rule of the module's doc; multiple 0 (not calibrated) when the feature
+    carries at no multiple while fluent."""
+    for multiple in sorted(measured):
+        runs = measured[multiple]
+        if not runs:
+            continue
+        finite = [n for _, n, _ in runs if math.isfinite(n)]
+        nll = statistics.fmean(finite) if finite else math.inf
+        carried = sum(c >= carried_at for c, _, _ in runs) / len(runs)
+        looping = statistics.fmean(d for _, _, d in runs) < distinct
+        if carried >= 0.5 and nll <= fluent_nll and not looping:
+            return multiple, carried, nll
+    return 0.0, 0.0, math.nan
+
+
+def base_vector(sae: SAE, feature: int) -> torch.Tensor:
+    """What multiple 1 adds for `feature`: its DiffMean direction, or its unit decoder row x `max_act` in the
+    residual's units."""
+    if sae.diffmean is not None and bool(sae.diffmean[feature].any()):
+        return sae.diffmean[feature].float()
+    assert sae.max_act is not None
+    scale = sae.input_scale(torch.ones(1, sae.d_in))
+    if not isinstance(scale, float):
+        raise ValueError("Calibrating an SAE with per-token input normalisation needs its DiffMean directions "
+                         "(tinymorph sae-stats).")
+    return sae.direction(feature) * float(sae.max_act[feature]) / scale
+
+
+@torch.inference_mode()
+def calibrate(lm: LoadedModel, sae: SAE, features: Sequence[int], *, reference_nll: float | None = None,
+              prompts: Sequence[str] = PROMPTS, multiples: Sequence[float] = MULTIPLES, tokens: int = TOKENS,
+              batch: int = 48, repetition_penalty: float = STEERED_REPETITION_PENALTY,
+              progress: Callable[[int, int], None] | None = None) -> list[Choice]:
+    """The chosen multiple of each feature (see the module's doc). `reference_nll` defaults to the model's NLL on
+    `REFERENCE_TEXT`."""
+    assert sae.hook is not None
+    if sae.max_act is None:
+        raise ValueError("Calibration needs the SAE's feature statistics (tinymorph sae-stats).")
+    if reference_nll is None:
+        stream = torch.tensor(lm.tokenizer(REFERENCE_TEXT)["input_ids"])
+        reference_nll = human_nll(lm, stream, spans=8, prefix=16, length=tokens)
+    prompt_ids = [list(lm.tokenizer(p)["input_ids"]) for p in prompts]
+    jobs = [(f, m, p) for f in features for m in multiples for p in range(len(prompts))]
+    measured: dict[int, Measured] = {f: {} for f in features}
+    bases = {f: base_vector(sae, f) for f in features}
+    for first in range(0, len(jobs), batch):
+        chunk = jobs[first:first + batch]
+        edits = [SteeringHook([Intervention("vector", vector=bases[f], strength=m)], sae, lm.d_model, None)
+                 for f, m, _ in chunk]
+        outs = greedy_batch(lm, [prompt_ids[p] for _, _, p in chunk], tokens, edits=edits, hook=sae.hook,
+                            repetition_penalty=repetition_penalty)
+        reads = reread(lm, sae, [prompt_ids[p] for _, _, p in chunk], outs, [f for f, _, _ in chunk])
+        for (f, m, _), out, read in zip(chunk, outs, reads, strict=True):
+            measured[f].setdefault(m, []).append((read.concept, read.nll, distinct_2(out)))
+        if progress is not None:
+            progress(min(first + batch, len(jobs)), len(jobs))
+    return [Choice(f, *choose(measured[f], reference_nll)) for f in features]
