@@ -21,9 +21,11 @@ def at_end(uri: str) -> dict:
 
 
 async def set_max_tokens(client, n: int) -> None:
-    client.set_configuration({"maxTokens": n}, section="tinymorph")
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"tinymorph": {"maxTokens": n}}))
+    # no repetition penalty: penalised, the tiny random model soon runs into its end-of-sequence token, and these
+    # tests need a generation that runs
+    values = {"maxTokens": n, "repetitionPenalty": 1.0}
+    client.set_configuration(values, section="tinymorph")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"tinymorph": values}))
 
     async def applied():
         return (await command(client, "tinymorph.status"))["settings"]["maxTokens"] == n
