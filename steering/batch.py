@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,16 +23,14 @@ from .sae import SAE, HookPoint
 
 
 class RowEdits:
-    """Applies row i's edit to row i of the residual `[batch, seq, d]`; `active` switches all per decode phase."""
+    """Applies row i's edit to row i of the residual `[batch, seq, d]` (the decode loop decides per step whether
+    steering applies at all)."""
 
     def __init__(self, edits: Sequence[ResidualEdit | None]) -> None:
         self.edits = list(edits)
-        self.active = True
         self.empty = all(e is None or e.empty for e in self.edits)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor | None:
-        if not self.active or self.empty:
-            return None
         rows = []
         for i, edit in enumerate(self.edits):
             new = None
@@ -74,14 +73,11 @@ def greedy_batch(lm: LoadedModel, prompts: Sequence[Sequence[int]], max_tokens: 
     done = torch.zeros(n, dtype=torch.bool)
     past: Any = None
     for step in range(max_tokens):
-        use = steer is not None and not steer.empty and \
-            steer_positions in ("all", "prompt" if step == 0 else "generated")
-        if use:
-            assert steer is not None and hook is not None
-            with residual_hook(lm.blocks, hook, steer):
-                result = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                  past_key_values=past, use_cache=True, **extra)
-        else:
+        ctx: Any = nullcontext()
+        if steer is not None and hook is not None and not steer.empty and \
+                steer_positions in ("all", "prompt" if step == 0 else "generated"):
+            ctx = residual_hook(lm.blocks, hook, steer)
+        with ctx:
             result = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
                               use_cache=True, **extra)
         past = result.past_key_values

@@ -23,6 +23,7 @@ import torch
 
 from .batch import distinct_2, greedy_batch, human_nll, reread
 from .config import STEERED_REPETITION_PENALTY
+from .engine import CALIBRATION_TEXT
 from .interventions import Intervention, SteeringHook
 from .models import LoadedModel
 from .sae import SAE
@@ -38,14 +39,11 @@ MULTIPLES = (0.5, 1.0, 1.5, 2.0, 3.0)
 CARRIED = 0.2
 DISTINCT_2 = 0.5
 TOKENS = 16
-REFERENCE_TEXT = (
-    "The library opens at nine in the morning. Visitors can borrow up to five books at a time, and the reading "
-    "room on the second floor is quiet all day. In winter the windows look out over the snow in the park, and in "
-    "summer people sit on the steps outside with coffee, talking about what they have read. My grandmother kept a "
-    "small garden behind the house, with beans along the fence and a row of onions by the path. Every evening she "
-    "watered it from a tin can, and in August we ate tomatoes warm from the sun. The train was late again, so we "
-    "waited on the platform and watched the rain. A man beside us read a newspaper about the election; two children "
-    "argued about whose turn it was to hold the umbrella."
+REFERENCE_TEXT = CALIBRATION_TEXT + (
+    " My grandmother kept a small garden behind the house, with beans along the fence and a row of onions by the "
+    "path. Every evening she watered it from a tin can, and in August we ate tomatoes warm from the sun. The train "
+    "was late again, so we waited on the platform and watched the rain. A man beside us read a newspaper about the "
+    "election; two children argued about whose turn it was to hold the umbrella."
 )
 """Human prose for the fluency reference when no corpus is given."""
 

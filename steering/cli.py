@@ -354,14 +354,14 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_features(engine: Any, sae: Any, which: str, seed: int) -> list[int]:
+def _calibration_features(sae: Any, which: str, seed: int) -> list[int]:
     import random
 
     from .ranking import Specificity, alive_and_sparse
 
     if sae.frequency is None:
         raise TinymorphError("calibrate needs the SAE's feature statistics (run tinymorph sae-stats first).")
-    alive = _nonzero(alive_and_sparse(sae.frequency))
+    alive = [int(f) for f in alive_and_sparse(sae.frequency).nonzero().flatten().tolist()]
     if which == "all":
         return alive
     if which == "hintable":
@@ -373,10 +373,6 @@ def _calibration_features(engine: Any, sae: Any, which: str, seed: int) -> list[
         return [sae.check_feature(int(f)) for f in which.split(",") if f.strip()]
     except ValueError:
         raise TinymorphError(f"--features must be hintable, all, sample:N or feature ids, not {which!r}.") from None
-
-
-def _nonzero(mask: Any) -> list[int]:
-    return [int(i) for i in mask.nonzero().flatten().tolist()]
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -394,7 +390,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if sae.layout != "saelens" or not (folder / SAELENS_CFG).is_file() or sae.max_act is None:
         raise TinymorphError("calibrate writes into an SAE folder in the SAELens layout that has feature statistics "
                              "(run tinymorph sae-stats first).")
-    features = _calibration_features(engine, sae, args.features, args.seed)
+    features = _calibration_features(sae, args.features, args.seed)
     if not features:
         raise TinymorphError("No features to calibrate.")
     reference = None

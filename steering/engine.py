@@ -142,15 +142,12 @@ class Engine:
         if sae is None:
             scale = "no SAE: only vector steering"
         elif sae.diffmean is not None:
-            calibrated = sae.stats.get("steer_scale")
-            count = int((calibrated > 0).sum()) if calibrated is not None else 0
             scale = (f"add follows each feature's DiffMean direction; strength 1 = its norm x a calibrated multiple "
-                     f"for {count} features, x {DIFFMEAN_MULTIPLE:g} for the rest (row mode: the decoder row x max_act)")
+                     f"for {sae.calibrated_count()} features, x {DIFFMEAN_MULTIPLE:g} for the rest (row mode: the "
+                     "decoder row x max_act)")
         elif sae.max_act is not None:
-            calibrated = sae.stats.get("steer_scale")
-            count = int((calibrated > 0).sum()) if calibrated is not None else 0
             scale = (f"max_act from the SAE's feature statistics (the seeds' rule), x a calibrated multiple for "
-                     f"{count} features")
+                     f"{sae.calibrated_count()} features")
         else:
             scale = (f"fallback: no max_act statistics, so add uses the mean residual norm at {self.hook} "
                      f"({self.fallback_scale():.3g}) as every feature's scale")

@@ -139,10 +139,7 @@ def diffmean_unit(sae: SAE, feature: int) -> torch.Tensor | None:
     vector = directions[feature].float()
     if not bool(vector.any()):
         return None
-    calibrated = sae.stats.get("steer_scale")
-    multiple = float(calibrated[feature]) if calibrated is not None and float(calibrated[feature]) > 0 \
-        else DIFFMEAN_MULTIPLE
-    return vector * multiple
+    return vector * (sae.steer_multiple(feature) or DIFFMEAN_MULTIPLE)
 
 
 class SteeringHook:
@@ -181,9 +178,8 @@ class SteeringHook:
                 if sae.max_act is None and fallback_scale is None:
                     raise SteeringSpecError("add steering needs max_act statistics or a fallback scale.")
                 scale = float(sae.max_act[feature]) if sae.max_act is not None else float(fallback_scale or 0.0)
-                calibrated = sae.stats.get("steer_scale")
-                if item.mode == "add" and calibrated is not None and float(calibrated[feature]) > 0:
-                    scale *= float(calibrated[feature])
+                if item.mode == "add":
+                    scale *= sae.steer_multiple(feature) or 1.0
                 if sae.max_act is not None and sae.normalize_activations == "constant_norm_rescale":
                     self.per_token.append((feature, item.strength * scale))
                     continue

@@ -39,11 +39,11 @@ SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 FEATURE_STATS = "feature_stats.safetensors"
 FEATURE_STAT_NAMES = ("max_act", "frequency", "mean_act", "punct_share", "early_share", "steer_scale")
-"""Per-feature numbers `[d_sae]` kept in feature_stats.safetensors."""
+"""Per-feature numbers `[d_sae]` kept in feature_stats.safetensors: max activation; firing rate; mean activation
+where it fires; share of its activation on tokens of punctuation or white space alone; share on the first few
+positions of a text; calibrated `add` multiple (0: not calibrated). Other names in the file are ignored."""
 FEATURE_DIRECTION_NAMES = ("diffmean",)
 """Per-feature directions `[d_sae, d_in]` kept there too (in half precision)."""
-"""max activation; firing rate; mean activation where it fires; share of its activation on tokens of punctuation or
-white space alone; share on the first few positions of a text (other names in the file are ignored)."""
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMASCOPE_PARAMS = "params.npz"
 
@@ -161,6 +161,17 @@ class SAE(nn.Module):
     def frequency(self) -> torch.Tensor | None:
         """The share of tokens on which the feature fires."""
         return self.stats.get("frequency")
+
+    def steer_multiple(self, feature: int) -> float | None:
+        """The feature's calibrated `add` multiple (`steering.calibrate`), or None when it has none."""
+        scale = self.stats.get("steer_scale")
+        value = float(scale[feature]) if scale is not None else 0.0
+        return value if value > 0 else None
+
+    def calibrated_count(self) -> int:
+        """How many features have a calibrated `add` multiple."""
+        scale = self.stats.get("steer_scale")
+        return int((scale > 0).sum()) if scale is not None else 0
 
     @property
     def diffmean(self) -> torch.Tensor | None:
