@@ -111,8 +111,8 @@ def whole(text: str) -> types.Range:
 
 
 async def hints(client: Client, uri: str, rng: types.Range) -> list[types.InlayHint]:
-    return await client.text_document_inlay_hint_async(types.InlayHintParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), range=rng)) or []
+    return list(await client.text_document_inlay_hint_async(types.InlayHintParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=rng)) or [])
 
 
 async def cached_latency(client: Client, uri: str, text: str, n: int) -> dict[str, list[float]]:

@@ -17,7 +17,13 @@ Methods (strength `s`):
 - `clamp`: the feature clamped at `s * max_act` on every position (`--strengths`);
 - `prompt`: no steering; the label (or top contexts) put before the prompt;
 - `editor`: what the editor's Amplify does (`Intervention("add", f, strength=--editor-strength)` through the engine,
-  with its calibrated unit and direction when the SAE has them).
+  with its calibrated unit and direction when the SAE has them);
+- `preset`: "write more like this". Each paragraph of `hint_topics.json` (`--topics`) is the selection in a document
+  made of it and two other topics' paragraphs; its style vector (mean residual of the selection minus the rest's,
+  `steering.presets`) steers the neutral prompts at `--preset-multiples` of itself. Its concept: the cosine of the
+  continuation's mean residual (re-read unsteered) with the selection's, against the unsteered continuation's
+  (`closer`: the share of pairs where it rose), the same after taking the rest of the document's mean away from both
+  (`toward`), and `topic`: the share of continuations using a word of the selection's topic.
 
 `row` and `diffmean` run at every `--positions` (`all`: prompt and generated tokens; `generated`: generated only).
 Every method decodes greedily with the same `--repetition-penalty` (the editor's by default). Continuations of one
@@ -26,7 +32,8 @@ unsteered single requests (`Engine.generate`) is measured in the same run.
 
     python benchmarks/bench_steering.py [--model default] [--sae default] [--features 12] [--seed 0] [--tokens 20]
         [--strengths 1,2,4,8] [--diffmean-strengths 0.5,1,1.5,2,3] [--methods row,diffmean,clamp,prompt,editor]
-        [--positions all,generated] [--repetition-penalty 1.15] [--prose FILES] [--out FILE]
+        [--positions all,generated] [--repetition-penalty 1.15] [--prose FILES] [--preset-multiples 0.5,1,2,3,4]
+        [--topics FILE] [--out FILE]
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import json
 import math
 import platform
 import random
+import re
 import statistics
 import sys
 import time
@@ -51,6 +59,7 @@ from steering.config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingCo
 from steering.corpus import load_corpus
 from steering.engine import Engine
 from steering.interventions import Intervention
+from steering.presets import PRESET_MULTIPLE
 from steering.ranking import alive_and_sparse
 
 HERE = Path(__file__).parent
@@ -164,8 +173,70 @@ def summarise(results: list[dict[str, Any]], human: float) -> list[dict[str, Any
     return table
 
 
+WORD = re.compile(r"[^\W\d_]+")
+
+
+def uses_topic(text: str, accept: list[str]) -> bool:
+    """Whether `text` has a word of the topic (equal, or one a prefix of the other, both of four letters or more)."""
+    words = {w.lower() for w in WORD.findall(text)}
+    return any(w == a or (len(w) >= 4 and len(a) >= 4 and (w.startswith(a) or a.startswith(w)))
+               for w in words for a in accept)
+
+
+def preset_table(engine: Engine, prompts: list[str], paragraphs: list[dict[str, Any]], multiples: list[float],
+                 tokens: int, batch: int, repetition_penalty: float, seed: int, human: float) -> dict[str, Any]:
+    """The `preset` method: style vectors of topic paragraphs against the rest of their document, at `multiples`."""
+    lm, sae = engine.lm, engine.require_sae("steering")
+    assert sae.hook is not None
+    rnd = random.Random(seed)
+    samples = []
+    for i, para in enumerate(paragraphs):
+        before, after = rnd.sample([p for j, p in enumerate(paragraphs) if j != i], 2)
+        doc = f"{before['text']}\n\n{para['text']}\n\n{after['text']}"
+        start = len(before["text"]) + 2
+        samples.append((para, engine.style_vector(doc, start, start + len(para["text"]))))
+    plain = [list(lm.tokenizer(p)["input_ids"]) for p in prompts]
+    jobs = [(s, p, m) for s in range(len(samples)) for p in range(len(prompts)) for m in [0.0, *multiples]]
+    found: dict[tuple[int, int, float], dict[str, Any]] = {}
+    started = time.perf_counter()
+    for first in range(0, len(jobs), batch):
+        chunk = jobs[first:first + batch]
+        edits = [None if m == 0 else engine.steering_hook([Intervention("vector", vector=samples[s][1].vector,
+                                                                        strength=m)]) for s, _, m in chunk]
+        outs = greedy_batch(lm, [plain[p] for _, p, _ in chunk], tokens, edits=edits, hook=sae.hook,
+                            steer_positions="all", repetition_penalty=repetition_penalty)
+        reads = reread(lm, sae, [plain[p] for _, p, _ in chunk], outs, [None] * len(chunk))
+        for (s, p, m), out, read in zip(chunk, outs, reads, strict=True):
+            made = samples[s][1]
+            rest = made.passage - made.vector
+            cos = torch.nn.functional.cosine_similarity
+            found[(s, p, m)] = {
+                "similarity": float(cos(read.residual, made.passage, dim=0)),
+                "toward": float(cos(read.residual - rest, made.vector, dim=0)),
+                "topic": uses_topic(lm.tokenizer.decode(out), samples[s][0]["accept"]),
+                "nll": read.nll, "distinct_2": distinct_2(out), "text": lm.tokenizer.decode(out)}
+        log(f"preset: {min(first + batch, len(jobs))}/{len(jobs)} continuations ({time.perf_counter() - started:.0f} s)")
+    table = []
+    for m in [0.0, *multiples]:
+        rows = [(key, r) for key, r in found.items() if key[2] == m]
+        nlls = [r["nll"] for _, r in rows if not math.isnan(r["nll"])]
+        nll = statistics.fmean(nlls) if nlls else float("nan")
+        table.append({"multiple": m, "editor": m == PRESET_MULTIPLE, "pairs": len(rows),
+                      "similarity": round(statistics.fmean(r["similarity"] for _, r in rows), 4),
+                      "closer": round(statistics.fmean(r["similarity"] > found[(k[0], k[1], 0.0)]["similarity"]
+                                                       for k, r in rows), 4),
+                      "toward": round(statistics.fmean(r["toward"] for _, r in rows), 4),
+                      "topic": round(statistics.fmean(r["topic"] for _, r in rows), 4),
+                      "nll": round(nll, 4), "fluent": bool(nll <= human),
+                      "distinct_2": round(statistics.fmean(r["distinct_2"] for _, r in rows), 4)})
+    examples = [{"topic": samples[s][0]["topic"], "multiple": m, "text": prompts[p] + r["text"]}
+                for (s, p, m), r in found.items() if p == 0 and s < 2]
+    return {"samples": len(samples), "editor_multiple": PRESET_MULTIPLE,
+            "reference": sorted({made.reference for _, made in samples}), "table": table, "examples": examples}
+
+
 def decode_speed(engine: Engine, feature: int, strength: float, repetition_penalty: float, tokens: int = 48,
-                 repeats: int = 3) -> dict[str, Any]:
+                 repeats: int = 7) -> dict[str, Any]:
     sampling = SamplingConfig(max_tokens=tokens, stop_at_eos=False, repetition_penalty=repetition_penalty)
     prompt = "The old lighthouse keeper climbed the stairs every evening, and tonight he noticed that"
     steering = [Intervention("add", feature, strength=strength)]
@@ -192,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--strengths", default="1,2,4,8", help="of row and clamp, in multiples of max_act")
     ap.add_argument("--diffmean-strengths", default="0.5,1,1.5,2,3", help="of diffmean, in multiples of itself")
-    ap.add_argument("--methods", default="row,diffmean,clamp,prompt,editor")
+    ap.add_argument("--methods", default="row,diffmean,clamp,prompt,editor,preset")
+    ap.add_argument("--preset-multiples", default="0.5,1,2,3,4", help="of preset, in multiples of its vector")
+    ap.add_argument("--topics", type=Path, default=TOPICS, help="paragraphs (with topic words) the presets come from")
     ap.add_argument("--repetition-penalty", type=float, default=STEERED_REPETITION_PENALTY)
     ap.add_argument("--positions", default="all,generated")
     ap.add_argument("--editor-strength", type=float, default=None,
@@ -231,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         prose_source = args.prose
     else:
         topics = json.loads(TOPICS.read_text(encoding="utf-8"))
-        stream = torch.tensor(engine.lm.tokenizer("\n\n".join(topics["paragraphs"].values()))["input_ids"])
+        stream = torch.tensor(engine.lm.tokenizer("\n\n".join(p["text"] for p in topics["paragraphs"]))["input_ids"])
         prose_source = [f"{TOPICS.name}: paragraphs"]
     human = human_nll(engine.lm, stream, length=args.tokens)
     log(f"human prose NLL {human:.3f}")
@@ -250,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             if "clamp" in methods:
                 rows += [Row(f, p, "clamp", "all", s) for s in strengths]
     results = run_rows(engine, rows, prompts, args.tokens, args.batch, args.repetition_penalty)
+    presets = None
+    if "preset" in methods:
+        paragraphs = json.loads(args.topics.read_text(encoding="utf-8"))["paragraphs"]
+        presets = preset_table(engine, prompts, paragraphs, [float(m) for m in args.preset_multiples.split(",") if m],
+                               args.tokens, args.batch, args.repetition_penalty, args.seed, human)
     table = summarise(results, human)
     examples = []
     for f in features[:args.examples]:
@@ -268,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": args.tokens, "carried_at": CARRIED, "editor_strength": args.editor_strength,
         "steering_scale": info.steering_scale, "human_prose_nll": round(human, 4), "prose": prose_source,
         "repetition_penalty": args.repetition_penalty,
-        "table": table, "speed": decode_speed(engine, features[0], args.editor_strength, args.repetition_penalty),
+        "table": table, "presets": presets, "speed": decode_speed(engine, features[0], args.editor_strength, args.repetition_penalty),
         "examples": examples, "seconds": round(time.perf_counter() - started, 1),
         "rows": [[r["row"].feature, r["row"].prompt, r["row"].method, r["row"].positions, r["row"].strength,
                   round(r["concept"], 4), round(r["nll"], 4), round(r["distinct_2"], 4)] for r in results],

@@ -1,5 +1,5 @@
 """Code actions: accept the suggestion, amplify or suppress the selection's top features, rewrite the selection
-with the current steering (resolved lazily), clear steering.
+with the current steering (resolved lazily), write more like the selection (a style preset) or stop, clear steering.
 
 Every edit is a versioned `WorkspaceEdit`: the editor refuses it if the document changed, and the server refuses to
 compute one for a version it no longer has.
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .server import TinymorphServer
 
 REWRITE = "tinymorph.rewrite"
+PRESET_CREATE = "tinymorph.preset.create"
 TOP_FEATURES = 3
 KIND_STEER = "refactor.tinymorph"
 KIND_REWRITE = types.CodeActionKind.RefactorRewrite
@@ -123,11 +124,22 @@ def register(server: TinymorphServer) -> None:
             data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
             steering = ls.steering_for(uri)
             title = "Rewrite selection with current steering" + (
-                f" ({steering.describe()})" if steering.entries else " (no steering set)")
+                f" ({steering.describe()})" if steering.active else " (no steering set)")
             action = types.CodeAction(title=title, kind=KIND_REWRITE, data=data)
             if not ls.supports("text_document.code_action.resolve_support"):
                 action.command = types.Command(title=title, command=REWRITE, arguments=[data])
             actions.append(action)
+        if hi > lo and len(doc.text[lo:hi].split()) >= 2:
+            data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
+            actions.append(types.CodeAction(
+                title="Write more like this (a style preset from the selection)", kind=f"{KIND_STEER}.preset",
+                command=types.Command(title="Write more like this", command=PRESET_CREATE, arguments=[data])))
+        for preset in ls.steering_for(uri).presets:
+            if preset.enabled:
+                actions.append(types.CodeAction(
+                    title=f"Stop writing like \u201c{short(preset.name, 40)}\u201d", kind=f"{KIND_STEER}.preset",
+                    command=types.Command(title="Switch the preset off", command="tinymorph.preset.toggle",
+                                          arguments=[{"name": preset.name, "enabled": False, "uri": uri}])))
         if ls.steering_for(uri).entries:
             actions.append(types.CodeAction(
                 title="Clear steering", kind=f"{KIND_STEER}.clear",

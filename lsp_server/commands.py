@@ -7,10 +7,12 @@ error naming the field, and nothing changes.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcContentModified, JsonRpcInternalError, JsonRpcInvalidParams
 
 from steering.errors import TinymorphError
 from steering.interventions import Intervention
@@ -18,7 +20,7 @@ from steering.interventions import Intervention
 from .actions import REWRITE, compute_rewrite, parse_rewrite_args, versioned_edit
 from .config import to_wire
 from .pipeline import schedule
-from .state import Steer, SteeringError, intervention_from
+from .state import SaveError, Steer, SteeringError, intervention_from
 from .worker import EngineAPI, EngineUnavailable
 
 if TYPE_CHECKING:
@@ -27,27 +29,41 @@ else:  # pygls resolves command handlers' annotations at run time: the base clas
     from pygls.lsp.server import LanguageServer as TinymorphServer
 
 
-def the_object(args: tuple[Any, ...], command: str) -> dict[str, Any]:
+def the_object(args: tuple[Any, ...], command: str, examples: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not args:
         return {}
     if len(args) != 1 or not isinstance(args[0], dict):
-        raise JsonRpcInvalidParams(f"{command} takes one object argument, e.g. {EXAMPLES.get(command, '{}')}")
+        example = (examples or EXAMPLES).get(command, "{}")
+        raise JsonRpcInvalidParams(f"{command} takes one object argument, e.g. {example}")
     return args[0]
 
 
-def field_of(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], command: str, default: Any = ...) -> Any:
+def field_of(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], command: str, default: Any = ...,
+             examples: Mapping[str, str] | None = None) -> Any:
     if name not in obj:
         if default is ...:
-            raise JsonRpcInvalidParams(f"{command}: missing {name!r} (e.g. {EXAMPLES.get(command, '{}')})")
+            raise JsonRpcInvalidParams(f"{command}: missing {name!r} (e.g. {(examples or EXAMPLES).get(command, '{}')})")
         return default
     value = obj[name]
     ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
     if kind == (int, float):
         ok = ok and math.isfinite(value)
     if not ok:
-        names = {int: "a whole number", str: "a string", (int, float): "a number", bool: "true or false"}
+        names = {int: "a whole number", str: "a string", (int, float): "a finite number", bool: "true or false"}
         raise JsonRpcInvalidParams(f"{command}: {name!r} must be {names.get(kind, kind)}, not {value!r}")
     return value
+
+
+@contextmanager
+def changing(command: str) -> Iterator[None]:
+    """A change to a steering set: a bad request is InvalidParams, a failed save an internal error; either way the
+    set is as it was."""
+    try:
+        yield
+    except SaveError as exc:
+        raise JsonRpcInternalError(f"{command}: {exc}") from None
+    except SteeringError as exc:
+        raise JsonRpcInvalidParams(f"{command}: {exc}") from None
 
 
 EXAMPLES = {
@@ -129,7 +145,8 @@ def register(server: TinymorphServer) -> None:
                                            f"has features 0 to {info.d_sae - 1}.")
             card = ls.cards.get(feature)
             label = card.label if card else await engine_call(ls, "label", lambda e: e.label(feature))
-        ls.steering_for(uri).put(Steer(intervention, label))
+        with changing("tinymorph.steer.add"):
+            ls.steering_for(uri).put(Steer(intervention, label))
         after_steering_change(ls)
         return steering_list(ls, uri)
 
@@ -138,7 +155,9 @@ def register(server: TinymorphServer) -> None:
         cmd = "tinymorph.steer.remove"
         obj = the_object(args, cmd)
         feature, uri = field_of(obj, "feature", int, cmd), field_of(obj, "uri", str, cmd, None)
-        if not ls.steering_for(uri).remove(feature):
+        with changing(cmd):
+            removed = ls.steering_for(uri).remove(feature)
+        if not removed:
             raise JsonRpcInvalidParams(f"{cmd}: feature {feature} is not in the steering set.")
         after_steering_change(ls)
         return steering_list(ls, uri)
@@ -146,7 +165,8 @@ def register(server: TinymorphServer) -> None:
     @server.command("tinymorph.steer.clear")
     def steer_clear(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
         uri = field_of(the_object(args, "tinymorph.steer.clear"), "uri", str, "tinymorph.steer.clear", None)
-        ls.steering_for(uri).clear()
+        with changing("tinymorph.steer.clear"):
+            ls.steering_for(uri).clear()
         after_steering_change(ls)
         return steering_list(ls, uri)
 

@@ -51,7 +51,7 @@ def register(server: TinymorphServer) -> None:
         doc = ls.state(params.text_document.uri).doc
         prefix = doc.text[start:offset]
         steering = ls.steering_for(doc.uri)
-        detail = "tinymorph · " + (steering.describe() if steering.entries else "unsteered")
+        detail = "tinymorph · " + (steering.describe() if steering.active else "unsteered")
         item = types.CompletionItem(
             label=short(prefix + text.split("\n", 1)[0], 60), kind=types.CompletionItemKind.Text, detail=detail,
             documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```text\n{text}\n```"),

@@ -42,7 +42,7 @@ async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str,
     if state.generation is not None:
         state.generation.cancel()
     cancel = state.generation = CancelToken()
-    steering = server.steering_for(uri).interventions()
+    steering = server.interventions_for(uri)
     how = sampling(server.settings, max_tokens=max_tokens, stop=stop)
     try:
         text = await server.run_engine(

@@ -78,7 +78,7 @@ def suggestion_hint(server: TinymorphServer, state: DocState, lo: int, hi: int) 
         return []
     first = short(s.text.replace("\n", " ⏎ "), SUGGESTION_CHARS)
     steering = server.steering_for(state.doc.uri)
-    how = f"steered by {steering.describe()}" if steering.entries else "unsteered"
+    how = f"steered by {steering.describe()}" if steering.active else "unsteered"
     return [types.InlayHint(
         position=state.doc.index.position(s.offset),
         label=[types.InlayHintLabelPart(

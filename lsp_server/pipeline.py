@@ -161,7 +161,7 @@ async def suggest(server: TinymorphServer, state: DocState) -> None:
     prompt = prompt_before(doc.text, offset)
     if not prompt.strip():
         return
-    steering = server.steering_for(doc.uri).interventions()
+    steering = server.interventions_for(doc.uri)
     cancel = CancelToken()
     how = sampling(server.settings, stop=("\n\n",))
     try:

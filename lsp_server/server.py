@@ -24,6 +24,7 @@ from pygls.uris import to_fs_path
 
 from steering.engine import FeatureCard
 from steering.generate import CancelToken
+from steering.interventions import Intervention
 
 from .config import Settings
 from .state import DocState, SteeringSet
@@ -78,6 +79,7 @@ class TinymorphServer(LanguageServer):
         self.worker = EngineWorker(loader)
         self.docs: dict[str, DocState] = {}
         self.steering_sets: dict[Path | None, SteeringSet] = {}
+        self.told_presets: set[str] = set()
         self.cards: dict[int, FeatureCard] = {}
         """Labels of the features seen so far (cleared when another model or SAE loads)."""
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -146,6 +148,23 @@ class TinymorphServer(LanguageServer):
 
     def handles(self, language_id: str) -> bool:
         return language_id in self.settings.filetypes
+
+    def engine_identity(self) -> tuple[str, str] | None:
+        """(model, hook point) of the loaded engine, which a preset's vector must have been read at."""
+        info = self.worker.info if self.worker.engine is not None else None
+        return None if info is None or info.hook is None else (info.model, info.hook)
+
+    def interventions_for(self, uri: str) -> list[Intervention]:
+        """What generation for `uri` applies: the workspace's feature steering and the enabled presets made for the
+        loaded model (a preset made under another one is left off, with one message saying so)."""
+        steering = self.steering_for(uri)
+        identity = self.engine_identity()
+        for p in steering.presets:
+            if p.enabled and not p.fits(identity) and p.id not in self.told_presets:
+                self.told_presets.add(p.id)
+                self.tell(f"Preset \u201c{p.name}\u201d was made with {p.model} at {p.hook}; the loaded model is "
+                          f"{identity[0] if identity else '-'}, so it is left off.")
+        return steering.interventions(identity)
 
     def steering_for(self, uri: str | None = None) -> SteeringSet:
         """The steering set of the workspace folder holding `uri` (or of the first folder, or in memory)."""

@@ -1,7 +1,9 @@
 """Server-side state: the workspace's steering set (user data, kept on disk) and what the server knows per document.
 
-The steering set of a workspace lives in `<folder>/.tinymorph/steering.json`, written atomically (temporary file,
-then rename), so it survives a restart; without a workspace folder it lives in memory.
+The steering set of a workspace (feature steering and named style presets) lives in
+`<folder>/.tinymorph/steering.json`, each preset's vector in `<folder>/.tinymorph/presets/<id>.safetensors`; every
+file is written atomically (temporary file, then rename), so the set survives a restart and a crash mid-save leaves
+the previous version. Without a workspace folder the set lives in memory.
 """
 
 from __future__ import annotations
@@ -9,26 +11,41 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import os
+import re
+import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from steering.annotate import Annotation, SpanFeatures
 from steering.atomic import write_text
 from steering.errors import TinymorphError
 from steering.generate import CancelToken
 from steering.interventions import FEATURE_MODES, Intervention
+from steering.presets import PRESET_MULTIPLE, PresetError, load_vector, save_vector
 
 from .text import Document
 
 log = logging.getLogger(__name__)
 
 STEERING_FILE = Path(".tinymorph") / "steering.json"
+PRESET_DIR = Path(".tinymorph") / "presets"
+NAME_LIMIT = 60
+"""Longest preset name, in characters."""
+_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 class SteeringError(ValueError):
     """A steering entry that cannot be used."""
+
+
+class SaveError(SteeringError):
+    """The steering set could not be saved; it stays as it was."""
 
 
 def intervention_from(data: dict[str, Any]) -> Intervention:
@@ -65,19 +82,93 @@ class Steer:
         return self.intervention.describe(self.label)
 
 
+def check_name(name: str) -> str:
+    """A preset name as given, trimmed; empty, too long or with control characters raises SteeringError."""
+    name = name.strip()
+    if not name:
+        raise SteeringError("a preset name must not be empty")
+    if len(name) > NAME_LIMIT:
+        raise SteeringError(f"a preset name has at most {NAME_LIMIT} characters (this one has {len(name)})")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise SteeringError("a preset name must be one line of text")
+    return name
+
+
+def check_strength(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SteeringError(f"strength must be a finite number, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named "write more like this" vector of a workspace: applied to suggestions while enabled."""
+
+    id: str
+    """16 hex digits; names the vector's file, stays the same across renames."""
+    name: str
+    strength: float = 1.0
+    enabled: bool = True
+    model: str = ""
+    """The model and hook point the vector was read at: elsewhere it means nothing and is not applied."""
+    hook: str = ""
+    excerpt: str = ""
+    """The passage's first words, to remind the writer what it was."""
+    vector: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    error: str | None = None
+    """Why the vector cannot be used (its file is missing or damaged); the entry is kept as it is."""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Preset:
+        if not isinstance(data, dict):
+            raise SteeringError(f"each preset must be an object, not {data!r}")
+        ident = data.get("id")
+        if not isinstance(ident, str) or not _ID.match(ident):
+            raise SteeringError(f"a preset's id must be 16 hex digits, not {ident!r}")
+        name = data.get("name")
+        if not isinstance(name, str):
+            raise SteeringError(f"a preset's name must be a string, not {name!r}")
+        enabled = data.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise SteeringError(f"a preset's enabled must be true or false, not {enabled!r}")
+        texts = {k: data.get(k, "") for k in ("model", "hook", "excerpt")}
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise SteeringError("a preset's model, hook and excerpt must be strings")
+        return cls(ident, check_name(name), check_strength(data.get("strength", 1.0)), enabled, **texts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "strength": self.strength, "enabled": self.enabled,
+                "model": self.model, "hook": self.hook, "excerpt": self.excerpt}
+
+    def fits(self, identity: tuple[str, str] | None) -> bool:
+        """Whether the vector belongs to the engine `identity` (model, hook point); None: any."""
+        return identity is None or (self.model, self.hook) == identity
+
+    def __str__(self) -> str:
+        return f"“{self.name}” {self.strength:+g}"
+
+
 class SteeringSet:
-    """The steering set of one workspace folder (or of no folder, in memory)."""
+    """The steering set of one workspace folder (or of no folder, in memory): feature steering and style presets.
+
+    Every change is saved before it counts: when the save fails, the set stays as it was and SteeringError says why.
+    """
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
         self.entries: list[Steer] = []
+        self.presets: list[Preset] = []
         self.load_error: str | None = None
+        self._damaged = False
         if folder is not None:
             self._load()
 
     @property
     def path(self) -> Path | None:
         return None if self.folder is None else self.folder / STEERING_FILE
+
+    def vector_path(self, preset: Preset) -> Path | None:
+        return None if self.folder is None else self.folder / PRESET_DIR / f"{preset.id}.safetensors"
 
     def _load(self) -> None:
         path = self.path
@@ -93,40 +184,153 @@ class SteeringSet:
                     raise SteeringError(f"each entry must be an object, not {e!r}")
                 label = e.get("label", "")
                 entries.append(Steer(intervention_from(e), label if isinstance(label, str) else ""))
+            presets = data.get("presets", [])
+            if not isinstance(presets, list):
+                raise SteeringError('"presets" must be a list')
+            self.presets = [self._with_vector(Preset.from_dict(p)) for p in presets]
             self.entries = entries
         except (OSError, ValueError) as exc:
-            self.entries = []
-            self.load_error = f"{path} is not a valid steering file ({exc}); starting with no steering."
+            self.entries, self.presets = [], []
+            self._damaged = True
+            self.load_error = (f"{path} is not a valid steering file ({exc}); starting with no steering. It will be "
+                               f"kept as {path.name}.damaged when the steering changes.")
+            log.warning(self.load_error)
+            return
+        broken = [f"{p.name}: {p.error}" for p in self.presets if p.error]
+        if broken:
+            self.load_error = "Presets left off: " + "; ".join(broken)
             log.warning(self.load_error)
 
+    def _with_vector(self, preset: Preset) -> Preset:
+        where = self.vector_path(preset)
+        assert where is not None
+        try:
+            stored = load_vector(where)
+        except PresetError as exc:
+            return replace(preset, error=str(exc))
+        return replace(preset, vector=stored.vector)
+
     def save(self) -> None:
-        if self.path is not None:
-            payload = {"version": 2, "steering": [e.to_dict() for e in self.entries]}
-            write_text(self.path, json.dumps(payload, indent=2) + "\n")
+        path = self.path
+        if path is None:
+            return
+        if self._damaged and path.exists():  # the writer's hand-edited file is kept, not overwritten
+            os.replace(path, path.with_name(path.name + ".damaged"))
+            self._damaged = False
+        payload = {"version": 3, "steering": [e.to_dict() for e in self.entries],
+                   "presets": [p.to_dict() for p in self.presets]}
+        write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+    def _commit(self, entries: list[Steer], presets: list[Preset]) -> None:
+        """Make `entries` and `presets` the set, saved; on a failed save nothing changes."""
+        before = self.entries, self.presets
+        self.entries, self.presets = entries, presets
+        try:
+            self.save()
+        except OSError as exc:
+            self.entries, self.presets = before
+            raise SaveError(f"cannot save the steering set to {self.path}: {exc.strerror or exc}; "
+                                f"nothing changed") from None
 
     def put(self, entry: Steer) -> None:
         """Add `entry`, replacing any entry for the same feature."""
-        self.entries = [e for e in self.entries if e.feature != entry.feature] + [entry]
-        self.save()
+        self._commit([e for e in self.entries if e.feature != entry.feature] + [entry], self.presets)
 
     def remove(self, feature: int) -> bool:
-        before = len(self.entries)
-        self.entries = [e for e in self.entries if e.feature != feature]
-        if len(self.entries) != before:
-            self.save()
-            return True
-        return False
+        kept = [e for e in self.entries if e.feature != feature]
+        if len(kept) == len(self.entries):
+            return False
+        self._commit(kept, self.presets)
+        return True
 
     def clear(self) -> None:
-        self.entries = []
-        self.save()
+        """Drop the feature steering (presets stay: they are switched off one by one)."""
+        self._commit([], self.presets)
 
-    def interventions(self) -> list[Intervention]:
-        return [e.intervention for e in self.entries]
+    # ------------------------------------------------------------------------------------------------- presets
+    def preset(self, name: str) -> Preset:
+        for p in self.presets:
+            if p.name == name.strip():
+                return p
+        known = ", ".join(f"“{p.name}”" for p in self.presets) or "none yet"
+        raise SteeringError(f"no preset is named {name!r} (presets: {known})")
+
+    def unique_name(self, base: str) -> str:
+        """`base` (cut to fit), or `base 2`, `base 3`, ... when a preset already has that name."""
+        names = {p.name for p in self.presets}
+        base = check_name(base[:NAME_LIMIT - 3])
+        n = 1
+        while (name := base if n == 1 else f"{base} {n}") in names:
+            n += 1
+        return name
+
+    def add_preset(self, name: str, vector: torch.Tensor, *, strength: float, model: str, hook: str,
+                   excerpt: str) -> Preset:
+        """A new enabled preset: its vector file is written first, then the steering file names it."""
+        name = check_name(name)
+        if any(p.name == name for p in self.presets):
+            raise SteeringError(f"a preset named {name!r} exists already")
+        preset = Preset(secrets.token_hex(8), name, check_strength(strength), True, model, hook, excerpt,
+                        vector.detach().float().cpu())
+        where = self.vector_path(preset)
+        if where is not None:
+            try:
+                save_vector(where, vector, model=model, hook=hook)
+            except OSError as exc:
+                raise SaveError(f"cannot save the preset to {where}: {exc.strerror or exc}; nothing "
+                                    f"changed") from None
+        try:
+            self._commit(self.entries, [*self.presets, preset])
+        except SteeringError:
+            if where is not None:
+                where.unlink(missing_ok=True)
+            raise
+        return preset
+
+    def _swap(self, old: Preset, new: Preset) -> Preset:
+        self._commit(self.entries, [new if p is old else p for p in self.presets])
+        return new
+
+    def rename_preset(self, name: str, to: str) -> Preset:
+        preset, to = self.preset(name), check_name(to)
+        if to != preset.name and any(p.name == to for p in self.presets):
+            raise SteeringError(f"a preset named {to!r} exists already")
+        return self._swap(preset, replace(preset, name=to))
+
+    def toggle_preset(self, name: str, enabled: bool | None = None) -> Preset:
+        preset = self.preset(name)
+        return self._swap(preset, replace(preset, enabled=not preset.enabled if enabled is None else enabled))
+
+    def remove_preset(self, name: str) -> Preset:
+        """Drop the preset from the steering file, then delete its vector file."""
+        preset = self.preset(name)
+        self._commit(self.entries, [p for p in self.presets if p is not preset])
+        where = self.vector_path(preset)
+        if where is not None:
+            where.unlink(missing_ok=True)
+        return preset
+
+    # ------------------------------------------------------------------------------------------------ applying
+    def applied_presets(self, identity: tuple[str, str] | None = None) -> list[Preset]:
+        """The enabled presets with a usable vector made for `identity` (model, hook point)."""
+        return [p for p in self.presets if p.enabled and p.vector is not None and p.fits(identity)]
+
+    @property
+    def active(self) -> bool:
+        """Whether anything steers: a feature entry or an enabled preset."""
+        return bool(self.entries) or any(p.enabled for p in self.presets)
+
+    def interventions(self, identity: tuple[str, str] | None = None) -> list[Intervention]:
+        out = [e.intervention for e in self.entries]
+        for p in self.applied_presets(identity):
+            assert p.vector is not None
+            out.append(Intervention("vector", vector=p.vector * PRESET_MULTIPLE, strength=p.strength))
+        return out
 
     def describe(self) -> str:
         """The set in a few words, for titles and tooltips."""
-        return ", ".join(map(str, self.entries)) if self.entries else "no steering"
+        parts = [*map(str, self.entries), *(f"like {p}" for p in self.presets if p.enabled)]
+        return ", ".join(parts) if parts else "no steering"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from steering.config import EngineConfig, SamplingConfig
 from steering.engine import EngineInfo, FeatureCard, FeatureExplanation
 from steering.generate import CancelToken
 from steering.interventions import Intervention
+from steering.presets import StyleVector
 from steering.selfexplain import SelfExplanation
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class EngineAPI(Protocol):
     def search(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]: ...
 
     def label(self, feature: int) -> str: ...
+
+    def style_vector(self, text: str, start: int, end: int) -> StyleVector: ...
 
 
 

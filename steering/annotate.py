@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .hooks import capture_residual
+from .hooks import windowed_residual
 from .models import LoadedModel
 from .ranking import Specificity, Weight, rank
 from .sae import SAE
@@ -95,15 +95,9 @@ def encode_document(
     ids: list[int] = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     feats = torch.zeros(len(ids), sae.d_sae, dtype=torch.float32)
-    start = 0
-    while start < len(ids):
-        end = min(start + window, len(ids))
-        lo = max(0, start - context)
-        chunk = torch.tensor([ids[lo:end]], device=lm.device)
-        resid = capture_residual(lm.model, lm.blocks, sae.hook, chunk)[0]
-        acts = sae.encode(resid[start - lo :].to(sae.device, sae.dtype)).float().cpu()
-        feats[start:end] = acts
-        start = end
+    for start, resid in windowed_residual(lm.model, lm.blocks, sae.hook, ids, lm.device, window=window,
+                                          context=context):
+        feats[start:start + len(resid)] = sae.encode(resid.to(sae.device, sae.dtype)).float().cpu()
     if len(ids):
         feats[0] = 0.0
     return ids, offsets, feats

@@ -20,6 +20,7 @@ from .hooks import capture_residual
 from .interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
 from .labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
 from .models import LoadedModel, Progress, _no_progress, load_model
+from .presets import StyleVector, style_vector
 from .ranking import Specificity
 from .sae import SAE, HookPoint, load_sae
 from .selfexplain import SelfExplanation, self_explain
@@ -254,6 +255,10 @@ class Engine:
         """Mean residual of `positive` minus mean residual of `negative` (first tokens left out)."""
         pos, neg = self.residual(positive), self.residual(negative)
         return (pos[1:] if len(pos) > 1 else pos).mean(0) - (neg[1:] if len(neg) > 1 else neg).mean(0)
+
+    def style_vector(self, text: str, start: int, end: int) -> StyleVector:
+        """The "write more like this" vector of `text[start:end]` against the rest of `text` (`steering.presets`)."""
+        return style_vector(self.lm, self.hook, text, start, end, CALIBRATION_TEXT)
 
     def steering_hook(self, steering: Sequence[Intervention]) -> SteeringHook | None:
         if not steering:

@@ -71,3 +71,16 @@ def capture_residual(model: Any, blocks: nn.ModuleList, point: HookPoint, input_
     if not captured:
         raise ModelLoadError(f"The hook at {point} never fired: the model does not run through that block.")
     return captured[0]
+
+
+def windowed_residual(model: Any, blocks: nn.ModuleList, point: HookPoint, ids: list[int], device: torch.device | str,
+                      *, window: int = 1024, context: int = 64) -> Iterator[tuple[int, torch.Tensor]]:
+    """The residual at `point` of a long token sequence, `window` tokens at a time, each window read after up to
+    `context` tokens before it: yields (first position, residual `[n, d]`) for consecutive pieces of `ids`."""
+    start = 0
+    while start < len(ids):
+        end = min(start + window, len(ids))
+        lo = max(0, start - context)
+        chunk = torch.tensor([ids[lo:end]], device=device)
+        yield start, capture_residual(model, blocks, point, chunk)[0, start - lo:]
+        start = end

@@ -13,6 +13,8 @@
 ;;   a  code actions (accept suggestion, amplify / suppress features, rewrite selection, clear steering)
 ;;   s  steer toward a feature       x  switch a feature off     c  clear steering
 ;;   l  list steering                f  search features          i  status
+;;   m  write more like the region (a style preset; C-u to name it)
+;;   p  list presets    o  switch a preset on / off    r  rename a preset    k  remove a preset
 
 ;;; Code:
 
@@ -118,6 +120,67 @@ tinymorph checkout and set `tinymorph-command' to (\"<checkout>/.venv/bin/tinymo
       (tinymorph-steer (cdr (assoc (completing-read "Steer toward: " choices nil t) choices))
                        tinymorph-steer-strength))))
 
+(defun tinymorph--describe-presets (result)
+  (let ((presets (append (plist-get result :presets) nil)))
+    (if (null presets)
+        "no presets"
+      (mapconcat (lambda (p) (format "%s %s (%+g)%s" (if (eq (plist-get p :enabled) t) "[on]" "[off]")
+                                     (plist-get p :name) (plist-get p :strength)
+                                     (if (plist-get p :error) (format " ! %s" (plist-get p :error)) "")))
+                 presets "; "))))
+
+(defun tinymorph-more-like-this (beg end &optional name)
+  "Make a style preset from the region BEG..END: suggestions lean toward it.
+With a prefix argument, ask for its NAME (else its first words name it)."
+  (interactive (list (region-beginning) (region-end)
+                     (when current-prefix-arg (read-string "Preset name: "))))
+  (let* ((doc (eglot--VersionedTextDocumentIdentifier))
+         (result (tinymorph-command
+                  "tinymorph.preset.create"
+                  `(:uri ,(plist-get doc :uri) :version ,(plist-get doc :version)
+                    :range (:start ,(eglot--pos-to-lsp-position beg) :end ,(eglot--pos-to-lsp-position end))
+                    ,@(when (and name (not (string-empty-p name))) `(:name ,name)))))
+         (preset (plist-get result :preset)))
+    (message "tinymorph: suggestions now lean toward \"%s\" (against the %s)" (plist-get preset :name)
+             (if (equal (plist-get result :against) "neutral") "neutral reference" "rest of the document"))
+    result))
+
+(defun tinymorph--preset-names ()
+  (mapcar (lambda (p) (plist-get p :name))
+          (append (plist-get (tinymorph-command "tinymorph.preset.list") :presets) nil)))
+
+(defun tinymorph--read-preset (prompt)
+  (let ((names (tinymorph--preset-names)))
+    (unless names
+      (user-error "tinymorph: no presets yet: select a passage and run `tinymorph-more-like-this'"))
+    (completing-read prompt names nil t)))
+
+(defun tinymorph-presets ()
+  "Show the workspace's style presets."
+  (interactive)
+  (message "tinymorph presets: %s" (tinymorph--describe-presets (tinymorph-command "tinymorph.preset.list"))))
+
+(defun tinymorph-preset-toggle (name &optional enabled)
+  "Switch the preset NAME on or off (ENABLED: `on' or `off'; nil flips it)."
+  (interactive (list (tinymorph--read-preset "Switch preset: ")))
+  (message "tinymorph presets: %s"
+           (tinymorph--describe-presets
+            (tinymorph-command "tinymorph.preset.toggle"
+                               `(:name ,name ,@(pcase enabled ('on '(:enabled t)) ('off '(:enabled :json-false))))))))
+
+(defun tinymorph-preset-rename (name to)
+  "Rename the preset NAME to TO."
+  (interactive (let ((name (tinymorph--read-preset "Rename preset: ")))
+                 (list name (read-string (format "Rename %s to: " name) nil nil name))))
+  (message "tinymorph presets: %s"
+           (tinymorph--describe-presets (tinymorph-command "tinymorph.preset.rename" `(:name ,name :to ,to)))))
+
+(defun tinymorph-preset-remove (name)
+  "Remove the preset NAME."
+  (interactive (list (tinymorph--read-preset "Remove preset: ")))
+  (message "tinymorph presets: %s"
+           (tinymorph--describe-presets (tinymorph-command "tinymorph.preset.remove" `(:name ,name)))))
+
 (defun tinymorph-status ()
   "Show the server's model, SAE, device and queue."
   (interactive)
@@ -136,6 +199,11 @@ tinymorph checkout and set `tinymorph-command' to (\"<checkout>/.venv/bin/tinymo
     (define-key map "l" #'tinymorph-list)
     (define-key map "f" #'tinymorph-search)
     (define-key map "i" #'tinymorph-status)
+    (define-key map "m" #'tinymorph-more-like-this)
+    (define-key map "p" #'tinymorph-presets)
+    (define-key map "o" #'tinymorph-preset-toggle)
+    (define-key map "r" #'tinymorph-preset-rename)
+    (define-key map "k" #'tinymorph-preset-remove)
     map)
   "Keys for tinymorph, under `C-c t' in managed buffers.")
 

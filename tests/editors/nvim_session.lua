@@ -73,6 +73,32 @@ local function run()
   local steered = client:request_sync('workspace/executeCommand',
     { command = 'tinymorph.steer.add', arguments = { { feature = 1, strength = 2 } } }, 10000, 0)
   out.steered = steered and steered.result and #steered.result.steering or 0
+  -- write more like the second paragraph: a preset, then switched off, renamed and removed from Lua
+  local function presets()
+    local r = client:request_sync('workspace/executeCommand',
+      { command = 'tinymorph.preset.list', arguments = { vim.empty_dict() } }, 10000, 0)
+    return r and r.result and r.result.presets or {}
+  end
+  local messages = {}
+  local notify = vim.notify
+  vim.notify = function(msg) table.insert(messages, msg) end
+  vim.cmd('3TinymorphMoreLikeThis gulls')
+  out.preset_made = wait(30000, function() return #presets() == 1 end) and presets()[1].name == 'gulls'
+    and presets()[1].enabled
+  local done = false
+  tm.preset_toggle('gulls', false, function() done = true end)
+  out.preset_off = wait(10000, function() return done end) and presets()[1].enabled == false
+  done = false
+  tm.preset_rename('gulls', 'letters', function() done = true end)
+  out.preset_renamed = wait(10000, function() return done end) and presets()[1].name == 'letters'
+  done = false
+  tm.preset_remove('letters', function() done = true end)
+  out.preset_removed = wait(10000, function() return done end) and #presets() == 0
+  vim.cmd('1TinymorphMoreLikeThis')  -- the default name: the passage's first words
+  out.preset_default_name = wait(30000, function() return #presets() == 1 end) and presets()[1].name
+  vim.notify = notify
+  out.preset_messages = messages
+
   local doc = client:request_sync('workspace/executeCommand',
     { command = 'tinymorph.document', arguments = { { uri = vim.uri_from_bufnr(0) } } }, 10000, 0)
   out.server_text_matches = doc.result.text == table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n') .. '\n'

@@ -63,6 +63,10 @@ def test_eglot_connects_hover_and_code_actions(assets, tmp_path: Path) -> None: 
     assert out["rewrite_applied"] is True  # eglot 1.9 has no codeAction/resolve: the command path applied it
     assert out["steering"] == 1
     assert out["server_text_matches"] is True
+    assert out["preset_made"] == "rain" and out["preset_enabled"] is False
+    assert out["preset_names"] == ["harbour"] and "[off] harbour" in out["preset_message"]
+    assert out["presets_left"] == 0
+    assert "Select at least 2 words" in out["preset_error"]
 
 
 def test_a_missing_server_is_one_clear_error(tmp_path: Path) -> None:

@@ -54,6 +54,9 @@ def test_neovim_attaches_hints_hover_actions_inline(assets, tmp_path: Path) -> N
     assert out["rewrite_applied"], out["rewritten"]
     assert out["steered"] == 1
     assert out["server_text_matches"]
+    assert out["preset_made"] and out["preset_off"] and out["preset_renamed"] and out["preset_removed"]
+    assert out["preset_default_name"] == "The rain fell on the quiet harbour."
+    assert any('lean toward "gulls"' in m for m in out["preset_messages"]), out["preset_messages"]
 
 
 def test_setup_reports_a_missing_server_once(tmp_path: Path) -> None:

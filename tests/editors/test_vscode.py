@@ -30,9 +30,10 @@ def test_settings_schema_mirrors_the_server() -> None:
         assert prop["markdownDescription"] == server[name]["doc"], name
     assert {"tinymorph.server.command", "tinymorph.server.pythonPath"} <= set(props)
     commands = {c["command"] for c in package["contributes"]["commands"]}
-    assert {"tinymorph.ui.steer", "tinymorph.ui.clear", "tinymorph.ui.list", "tinymorph.ui.search"} <= commands
+    assert {"tinymorph.ui.steer", "tinymorph.ui.clear", "tinymorph.ui.list", "tinymorph.ui.search",
+            "tinymorph.ui.moreLikeThis", "tinymorph.ui.presets"} <= commands
     # palette commands must not collide with the server's commands, which the language client registers itself
-    assert not any(c.startswith(("tinymorph.steer.", "tinymorph.features.")) for c in commands)
+    assert not any(c.startswith(("tinymorph.steer.", "tinymorph.features.", "tinymorph.preset.")) for c in commands)
 
 
 def npm() -> str:
@@ -68,5 +69,9 @@ def test_extension_builds_tests_and_packages(tmp_path: Path) -> None:
     with zipfile.ZipFile(work / "tinymorph.vsix") as vsix:
         names = set(vsix.namelist())
     assert {"extension/package.json", "extension/out/extension.js", "extension/out/settings.js"} <= names
+    with zipfile.ZipFile(work / "tinymorph.vsix") as vsix:
+        compiled = vsix.read("extension/out/extension.js").decode("utf-8")
+    for server_command in ("tinymorph.preset.create", "tinymorph.preset.list"):  # the palette drives the server's
+        assert server_command in compiled
     assert any(n.startswith("extension/node_modules/vscode-languageclient/") for n in names)
     assert not any(n.startswith("extension/src/") or n.startswith("extension/out/test/") for n in names)

@@ -1,7 +1,11 @@
 """Code actions: amplify / suppress the selection's features, rewrite (resolved lazily, or through a command for
-clients without resolve), accept the suggestion, clear steering; stale versions are refused."""
+clients without resolve), accept the suggestion, clear steering, write more like the selection (style presets and
+their commands); stale versions and bad requests are refused and change nothing."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 from lsprotocol import types
@@ -110,3 +114,81 @@ async def test_accept_suggestion_inserts_it_at_the_edit(client) -> None:
     assert result == {"applied": True}
     with pytest.raises(Exception, match="changed"):
         await command(client, "tinymorph.suggestion.accept", {"uri": uri, "version": 1})
+
+
+async def presets(client) -> list[dict]:
+    return (await command(client, "tinymorph.preset.list"))["presets"]
+
+
+async def completion(client, uri: str) -> types.CompletionItem:
+    result = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=0, character=35)))
+    return result.items[0]
+
+
+async def test_write_more_like_this_makes_a_preset_that_steers_completions(client) -> None:
+    uri = "file:///presets.md"
+    open_doc(client, uri, TEXT)
+    await wait_annotated(client, uri, 1)
+    await command(client, "tinymorph.steer.clear")
+    for p in await presets(client):
+        await command(client, "tinymorph.preset.remove", {"name": p["name"]})
+    plain = await completion(client, uri)
+    assert "unsteered" in plain.detail
+    got = await actions(client, uri, rng(2, 0, 2, 30))
+    (more,) = [a for a in got if a.title.startswith("Write more like this")]
+    made = await command(client, more.command.command, *more.command.arguments)
+    preset = made["preset"]
+    assert preset["name"] == "She read the letter again and" and preset["enabled"]
+    assert made["against"] == "document" and made["tokens"] >= 3
+    assert Path(preset["file"]).is_file() and Path(preset["file"]).parent.parent == client.workspace_dir / ".tinymorph"
+    on_disk = json.loads((client.workspace_dir / ".tinymorph" / "steering.json").read_text(encoding="utf-8"))
+    assert [p["name"] for p in on_disk["presets"]] == [preset["name"]]
+    assert "like \u201cShe read" in (await completion(client, uri)).detail
+    # a strong preset changes the continuation; switched off, the continuation is the unsteered one again
+    strong = await command(client, "tinymorph.preset.create", {**more.command.arguments[0], "name": "strong",
+                                                                 "strength": 40})
+    assert [p["name"] for p in strong["presets"]] == [preset["name"], "strong"]
+    assert (await completion(client, uri)).text_edit.new_text != plain.text_edit.new_text
+    stop = [a for a in await actions(client, uri, rng(0, 0, 0, 0)) if a.title.startswith("Stop writing like")]
+    assert len(stop) == 2
+    for action in stop:
+        await command(client, action.command.command, *action.command.arguments)
+    assert [p["enabled"] for p in await presets(client)] == [False, False]
+    assert (await completion(client, uri)).text_edit.new_text == plain.text_edit.new_text
+    listed = await command(client, "tinymorph.preset.rename", {"name": "strong", "to": "gulls and letters"})
+    assert [p["name"] for p in listed["presets"]] == [preset["name"], "gulls and letters"]
+    listed = await command(client, "tinymorph.preset.toggle", {"name": "gulls and letters"})
+    assert [p["enabled"] for p in listed["presets"]] == [False, True]
+    listed = await command(client, "tinymorph.preset.remove", {"name": "gulls and letters"})
+    assert [p["name"] for p in listed["presets"]] == [preset["name"]]
+    assert len(list(Path(preset["file"]).parent.iterdir())) == 1
+
+
+@pytest.mark.parametrize("command_name,args,message", [
+    ("tinymorph.preset.create", {"name": ""}, "must not be empty"),
+    ("tinymorph.preset.create", {"name": "x" * 61}, "at most 60 characters"),
+    ("tinymorph.preset.create", {"strength": float("nan")}, "'strength' must be a finite number"),
+    ("tinymorph.preset.create", {"strength": "strong"}, "'strength' must be a finite number"),
+    ("tinymorph.preset.create", {"version": 99}, "changed"),
+    ("tinymorph.preset.create", {"range": {"start": {"line": 0, "character": 4},
+                                           "end": {"line": 0, "character": 8}}}, "Select at least 2 words"),
+    ("tinymorph.preset.rename", {"name": "kept", "to": " "}, "must not be empty"),
+    ("tinymorph.preset.rename", {"name": "nope", "to": "x"}, "no preset is named 'nope'"),
+    ("tinymorph.preset.toggle", {"name": "kept", "enabled": "no"}, "'enabled' must be true or false"),
+    ("tinymorph.preset.remove", {}, "missing 'name'"),
+])
+async def test_bad_preset_requests_change_nothing(client, command_name: str, args: dict, message: str) -> None:
+    uri = "file:///bad-presets.md"
+    open_doc(client, uri, TEXT)
+    create = {"uri": uri, "version": 1, "range": {"start": {"line": 0, "character": 0},
+                                                  "end": {"line": 0, "character": 30}}}
+    for p in await presets(client):
+        await command(client, "tinymorph.preset.remove", {"name": p["name"]})
+    await command(client, "tinymorph.preset.create", {**create, "name": "kept"})
+    on_disk = (client.workspace_dir / ".tinymorph" / "steering.json").read_bytes()
+    request = {**create, **args} if command_name.endswith("create") else args
+    with pytest.raises(Exception, match=message):
+        await command(client, command_name, request)
+    assert [(p["name"], p["enabled"]) for p in await presets(client)] == [("kept", True)]
+    assert (client.workspace_dir / ".tinymorph" / "steering.json").read_bytes() == on_disk

@@ -20,3 +20,15 @@ vim.api.nvim_create_user_command('TinymorphSearch', function(a)
   tm().search(a.args ~= '' and a.args or nil)
 end, { nargs = '?', desc = 'tinymorph: search features' })
 vim.api.nvim_create_user_command('TinymorphStatus', function() tm().status() end, { desc = 'tinymorph: status' })
+vim.api.nvim_create_user_command('TinymorphMoreLikeThis', function(a)
+  -- from Visual mode: the selection; with a line range: those lines
+  local first, last = vim.api.nvim_buf_get_mark(0, '<'), vim.api.nvim_buf_get_mark(0, '>')
+  if a.range == 0 or first[1] ~= a.line1 or last[1] ~= a.line2 or vim.fn.visualmode() == 'V' then
+    first, last = { a.line1, 0 }, { a.line2, #vim.fn.getline(a.line2) }
+  else
+    last = { last[1], math.min(last[2] + 1, #vim.fn.getline(last[1])) }
+  end
+  tm().more_like_this(first, last, a.args ~= '' and a.args or nil)
+end, { range = true, nargs = '?', desc = 'tinymorph: write more like the selection (a style preset)' })
+vim.api.nvim_create_user_command('TinymorphPresets', function() tm().presets() end,
+  { desc = 'tinymorph: style presets (switch on / off, rename, remove)' })

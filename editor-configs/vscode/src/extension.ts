@@ -5,8 +5,8 @@ import {
   CloseAction, ErrorAction, LanguageClient, LanguageClientOptions, ServerOptions, TransportKind,
 } from 'vscode-languageclient/node';
 import {
-  contributedKeys, describeSteering, documentSelector, initializationOptions, Launch, launchOptions, parseFeature,
-  serverDownMessage, SteerEntry,
+  checkPresetName, contributedKeys, describePreset, describeSteering, documentSelector, initializationOptions, Launch,
+  launchOptions, parseFeature, Preset, presetChoices, serverDownMessage, SteerEntry,
 } from './settings';
 
 let client: LanguageClient | undefined;
@@ -78,8 +78,10 @@ async function askFeature(prompt: string): Promise<number | undefined> {
   return typeof feature === 'number' ? feature : undefined;
 }
 
-async function steer(feature: number, strength: number, mode = 'add'): Promise<void> {
-  const result = await run<{ steering: SteerEntry[] }>('tinymorph.steer.add', { feature, strength, mode });
+async function steer(feature: number, strength?: number, mode = 'add'): Promise<void> {
+  // without a strength the server uses the feature's calibrated one (the Amplify setting)
+  const argument = strength === undefined ? { feature, mode } : { feature, strength, mode };
+  const result = await run<{ steering: SteerEntry[] }>('tinymorph.steer.add', argument);
   if (result) {
     void vscode.window.showInformationMessage(`tinymorph steering: ${describeSteering(result.steering)}`);
   }
@@ -114,7 +116,49 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     const pick = await vscode.window.showQuickPick(
       result.features.map((f) => ({ label: `${f.feature}`, description: f.label, feature: f.feature })),
       { placeHolder: 'Steer toward…' });
-    if (pick) { await steer(pick.feature, 4); }
+    if (pick) { await steer(pick.feature); }
+  });
+  register('tinymorph.ui.moreLikeThis', async () => {
+    const editor = vscode.window.activeTextEditor;
+    if (!client || !editor || editor.selection.isEmpty) {
+      void vscode.window.showWarningMessage('tinymorph: select a passage you like first.');
+      return;
+    }
+    const name = await vscode.window.showInputBox({
+      prompt: 'Name of the preset (empty: its first words)', validateInput: (v) => (v.trim() ? checkPresetName(v) : undefined),
+    });
+    if (name === undefined) { return; }
+    const result = await run<{ preset: Preset; against: string }>('tinymorph.preset.create', {
+      uri: client.code2ProtocolConverter.asUri(editor.document.uri), version: editor.document.version,
+      range: client.code2ProtocolConverter.asRange(editor.selection), ...(name.trim() ? { name: name.trim() } : {}),
+    });
+    if (result) {
+      void vscode.window.showInformationMessage(`tinymorph: suggestions now lean toward "${result.preset.name}" ` +
+        `(against the ${result.against === 'neutral' ? 'neutral reference' : 'rest of the document'}).`);
+    }
+  });
+  register('tinymorph.ui.presets', async () => {
+    const listed = await run<{ presets: Preset[] }>('tinymorph.preset.list');
+    if (!listed) { return; }
+    if (listed.presets.length === 0) {
+      void vscode.window.showInformationMessage('tinymorph: no presets yet: select a passage and run "Write more like the selection".');
+      return;
+    }
+    const preset = await vscode.window.showQuickPick(
+      listed.presets.map((p) => ({ label: p.name, description: describePreset(p), preset: p })), { placeHolder: 'Preset' });
+    if (!preset) { return; }
+    const choice = await vscode.window.showQuickPick(presetChoices(preset.preset), { placeHolder: preset.label });
+    if (!choice) { return; }
+    const argument = { ...choice.argument };
+    if (choice.command === 'tinymorph.preset.rename') {
+      const to = await vscode.window.showInputBox({ prompt: 'New name', value: preset.label, validateInput: checkPresetName });
+      if (to === undefined) { return; }
+      argument.to = to.trim();
+    }
+    const result = await run<{ presets: Preset[] }>(choice.command, argument);
+    if (result) {
+      void vscode.window.showInformationMessage(`tinymorph presets: ${result.presets.map(describePreset).join('; ') || 'none'}`);
+    }
   });
   register('tinymorph.ui.status', async () => {
     const s = await run<{ state: string; engine?: { model: string; sae: string; device: string }; queueDepth: number }>(

@@ -83,6 +83,37 @@ export function describeSteering(steering: SteerEntry[]): string {
   }).join(', ');
 }
 
+/** One entry of `tinymorph.preset.list`: a "write more like this" style preset. */
+export interface Preset {
+  name: string;
+  strength: number;
+  enabled: boolean;
+  excerpt: string;
+  error?: string;
+}
+
+/** A preset as one line of a quick pick or notification. */
+export function describePreset(p: Preset): string {
+  const strength = p.strength >= 0 ? `+${p.strength}` : `${p.strength}`;
+  return `${p.enabled ? 'on' : 'off'} · ${p.name} (${strength})${p.error ? ` · cannot be used: ${p.error}` : ''}`;
+}
+
+/** What can be done with a preset: the server command and its argument for each choice (rename asks for `to`). */
+export function presetChoices(p: Preset): { label: string; command: string; argument: Record<string, unknown> }[] {
+  return [
+    { label: p.enabled ? 'Switch off' : 'Switch on', command: 'tinymorph.preset.toggle',
+      argument: { name: p.name, enabled: !p.enabled } },
+    { label: 'Rename…', command: 'tinymorph.preset.rename', argument: { name: p.name } },
+    { label: 'Remove', command: 'tinymorph.preset.remove', argument: { name: p.name } },
+  ];
+}
+
+/** A preset name typed by the user: undefined when fine, else why not (the server's rule: 1 to 60 characters). */
+export function checkPresetName(text: string | undefined): string | undefined {
+  const name = (text ?? '').trim();
+  return name === '' ? 'a name must not be empty' : name.length > 60 ? 'a name has at most 60 characters' : undefined;
+}
+
 /** A feature index typed by the user: a whole number >= 0, else an error message. */
 export function parseFeature(text: string | undefined): number | string {
   const value = Number((text ?? '').trim());

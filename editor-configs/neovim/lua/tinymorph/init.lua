@@ -97,7 +97,7 @@ function M.search(query)
         end,
       }, function(choice)
         if choice then
-          M.steer(choice.feature, 4)
+          M.steer(choice.feature)
         end
       end)
     end)
@@ -107,6 +107,93 @@ function M.search(query)
   else
     vim.ui.input({ prompt = 'Search features: ' }, run)
   end
+end
+
+-- Style presets ("write more like this"): a steering vector made from a passage you like.
+local function preset_line(p)
+  return string.format('%s %s (%+g)%s', p.enabled and '[on] ' or '[off]', p.name, p.strength,
+    p.error and ('  ! ' .. p.error) or '')
+end
+
+function M.describe_presets(presets)
+  if #presets == 0 then
+    return 'no presets'
+  end
+  local parts = {}
+  for _, p in ipairs(presets) do
+    table.insert(parts, preset_line(p))
+  end
+  return table.concat(parts, '; ')
+end
+
+-- Make a preset from the text between `first` and `last` ({row, col}: 1-based row, 0-based byte column, end
+-- exclusive) of the current buffer; `name` is optional (the passage's first words otherwise).
+function M.more_like_this(first, last, name, on_done)
+  local client = client_for(0)
+  if not client then
+    notify('the server is not attached to this buffer', vim.log.levels.WARN)
+    return
+  end
+  local function position(at)
+    local line = vim.api.nvim_buf_get_lines(0, at[1] - 1, at[1], false)[1] or ''
+    return { line = at[1] - 1, character = vim.str_utfindex(line, client.offset_encoding, math.min(at[2], #line)) }
+  end
+  local bufnr = vim.api.nvim_get_current_buf()
+  local arg = { uri = vim.uri_from_bufnr(bufnr), version = vim.lsp.util.buf_versions[bufnr],
+    range = { start = position(first), ['end'] = position(last) }, name = name }
+  M.command('tinymorph.preset.create', arg, function(r)
+    notify(string.format('suggestions now lean toward "%s" (against the %s; +%g). :TinymorphPresets to change.',
+      r.preset.name, r.against == 'neutral' and 'neutral reference' or 'rest of the document', r.preset.strength))
+    if on_done then
+      on_done(r)
+    end
+  end)
+end
+
+local function preset_command(name, arg, on_done)
+  M.command(name, arg, function(r)
+    notify('presets: ' .. M.describe_presets(r.presets))
+    if on_done then on_done(r) end
+  end)
+end
+
+function M.preset_toggle(name, enabled, on_done)
+  preset_command('tinymorph.preset.toggle', { name = name, enabled = enabled }, on_done)
+end
+
+function M.preset_rename(name, to, on_done)
+  preset_command('tinymorph.preset.rename', { name = name, to = to }, on_done)
+end
+
+function M.preset_remove(name, on_done)
+  preset_command('tinymorph.preset.remove', { name = name }, on_done)
+end
+
+-- Pick a preset, then switch it on or off, rename or remove it.
+function M.presets()
+  M.command('tinymorph.preset.list', nil, function(r)
+    if #r.presets == 0 then
+      notify('no presets yet: select a passage you like and run :TinymorphMoreLikeThis')
+      return
+    end
+    vim.ui.select(r.presets, { prompt = 'tinymorph preset', format_item = preset_line }, function(p)
+      if not p then
+        return
+      end
+      local choices = { p.enabled and 'switch off' or 'switch on', 'rename', 'remove' }
+      vim.ui.select(choices, { prompt = p.name }, function(what)
+        if what == 'rename' then
+          vim.ui.input({ prompt = 'New name: ', default = p.name }, function(to)
+            if to and to ~= '' then M.preset_rename(p.name, to) end
+          end)
+        elseif what == 'remove' then
+          M.preset_remove(p.name)
+        elseif what then
+          M.preset_toggle(p.name, not p.enabled)
+        end
+      end)
+    end)
+  end)
 end
 
 function M.status()
@@ -136,6 +223,9 @@ local function on_attach(client, bufnr, opts)
   map('<leader>tl', M.list, 'list steering')
   map('<leader>tf', function() M.search() end, 'search features')
   map('<leader>ti', M.status, 'status')
+  map('<leader>tp', M.presets, 'style presets (switch on / off, rename, remove)')
+  vim.keymap.set('x', '<leader>tm', ':TinymorphMoreLikeThis<CR>',
+    { buffer = bufnr, silent = true, desc = 'tinymorph: write more like the selection' })
   vim.keymap.set('x', '<leader>tr', vim.lsp.buf.code_action, { buffer = bufnr, desc = 'tinymorph: rewrite selection' })
   if vim.lsp.inline_completion then
     vim.keymap.set('i', '<C-l>', function()

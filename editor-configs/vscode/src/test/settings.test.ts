@@ -3,8 +3,8 @@ import * as assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  contributedKeys, describeSteering, documentSelector, initializationOptions, launchOptions, parseFeature,
-  serverDownMessage, Settings,
+  checkPresetName, contributedKeys, describePreset, describeSteering, documentSelector, initializationOptions,
+  launchOptions, parseFeature, presetChoices, serverDownMessage, Settings,
 } from '../settings';
 
 const packageJson = JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8'));
@@ -82,4 +82,18 @@ test('the server-down message names the command and the fix', () => {
   const message = serverDownMessage({ command: 'tinymorph', args: ['serve'] }, 'could not start: spawn ENOENT');
   assert.match(message, /\(tinymorph serve\) could not start: spawn ENOENT/);
   assert.match(message, /tinymorph\.server\.command/);
+});
+
+test('presets: described, their choices name the server commands, names checked as the server does', () => {
+  const on = { name: 'storm scenes', strength: 1, enabled: true, excerpt: 'Thunder rolled' };
+  assert.equal(describePreset(on), 'on · storm scenes (+1)');
+  assert.equal(describePreset({ ...on, enabled: false, error: 'file missing' }),
+    'off · storm scenes (+1) · cannot be used: file missing');
+  assert.deepEqual(presetChoices(on).map((c) => [c.label, c.command]), [
+    ['Switch off', 'tinymorph.preset.toggle'], ['Rename…', 'tinymorph.preset.rename'],
+    ['Remove', 'tinymorph.preset.remove']]);
+  assert.deepEqual(presetChoices({ ...on, enabled: false })[0].argument, { name: 'storm scenes', enabled: true });
+  assert.equal(checkPresetName('weather'), undefined);
+  assert.equal(checkPresetName('  '), 'a name must not be empty');
+  assert.equal(checkPresetName('x'.repeat(61)), 'a name has at most 60 characters');
 });
