@@ -31,6 +31,14 @@ def maybe_init_distributed(device: torch.device) -> bool:
     return True
 
 
+def leave_distributed() -> None:
+    """Every rank waits for the others, then leaves the process group. A rank that exits with the group still up
+    can be killed by gloo's teardown (SIGABRT) while a peer is still connected."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
     """Reduce `t` in place across ranks (sum unless `op` says otherwise); returns it."""
     if is_distributed():

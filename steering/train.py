@@ -21,7 +21,7 @@ from .activations import activation_stream
 from .atomic import write_bytes
 from .config import TrainConfig
 from .corpus import Corpus, CorpusError, load_corpus
-from .distributed import dist_info, maybe_init_distributed
+from .distributed import dist_info, leave_distributed, maybe_init_distributed
 from .errors import TinymorphError, TrainError
 from .models import LoadedModel, Progress, _no_progress, load_model
 from .sae import SAELENS_CFG, HookPoint
@@ -138,6 +138,7 @@ def train_sae(
     meta = {"model_name": lm.name, "tinymorph": about}
     checkpoint = out.with_name(out.name + CHECKPOINT_SUFFIX)
     result = train(lm, corpus, cfg, progress=on_step, checkpoint=checkpoint, resume=resume, metadata=meta)
+    leave_distributed()  # the rest is rank 0's alone
     if rank != 0:
         return None
     from .labels import LABELS_FILE, describe_sae

@@ -44,7 +44,7 @@ async def test_steering_round_trip_and_persistence(client) -> None:
     ([{"feature": 1.5}], "'feature' must be a whole number"),
     ([{"strength": 2}], "missing 'feature'"),
     ([{"feature": 1, "mode": "boost"}], "mode must be one of"),
-    ([{"feature": 1, "strength": True}], "'strength' must be a number"),
+    ([{"feature": 1, "strength": True}], "'strength' must be a finite number"),
     ([{"feature": 10_000}], "does not exist"),
     ([{"feature": -1}], "feature must be a whole number >= 0"),
     (["feature=1"], "takes one object argument"),
