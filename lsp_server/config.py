@@ -35,7 +35,7 @@ class Settings:
     sae: str = _doc("`default` (the SAE shipped for the default model), an SAE folder or file, or `none`.",
                     default="default")
     device: str = _doc("`auto` (CUDA when available), `cpu` or `cuda`.", default="auto")
-    dtype: str = _doc("`auto` (bf16 on CUDA, fp32 on CPU), `float32`, `bfloat16` or `float16`.", default="auto")
+    dtype: str = _doc("`auto` (bf16 on CUDA and on CPUs with native bf16, else fp32), `float32`, `bfloat16` or `float16`.", default="auto")
     trust_remote_code: bool = _doc("Run the model repository's own code (only for models you trust).",
                                    default=False)
     hint_granularity: str = _doc("Where feature hints go: after each `paragraph`, `sentence` or `line`.",

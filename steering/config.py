@@ -41,7 +41,7 @@ class EngineConfig:
     """`auto` picks CUDA when available, else the CPU; or any torch device string."""
 
     dtype: DType = "auto"
-    """`auto` is bfloat16 on CUDA and float32 on the CPU."""
+    """`auto` is bfloat16 on CUDA and on CPUs that compute it natively (AVX512-BF16, AMX), else float32."""
 
     sae_layer: int | None = None
     """Overrides the SAE's layer when its files do not say it (Gemma Scope `params.npz` outside `layer_N/`)."""

@@ -6,6 +6,7 @@ A GGUF file is dequantised by transformers once and cached as safetensors under 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -156,9 +157,22 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there bfloat16 weights decode faster than
+    float32 (24 against 17 tok/s on the default model, 2 cores) at the same quality (held-out CE 3.5595 against
+    3.5598 nats)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on CUDA and on CPUs with native bfloat16, else float32."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" or cpu_has_bf16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from steering.cli import main
+from steering.models import resolve_dtype
 from steering.sae import SAE, HookPoint
 
 
@@ -34,7 +35,8 @@ def test_info(capsys, tiny_model_dir, sae_dir) -> None:
     data = run_json(capsys, "info", "--model", str(tiny_model_dir), "--sae", str(sae_dir))
     assert data["layers"] == 4 and data["d_model"] == 64 and data["d_sae"] == 128
     assert data["hook"] == "blocks.2.hook_resid_post" and data["sae_layout"] == "saelens"
-    assert data["feature_stats"] is True and data["device"] == "cpu" and data["dtype"] == "float32"
+    assert data["feature_stats"] is True and data["device"] == "cpu"
+    assert data["dtype"] == str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
 
 
 def test_info_without_sae_reports_vector_steering(capsys, tiny_model_dir) -> None:

@@ -7,7 +7,14 @@ import torch
 
 from steering.errors import ModelLoadError
 from steering.hooks import capture_residual, residual_hook
-from steering.models import find_blocks, find_final_norm, from_modules, load_model, resolve_model
+from steering.models import (
+    find_blocks,
+    find_final_norm,
+    from_modules,
+    load_model,
+    resolve_dtype,
+    resolve_model,
+)
 from steering.sae import HookPoint
 
 
@@ -96,7 +103,8 @@ def test_local_folder_loads(tiny_model_dir) -> None:
     lm = load_model(str(tiny_model_dir))
     assert lm.source.kind == "folder"
     assert lm.n_layers == 4 and lm.d_model == 64
-    assert lm.dtype == torch.float32 and lm.device.type == "cpu"
+    assert lm.dtype == resolve_dtype("auto", torch.device("cpu")) and lm.device.type == "cpu"
+    assert load_model(str(tiny_model_dir), dtype="float32").dtype == torch.float32
 
 
 def test_model_resolution_errors(tmp_path) -> None:
@@ -130,13 +138,17 @@ def test_missing_default_model_names_the_install_command(monkeypatch) -> None:
         models.default_model_path()
 
 
-def test_device_and_dtype_auto() -> None:
-    from steering.models import resolve_device, resolve_dtype
+def test_device_and_dtype_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steering import models
+    from steering.models import resolve_device
 
     dev = resolve_device("auto")
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):  # bfloat16 where the CPU computes it
+        monkeypatch.setattr(models, "cpu_has_bf16", lambda native=native: native)
+        assert resolve_dtype("auto", torch.device("cpu")) == expected
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
 
 
 def test_from_modules_wraps_an_in_memory_model() -> None:
