@@ -43,7 +43,6 @@ import json
 import math
 import platform
 import random
-import re
 import statistics
 import sys
 import time
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_hints import names_topic  # the same topic-word rule as the hints benchmark
 
 from steering.batch import distinct_2, greedy_batch, human_nll, reread
 from steering.config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingConfig
@@ -173,16 +173,6 @@ def summarise(results: list[dict[str, Any]], human: float) -> list[dict[str, Any
     return table
 
 
-WORD = re.compile(r"[^\W\d_]+")
-
-
-def uses_topic(text: str, accept: list[str]) -> bool:
-    """Whether `text` has a word of the topic (equal, or one a prefix of the other, both of four letters or more)."""
-    words = {w.lower() for w in WORD.findall(text)}
-    return any(w == a or (len(w) >= 4 and len(a) >= 4 and (w.startswith(a) or a.startswith(w)))
-               for w in words for a in accept)
-
-
 def preset_table(engine: Engine, prompts: list[str], paragraphs: list[dict[str, Any]], multiples: list[float],
                  tokens: int, batch: int, repetition_penalty: float, seed: int, human: float) -> dict[str, Any]:
     """The `preset` method: style vectors of topic paragraphs against the rest of their document, at `multiples`."""
@@ -213,7 +203,7 @@ def preset_table(engine: Engine, prompts: list[str], paragraphs: list[dict[str, 
             found[(s, p, m)] = {
                 "similarity": float(cos(read.residual, made.passage, dim=0)),
                 "toward": float(cos(read.residual - rest, made.vector, dim=0)),
-                "topic": uses_topic(lm.tokenizer.decode(out), samples[s][0]["accept"]),
+                "topic": names_topic([lm.tokenizer.decode(out)], samples[s][0]["accept"]),
                 "nll": read.nll, "distinct_2": distinct_2(out), "text": lm.tokenizer.decode(out)}
         log(f"preset: {min(first + batch, len(jobs))}/{len(jobs)} continuations ({time.perf_counter() - started:.0f} s)")
     table = []

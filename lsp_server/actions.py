@@ -120,9 +120,9 @@ def register(server: TinymorphServer) -> None:
                 title=f"Suppress feature {feature}{label}", kind=f"{KIND_STEER}.suppress",
                 command=types.Command(title="Suppress", command="tinymorph.steer.add", arguments=[
                     {"feature": feature, "strength": -strength, "mode": "add", "uri": uri}])))
+        steering = ls.steering_for(uri)
+        data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
         if hi > lo and doc.text[lo:hi].strip():
-            data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
-            steering = ls.steering_for(uri)
             title = "Rewrite selection with current steering" + (
                 f" ({steering.describe()})" if steering.active else " (no steering set)")
             action = types.CodeAction(title=title, kind=KIND_REWRITE, data=data)
@@ -130,17 +130,16 @@ def register(server: TinymorphServer) -> None:
                 action.command = types.Command(title=title, command=REWRITE, arguments=[data])
             actions.append(action)
         if hi > lo and len(doc.text[lo:hi].split()) >= 2:
-            data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
             actions.append(types.CodeAction(
                 title="Write more like this (a style preset from the selection)", kind=f"{KIND_STEER}.preset",
                 command=types.Command(title="Write more like this", command=PRESET_CREATE, arguments=[data])))
-        for preset in ls.steering_for(uri).presets:
+        for preset in steering.presets:
             if preset.enabled:
                 actions.append(types.CodeAction(
                     title=f"Stop writing like \u201c{short(preset.name, 40)}\u201d", kind=f"{KIND_STEER}.preset",
                     command=types.Command(title="Switch the preset off", command="tinymorph.preset.toggle",
                                           arguments=[{"name": preset.name, "enabled": False, "uri": uri}])))
-        if ls.steering_for(uri).entries:
+        if steering.entries:
             actions.append(types.CodeAction(
                 title="Clear steering", kind=f"{KIND_STEER}.clear",
                 command=types.Command(title="Clear steering", command="tinymorph.steer.clear", arguments=[

@@ -47,7 +47,7 @@ def preset_list(steering: SteeringSet) -> dict[str, Any]:
 
 def default_name(selection: str) -> str:
     """The selection's first words, as a name."""
-    return short(" ".join(selection.split()), 40)
+    return short(selection, 40)
 
 
 def register(server: TinymorphServer) -> None:
@@ -73,7 +73,7 @@ def register(server: TinymorphServer) -> None:
         if identity is None:
             raise JsonRpcContentModified(f"{CREATE}: the model was unloaded while the preset was made; try again.")
         steering = ls.steering_for(uri)
-        excerpt = short(" ".join(text[lo:hi].split()), 80)
+        excerpt = short(text[lo:hi], 80)
         with changing(CREATE):
             preset = steering.add_preset(name or steering.unique_name(default_name(text[lo:hi])), made.vector,
                                          strength=strength, model=identity[0], hook=identity[1], excerpt=excerpt)
