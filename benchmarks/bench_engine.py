@@ -145,6 +145,24 @@ def summary(times: list[float], tokens: int) -> dict[str, Any]:
     }
 
 
+def emit(result: dict[str, Any], out: str | None) -> None:
+    """Print `result` as JSON and, with `out`, write it there too (atomically)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if not out:
+        return
+    dest = Path(out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def tiny_model_folder() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from conftest import save_tiny_model
@@ -321,19 +339,7 @@ def main() -> None:
     if args.tiny:
         shutil.rmtree(model_spec, ignore_errors=True)
 
-    out = json.dumps(result, indent=2)
-    print(out)
-    if args.out:
-        dest = Path(args.out)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(out + "\n")
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

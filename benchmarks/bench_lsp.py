@@ -105,6 +105,18 @@ async def wait(check: Any, timeout: float = 900.0) -> Any:
     raise TimeoutError("the server did not get there in time")
 
 
+async def wait_ready(client: LanguageClient) -> dict[str, Any]:
+    """The server's status once its engine is loaded (a failed load raises)."""
+
+    async def ready() -> Any:
+        status = await execute(client, "tinymorph.status")
+        if status["state"] == "failed":
+            raise RuntimeError(status["error"])
+        return status if status["state"] == "ready" else None
+
+    return dict(await wait(ready))
+
+
 def whole(text: str) -> types.Range:
     return types.Range(start=types.Position(line=0, character=0),
                        end=types.Position(line=text.count("\n") + 1, character=0))
@@ -143,13 +155,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                                 "debounceMs": 0, "maxTokens": args.max_tokens}))
     client.initialized(types.InitializedParams())
 
-    async def ready() -> Any:
-        status = await execute(client, "tinymorph.status")
-        if status["state"] == "failed":
-            raise RuntimeError(status["error"])
-        return status if status["state"] == "ready" else None
-
-    status = await wait(ready)
+    status = await wait_ready(client)
     load_s = time.perf_counter() - t0
     uri = "file:///bench/doc.md"
     version = 1
@@ -228,19 +234,25 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every LSP benchmark takes (model, SAE, device, document size, --tiny, --out)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--sae", default="default")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--doc-tokens", type=int, default=2000)
+    ap.add_argument("--tiny", action="store_true", help="a tiny random model and SAE (smoke test)")
+    ap.add_argument("--out", help="also write the JSON here")
+    return ap
+
+
+def main() -> None:
+    ap = parser(__doc__)
     ap.add_argument("--edits", type=int, default=5)
     ap.add_argument("--completions", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=24, help="tokens per measured completion")
     ap.add_argument("--busy-tokens", type=int, default=128, help="tokens of the generation that keeps the worker busy")
     ap.add_argument("--requests", type=int, default=40, help="hint and hover requests per phase")
-    ap.add_argument("--tiny", action="store_true", help="a tiny random model and SAE (smoke test)")
-    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     if args.tiny:
         args.model, args.sae = tiny_assets()

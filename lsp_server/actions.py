@@ -15,7 +15,7 @@ from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonR
 from steering.ranking import rank
 
 from .cards import card
-from .generation import Superseded, generate, prompt_before
+from .generation import Superseded, generate, prompt_before, prompt_limit
 from .hints import short
 from .state import DocState
 from .text import PositionError
@@ -73,7 +73,7 @@ async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: 
     except PositionError as exc:
         raise JsonRpcInvalidParams(str(exc)) from None
     selection = state.doc.text[lo:hi]
-    prompt = prompt_before(state.doc.text, lo)
+    prompt = prompt_before(state.doc.text, lo, prompt_limit(server))
     stop = ("\n\n",) if "\n\n" not in selection else ()
     try:
         text = await generate(server, uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop)

@@ -7,8 +7,10 @@ error naming the field, and nothing changes.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
@@ -92,6 +94,15 @@ def parse_steer_add(ls: TinymorphServer, args: tuple[Any, ...]) -> tuple[Interve
     except SteeringError as exc:
         raise JsonRpcInvalidParams(f"{cmd}: {exc}") from None
     return intervention, field_of(obj, "uri", str, cmd, None)
+
+
+def resident_mb() -> float | None:
+    """The server's resident memory in MiB (Linux), or None where it cannot be read."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 async def engine_call(ls: TinymorphServer, kind: str, fn: Any) -> Any:
@@ -211,6 +222,7 @@ def register(server: TinymorphServer) -> None:
         return {"state": w.state, "error": w.error, "engine": engine, "queueDepth": w.queue_depth,
                 "running": w.running, "latencyMs": dict(w.latency_ms), "documents": len(ls.docs),
                 "positionEncoding": ls.encoding, "hintRefreshes": ls.hint_refreshes,
+                "generations": ls.generations, "memoryMb": resident_mb(),
                 "settings": to_wire(ls.settings)}
 
     @server.command("tinymorph.document")

@@ -44,7 +44,9 @@ class Settings:
     suggestion: bool = _doc("Show a steered continuation as a hint after the last edit.", default=True)
     max_tokens: int = _doc("Tokens per suggestion, completion or rewrite.", default=24)
     temperature: float = _doc("Sampling temperature; 0 is greedy.", default=0.0)
-    debounce_ms: int = _doc("Quiet time after an edit before the model reads the document.", default=300)
+    debounce_ms: int = _doc("Quiet time after an edit before the model reads the document; while you type it "
+                            "follows your rhythm (1.5 times the time between keystrokes, from half to twice this).",
+                            default=300)
     filetypes: tuple[str, ...] = _doc("Language ids the server annotates.", default=("markdown", "plaintext"))
     amplify_strength: float = _doc("Strength of the Amplify action and of steering from a hint, in the feature's "
                                    "calibrated unit (1 carries the feature into the text while it stays fluent).",
@@ -53,15 +55,17 @@ class Settings:
                                      "from looping.", default=STEERED_REPETITION_PENALTY)
     max_chars: int = _doc("Longer documents are annotated only around the visible range, in a window this big.",
                           default=12000)
+    cache_mb: int = _doc("Memory for the model's cache of open documents, in MiB (least recently used dropped "
+                         "first); what lets a completion read only what you typed since the last one.", default=256)
 
     def __post_init__(self) -> None:
         problems = validate(self)
         if problems:
             raise ValueError("; ".join(problems.values()))
 
-    def engine_key(self) -> tuple[str, str, str, str, bool]:
+    def engine_key(self) -> tuple[str, str, str, str, bool, int]:
         """The settings whose change needs the model or SAE reloaded."""
-        return (self.model, self.sae, self.device, self.dtype, self.trust_remote_code)
+        return (self.model, self.sae, self.device, self.dtype, self.trust_remote_code, self.cache_mb)
 
     def annotation_key(self) -> tuple[Any, ...]:
         """The settings whose change needs the open documents read again."""
@@ -129,6 +133,8 @@ def _check(name: str, value: Any) -> str | None:
         return f"{key} must be between 1 and 3"
     if name == "max_chars" and not 200 <= value <= 1_000_000:
         return f"{key} must be between 200 and 1000000"
+    if name == "cache_mb" and not 0 <= value <= 65_536:
+        return f"{key} must be between 0 and 65536"
     return None
 
 

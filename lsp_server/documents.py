@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
-from .pipeline import schedule
+from .generation import drop_stale
+from .pipeline import schedule, typed
 from .state import DocState
 from .text import Document
+from .worker import ANNOTATE
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -34,6 +38,8 @@ def register(server: TinymorphServer) -> None:
             _, state.last_edit = state.doc.apply(change)
         state.doc.version = params.text_document.version
         state.suggestion = None
+        drop_stale(state)
+        typed(state, time.monotonic())
         schedule(ls, state)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
@@ -43,5 +49,12 @@ def register(server: TinymorphServer) -> None:
             return
         if state.pending is not None:
             state.pending.cancel()
-        if state.generation is not None:
-            state.generation.cancel()
+        drop_stale(state)
+        ls.spawn(forget(ls, params.text_document.uri), "forget")
+
+
+async def forget(server: TinymorphServer, uri: str) -> None:
+    """Free what the engine keeps for a closed document."""
+    if server.worker.engine is not None:
+        with contextlib.suppress(Exception):
+            await server.run_engine("forget", lambda e: e.forget(uri), ANNOTATE)

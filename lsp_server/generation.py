@@ -1,33 +1,58 @@
 """Steered generation for a document: the continuation behind completions, inline completions, rewrites and the
-suggestion hint, under the workspace's steering. A newer generation for the same document cancels the older one."""
+suggestion hint, under the workspace's steering. One generation per document: the same continuation asked twice is
+decoded once, a different one cancels the older, and an edit cancels it before its next decode step."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pygls.exceptions import JsonRpcInvalidRequest
 
 from steering.config import SamplingConfig
 from steering.errors import TinymorphError
 from steering.generate import CancelToken
+from steering.interventions import Intervention
 
 from .config import Settings
 from .worker import INTERACTIVE
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
+    from .state import DocState
 
 PROMPT_CHARS = 2000
-"""Characters of text before the cursor that a completion, rewrite or suggestion reads."""
+"""Characters of text before the cursor that a continuation reads through the transformers forward."""
+FAST_PROMPT_CHARS = 12000
+"""... and on the fast path, whose cache of the document makes a long prompt cost only its new tokens."""
+PROMPT_STEP = 1000
+"""In longer documents the prompt starts at a point that moves in steps this big, so that typing keeps the same
+prompt start (and the cache stays valid)."""
+
+_SPACE = re.compile(r"\s")
 
 
 class Superseded(Exception):
     """A generation cancelled because a newer request for the same document arrived."""
 
 
-def prompt_before(text: str, offset: int) -> str:
-    """The prompt for a continuation at `offset`: up to `PROMPT_CHARS` characters before it."""
-    return text[max(0, offset - PROMPT_CHARS):offset]
+def prompt_before(text: str, offset: int, limit: int = PROMPT_CHARS) -> str:
+    """The prompt for a continuation at `offset`: the text before it from the document's start, or in a longer
+    document from a start that moves in `PROMPT_STEP` characters (just after a space): `limit` to
+    `limit + PROMPT_STEP` characters (a few less where the start moves on to the next word)."""
+    if offset <= limit:
+        return text[:offset]
+    lo = (offset - limit) // PROMPT_STEP * PROMPT_STEP
+    space = _SPACE.search(text, lo, min(offset, lo + 200))
+    return text[space.end() if space else lo:offset]
+
+
+def prompt_limit(server: TinymorphServer) -> int:
+    info = server.worker.info
+    return FAST_PROMPT_CHARS if info is not None and info.fast_path else PROMPT_CHARS
 
 
 def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> SamplingConfig:
@@ -35,23 +60,67 @@ def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[s
                           seed=0, repetition_penalty=settings.repetition_penalty)
 
 
+def steering_signature(steering: list[Intervention]) -> tuple[Any, ...]:
+    """What identifies a steering set's effect (vectors by their bytes)."""
+    return tuple((i.mode, i.feature, i.strength, i.value,
+                  None if i.vector is None else hashlib.sha1(i.vector.float().numpy().tobytes()).hexdigest())
+                 for i in steering)
+
+
+@dataclass
+class Running:
+    """A document's generation: what it continues (`key`), its result and its cancel token."""
+
+    key: tuple[Any, ...]
+    task: asyncio.Task[str]
+    cancel: CancelToken
+    waiters: int = 0
+
+
 async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str, max_tokens: int | None = None,
-                   stop: tuple[str, ...] = ()) -> str:
-    """A steered continuation of `prompt`; a newer generation for the same document cancels this one (Superseded)."""
+                   stop: tuple[str, ...] = (), priority: int = INTERACTIVE) -> str:
+    """A steered continuation of `prompt`. One generation per document: a request for the same continuation
+    (prompt, steering and sampling) as the running or last one shares its result (the suggestion hint and an
+    inline completion at the same place are one decode), any other cancels it (Superseded)."""
     state = server.state(uri)
-    if state.generation is not None:
-        state.generation.cancel()
-    cancel = state.generation = CancelToken()
     steering = server.interventions_for(uri)
     how = sampling(server.settings, max_tokens=max_tokens, stop=stop)
+    key = (prompt, steering_signature(steering), repr(how))
+    running = state.running
+    if running is None or running.key != key or (running.task.done() and (
+            running.task.cancelled() or running.task.exception() is not None)):
+        if running is not None:
+            running.cancel.cancel()
+        cancel = CancelToken()
+
+        async def run() -> str:
+            return await server.run_engine(
+                kind, lambda e: "".join(e.generate(prompt, steering, how, cancel, session=uri)), priority, cancel)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"{kind} {uri}")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its requests report failures
+        running = state.running = Running(key, task, cancel)
+        server.generations += 1
+    running.waiters += 1
     try:
-        text = await server.run_engine(
-            kind, lambda e: "".join(e.generate(prompt, steering, how, cancel)), INTERACTIVE, cancel)
+        text = await asyncio.shield(running.task)
+    except asyncio.CancelledError:
+        if running.task.cancelled():
+            raise Superseded(f"a newer request for {uri} took over") from None
+        if running.waiters == 1:  # this request was cancelled and no other waits for the generation: stop it
+            running.cancel.cancel()
+            running.task.cancel()
+        raise
     except TinymorphError as exc:  # e.g. steering with features the loaded SAE does not have
         raise JsonRpcInvalidRequest(f"tinymorph: {exc}") from None
     finally:
-        if state.generation is cancel:
-            state.generation = None
-    if cancel.cancelled:
+        running.waiters -= 1
+    if running.cancel.cancelled:
         raise Superseded(f"a newer request for {uri} took over")
     return text
+
+
+def drop_stale(state: DocState) -> None:
+    """A keystroke made the document's generation pointless: stop it before its next decode step."""
+    if state.running is not None and not state.running.task.done():
+        state.running.cancel.cancel()

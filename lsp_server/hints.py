@@ -73,7 +73,11 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
 
 
 def suggestion_hint(server: TinymorphServer, state: DocState, lo: int, hi: int) -> list[types.InlayHint]:
+    """The suggestion as a hint; not for a client that shows inline completions (its ghost text at the same place
+    shows the same continuation)."""
     s = state.suggestion
+    if server.supports("text_document.inline_completion"):
+        return []
     if s is None or s.version != state.doc.version or not lo <= s.offset <= hi:
         return []
     first = short(s.text.replace("\n", " ⏎ "), SUGGESTION_CHARS)

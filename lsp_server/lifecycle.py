@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
+from .generation import drop_stale
 from .loading import apply_settings, start_loading
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ def register(server: TinymorphServer) -> None:
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: TinymorphServer, params: Any) -> None:
         for state in ls.docs.values():
-            if state.generation is not None:
-                state.generation.cancel()
+            drop_stale(state)
         ls.worker.stop()
 

@@ -48,7 +48,8 @@ def start_loading(server: TinymorphServer) -> None:
 
 async def _load(server: TinymorphServer, settings: Settings) -> None:
     config = EngineConfig(model=settings.model, sae=settings.sae, device=settings.device,
-                          dtype=settings.dtype, trust_remote_code=settings.trust_remote_code)  # type: ignore[arg-type]
+                          dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,  # type: ignore[arg-type]
+                          cache_mb=settings.cache_mb)
     token: str | None = None
     loop = asyncio.get_running_loop()
     if server.supports("window.work_done_progress"):

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING
 
 from steering.annotate import Annotation
 from steering.engine import FeatureCard
-from steering.generate import CancelToken
 
 from .cards import cards_for
 from .config import Settings
-from .generation import prompt_before, sampling
+from .generation import Superseded, generate, prompt_before, prompt_limit
 from .incremental import Plan, merge, plan, rereads
 from .state import Annotated, DocState, Suggestion
 from .worker import ANNOTATE, SUGGEST, EngineAPI, EngineUnavailable
@@ -31,17 +30,39 @@ log = logging.getLogger(__name__)
 
 FULL_REREAD_DELAY = 2.0
 """Seconds of quiet after an incremental annotation before the whole document is read again."""
+READ_CHUNK = 96
+"""Tokens per background engine job when the fast path reads a document: a completion waits for one at most."""
 
 ReadResult = tuple[Annotation, dict[int, FeatureCard]]
 
 
+TYPING_GAP = 2.0
+"""Changes further apart than this many seconds are pauses, not typing."""
+
+
+def typed(state: DocState, now: float) -> None:
+    """Note a change at `now` in the document's typing rhythm."""
+    if state.last_change is not None and (gap := now - state.last_change) < TYPING_GAP:
+        state.typing_interval = gap if state.typing_interval is None else 0.7 * state.typing_interval + 0.3 * gap
+    state.last_change = now
+
+
+def debounce(settings: Settings, state: DocState) -> float:
+    """Seconds to wait after a change: 1.5 times the writer's typing interval (a pause that long means they
+    stopped), between half and twice `debounceMs`; `debounceMs` until the rhythm is known."""
+    base = settings.debounce_ms / 1000
+    if state.typing_interval is None:
+        return base
+    return min(2 * base, max(base / 2, 1.5 * state.typing_interval))
+
+
 def schedule(server: TinymorphServer, state: DocState, delay: float | None = None) -> None:
-    """(Re)start the document's debounce timer; the older pending run is cancelled."""
+    """(Re)start the document's debounce timer (`debounce`); the older pending run is cancelled."""
     if state.pending is not None and not state.pending.done():
         state.pending.cancel()
     if not server.handles(state.doc.language_id):
         return
-    wait = server.settings.debounce_ms / 1000 if delay is None else delay
+    wait = debounce(server.settings, state) if delay is None else delay
     state.pending = server.spawn(_annotate_later(server, state, wait), f"annotate {state.doc.uri}")
 
 
@@ -63,20 +84,24 @@ def window(settings: Settings, state: DocState) -> tuple[int, int]:
     return lo, hi
 
 
-def read(engine: EngineAPI, settings: Settings, text: str, granularity: str) -> Annotation:
+def read(engine: EngineAPI, settings: Settings, text: str, granularity: str, session: str | None = None,
+         ) -> Annotation:
     """The one annotate call of the server (runs on the worker): enough span features for hints and tooltips."""
-    return engine.annotate(text, top_k=5, paragraph_top=max(8, settings.hint_count + 5), granularity=granularity)
+    return engine.annotate(text, top_k=5, paragraph_top=max(8, settings.hint_count + 5), granularity=granularity,
+                           session=session)
 
 
 def read_job(settings: Settings, text: str, step: Plan | None, old: Annotation | None, granularity: str,
-             known: set[int]) -> Callable[[EngineAPI], ReadResult]:
-    """The engine job that annotates `text` (all of it without `step`; else only `text[step.start:step.end]`,
-    merged into `old`), with the cards of the features not in `known`."""
+             known: set[int], session: str | None = None) -> Callable[[EngineAPI], ReadResult]:
+    """The engine job that annotates `text` (all of it without `step`, through the fast path's cache of
+    `session`; else only `text[step.start:step.end]`, merged into `old`), with the cards of the features not in
+    `known`."""
 
     def job(engine: EngineAPI) -> ReadResult:
         fresh = None
         if step is None or step.dirty:
-            fresh = read(engine, settings, text if step is None else text[step.start:step.end], granularity)
+            fresh = read(engine, settings, text if step is None else text[step.start:step.end], granularity,
+                         session if step is None or step.start == 0 else None)
         cards = cards_for(engine, fresh, known)
         if step is None:
             assert fresh is not None
@@ -87,19 +112,28 @@ def read_job(settings: Settings, text: str, step: Plan | None, old: Annotation |
     return job
 
 
+def on_fast_path(server: TinymorphServer) -> bool:
+    info = server.worker.info
+    return info is not None and info.fast_path
+
+
 async def _annotate_later(server: TinymorphServer, state: DocState, wait: float) -> None:
     await asyncio.sleep(wait)
     partial = await annotate(server, state)
     if server.settings.suggestion and state.last_edit is not None and state.annotated is not None:
         await suggest(server, state)
-    if partial:
+    if partial and on_fast_path(server):
+        await annotate(server, state, whole=True)
+    elif partial:
         await asyncio.sleep(FULL_REREAD_DELAY)
         await reread(server, state)
 
 
-async def annotate(server: TinymorphServer, state: DocState) -> bool:
+async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = False) -> bool:
     """Annotate the document's current version, reading only the edited spans where the previous annotation
-    allows it; True when it did."""
+    allows it; True when it did (the rest is read later). On the fast path the document's cache makes a whole
+    read exact and cheap after an edit near the end; after an edit further up, the text up to the edited spans is
+    read first (exact, the later spans kept from before) unless `whole`."""
     doc = state.doc
     if server.docs.get(doc.uri) is not state or server.worker.engine is None:
         return False
@@ -107,13 +141,21 @@ async def annotate(server: TinymorphServer, state: DocState) -> bool:
     text, doc_length = doc.text[base:end], len(doc.text)
     granularity = server.settings.hint_granularity
     previous, step = state.annotated, None
+    fast = on_fast_path(server)
     if previous is not None and previous.base == 0 and base == 0 and end == doc_length and \
             previous.doc_length == len(previous.annotation.text) and previous.granularity == granularity:
         step = plan(previous.annotation, text, granularity)
+    if fast and step is not None and not whole and step.dirty and step.end < len(text.rstrip()):
+        step = dataclasses.replace(step, start=0)  # the prefix through the edited spans, on the cache
+    elif fast:
+        step = None
     old = previous.annotation if step is not None and previous is not None else None
     try:
+        if fast and not await read_ahead(server, state, version, text if step is None else text[:step.end]):
+            return False
         annotation, cards = await server.run_engine(
-            "annotate", read_job(server.settings, text, step, old, granularity, set(server.cards)), ANNOTATE)
+            "annotate", read_job(server.settings, text, step, old, granularity, set(server.cards), doc.uri),
+            ANNOTATE)
     except EngineUnavailable:
         return False
     except Exception as exc:
@@ -125,6 +167,16 @@ async def annotate(server: TinymorphServer, state: DocState) -> bool:
     state.annotated = Annotated(version, base, doc_length, annotation, granularity, partial=step is not None)
     server.refresh_hints()
     return step is not None
+
+
+async def read_ahead(server: TinymorphServer, state: DocState, version: int, text: str) -> bool:
+    """Read `text` into the fast path's cache of the document, `READ_CHUNK` tokens per engine job, so that a
+    completion never waits long behind it; False when a newer version made it pointless."""
+    uri = state.doc.uri
+    while not await server.run_engine("read", lambda e: e.read_ahead(text, uri, READ_CHUNK), ANNOTATE):
+        if server.docs.get(uri) is not state or state.doc.version != version:
+            return False
+    return True
 
 
 async def reread(server: TinymorphServer, state: DocState) -> None:
@@ -153,21 +205,18 @@ async def reread(server: TinymorphServer, state: DocState) -> None:
 
 
 async def suggest(server: TinymorphServer, state: DocState) -> None:
-    """The steered continuation after the last edit, shown as a hint there."""
+    """The steered continuation after the last edit, shown as a hint there (an inline completion asked for at the
+    same place shares it)."""
     doc = state.doc
     version, offset = doc.version, state.last_edit
     if offset is None:
         return
-    prompt = prompt_before(doc.text, offset)
+    prompt = prompt_before(doc.text, offset, prompt_limit(server))
     if not prompt.strip():
         return
-    steering = server.interventions_for(doc.uri)
-    cancel = CancelToken()
-    how = sampling(server.settings, stop=("\n\n",))
     try:
-        text = await server.run_engine("suggest", lambda e: "".join(e.generate(prompt, steering, how, cancel)),
-                                       SUGGEST, cancel)
-    except EngineUnavailable:
+        text = await generate(server, doc.uri, prompt, kind="suggest", stop=("\n\n",), priority=SUGGEST)
+    except (Superseded, EngineUnavailable):
         return
     except asyncio.CancelledError:
         raise

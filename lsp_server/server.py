@@ -86,6 +86,8 @@ class TinymorphServer(LanguageServer):
         self.loaded_key: tuple[Any, ...] | None = None
         self.load_task: asyncio.Task[Any] | None = None
         self.hint_refreshes = 0
+        self.generations = 0
+        """Generations started (a request sharing a running or finished one starts none)."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
 

@@ -18,18 +18,20 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from steering.annotate import Annotation, SpanFeatures
 from steering.atomic import write_text
 from steering.errors import TinymorphError
-from steering.generate import CancelToken
 from steering.interventions import FEATURE_MODES, Intervention
 from steering.presets import PRESET_MULTIPLE, PresetError, load_vector, save_vector
 
 from .text import Document
+
+if TYPE_CHECKING:
+    from .generation import Running
 
 log = logging.getLogger(__name__)
 
@@ -385,5 +387,9 @@ class DocState:
     """The range the editor last asked hints for (string offsets)."""
     pending: asyncio.Task[Any] | None = None
     """The debounced annotation task."""
-    generation: CancelToken | None = None
-    """The running completion for this document, cancelled by a newer one."""
+    last_change: float | None = None
+    """When the last change arrived (monotonic seconds)."""
+    typing_interval: float | None = None
+    """Smoothed time between changes while the writer types (pauses longer than 2 s left out)."""
+    running: Running | None = None
+    """The document's generation (running or last): a request for another continuation cancels it."""

@@ -6,6 +6,7 @@ reported (long documents run in overlapping windows so that only the document's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -13,7 +14,7 @@ import torch
 
 from .hooks import windowed_residual
 from .models import LoadedModel
-from .ranking import Specificity, Weight, rank
+from .ranking import Specificity, Weight, rank_dense
 from .sae import SAE
 from .spans import split_spans
 
@@ -84,20 +85,32 @@ class Annotation:
         }
 
 
+Codes = Callable[[list[int]], "torch.Tensor | None"]
+"""Another way to the SAE's codes `[n, d_sae]` (float32, on the CPU) of a token list: the fast path's prefix cache,
+which computes only what changed. None where it cannot."""
+
+
 @torch.inference_mode()
 def encode_document(
-    lm: LoadedModel, sae: SAE, text: str, *, window: int = 1024, context: int = 64
+    lm: LoadedModel, sae: SAE, text: str, *, window: int = 1024, context: int = 64,
+    codes: Codes | None = None,
 ) -> tuple[list[int], list[tuple[int, int]], torch.Tensor]:
-    """Token ids, character offsets and feature activations `[n_tokens, d_sae]` (first token zeroed)."""
+    """Token ids, character offsets and feature activations `[n_tokens, d_sae]` (first token zeroed). Without
+    `codes` (or where it gives None), long documents are read `window` tokens at a time, each after `context`
+    tokens before it."""
     if sae.hook is None:
         raise ValueError("The SAE has no hook point.")
     enc = lm.tokenizer(text, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    feats = torch.zeros(len(ids), sae.d_sae, dtype=torch.float32)
-    for start, resid in windowed_residual(lm.model, lm.blocks, sae.hook, ids, lm.device, window=window,
-                                          context=context):
-        feats[start:start + len(resid)] = sae.encode(resid.to(sae.device, sae.dtype)).float().cpu()
+    whole = codes(ids) if codes is not None and ids else None
+    if whole is not None:
+        feats = whole.clone()
+    else:
+        feats = torch.zeros(len(ids), sae.d_sae, dtype=torch.float32)
+        for start, resid in windowed_residual(lm.model, lm.blocks, sae.hook, ids, lm.device, window=window,
+                                              context=context):
+            feats[start:start + len(resid)] = sae.encode(resid.to(sae.device, sae.dtype)).float().cpu()
     if len(ids):
         feats[0] = 0.0
     return ids, offsets, feats
@@ -105,7 +118,7 @@ def encode_document(
 
 def annotate(
     lm: LoadedModel, sae: SAE, text: str, *, top_k: int = 5, paragraph_top: int = 8, window: int = 1024,
-    granularity: str = "paragraph", specificity: Specificity | None = None,
+    granularity: str = "paragraph", specificity: Specificity | None = None, codes: Codes | None = None,
 ) -> Annotation:
     """Per-token top-k features and per-span features of `text` (spans are paragraphs, sentences or lines, by
     `granularity`): the `paragraph_top` most specific hintable ones, then a few that are never hinted. Empty text
@@ -114,7 +127,7 @@ def annotate(
     hook = sae.hook.name if sae.hook else ""
     if not text.strip():
         return Annotation(text, hook, (), ())
-    ids, offsets, feats = encode_document(lm, sae, text, window=window)
+    ids, offsets, feats = encode_document(lm, sae, text, window=window, codes=codes)
     k = min(top_k, sae.d_sae)
     values, indices = feats.topk(k, dim=-1) if k else (torch.zeros(len(ids), 0), torch.zeros(len(ids), 0))
     tokens = []
@@ -123,7 +136,8 @@ def annotate(
                    if v > 0)
         tokens.append(TokenFeatures(i, token_id, text[start:end], start, end, fv))
     specificity = specificity or Specificity(sae)
-    weights = {f.feature: specificity.weight(f.feature) for t in tokens for f in t.features}
+    seen = (feats > 0).any(0).nonzero().flatten().tolist()
+    weights = {f: specificity.weight(f) for f in seen}
     ends = torch.tensor([max(e - 1, s) for s, e in offsets])
     spans = []
     for p_start, p_end in spans_of:
@@ -132,10 +146,7 @@ def annotate(
             continue
         block = feats[mask]
         total, peak, count = block.sum(0), block.max(0).values, (block > 0).sum(0)
-        fired = total.nonzero().flatten().tolist()
-        span_weights = {f: specificity.weight(f) for f in fired}
-        weights.update(span_weights)
-        ranked = rank(dict(zip(fired, total[fired].tolist(), strict=True)), span_weights, top=paragraph_top)
+        ranked = rank_dense(total, specificity, top=paragraph_top)
         spans.append(SpanFeatures(p_start, p_end, tuple(
             SpanFeature(r.feature, float(total[r.feature]), float(peak[r.feature]), int(count[r.feature]), r.score,
                         r.hintable) for r in ranked)))

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from .annotate import Annotation, annotate
+from .annotate import Annotation, Codes, annotate
 from .config import EngineConfig, SamplingConfig
 from .errors import NoSAEError, SAELoadError, ShapeMismatchError
+from .fast import FastModel, SessionCaches, unsupported_reason
 from .generate import CancelToken, prompt_ids, stream_text
 from .hooks import capture_residual
 from .interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
@@ -62,6 +63,8 @@ class EngineInfo:
     hook: str | None
     feature_stats: bool
     steering_scale: str
+    fast_path: bool = False
+    int8_decode: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +102,8 @@ class FeatureExplanation:
 class Engine:
     """A loaded model and SAE. Not thread-safe: one worker thread should own it."""
 
-    def __init__(self, lm: LoadedModel, sae: SAE | None = None, *, layer: int | None = None) -> None:
+    def __init__(self, lm: LoadedModel, sae: SAE | None = None, *, layer: int | None = None, fast: bool = True,
+                 int8: bool = True, cache_mb: int = 256) -> None:
         self.lm = lm
         self.sae = sae
         if sae is not None:
@@ -120,6 +124,10 @@ class Engine:
             if not 0 <= chosen < lm.n_layers:
                 raise ShapeMismatchError(f"Layer {chosen} is out of range: {lm.name} has layers 0 to {lm.n_layers - 1}.")
             self.hook = HookPoint(chosen, "resid_post")
+        self.slow_reason = "switched off" if not fast else unsupported_reason(lm.model, self.hook)
+        """Why generation and annotation use the transformers forward, or None on the fast path."""
+        self.caches = None if self.slow_reason else SessionCaches(FastModel(lm.model, self.hook, int8=int8),
+                                                                   cache_mb << 20)
         self._fallback_scale: float | None = None
         self._specificity: Specificity | None = None
         self._labels: dict[str, Any] | None = None
@@ -135,7 +143,8 @@ class Engine:
             sae = load_sae(sae_path, layer=config.sae_layer)
             if config.sae_layer is not None and sae.hook is not None and sae.hook.layer != config.sae_layer:
                 sae.hook = HookPoint(config.sae_layer, sae.hook.site)
-        return cls(lm, sae, layer=config.layer)
+        return cls(lm, sae, layer=config.layer, fast=config.fast, int8=config.int8,
+                   cache_mb=config.cache_mb)
 
     # -------------------------------------------------------------------------------------------- queries
     def info(self) -> EngineInfo:
@@ -166,6 +175,8 @@ class Engine:
             hook=self.hook.name,
             feature_stats=bool(sae is not None and sae.max_act is not None),
             steering_scale=scale,
+            fast_path=self.slow_reason is None,
+            int8_decode=self.caches is not None and self.caches.fast.int8,
         )
 
     def require_sae(self, what: str) -> SAE:
@@ -174,13 +185,56 @@ class Engine:
         return self.sae
 
     def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8, granularity: str = "paragraph",
-                 ) -> Annotation:
-        """Features of `text`; `paragraphs` of the result holds spans at `granularity` (paragraph, sentence, line)."""
+                 session: str | None = None) -> Annotation:
+        """Features of `text`; `paragraphs` of the result holds spans at `granularity` (paragraph, sentence, line).
+        With a `session` (a document's name) the fast path reads only the tokens after the first one that changed
+        since that session's last call."""
         sae = self.require_sae("annotate")
         if self._specificity is None:
             self._specificity = Specificity(sae)
         return annotate(self.lm, sae, text, top_k=top_k, paragraph_top=paragraph_top, granularity=granularity,
-                        specificity=self._specificity)
+                        specificity=self._specificity, codes=self._codes(sae, session))
+
+    def _codes(self, sae: SAE, session: str | None) -> Codes | None:
+        """The SAE codes of a token list through the session's cache: only tokens after the first changed one are
+        read and encoded."""
+        caches = self.caches
+        if caches is None:
+            return None
+
+        def read(ids: list[int]) -> torch.Tensor | None:
+            if len(ids) > caches.fast.max_positions:
+                return None
+            with torch.inference_mode():
+                cache = caches.get(session)
+                cache.sync(ids)
+                caches.fast.lower(cache)
+                out = cache.codes_for(len(ids), sae.d_sae, lambda r: sae.encode(r.to(sae.device, sae.dtype)))
+            caches.trim()
+            return out
+
+        return read
+
+    def read_ahead(self, text: str, session: str, tokens: int = 128) -> bool:
+        """Read up to `tokens` more tokens of `text` into the session's cache (the slow part of `annotate`, in
+        pieces a completion can wait for); True once all of it is read (or there is no fast path)."""
+        caches = self.caches
+        if caches is None or not text:
+            return True
+        ids = list(self.lm.tokenizer(text)["input_ids"])
+        if len(ids) > caches.fast.max_positions:
+            return True
+        with torch.inference_mode():
+            cache = caches.get(session)
+            cache.sync(ids)
+            done = caches.fast.lower(cache, tokens)
+        caches.trim()
+        return done
+
+    def forget(self, session: str) -> None:
+        """Drop what the fast path keeps for `session` (a closed document)."""
+        if self.caches is not None:
+            self.caches.drop(session)
 
     def explain(self, feature: int, *, top: int = 10) -> FeatureExplanation:
         sae = self.require_sae("features explain")
@@ -273,9 +327,17 @@ class Engine:
         steering: Sequence[Intervention] = (),
         sampling: SamplingConfig | None = None,
         cancel: CancelToken | None = None,
+        session: str | None = None,
     ) -> Iterator[str]:
-        """Stream the continuation of `prompt` under a steering set. Bad steering raises here, before any work."""
+        """Stream the continuation of `prompt` under a steering set. Bad steering raises here, before any work.
+        With a `session` (a document's name) the fast path reads only the prompt tokens that session has not
+        read yet under the same steering."""
         hook = self.steering_hook(steering)
-        return stream_text(self.lm, prompt, sampling or SamplingConfig(), steering=hook, hook=self.hook,
-                           cancel=cancel)
+        sampling = sampling or SamplingConfig()
+        cache = None
+        if self.caches is not None:
+            with torch.inference_mode():
+                cache = self.caches.get(session)
+            self.caches.trim()
+        return stream_text(self.lm, prompt, sampling, steering=hook, hook=self.hook, cancel=cancel, cache=cache)
 

@@ -111,3 +111,39 @@ def test_uri_paths() -> None:
 
     assert uri_path("file:///tmp/a%20b/notes.md") == Path("/tmp/a b/notes.md")
     assert uri_path("untitled:Untitled-1") is None
+
+
+def test_debounce_follows_the_typing_rhythm_within_bounds() -> None:
+    from lsp_server.config import Settings
+    from lsp_server.pipeline import debounce, typed
+    from lsp_server.state import DocState
+    from lsp_server.text import Document
+
+    settings = Settings(debounce_ms=300)
+    state = DocState(Document("file:///d.md", "markdown", 1, "", "utf-16"))
+    assert debounce(settings, state) == pytest.approx(0.3)  # rhythm unknown
+    for i in range(20):  # a fast typist: 0.12 s between keys
+        typed(state, 100 + 0.12 * i)
+    assert debounce(settings, state) == pytest.approx(0.18, abs=0.005)
+    typed(state, 200)  # a long pause is not typing
+    assert debounce(settings, state) == pytest.approx(0.18, abs=0.005)
+    for i in range(20):  # a slow typist: 0.5 s between keys, capped at twice the setting
+        typed(state, 300 + 0.5 * i)
+    assert debounce(settings, state) == pytest.approx(0.6)
+    for i in range(30):  # very fast: floored at half the setting
+        typed(state, 400 + 0.02 * i)
+    assert debounce(settings, state) == pytest.approx(0.15)
+
+
+def test_prompt_start_stays_put_while_typing_in_a_long_document() -> None:
+    from lsp_server.generation import PROMPT_STEP, prompt_before
+
+    text = " ".join(f"w{i}" for i in range(4000))
+    starts = set()
+    for offset in range(5000, 5000 + PROMPT_STEP - 300, 7):  # typing moves the cursor on within one step
+        prompt = prompt_before(text, offset, 2000)
+        assert text[:offset].endswith(prompt) and 1800 <= len(prompt) <= 2000 + PROMPT_STEP
+        assert prompt[:1] != " " and text[offset - len(prompt) - 1] == " ", "the prompt starts at a word"
+        starts.add(offset - len(prompt))
+    assert len(starts) == 1
+    assert prompt_before(text, 1500, 2000) == text[:1500]

@@ -97,10 +97,22 @@ def init_options(assets: dict[str, str], **extra: Any) -> dict[str, Any]:
             "maxTokens": 8, **extra}
 
 
+INLINE = "neovim+inline"
+"""Neovim's capabilities plus inline completion (Neovim 0.12 shows ghost text; pytest-lsp's set predates it)."""
+
+
+def capabilities(spec: str) -> types.ClientCapabilities:
+    if spec != INLINE:
+        return client_capabilities(spec)
+    caps = client_capabilities("neovim")
+    caps.text_document.inline_completion = types.InlineCompletionClientCapabilities()
+    return caps
+
+
 async def start(client: LanguageClient, spec: str, options: dict[str, Any], workspace: Path | None) -> None:
     folders = [types.WorkspaceFolder(uri=workspace.as_uri(), name="ws")] if workspace else None
     await client.initialize_session(types.InitializeParams(
-        capabilities=client_capabilities(spec), initialization_options=options, workspace_folders=folders,
+        capabilities=capabilities(spec), initialization_options=options, workspace_folders=folders,
         root_uri=workspace.as_uri() if workspace else None))
 
 
@@ -165,10 +177,10 @@ def json_of(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def client_fixture(**options: Any) -> Any:
+def client_fixture(clients: list[str] = CLIENTS, **options: Any) -> Any:
     """A module-scoped client per capability set, initialised on the tiny model with a workspace folder."""
 
-    @pytest_lsp.fixture(config=SERVER, params=CLIENTS, scope="module")
+    @pytest_lsp.fixture(config=SERVER, params=clients, scope="module")
     async def client(lsp_client: Client, request: pytest.FixtureRequest, assets: dict[str, str],
                      tmp_path_factory: pytest.TempPathFactory):
         workspace = tmp_path_factory.mktemp("workspace")

@@ -4,11 +4,12 @@ newer request and `$/cancelRequest` stop a running generation, and hover / hints
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from lsprotocol import types
 
-from .conftest import client_fixture, command, open_doc, wait_annotated, wait_for
+from .conftest import client_fixture, command, insert, open_doc, wait_annotated, wait_for
 
 client = client_fixture(suggestion=False)
 
@@ -76,20 +77,46 @@ async def test_steering_changes_the_completion(client) -> None:
     assert f"{feature} " in changed.detail
 
 
-async def test_newer_request_cancels_the_older(client) -> None:
-    uri = "file:///cancel.md"
+@contextlib.asynccontextmanager
+async def completing(client, uri: str, max_tokens: int = 500):
+    """A completion at the end of a fresh document, already running on the worker (maxTokens reset afterwards)."""
     open_doc(client, uri, TEXT)
-    await set_max_tokens(client, 500)
+    await set_max_tokens(client, max_tokens)
     try:
         first = asyncio.ensure_future(client.text_document_completion_async(types.CompletionParams(**at_end(uri))))
         await running(client, "completion")
-        second = asyncio.ensure_future(client.text_document_completion_async(types.CompletionParams(**at_end(uri))))
-        old = await first
-        assert len(old.items) == 0 and old.is_incomplete
-        new = await second
-        assert len(new.items) == 1
+        yield first
     finally:
         await set_max_tokens(client, 8)
+
+
+async def test_newer_request_cancels_the_older(client) -> None:
+    uri = "file:///cancel.md"
+    async with completing(client, uri) as first:
+        elsewhere = {**at_end(uri), "position": types.Position(line=0, character=len(TEXT) - 4)}
+        second = asyncio.ensure_future(client.text_document_completion_async(types.CompletionParams(**elsewhere)))
+        old = await first
+        assert len(old.items) == 0 and old.is_incomplete
+        assert len((await second).items) == 1
+
+
+async def test_the_same_request_twice_shares_one_generation(client) -> None:
+    uri = "file:///twice.md"
+    before = (await command(client, "tinymorph.status"))["generations"]
+    async with completing(client, uri, 200) as first:
+        second = asyncio.ensure_future(client.text_document_completion_async(types.CompletionParams(**at_end(uri))))
+        one, two = await first, await second
+        assert len(one.items) == len(two.items) == 1
+        assert one.items[0].text_edit.new_text == two.items[0].text_edit.new_text
+        assert (await command(client, "tinymorph.status"))["generations"] == before + 1
+
+
+async def test_an_edit_drops_the_running_completion(client) -> None:
+    uri = "file:///stale.md"
+    async with completing(client, uri) as pending:
+        insert(client, uri, 0, len(TEXT), " x", version=2)
+        stale = await asyncio.wait_for(pending, timeout=10)
+        assert len(stale.items) == 0 and stale.is_incomplete
 
 
 async def test_cancel_request_stops_the_generation(client) -> None:

@@ -1,0 +1,135 @@
+"""A writer typing at the end of a long document, as an editor with ghost text sees the server.
+
+    python benchmarks/bench_typing.py [--model default] [--sae default] [--doc-tokens 2000] [--rounds 20]
+                                      [--word-interval 0.15] [--max-tokens 16] [--out FILE] [--tiny]
+
+The client announces inline completion and inlay-hint refresh (as Neovim 0.12 does), opens a document of
+`--doc-tokens` tokens and waits for its first annotation. Then, `--rounds` times: it types 1 to 4 words (seeded)
+at the end, one every `--word-interval` seconds, asking for an inline completion after each word (the requests a
+newer word makes stale come back empty), and pauses until the last request is answered. The server's default
+debounce applies. One JSON object:
+- `inline_completion_at_pause`: request → answer of the last request of each round (what the writer waits for);
+- `stale_requests`: requests answered empty because a newer word arrived, and how soon after they were sent;
+- `hint_refresh_after_pause`: from the round's last change to the server's `workspace/inlayHint/refresh` for a
+  finished annotation of that version;
+- `server_memory_mb` at the start and the end (the server's own resident memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from typing import Any
+
+from bench_engine import emit
+from bench_lsp import Client, document, execute, make_client, parser, stats, tiny_assets, wait, wait_ready
+from lsprotocol import types
+
+WORDS = ("the", "harbour", "was", "quiet", "and", "she", "walked", "along", "water", "thinking", "of", "letter",
+         "rain", "morning", "boats", "slowly", "towards", "old", "house", "light")
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    if args.tiny:
+        args.model, args.sae = tiny_assets()
+    text, n_tokens = document(args.model, args.doc_tokens)
+    client: Client = make_client()
+    await client.start_io(sys.executable, "-m", "lsp_server")
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(
+            workspace=types.WorkspaceClientCapabilities(
+                inlay_hint=types.InlayHintWorkspaceClientCapabilities(refresh_support=True)),
+            text_document=types.TextDocumentClientCapabilities(
+                inline_completion=types.InlineCompletionClientCapabilities())),
+        process_id=None, root_uri=None,
+        initialization_options={"model": args.model, "sae": args.sae, "device": args.device,
+                                "maxTokens": args.max_tokens}))
+    client.initialized(types.InitializedParams())
+
+    status = await wait_ready(client)
+    uri = "file:///bench/typing.md"
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=uri, language_id="markdown", version=1, text=text)))
+
+    async def annotated(v: int) -> Any:
+        return (await execute(client, "tinymorph.document", {"uri": uri}))["annotatedVersion"] == v
+
+    t0 = time.perf_counter()
+    await wait(lambda: annotated(1))
+    first_annotation_s = time.perf_counter() - t0
+    memory_start = (await execute(client, "tinymorph.status"))["memoryMb"]
+
+    rng = random.Random(0)
+    version, line, column = 1, text.count("\n"), len(text.rsplit("\n", 1)[-1])
+    at_pause, stale, refresh = [], [], []
+    answered_at: dict[asyncio.Future[Any], tuple[float, float]] = {}
+    for _ in range(args.rounds):
+        pending: list[tuple[float, asyncio.Future[Any]]] = []
+        for _ in range(rng.randint(1, 4)):
+            word = " " + rng.choice(WORDS)
+            at = types.Position(line=line, character=column)
+            version += 1
+            client.refreshed.clear()
+            client.text_document_did_change(types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at),
+                                                                        text=word)]))
+            changed = time.perf_counter()
+            column += len(word)
+            request = asyncio.ensure_future(client.text_document_inline_completion_async(
+                types.InlineCompletionParams(
+                    text_document=types.TextDocumentIdentifier(uri=uri),
+                    position=types.Position(line=line, character=column),
+                    context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))))
+            started = time.perf_counter()
+            request.add_done_callback(lambda r, t=started: answered_at.setdefault(r, (t, time.perf_counter())))
+            pending.append((started, request))
+            await asyncio.sleep(args.word_interval)
+        sent, last = pending[-1]
+        answer = await last
+        at_pause.append((time.perf_counter() - sent) * 1000 if answer and answer.items else float("nan"))
+        for _started, request in pending[:-1]:
+            got = await request
+            if not (got and got.items):
+                began, ended = answered_at.pop(request)
+                stale.append((ended - began) * 1000)
+
+        async def refreshed(v: int = version) -> Any:
+            return await annotated(v)
+
+        await wait(refreshed, timeout=120)
+        refresh.append((time.perf_counter() - changed) * 1000)
+
+    status_end = await execute(client, "tinymorph.status")
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    answered = [ms for ms in at_pause if ms == ms]
+    engine = status["engine"]
+    return {
+        "benchmark": "lsp_typing", "model": engine["model"], "sae": engine["sae"], "device": engine["device"],
+        "dtype": engine["dtype"], "fast_path": engine.get("fast_path"), "int8_decode": engine.get("int8_decode"),
+        "document_tokens": n_tokens, "rounds": args.rounds, "word_interval_s": args.word_interval,
+        "max_tokens": args.max_tokens, "first_annotation_s": round(first_annotation_s, 3),
+        "inline_completion_at_pause": {**stats(answered), "empty": len(at_pause) - len(answered)},
+        "stale_requests": stats(stale) if stale else {"n": 0},
+        "hint_refresh_after_pause": stats(refresh),
+        "generations": status_end["generations"],
+        "server_memory_mb": {"start": memory_start, "end": status_end["memoryMb"]},
+    }
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--word-interval", type=float, default=0.15)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    args = ap.parse_args()
+    emit(asyncio.run(bench(args)), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""The fast path (`steering.fast`): the same tokens as the transformers forward, reading only what a document's
+prefix cache lacks, with steering as data and bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steering.annotate import annotate
+from steering.config import SamplingConfig
+from steering.engine import Engine
+from steering.fast import (
+    FastModel,
+    PrefixCache,
+    SessionCaches,
+    int8_available,
+    quantize_int8,
+    unsupported_reason,
+    vector_steer,
+)
+from steering.generate import CancelToken, decode_token_ids, fast_token_ids, prompt_ids
+from steering.interventions import Intervention
+from steering.models import LoadedModel, from_modules
+from steering.sae import SAE, HookPoint
+
+from .conftest import ByteTokenizer, tiny_lm
+from .test_annotate import random_sae
+
+PROMPT = "The lighthouse keeper climbed the stairs at dusk, and"
+GREEDY = SamplingConfig(max_tokens=24, stop_at_eos=False)
+
+
+def _qwen2() -> LoadedModel:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(99)
+    cfg = Qwen2Config(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    return from_modules(Qwen2ForCausalLM(cfg), ByteTokenizer(), name="tiny-qwen2")
+
+
+def _sae(layer: int = 1, site: str = "resid_post") -> SAE:
+    sae = random_sae(layer=layer)
+    sae.hook = HookPoint(layer, site)
+    return sae
+
+
+class Counter:
+    """Counts the positions each block of a FastModel computes."""
+
+    def __init__(self, fast: FastModel) -> None:
+        self.per_block = [0] * fast.n_layers
+        inner = fast._block
+
+        def counting(i: int, x: torch.Tensor, cache: PrefixCache, start: int) -> torch.Tensor:
+            self.per_block[i] += x.shape[0]
+            return inner(i, x, cache, start)
+
+        fast._block = counting  # type: ignore[method-assign]
+
+    def take(self) -> list[int]:
+        out, self.per_block = self.per_block, [0] * len(self.per_block)
+        return out
+
+
+def _slow(lm: LoadedModel, prompt: str, sampling: SamplingConfig = GREEDY, steering=None, hook=None) -> list[int]:
+    return list(decode_token_ids(lm, prompt_ids(lm, prompt), sampling, steering=steering, hook=hook))
+
+
+def _fast(fast: FastModel, cache: PrefixCache, lm: LoadedModel, prompt: str, sampling: SamplingConfig = GREEDY,
+          steering=None) -> list[int]:
+    ids = prompt_ids(lm, prompt)[0].tolist()
+    return list(fast_token_ids(fast, cache, ids, sampling, lm.eos_token_ids, steering=steering))
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_lm("llama"), _qwen2], ids=["llama", "qwen2"])
+@pytest.mark.parametrize("site", ["resid_post", "resid_pre"])
+def test_greedy_tokens_equal_the_transformers_loop_in_float32(make, site: str) -> None:
+    lm = make()
+    engine = Engine(lm, _sae(2, site))
+    assert engine.caches is not None and engine.info().fast_path
+    fast = engine.caches.fast
+    steerings = [(), [Intervention("add", 3, strength=2.0)], [Intervention("clamp", 5, value=3.0)],
+                 [Intervention("ablate", 7), Intervention("vector", vector=torch.randn(64), strength=0.5)]]
+    for steering in steerings:
+        for positions in ("all", "prompt", "generated"):
+            sampling = SamplingConfig(max_tokens=16, stop_at_eos=False, steer_positions=positions)
+            hook = engine.steering_hook(steering)
+            expected = _slow(lm, PROMPT, sampling, hook, engine.hook)
+            assert _fast(fast, PrefixCache(fast), lm, PROMPT, sampling, engine.steering_hook(steering)) == expected
+    steered = _slow(lm, PROMPT, GREEDY, engine.steering_hook(steerings[1]), engine.hook)
+    assert steered != _slow(lm, PROMPT), "the steering in this test must change the text"
+
+
+def test_sampling_with_a_seed_and_the_repetition_penalty_match_too(llama) -> None:
+    fast = FastModel(llama.model, HookPoint(1, "resid_post"))
+    sampling = SamplingConfig(max_tokens=20, temperature=0.8, top_p=0.9, seed=3, repetition_penalty=1.3,
+                              stop_at_eos=False)
+    assert _fast(fast, PrefixCache(fast), llama, PROMPT, sampling) == _slow(llama, PROMPT, sampling)
+
+
+def test_a_longer_prompt_reads_only_its_new_tokens_and_gives_the_same_text(llama) -> None:
+    fast = FastModel(llama.model, HookPoint(1, "resid_post"))
+    counter = Counter(fast)
+    cache = PrefixCache(fast)
+    _fast(fast, cache, llama, PROMPT)
+    n = len(prompt_ids(llama, PROMPT)[0])
+    assert counter.take() == [n + GREEDY.max_tokens - 1] * fast.n_layers
+    longer = PROMPT + " then"
+    longer_ids = prompt_ids(llama, longer)[0].tolist()
+    kept = next(i for i, (a, b) in enumerate(zip([*cache.ids, -1], longer_ids, strict=False)) if a != b)
+    assert kept >= n
+    assert _fast(fast, cache, llama, longer) == _slow(llama, longer)
+    assert counter.take() == [len(longer_ids) - kept + GREEDY.max_tokens - 1] * fast.n_layers
+
+
+def test_an_edit_in_the_middle_rereads_from_the_first_changed_token(llama) -> None:
+    fast = FastModel(llama.model, HookPoint(1, "resid_post"))
+    counter = Counter(fast)
+    cache = PrefixCache(fast)
+    _fast(fast, cache, llama, PROMPT)
+    counter.take()
+    edited = PROMPT.replace("stairs", "steps!")
+    assert _fast(fast, cache, llama, edited) == _slow(llama, edited)
+    changed_from = PROMPT.index("stairs") + 2  # "st" is shared
+    assert counter.take()[0] == len(edited) - changed_from + GREEDY.max_tokens - 1
+
+
+def test_a_steering_change_recomputes_only_the_blocks_after_the_hook(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    fast = engine.caches.fast
+    counter = Counter(fast)
+    cache = PrefixCache(fast)
+    _fast(fast, cache, llama, PROMPT)
+    counter.take()
+    steering = engine.steering_hook([Intervention("add", 4, strength=3.0)])
+    out = _fast(fast, cache, llama, PROMPT, steering=steering)
+    assert out == _slow(llama, PROMPT, GREEDY, engine.steering_hook([Intervention("add", 4, strength=3.0)]),
+                        engine.hook)
+    per_block = counter.take()
+    n = len(prompt_ids(llama, PROMPT)[0])
+    assert per_block[:2] == [GREEDY.max_tokens - 1] * 2  # lower blocks: only the generated tokens
+    assert per_block[2:] == [n + GREEDY.max_tokens - 1] * 2  # upper blocks: everything again, steered
+    # back to unsteered: the same again for the upper blocks, and the text of a cold cache
+    assert _fast(fast, cache, llama, PROMPT) == _slow(llama, PROMPT)
+
+
+def test_steering_only_generated_positions_keeps_the_plain_prompt_cache(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    fast = engine.caches.fast
+    cache = PrefixCache(fast)
+    sampling = SamplingConfig(max_tokens=12, stop_at_eos=False, steer_positions="generated")
+    _fast(fast, cache, llama, PROMPT)
+    counter = Counter(fast)
+    steer = [Intervention("add", 4, strength=3.0)]
+    out = _fast(fast, cache, llama, PROMPT, sampling, engine.steering_hook(steer))
+    assert out == _slow(llama, PROMPT, sampling, engine.steering_hook(steer), engine.hook)
+    assert counter.take()[-1] == 1 + 11  # the prompt's last token (for its logits), then each generated token
+    assert cache.high <= len(prompt_ids(llama, PROMPT)[0]), "steered generated tokens must not stay in the cache"
+    assert _fast(fast, cache, llama, PROMPT) == _slow(llama, PROMPT)
+
+
+def test_a_cancelled_generation_leaves_a_cache_that_still_gives_the_right_text(llama) -> None:
+    fast = FastModel(llama.model, HookPoint(1, "resid_post"))
+    cache = PrefixCache(fast)
+    cancel = CancelToken()
+    ids = prompt_ids(llama, PROMPT)[0].tolist()
+    for i, _token in enumerate(fast_token_ids(fast, cache, ids, GREEDY, set(), cancel=cancel)):
+        if i == 3:
+            cancel.cancel()
+    assert i == 3
+    assert _fast(fast, cache, llama, PROMPT) == _slow(llama, PROMPT)
+
+
+def test_engine_sessions_annotate_and_generate_on_one_cache(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    fast = engine.caches.fast
+    text = "Rain fell on the roofs.\n\nThe streets were quiet in the morning."
+    plain = Engine(tiny_lm("llama"), _sae(1), fast=False)
+    assert plain.caches is None and not plain.info().fast_path
+    expected = plain.annotate(text)
+    counter = Counter(fast)
+    got = engine.annotate(text, session="doc")
+    assert [t.token_id for t in got.tokens] == [t.token_id for t in expected.tokens]
+    for a, b in zip(got.tokens, expected.tokens, strict=True):
+        assert [f.feature for f in a.features] == [f.feature for f in b.features]
+        assert [f.activation for f in a.features] == pytest.approx([f.activation for f in b.features], abs=1e-4)
+    assert counter.take() == [len(text)] * 2 + [0, 0]
+    # typing at the end: the annotation reads 6 tokens, the completion after it only its upper blocks for them
+    typed = text + " Then"
+    engine.annotate(typed, session="doc")
+    assert counter.take() == [5, 5, 0, 0]
+    out = "".join(engine.generate(typed, sampling=SamplingConfig(max_tokens=6, stop_at_eos=False), session="doc"))
+    assert counter.take() == [5, 5, len(typed) + 5, len(typed) + 5]
+    assert out == "".join(plain.generate(typed, sampling=SamplingConfig(max_tokens=6, stop_at_eos=False)))
+    engine.forget("doc")
+    assert len(engine.caches) == 0
+
+
+def test_annotation_of_an_edited_document_equals_a_fresh_one(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    text = "One line of text.\n\nA second paragraph follows it here."
+    engine.annotate(text, session="doc")
+    edited = text.replace("second", "third")
+    again = engine.annotate(edited, session="doc")
+    fresh = annotate(llama, engine.sae, edited)
+    assert [[(f.feature, round(f.activation, 3)) for f in t.features] for t in again.tokens] == \
+           [[(f.feature, round(f.activation, 3)) for f in t.features] for t in fresh.tokens]
+
+
+def test_caches_stay_within_their_budget_least_recently_used_first(llama) -> None:
+    fast = FastModel(llama.model, HookPoint(1, "resid_post"))
+    caches = SessionCaches(fast, budget_bytes=2 * PrefixCache(fast).nbytes)
+    for name in ("a", "b", "c"):
+        caches.get(name)
+        caches.trim()
+    assert len(caches) == 2 and caches.nbytes <= caches.budget
+    caches.get("b")  # b is now the most recent
+    caches.get("d")
+    caches.trim()
+    assert set(caches._caches) == {"b", "d"}
+    assert caches.get(None) is not caches.get(None), "without a session nothing is kept"
+
+
+def test_models_without_a_fast_path_use_the_transformers_loop() -> None:
+    gpt2 = tiny_lm("gpt2")
+    reason = unsupported_reason(gpt2.model, HookPoint(1, "resid_post"))
+    assert reason is not None and "gpt2" in reason
+    engine = Engine(gpt2)
+    assert engine.caches is None and engine.slow_reason == reason
+    out = "".join(engine.generate("abc", sampling=SamplingConfig(max_tokens=5, stop_at_eos=False), session="x"))
+    assert out == gpt2.tokenizer.decode(_slow(gpt2, "abc", SamplingConfig(max_tokens=5, stop_at_eos=False)))
+    with pytest.raises(ValueError, match="cannot run"):
+        FastModel(gpt2.model, HookPoint(1, "resid_post"))
+
+
+def test_a_prompt_beyond_the_models_positions_falls_back(llama) -> None:
+    engine = Engine(llama)
+    prompt = "x" * 500  # 500 byte tokens + 20 new ones > 512 positions
+    sampling = SamplingConfig(max_tokens=20, stop_at_eos=False)
+    out = "".join(engine.generate(prompt, sampling=sampling, session="long"))
+    assert out == llama.tokenizer.decode(_slow(llama, prompt, sampling))
+
+
+def test_int8_weights_round_trip_within_half_a_step() -> None:
+    weight = torch.randn(48, 32) * torch.linspace(0.01, 3, 48)[:, None]
+    q, scales = quantize_int8(weight)
+    assert q.dtype == torch.int8 and scales.shape == (48,)
+    error = (q.float() * scales[:, None] - weight).abs()
+    assert bool((error <= scales[:, None] / 2 + 1e-6).all())
+
+
+@pytest.mark.skipif(not int8_available(torch.bfloat16, torch.device("cpu")), reason="no int8 matmul kernel")
+def test_int8_decode_steps_stay_close_to_bfloat16_and_prompts_use_the_model_weights() -> None:
+    lm = tiny_lm("llama")
+    lm.model.to(torch.bfloat16)
+    plain = FastModel(lm.model, HookPoint(1, "resid_post"))
+    quick = FastModel(lm.model, HookPoint(1, "resid_post"), int8=True)
+    assert quick.int8 and not plain.int8
+    ids = prompt_ids(lm, PROMPT)[0].tolist()
+    steer = vector_steer(None, quick.d_model, quick.device)
+    with torch.inference_mode():
+        caches = [PrefixCache(plain), PrefixCache(quick)]
+        prompt_logits = []
+        for fast, cache in zip((plain, quick), caches, strict=True):
+            cache.sync(ids)
+            prompt_logits.append(fast.upper(cache, steer, None))
+        n = len(ids)
+        for name in ("k", "v", "resid"):  # a prompt is read with the model's own weights
+            assert torch.equal(getattr(caches[0], name)[..., :n, :], getattr(caches[1], name)[..., :n, :]), name
+        assert F.cosine_similarity(prompt_logits[0], prompt_logits[1], dim=0) > 0.99
+        step_logits = []
+        for fast, cache in zip((plain, quick), caches, strict=True):
+            cache.push(5)
+            step_logits.append(fast.upper(cache, steer, None, keep=True))
+    assert not torch.equal(step_logits[0], step_logits[1])
+    assert F.cosine_similarity(step_logits[0], step_logits[1], dim=0) > 0.99
