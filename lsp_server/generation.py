@@ -63,7 +63,7 @@ def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[s
 def steering_signature(steering: list[Intervention]) -> tuple[Any, ...]:
     """What identifies a steering set's effect (vectors by their bytes)."""
     return tuple((i.mode, i.feature, i.strength, i.value,
-                  None if i.vector is None else hashlib.sha1(i.vector.float().numpy().tobytes()).hexdigest())
+                  None if i.vector is None else hashlib.sha1(i.vector.detach().float().cpu().numpy().tobytes()).hexdigest())
                  for i in steering)
 
 
@@ -87,7 +87,7 @@ async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str,
     how = sampling(server.settings, max_tokens=max_tokens, stop=stop)
     key = (prompt, steering_signature(steering), repr(how))
     running = state.running
-    if running is None or running.key != key or (running.task.done() and (
+    if running is None or running.key != key or running.cancel.cancelled or (running.task.done() and (
             running.task.cancelled() or running.task.exception() is not None)):
         if running is not None:
             running.cancel.cancel()

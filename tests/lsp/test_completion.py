@@ -165,3 +165,15 @@ async def test_hover_and_hints_answer_while_a_generation_runs(client) -> None:
 async def test_completion_in_an_unknown_document_is_an_error(client) -> None:
     with pytest.raises(Exception, match="Unknown document"):
         await client.text_document_completion_async(types.CompletionParams(**at_end("file:///nope.md")))
+
+
+async def test_a_continuation_asked_again_after_an_edit_was_undone_is_answered(client) -> None:
+    uri = "file:///undo.md"
+    async with completing(client, uri) as pending:
+        insert(client, uri, 0, len(TEXT), " x", version=2)  # drops the running completion
+        assert not (await pending).items
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=3),
+            content_changes=[types.TextDocumentContentChangeWholeDocument(text=TEXT)]))
+        again = await client.text_document_completion_async(types.CompletionParams(**at_end(uri)))
+        assert len(again.items) == 1
