@@ -70,7 +70,7 @@ def held_out_text() -> str:
 def cross_entropy(model: str, dtype: str, int8: bool, text: str, n_tokens: int) -> dict[str, Any]:
     """Mean next-token CE over `text` through the fast path's one-token step (what decoding runs)."""
     lm = load_model(model, "cpu", dtype)
-    fast = FastModel(lm.model, Engine(lm).hook, int8=int8)
+    fast = FastModel(lm.model, Engine(lm, fast=False).hook, int8=int8)
     ids = list(lm.tokenizer(text)["input_ids"])[:n_tokens]
     cache = PrefixCache(fast)
     steer = vector_steer(None, fast.d_model, fast.device)

@@ -5,7 +5,6 @@ decoded once, a different one cancels the older, and an edit cancels it before i
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from pygls.exceptions import JsonRpcInvalidRequest
 from steering.config import SamplingConfig
 from steering.errors import TinymorphError
 from steering.generate import CancelToken
-from steering.interventions import Intervention
+from steering.interventions import Intervention, vector_digest
 
 from .config import Settings
 from .worker import INTERACTIVE
@@ -51,8 +50,7 @@ def prompt_before(text: str, offset: int, limit: int = PROMPT_CHARS) -> str:
 
 
 def prompt_limit(server: TinymorphServer) -> int:
-    info = server.worker.info
-    return FAST_PROMPT_CHARS if info is not None and info.fast_path else PROMPT_CHARS
+    return FAST_PROMPT_CHARS if server.on_fast_path() else PROMPT_CHARS
 
 
 def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> SamplingConfig:
@@ -62,8 +60,7 @@ def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[s
 
 def steering_signature(steering: list[Intervention]) -> tuple[Any, ...]:
     """What identifies a steering set's effect (vectors by their bytes)."""
-    return tuple((i.mode, i.feature, i.strength, i.value,
-                  None if i.vector is None else hashlib.sha1(i.vector.detach().float().cpu().numpy().tobytes()).hexdigest())
+    return tuple((i.mode, i.feature, i.strength, i.value, None if i.vector is None else vector_digest(i.vector))
                  for i in steering)
 
 

@@ -112,17 +112,12 @@ def read_job(settings: Settings, text: str, step: Plan | None, old: Annotation |
     return job
 
 
-def on_fast_path(server: TinymorphServer) -> bool:
-    info = server.worker.info
-    return info is not None and info.fast_path
-
-
 async def _annotate_later(server: TinymorphServer, state: DocState, wait: float) -> None:
     await asyncio.sleep(wait)
     partial = await annotate(server, state)
     if server.settings.suggestion and state.last_edit is not None and state.annotated is not None:
         await suggest(server, state)
-    if partial and on_fast_path(server):
+    if partial and server.on_fast_path():
         await annotate(server, state, whole=True)
     elif partial:
         await asyncio.sleep(FULL_REREAD_DELAY)
@@ -141,7 +136,7 @@ async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = Fa
     text, doc_length = doc.text[base:end], len(doc.text)
     granularity = server.settings.hint_granularity
     previous, step = state.annotated, None
-    fast = on_fast_path(server)
+    fast = server.on_fast_path()
     if previous is not None and previous.base == 0 and base == 0 and end == doc_length and \
             previous.doc_length == len(previous.annotation.text) and previous.granularity == granularity:
         step = plan(previous.annotation, text, granularity)

@@ -137,6 +137,10 @@ class TinymorphServer(LanguageServer):
             return False
         return bool(get_capability(capabilities, capability, None))
 
+    def on_fast_path(self) -> bool:
+        """Whether the loaded engine runs on the fast path (a cache per document: long prompts are cheap)."""
+        return self.worker.info is not None and self.worker.info.fast_path
+
     def refresh_hints(self) -> None:
         if self.supports("workspace.inlay_hint.refresh_support"):
             self.hint_refreshes += 1

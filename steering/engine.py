@@ -203,33 +203,21 @@ class Engine:
             return None
 
         def read(ids: list[int]) -> torch.Tensor | None:
-            if len(ids) > caches.fast.max_positions:
+            got = caches.read(session, ids)
+            if got is None:
                 return None
             with torch.inference_mode():
-                cache = caches.get(session)
-                cache.sync(ids)
-                caches.fast.lower(cache)
-                out = cache.codes_for(len(ids), sae.d_sae, lambda r: sae.encode(r.to(sae.device, sae.dtype)))
-            caches.trim()
-            return out
+                return got[0].codes_for(len(ids), sae.d_sae, lambda r: sae.encode(r.to(sae.device, sae.dtype)))
 
         return read
 
     def read_ahead(self, text: str, session: str, tokens: int = 128) -> bool:
         """Read up to `tokens` more tokens of `text` into the session's cache (the slow part of `annotate`, in
         pieces a completion can wait for); True once all of it is read (or there is no fast path)."""
-        caches = self.caches
-        if caches is None or not text:
+        if self.caches is None or not text:
             return True
-        ids = list(self.lm.tokenizer(text)["input_ids"])
-        if len(ids) > caches.fast.max_positions:
-            return True
-        with torch.inference_mode():
-            cache = caches.get(session)
-            cache.sync(ids)
-            done = caches.fast.lower(cache, tokens)
-        caches.trim()
-        return done
+        got = self.caches.read(session, list(self.lm.tokenizer(text)["input_ids"]), tokens)
+        return got is None or got[1]
 
     def forget(self, session: str) -> None:
         """Drop what the fast path keeps for `session` (a closed document)."""

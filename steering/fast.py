@@ -22,7 +22,6 @@ the transformers forward (`steering.generate`); `fast_model` says why.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .interventions import vector_digest
 from .sae import HookPoint
 
 FAMILIES = ("llama", "mistral", "qwen2")
@@ -129,7 +129,6 @@ class FastModel:
             raise ValueError(f"The fast path cannot run this model: {reason}.")
         config = model.config
         inner = model.model
-        self.model = model
         self.hook = hook
         self.split = hook.layer + 1 if hook.site == "resid_post" else hook.layer
         self.n_layers = config.num_hidden_layers
@@ -365,6 +364,18 @@ class SessionCaches:
         while len(self._caches) > 1 and self.nbytes > self.budget:
             self._caches.popitem(last=False)
 
+    def read(self, session: str | None, ids: list[int], limit: int | None = None) -> tuple[PrefixCache, bool] | None:
+        """The session's cache made to describe `ids`, with the lower blocks read for (up to `limit` more of) them,
+        and whether all are read; None when `ids` exceed the model's positions."""
+        if len(ids) > self.fast.max_positions:
+            return None
+        with torch.inference_mode():
+            cache = self.get(session)
+            cache.sync(ids)
+            done = self.fast.lower(cache, limit)
+        self.trim()
+        return cache, done
+
     def drop(self, session: str) -> None:
         self._caches.pop(session, None)
 
@@ -380,8 +391,7 @@ def steering_key(vector: torch.Tensor | None, extra: tuple[Any, ...] = ()) -> Ha
     """The identity of a steering applied at the hook point: None for none at all."""
     if (vector is None or not bool(vector.any())) and not extra:
         return None
-    digest = hashlib.sha1(vector.detach().float().cpu().numpy().tobytes()).hexdigest() if vector is not None else ""
-    return digest, extra
+    return vector_digest(vector) if vector is not None else "", extra
 
 
 def vector_steer(vector: torch.Tensor | None, d_model: int, device: torch.device) -> Steer:
@@ -406,7 +416,6 @@ def decode(fast: FastModel, cache: PrefixCache, ids: list[int], prompt: tuple[St
         token = yield fast.upper(cache, steer, key)
         steer = generated[0]
         while True:
-            cache.reserve(len(cache.ids) + 1)
             cache.push(token)
             token = yield fast.upper(cache, steer, None, keep=True)
     finally:

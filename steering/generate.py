@@ -74,6 +74,13 @@ def penalise_repeats(logits: torch.Tensor, generated: Sequence[Sequence[int]], p
     return logits
 
 
+def sampling_generator(sampling: SamplingConfig, device: torch.device) -> torch.Generator | None:
+    """The seeded generator that sampling draws from (None when decoding greedily or unseeded)."""
+    if sampling.seed is None or sampling.temperature == 0:
+        return None
+    return torch.Generator(device=device).manual_seed(sampling.seed)
+
+
 def _forward_kwargs(model: Any) -> dict[str, Any]:
     params = inspect.signature(model.forward).parameters
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -92,9 +99,7 @@ def decode_token_ids(
     model = lm.model
     extra = _forward_kwargs(model)
     eos = lm.eos_token_ids if sampling.stop_at_eos else set()
-    generator = None
-    if sampling.seed is not None and sampling.temperature > 0:
-        generator = torch.Generator(device=lm.device).manual_seed(sampling.seed)
+    generator = sampling_generator(sampling, lm.device)
     ids = input_ids.to(lm.device)
     generated: list[int] = []
     past: Any = None
@@ -148,9 +153,7 @@ def fast_token_ids(
 ) -> Iterator[int]:
     """`decode_token_ids` on the fast path (`steering.fast`): the same tokens, reading only what `cache` lacks."""
     eos = eos_ids if sampling.stop_at_eos else set()
-    generator = None
-    if sampling.seed is not None and sampling.temperature > 0:
-        generator = torch.Generator(device=fast.device).manual_seed(sampling.seed)
+    generator = sampling_generator(sampling, fast.device)
     if sampling.max_tokens == 0 or (cancel is not None and cancel.cancelled):
         return
     phases = [phase_steer(fast, steering, sampling.steer_positions, p) for p in ("prompt", "generated")]

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -140,6 +141,11 @@ def diffmean_unit(sae: SAE, feature: int) -> torch.Tensor | None:
     if not bool(vector.any()):
         return None
     return vector * (sae.steer_multiple(feature) or DIFFMEAN_MULTIPLE)
+
+
+def vector_digest(vector: torch.Tensor) -> str:
+    """A short identity of a steering vector's values (wherever the tensor lives)."""
+    return hashlib.sha1(vector.detach().float().cpu().numpy().tobytes()).hexdigest()
 
 
 class SteeringHook:
