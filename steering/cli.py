@@ -38,6 +38,10 @@ def _common(parser: argparse.ArgumentParser, *, sae: bool = True) -> None:
         g.add_argument("--layer", type=int, default=None, help="hook layer for vector steering without an SAE")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--dtype", default="auto", choices=DTYPES)
+    g.add_argument("--device-map", choices=["auto"], default=None,
+                   help="spread a model too big for one device over the GPUs, the CPU and the disk (accelerate)")
+    g.add_argument("--max-memory", metavar="SPEC", help="with --device-map: memory per device, e.g. 0=20GiB,cpu=64GiB")
+    g.add_argument("--offload-folder", metavar="DIR", help="with --device-map: where weights go that fit nowhere else")
     g.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the model")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
@@ -60,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_annotate)
 
     p = sub.add_parser("generate", help="continue a prompt, optionally steered")
-    p.add_argument("--prompt", required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt")
+    what.add_argument("--batch", metavar="FILE",
+                      help="many prompts, decoded together: one per line, or JSON lines {\"prompt\": ..., \"steer\": "
+                           "[SPEC, ...]}; - for standard input. Prints one JSON line per prompt.")
+    p.add_argument("--rows", type=int, default=8, help="with --batch: continuations decoded at once")
     p.add_argument("--steer", action="append", default=[], metavar="SPEC",
                    help="F=+S add feature F at strength S; F=clamp:C; F=off. Repeatable.")
     p.add_argument("--contrast", nargs=2, metavar=("POSITIVE", "NEGATIVE"),
@@ -160,7 +169,8 @@ def _engine(args: argparse.Namespace) -> Any:
     from .engine import Engine
 
     config = EngineConfig(model=args.model, sae=args.sae, device=args.device, dtype=args.dtype,
-                          sae_layer=args.sae_layer, layer=args.layer, trust_remote_code=args.trust_remote_code)
+                          sae_layer=args.sae_layer, layer=args.layer, trust_remote_code=args.trust_remote_code,
+                          device_map=args.device_map, max_memory=args.max_memory, offload_folder=args.offload_folder)
     update, close = _progress_bar(sys.stderr.isatty())
     try:
         return Engine.load(config, progress=update)
@@ -229,10 +239,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                               seed=args.seed, stop=tuple(args.stop), steer_positions=args.positions,
                               repetition_penalty=args.repetition_penalty)
+    if args.batch is not None:
+        jobs = _batch_jobs(_read_text(args.batch), steering)
+        if args.rows < 1:
+            raise TinymorphError("--rows must be at least 1.")
     engine = _engine(args)
     if args.contrast:
         vector = engine.contrast_vector(*args.contrast)
         steering.append(Intervention("vector", vector=vector, strength=args.contrast_strength))
+        if args.batch is not None:
+            jobs = [(prompt, [*own, steering[-1]]) for prompt, own in jobs]
+    if args.batch is not None:
+        texts = engine.generate_batch([p for p, _ in jobs], [s for _, s in jobs], sampling, rows=args.rows)
+        for (prompt, own), text in zip(jobs, texts, strict=True):
+            sys.stdout.write(json.dumps({"prompt": prompt, "steering": [s.to_dict() for s in own], "text": text},
+                                        ensure_ascii=False) + "\n")
+        return 0
     pieces_steered = engine.generate(args.prompt, steering, sampling)  # validates steering before any output
     result: dict[str, Any] = {"prompt": args.prompt, "steering": [s.to_dict() for s in steering],
                               "hook": engine.hook.name}
@@ -251,6 +273,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
+
+
+def _batch_jobs(text: str, steering: list[Any]) -> list[tuple[str, list[Any]]]:
+    """(prompt, steering) per non-empty line of a `--batch` file: a JSON object with `prompt` and optional `steer`
+    (specs as for --steer, replacing the command line's), or the line itself as the prompt."""
+    from .interventions import parse_steer
+
+    jobs: list[tuple[str, list[Any]]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            jobs.append((line, list(steering)))
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TinymorphError(f"--batch line {number} is not valid JSON: {exc.msg}.") from None
+        prompt, specs = item.get("prompt"), item.get("steer")
+        if not isinstance(prompt, str):
+            raise TinymorphError(f"--batch line {number} needs a \"prompt\" string.")
+        if specs is not None and (not isinstance(specs, list) or not all(isinstance(x, str) for x in specs)):
+            raise TinymorphError(f"--batch line {number}: \"steer\" must be a list of specs like \"12=+4\".")
+        jobs.append((prompt, list(steering) if specs is None else [parse_steer(x) for x in specs]))
+    if not jobs:
+        raise TinymorphError("The --batch file has no prompts.")
+    return jobs
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

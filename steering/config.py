@@ -52,6 +52,15 @@ class EngineConfig:
     trust_remote_code: bool = False
     """Run model code from the model's folder or repository; only when you trust it."""
 
+    device_map: str | None = None
+    """`auto`: accelerate spreads a model too big for one device over the GPUs, the CPU and the disk."""
+
+    max_memory: str | None = None
+    """With `device_map`: memory per device, like `0=20GiB,cpu=64GiB`."""
+
+    offload_folder: str | None = None
+    """With `device_map`: where weights that fit nowhere else are kept on disk."""
+
     fast: bool = True
     """Run Llama-family models on the fast path (`steering.fast`); False always uses the transformers forward."""
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .annotate import Annotation, Codes, annotate
+from .batched import Batcher, Request
 from .config import EngineConfig, SamplingConfig
 from .errors import NoSAEError, SAELoadError, ShapeMismatchError
 from .fast import FastModel, SessionCaches, unsupported_reason
@@ -20,7 +21,7 @@ from .generate import CancelToken, prompt_ids, stream_text
 from .hooks import capture_residual
 from .interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
 from .labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
-from .models import LoadedModel, Progress, _no_progress, load_model
+from .models import LoadedModel, Progress, _no_progress, load_model, module_device
 from .presets import StyleVector, style_vector
 from .ranking import Specificity
 from .sae import SAE, HookPoint, load_sae
@@ -117,7 +118,7 @@ class Engine:
                 raise ShapeMismatchError(
                     f"The SAE reads layer {sae.hook.layer}, but {lm.name} has layers 0 to {lm.n_layers - 1}."
                 )
-            sae.to(lm.device)
+            sae.to(module_device(lm.blocks[sae.hook.layer], lm.device))  # where the hooked block computes
             self.hook = sae.hook
         else:
             chosen = lm.n_layers // 2 if layer is None else layer
@@ -128,6 +129,7 @@ class Engine:
         """Why generation and annotation use the transformers forward, or None on the fast path."""
         self.caches = None if self.slow_reason else SessionCaches(FastModel(lm.model, self.hook, int8=int8),
                                                                    cache_mb << 20)
+        self._batcher: Batcher | None = None
         self._fallback_scale: float | None = None
         self._specificity: Specificity | None = None
         self._labels: dict[str, Any] | None = None
@@ -135,7 +137,8 @@ class Engine:
     @classmethod
     def load(cls, config: EngineConfig, progress: Progress = _no_progress) -> Engine:
         lm = load_model(config.model, config.device, config.dtype, trust_remote_code=config.trust_remote_code,
-                        progress=progress)
+                        device_map=config.device_map, max_memory=config.max_memory,
+                        offload_folder=config.offload_folder, progress=progress)
         sae = None
         sae_path = resolve_sae_path(config.sae)
         if sae_path is not None:
@@ -328,4 +331,29 @@ class Engine:
                 cache = self.caches.get(session)
             self.caches.trim()
         return stream_text(self.lm, prompt, sampling, steering=hook, hook=self.hook, cancel=cancel, cache=cache)
+
+    def generate_batch(self, prompts: Sequence[str], steering: Sequence[Sequence[Intervention]],
+                       sampling: SamplingConfig | None = None, *, rows: int = 8) -> list[str]:
+        """The continuations of many prompts, prompt i under `steering[i]`: on the fast path decoded together, up
+        to `rows` at a time (`steering.batched`); otherwise one after another. Bad steering raises before any
+        work."""
+        if len(prompts) != len(steering):
+            raise ValueError(f"{len(prompts)} prompts but {len(steering)} steering sets.")
+        sampling = sampling or SamplingConfig()
+        hooks = [self.steering_hook(s) for s in steering]
+        if self.caches is None or any(h is not None and h.per_token for h in hooks):
+            return ["".join(self.generate(p, s, sampling)) for p, s in zip(prompts, steering, strict=True)]
+        fast = self.caches.fast
+        if self._batcher is None or self._batcher.rows != rows:
+            self._batcher = Batcher(fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer, rows=rows)
+        texts: list[str | None] = [None] * len(prompts)
+        requests: dict[int, Request] = {}
+        for i, (prompt, hook) in enumerate(zip(prompts, hooks, strict=True)):
+            ids = prompt_ids(self.lm, prompt)[0].tolist()
+            if len(ids) + sampling.max_tokens > fast.max_positions:  # the transformers forward, alone
+                texts[i] = "".join(self.generate(prompt, steering[i], sampling))
+            else:
+                requests[i] = Request(ids, sampling, hook)
+        self._batcher.run(requests.values())
+        return [requests[i].text if t is None else t for i, t in enumerate(texts)]
 

@@ -91,6 +91,12 @@ class _Layer:
     norm2: torch.Tensor
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of queries or keys `[..., head_dim]`."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
 def unsupported_reason(model: Any, hook: HookPoint) -> str | None:
     """Why the fast path cannot run `model`, or None when it can."""
     config: Any = getattr(model, "config", None)
@@ -104,6 +110,9 @@ def unsupported_reason(model: Any, hook: HookPoint) -> str | None:
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(inner, "embed_tokens"):
         return "an unexpected module layout"
+    if len(set(getattr(model, "hf_device_map", {}).values())) > 1 or any(
+            p.device.type == "meta" for p in model.parameters()):
+        return "its weights are spread over several devices"
     if not 0 <= hook.layer < config.num_hidden_layers:
         return f"hook {hook} is outside the model"
     return None
@@ -203,9 +212,7 @@ class FastModel:
         v = qkv[:, nq + nk:].view(n, self.n_kv, hd).transpose(0, 1)
         cos_all, sin_all = self._rope(end)
         cos, sin = cos_all[start:end], sin_all[start:end]
-        half = hd // 2
-        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         cache.k[i, :, start:end] = k
         cache.v[i, :, start:end] = v
         keys, values = cache.k[i, :, :end], cache.v[i, :, :end]
@@ -223,7 +230,11 @@ class FastModel:
                 attn = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask=mask,
                                                       enable_gqa=True)
             out = attn[0].transpose(0, 1).reshape(n, nq)
-        x = x + layer.o(out)
+        return self._tail(layer, x, out)
+
+    def _tail(self, layer: _Layer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The rest of a block after attention: output projection and MLP, each added to the residual."""
+        x = x + layer.o(attended)
         gate, up = layer.gate_up(self._norm(x, layer.norm2)).chunk(2, dim=-1)
         return x + layer.down(F.silu(gate) * up)
 

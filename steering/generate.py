@@ -231,6 +231,24 @@ class StopScanner:
         return out
 
 
+class TextStream:
+    """Token ids in, text pieces out: detokenized after the prompt `context`, cut before the first stop string."""
+
+    def __init__(self, tokenizer: Any, context: list[int], stops: tuple[str, ...]) -> None:
+        self.detok = Detokenizer(tokenizer, context)
+        self.scanner = StopScanner(stops)
+
+    @property
+    def stopped(self) -> bool:
+        return self.scanner.stopped
+
+    def push(self, token: int) -> str:
+        return self.scanner.push(self.detok.push(token))
+
+    def flush(self) -> str:
+        return self.scanner.flush()
+
+
 def prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
     """Token ids `[1, n]` of a prompt; an empty prompt starts from the BOS (or EOS) token."""
     ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"] if prompt else None
@@ -255,8 +273,7 @@ def stream_text(
     """Yield text pieces of the continuation of `prompt`: on the fast path when given its `cache` (then `steering`
     must be a SteeringHook or None) and the model has room for it, else through the transformers forward."""
     ids = prompt_ids(lm, prompt)
-    detok = Detokenizer(lm.tokenizer, ids[0].tolist())
-    scanner = StopScanner(sampling.stop)
+    text = TextStream(lm.tokenizer, ids[0].tolist(), sampling.stop)
     eos = lm.eos_token_ids if sampling.stop_at_eos else set()
     if cache is not None and ids.shape[1] + sampling.max_tokens <= cache.fast.max_positions:
         assert steering is None or isinstance(steering, SteeringHook)
@@ -267,11 +284,11 @@ def stream_text(
     for token in tokens:
         if token in eos:
             break
-        piece = scanner.push(detok.push(token))
+        piece = text.push(token)
         if piece:
             yield piece
-        if scanner.stopped:
+        if text.stopped:
             return
-    tail = scanner.flush()
+    tail = text.flush()
     if tail:
         yield tail

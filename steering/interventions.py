@@ -204,14 +204,15 @@ class SteeringHook:
         out = h.float() + self.vector
         sae = self.sae
         if sae is not None and (self.per_token or self.clamps):
+            out = out.to(sae.device)  # a spread model's hooked block may compute elsewhere than the SAE was put
             scale = sae.input_scale(out.to(sae.dtype))
             scale_f = scale.float() if isinstance(scale, torch.Tensor) else scale
             for feature, amount in self.per_token:
-                out = out + amount * sae.direction(feature).to(h.device) / scale_f
+                out = out + amount * sae.direction(feature) / scale_f
             if self.clamps:
                 acts = sae.encode(out.to(sae.dtype)).float()
                 idx = torch.tensor(list(self.clamps), device=sae.device)
                 targets = torch.tensor(list(self.clamps.values()), device=sae.device)
                 delta = (targets - acts[..., idx]) @ sae.W_dec[idx].float()
-                out = out + (delta / scale_f).to(h.device)
-        return out.to(h.dtype)
+                out = out + delta / scale_f
+        return out.to(h.device, h.dtype)

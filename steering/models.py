@@ -256,13 +256,40 @@ def find_final_norm(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def _from_pretrained(location: str, dtype: torch.dtype, trust_remote_code: bool, local_only: bool) -> tuple[Any, Any]:
+def _from_pretrained(location: str, dtype: torch.dtype, trust_remote_code: bool, local_only: bool,
+                     placement: dict[str, Any] | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
     tokenizer = AutoTokenizer.from_pretrained(location, **kw)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kw)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kw, **(placement or {}))
     return model, tokenizer
+
+
+def parse_max_memory(spec: str) -> dict[int | str, int | str]:
+    """`0=20GiB,cpu=64GiB` → accelerate's `max_memory` (GPU indices and plain byte counts as ints)."""
+    out: dict[int | str, int | str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        device, sep, amount = part.partition("=")
+        device, amount = device.strip(), amount.strip()
+        if not sep or not device or not amount:
+            raise ModelLoadError(f"max_memory {spec!r}: write DEVICE=AMOUNT pairs like 0=20GiB,cpu=64GiB.")
+        out[int(device) if device.isdigit() else device] = int(amount) if amount.isdigit() else amount
+    return out
+
+
+def spread(model: Any) -> bool:
+    """Whether accelerate placed the model's weights on more than one device (or offloaded some)."""
+    placed = set(getattr(model, "hf_device_map", {}).values())
+    return len(placed) > 1 or bool(placed & {"disk", "meta"})
+
+
+def module_device(module: nn.Module, default: torch.device) -> torch.device:
+    """Where a module computes: its first weight's device (`default` for weights accelerate offloaded)."""
+    param = next(module.parameters(), None)
+    if param is None or param.device.type == "meta":
+        return default
+    return param.device
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -282,9 +309,10 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
+def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool,
+              placement: dict[str, Any] | None = None) -> tuple[Any, Any]:
     try:  # already in the local Hugging Face cache?
-        return _from_pretrained(spec, dtype, trust_remote_code, local_only=True)
+        return _from_pretrained(spec, dtype, trust_remote_code, local_only=True, placement=placement)
     except Exception:
         pass
     if not hub_reachable():
@@ -293,7 +321,7 @@ def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[A
             "Pass a local model folder or a .gguf file, or use --model default."
         )
     try:
-        return _from_pretrained(spec, dtype, trust_remote_code, local_only=False)
+        return _from_pretrained(spec, dtype, trust_remote_code, local_only=False, placement=placement)
     except Exception as exc:
         raise ModelLoadError(f"Could not load {spec!r} from the Hugging Face hub: {exc}") from exc
 
@@ -304,25 +332,42 @@ def load_model(
     dtype: str = "auto",
     *,
     trust_remote_code: bool = False,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    offload_folder: str | None = None,
     progress: Progress = _no_progress,
 ) -> LoadedModel:
-    """Load a causal LM from `default`, a folder, a `.gguf` file or a hub id, in eval mode on `device`."""
+    """Load a causal LM from `default`, a folder, a `.gguf` file or a hub id, in eval mode on `device`.
+
+    `device_map="auto"` lets accelerate spread a model too big for one device over the GPUs, the CPU and (with an
+    `offload_folder`) the disk, within `max_memory` (`0=20GiB,cpu=64GiB`); `device` is then where inputs go."""
     _quiet_transformers()
     source = resolve_model(spec)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    placement: dict[str, Any] | None = None
+    if device_map is not None:
+        placement = {"device_map": device_map}
+        if max_memory:
+            placement["max_memory"] = parse_max_memory(max_memory)
+        if offload_folder:
+            placement["offload_folder"] = offload_folder
     location = source.location
     if source.kind == "gguf":
         location = str(convert_gguf(Path(source.location), progress))
     progress(f"loading {source.name}")
     if source.kind == "hub":
-        model, tokenizer = _load_hub(spec, torch_dtype, trust_remote_code)
+        model, tokenizer = _load_hub(spec, torch_dtype, trust_remote_code, placement)
     else:
         try:
-            model, tokenizer = _from_pretrained(location, torch_dtype, trust_remote_code, local_only=True)
+            model, tokenizer = _from_pretrained(location, torch_dtype, trust_remote_code, local_only=True,
+                                                placement=placement)
         except Exception as exc:
             raise ModelLoadError(f"Could not load the model from {location}: {exc}") from exc
-    model.to(dev)
+    if placement is None:
+        model.to(dev)
+    else:
+        dev = module_device(model.get_input_embeddings(), torch.device("cpu"))
     model.eval()
     model.requires_grad_(False)
     blocks = find_blocks(model)

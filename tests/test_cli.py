@@ -66,6 +66,31 @@ def test_generate_with_contrast_vector(capsys, tiny_model_dir) -> None:
     assert data["steering"] == [{"mode": "vector", "strength": 4.0}]
 
 
+def test_generate_batch_decodes_every_line_as_it_would_alone(capsys, tiny_model_dir, sae_dir, tmp_path) -> None:
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text('Once\n\n{"prompt": "Rain fell", "steer": ["3=+8", "5=clamp:2"]}\nThe sea\n', encoding="utf-8")
+    common = ["--max-tokens", "6", "--model", str(tiny_model_dir), "--sae", str(sae_dir)]
+    assert main(["generate", "--batch", str(batch), "--rows", "2", "--steer", "7=off", *common]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["prompt"] for d in lines] == ["Once", "Rain fell", "The sea"]
+    assert lines[0]["steering"] == [{"mode": "ablate", "feature": 7}]
+    assert lines[1]["steering"] == [{"mode": "add", "feature": 3, "strength": 8.0},
+                                    {"mode": "clamp", "feature": 5, "value": 2.0}]
+    alone = run_json(capsys, "generate", "--prompt", "Rain fell", "--steer", "3=+8", "--steer", "5=clamp:2", *common)
+    assert lines[1]["text"] == alone["text"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"prompt": 3}\n', "needs a \"prompt\" string"), ('{"prompt": "a", "steer": "3=+1"}\n', "must be a list"),
+    ("{not json\n", "not valid JSON"), ("\n\n", "no prompts")])
+def test_generate_batch_bad_files_are_one_clear_error(capsys, tiny_model_dir, tmp_path, content, message) -> None:
+    batch = tmp_path / "bad.jsonl"
+    batch.write_text(content, encoding="utf-8")
+    assert main(["generate", "--batch", str(batch), "--model", str(tiny_model_dir), "--sae", "none"]) == 2
+    out = capsys.readouterr()
+    assert message in out.err and "Traceback" not in out.err and out.out == ""
+
+
 def test_explain(capsys, tiny_model_dir, sae_dir) -> None:
     data = run_json(capsys, "features", "explain", "7", "--top", "4", "--model", str(tiny_model_dir),
                     "--sae", str(sae_dir))

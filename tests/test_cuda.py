@@ -52,3 +52,38 @@ def test_annotate_and_steer_on_cuda(cuda_lm) -> None:
     assert all(not b._forward_hooks and not b._forward_pre_hooks for b in cuda_lm.blocks)
     explanation = engine.explain(3)
     assert len(explanation.lens.promoted) == 10
+
+
+def test_graph_batch_decoding_equals_single_eager_requests(cuda_lm) -> None:
+    from steering.batched import Batcher, Request
+    from steering.fast import PrefixCache
+    from steering.generate import fast_token_ids
+
+    engine = Engine(cuda_lm, _sae())
+    assert engine.caches is not None
+    fast = engine.caches.fast
+    sampling = SamplingConfig(max_tokens=16, stop_at_eos=False)
+    prompts = ["Once upon a time", "Rain", "The sea was calm that night", "She said"]
+    steerings = [[], [Intervention("add", 3, strength=4.0)], [Intervention("clamp", 5, value=2.0)],
+                 [Intervention("vector", vector=torch.randn(64), strength=1.0)]]
+    alone = [list(fast_token_ids(fast, PrefixCache(fast), prompt_ids(cuda_lm, p)[0].tolist(), sampling, set(),
+                                 steering=engine.steering_hook(s))) for p, s in zip(prompts, steerings, strict=True)]
+    batcher = Batcher(fast, engine.sae, set(), cuda_lm.tokenizer, rows=4)
+    assert batcher.graphs
+    requests = [Request(prompt_ids(cuda_lm, p)[0].tolist(), sampling, engine.steering_hook(s))
+                for p, s in zip(prompts, steerings, strict=True)]
+    batcher.run(requests)
+    same = sum(r.tokens == a for r, a in zip(requests, alone, strict=True))
+    assert same >= 3, [(r.tokens, a) for r, a in zip(requests, alone, strict=True)]  # bf16 may flip a near tie
+    assert batcher._graph is not None and set(batcher._graph._graphs) == {True}
+
+
+def test_a_model_spread_over_gpu_and_cpu_equals_the_whole(tiny_model_dir, tmp_path) -> None:
+    from .test_models_hooks import _spread_pair
+
+    whole, spread_over, sampling = _spread_pair(tiny_model_dir, tmp_path, "0=450000,cpu=10000000", device="cuda")
+    placed = set(spread_over.lm.model.hf_device_map.values())
+    assert 0 in placed and "cpu" in placed
+    steering = [Intervention("add", 3, strength=6.0), Intervention("clamp", 5, value=3.0)]
+    assert "".join(spread_over.generate("Once upon", steering, sampling)) == \
+        "".join(whole.generate("Once upon", steering, sampling))

@@ -155,3 +155,48 @@ def test_from_modules_wraps_an_in_memory_model() -> None:
     model = _family("gpt2")
     lm = from_modules(model, tokenizer=None)
     assert lm.n_layers == 3 and lm.d_model == 32
+
+
+def _spread_pair(tiny_model_dir, tmp_path, max_memory: str, device: str = "cpu"):
+    from steering.config import EngineConfig, SamplingConfig
+    from steering.engine import Engine
+    from steering.sae import SAE
+
+    torch.manual_seed(0)
+    sae = SAE(64, 128, "topk", k=8, hook=HookPoint(2, "resid_post"))
+    sae.W_enc.data.normal_(0, 0.3)
+    sae.W_dec.data.normal_(0, 0.1)
+    sae.set_feature_stats(max_act=torch.full((128,), 2.0), frequency=torch.full((128,), 0.01))
+    path = str(sae.save(tmp_path / "sae"))
+    common = {"model": str(tiny_model_dir), "sae": path, "dtype": "float32", "device": device}
+    whole = Engine.load(EngineConfig(**common))
+    spread_over = Engine.load(EngineConfig(**common, device_map="auto", max_memory=max_memory,
+                                           offload_folder=str(tmp_path / "offload")))
+    return whole, spread_over, SamplingConfig(max_tokens=12, stop_at_eos=False)
+
+
+def test_a_model_spread_by_accelerate_steers_and_reads_as_the_whole_one(tiny_model_dir, tmp_path) -> None:
+    from steering.interventions import Intervention
+    from steering.models import spread
+
+    # 450 kB of CPU memory for a 720 kB model: the embeddings and the first block on the CPU, the rest on disk
+    whole, spread_over, sampling = _spread_pair(tiny_model_dir, tmp_path, "cpu=450000")
+    placed = spread_over.lm.model.hf_device_map
+    assert spread(spread_over.lm.model) and {"cpu", "disk"} <= set(placed.values())
+    assert spread_over.slow_reason == "its weights are spread over several devices" and whole.slow_reason is None
+    steering = [Intervention("add", 3, strength=6.0), Intervention("clamp", 5, value=3.0)]
+    for steer in ([], steering):
+        assert "".join(spread_over.generate("Once upon", steer, sampling)) == \
+            "".join(whole.generate("Once upon", steer, sampling))
+    text = "Rain on the roof.\n\nThe sea was calm."
+    a, b = whole.annotate(text), spread_over.annotate(text)
+    assert [[f.feature for f in p.features] for p in a.paragraphs] == [[f.feature for f in p.features]
+                                                                        for p in b.paragraphs]
+
+
+def test_max_memory_specs() -> None:
+    from steering.models import parse_max_memory
+
+    assert parse_max_memory("0=20GiB, cpu=64000") == {0: "20GiB", "cpu": 64000}
+    with pytest.raises(ModelLoadError, match="DEVICE=AMOUNT"):
+        parse_max_memory("0:20GiB")

@@ -1,0 +1,339 @@
+"""Many steered continuations decoded together on the fast path: one forward pass per step for every running
+request, each row under its own steering, requests joining and leaving between steps (continuous batching).
+
+A request's prompt is read alone (through its document's `PrefixCache` when it has one, so an open document costs
+only its new tokens), then its keys and values are copied into a row of the batch's cache and it decodes with the
+others. Each row's steering is data: a vector added at the hook point `[rows, d]`, and the SAE's clamps as a mask
+and targets `[rows, d_sae]` (ablation is a clamp to 0), so rows with different steering share the same operations.
+A step's shapes depend only on the number of rows and the cache's capacity: on a GPU the step is captured once in a
+CUDA graph (`GraphStep`) and replayed, steering changes being buffer writes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import SamplingConfig
+from .fast import GROW, FastModel, PrefixCache, _rotate
+from .generate import CancelToken, TextStream, penalise_repeats, phase_steer, pick_token, sampling_generator
+from .interventions import SteeringHook
+from .sae import SAE
+
+
+@dataclass
+class Request:
+    """One continuation: prompt token ids, how to sample, its steering, and what it produced so far."""
+
+    ids: list[int]
+    sampling: SamplingConfig
+    steering: SteeringHook | None = None
+    cache: PrefixCache | None = None
+    """The document's cache to read the prompt through (a fresh one when None)."""
+    cancel: CancelToken | None = None
+    on_piece: Callable[[str], None] | None = None
+    """Called with each piece of text as it is decoded."""
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    done: bool = False
+    _stream: TextStream | None = None
+    _generator: torch.Generator | None = None
+
+    def steered(self, phase: str) -> SteeringHook | None:
+        """The steering of the `prompt` or `generated` positions (None where `steer_positions` leaves them)."""
+        hook = self.steering
+        if hook is None or hook.empty or self.sampling.steer_positions not in ("all", phase):
+            return None
+        return hook
+
+
+class RowSteering:
+    """Per-row steering as tensors: `vectors [rows, d]` added at the hook point and the SAE clamps (`mask`,
+    `targets` `[rows, d_sae]`), applied as `SteeringHook` applies one set."""
+
+    def __init__(self, rows: int, d_model: int, sae: SAE | None, device: torch.device) -> None:
+        self.sae = sae
+        self.vectors = torch.zeros(rows, d_model, device=device)
+        width = sae.d_sae if sae is not None else 0
+        self.mask = torch.zeros(rows, width, device=device)
+        self.targets = torch.zeros(rows, width, device=device)
+        self.clamped = [False] * rows
+
+    def set(self, row: int, hook: SteeringHook | None) -> None:
+        """Steer `row` by `hook` (None: not at all)."""
+        self.vectors[row] = 0
+        self.mask[row] = 0
+        self.targets[row] = 0
+        self.clamped[row] = False
+        if hook is None or hook.empty:
+            return
+        if hook.per_token:
+            raise ValueError("Per-token normalised steering cannot be batched.")
+        self.vectors[row] = hook.vector.to(self.vectors.device)
+        if hook.clamps:
+            assert self.sae is not None
+            idx = torch.tensor(list(hook.clamps), device=self.mask.device)
+            self.mask[row, idx] = 1
+            self.targets[row, idx] = torch.tensor(list(hook.clamps.values()), device=self.mask.device)
+            self.clamped[row] = True
+
+    @property
+    def any_clamps(self) -> bool:
+        return any(self.clamped)
+
+    def __call__(self, h: torch.Tensor, clamps: bool) -> torch.Tensor:
+        out = h.float() + self.vectors
+        if clamps and self.sae is not None:
+            sae = self.sae
+            scale = sae.input_scale(out.to(sae.dtype))
+            scale_f = scale.float() if isinstance(scale, torch.Tensor) else scale
+            acts = sae.encode(out.to(sae.dtype)).float()
+            delta = ((self.targets - acts) * self.mask) @ sae.W_dec.float()
+            out = out + delta / scale_f
+        return out.to(h.dtype)
+
+
+class BatchCache:
+    """Keys and values of `rows` sequences `[layers, rows, kv_heads, capacity, head_dim]` and each row's length."""
+
+    def __init__(self, fast: FastModel, rows: int, capacity: int) -> None:
+        self.fast = fast
+        shape = (fast.n_layers, rows, fast.n_kv, capacity, fast.head_dim)
+        self.k = torch.zeros(shape, dtype=fast.cache_dtype, device=fast.device)
+        self.v = torch.zeros(shape, dtype=fast.cache_dtype, device=fast.device)
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=fast.device)
+
+    @property
+    def rows(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def load(self, row: int, cache: PrefixCache) -> None:
+        """Copy a prompt's keys and values (every block computed) into `row`."""
+        n = len(cache.ids)
+        self.k[:, row, :, :n] = cache.k[:, :, :n]
+        self.v[:, row, :, :n] = cache.v[:, :, :n]
+        self.lengths[row] = n
+
+    def grown(self, capacity: int) -> BatchCache:
+        """A copy with room for `capacity` tokens per row."""
+        bigger = BatchCache(self.fast, self.rows, capacity)
+        bigger.k[:, :, :, :self.capacity] = self.k
+        bigger.v[:, :, :, :self.capacity] = self.v
+        bigger.lengths.copy_(self.lengths)
+        return bigger
+
+
+def batch_step(fast: FastModel, cache: BatchCache, tokens: torch.Tensor, steering: RowSteering, *,
+               span: int | None = None, clamps: bool = False) -> torch.Tensor:
+    """One decode step for every row: `tokens [rows]` at positions `cache.lengths`, attending to the first `span`
+    positions of the cache (all of it by default: a fixed shape, as a CUDA graph needs); logits `[rows, vocab]`
+    (float32). The lengths grow by one."""
+    rows, hd = tokens.shape[0], fast.head_dim
+    span = cache.capacity if span is None else span
+    positions = cache.lengths
+    cos_all, sin_all = fast._rope(cache.capacity)
+    cos, sin = cos_all[positions][:, None], sin_all[positions][:, None]
+    visible = torch.arange(span, device=tokens.device)[None] <= positions[:, None]
+    bias = torch.zeros(rows, 1, 1, span, device=tokens.device).masked_fill(~visible[:, None, None], float("-inf"))
+    every = torch.arange(rows, device=tokens.device)
+    nq, nk = fast.n_heads * hd, fast.n_kv * hd
+    x = F.embedding(tokens, fast.embed)
+    for i, layer in enumerate(fast.layers):
+        if i == fast.split:
+            x = steering(x, clamps)
+        qkv = layer.qkv(fast._norm(x, layer.norm1))
+        q = _rotate(qkv[:, :nq].view(rows, fast.n_heads, hd), cos, sin)
+        k = _rotate(qkv[:, nq:nq + nk].view(rows, fast.n_kv, hd), cos, sin)
+        v = qkv[:, nq + nk:].view(rows, fast.n_kv, hd)
+        cache.k[i, every, :, positions] = k.to(cache.k.dtype)
+        cache.v[i, every, :, positions] = v.to(cache.v.dtype)
+        keys, values = cache.k[i, :, :, :span], cache.v[i, :, :, :span]
+        scores = torch.matmul(q.view(rows, fast.n_kv, -1, hd).to(keys.dtype), keys.transpose(2, 3)) * fast.scale
+        probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
+        out = torch.matmul(probs, values).reshape(rows, nq).to(x.dtype)
+        x = fast._tail(layer, x, out)
+    if fast.split == fast.n_layers:
+        x = steering(x, clamps)
+    cache.lengths += 1
+    return fast.unembed(fast._norm(x, fast.final_norm)).float()
+
+
+class GraphStep:
+    """`batch_step` over the whole cache, captured in a CUDA graph per (clamps or not) and replayed: inputs and
+    steering are written into the captured buffers, never re-captured. Only on a CUDA device."""
+
+    def __init__(self, fast: FastModel, cache: BatchCache, steering: RowSteering) -> None:
+        if fast.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device.")
+        self.fast, self.cache, self.steering = fast, cache, steering
+        self.tokens = torch.zeros(cache.rows, dtype=torch.long, device=fast.device)
+        self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def _capture(self, clamps: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        lengths = self.cache.lengths.clone()
+        k, v = self.cache.k.clone(), self.cache.v.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up runs (allocator, kernels' workspaces) outside the graph
+            for _ in range(2):
+                self.cache.lengths.copy_(lengths)
+                batch_step(self.fast, self.cache, self.tokens, self.steering, clamps=clamps)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        self.cache.lengths.copy_(lengths)
+        with torch.cuda.graph(graph):
+            logits = batch_step(self.fast, self.cache, self.tokens, self.steering, clamps=clamps)
+        self.cache.k.copy_(k)  # the capture wrote nothing real (it only recorded), but the warm-up did
+        self.cache.v.copy_(v)
+        self.cache.lengths.copy_(lengths)
+        return graph, logits
+
+    def __call__(self, tokens: torch.Tensor, clamps: bool) -> torch.Tensor:
+        if clamps not in self._graphs:
+            self._graphs[clamps] = self._capture(clamps)
+        graph, logits = self._graphs[clamps]
+        self.tokens.copy_(tokens)
+        graph.replay()
+        return logits
+
+
+class Batcher:
+    """Decodes requests together, up to `rows` at a time; requests join when a row frees (continuous batching).
+
+    `graphs`: replay each step from a CUDA graph (the default on a CUDA device)."""
+
+    def __init__(self, fast: FastModel, sae: SAE | None, eos_ids: set[int], tokenizer: Any, *, rows: int = 8,
+                 graphs: bool | None = None) -> None:
+        if rows < 1:
+            raise ValueError("A batch needs at least one row.")
+        self.fast, self.sae, self.eos_ids, self.tokenizer = fast, sae, eos_ids, tokenizer
+        self.rows = rows
+        self.graphs = fast.device.type == "cuda" if graphs is None else graphs
+        self.cache = BatchCache(fast, rows, GROW)
+        self.steering = RowSteering(rows, fast.d_model, sae, fast.device)
+        self.slots: list[Request | None] = [None] * rows
+        self.next_tokens = torch.zeros(rows, dtype=torch.long, device=fast.device)
+        self.pending: deque[Request] = deque()
+        self._graph: GraphStep | None = None
+        self.steps = 0
+
+    def add(self, request: Request) -> None:
+        if not request.ids:
+            raise ValueError("Every prompt needs at least one token.")
+        if len(request.ids) + request.sampling.max_tokens > self.fast.max_positions:
+            raise ValueError(f"{len(request.ids)} prompt tokens and {request.sampling.max_tokens} new ones exceed "
+                             f"the model's {self.fast.max_positions} positions.")
+        self.pending.append(request)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending) or any(s is not None for s in self.slots)
+
+    def _emit(self, request: Request, token: int) -> None:
+        """Record a sampled token; finish the request at end-of-sequence, a stop string, its length or a cancel."""
+        assert request._stream is not None
+        request.tokens.append(token)
+        stream = request._stream
+        eos = token in self.eos_ids and request.sampling.stop_at_eos
+        piece = "" if eos else stream.push(token)
+        if len(request.tokens) >= request.sampling.max_tokens or eos or stream.stopped or (
+                request.cancel is not None and request.cancel.cancelled):
+            piece += stream.flush()
+            request.done = True
+        if piece:
+            request.text += piece
+            if request.on_piece is not None:
+                request.on_piece(piece)
+
+    def _pick(self, request: Request, logits: torch.Tensor) -> int:
+        logits = penalise_repeats(logits[None], [request.tokens], request.sampling.repetition_penalty)[0]
+        return pick_token(logits, request.sampling, request._generator)
+
+    def _admit(self, row: int, request: Request) -> None:
+        """Read the request's prompt (under its prompt steering) and sample its first token; it takes `row` unless
+        that token already ends it."""
+        fast = self.fast
+        request._stream = TextStream(self.tokenizer, request.ids, request.sampling.stop)
+        request._generator = sampling_generator(request.sampling, fast.device)
+        if request.sampling.max_tokens == 0 or (request.cancel is not None and request.cancel.cancelled):
+            request.done = True
+            return
+        cache = request.cache or PrefixCache(fast)
+        cache.sync(request.ids)
+        steer, key = phase_steer(fast, request.steered("prompt"), "all", "prompt")
+        logits = fast.upper(cache, steer, key)
+        self._emit(request, self._pick(request, logits))
+        if request.done:
+            return
+        need = len(request.ids) + request.sampling.max_tokens
+        if need > self.cache.capacity:
+            self.cache = self.cache.grown(min(fast.max_positions, -(-need // GROW) * GROW))
+            self._graph = None
+        self.cache.load(row, cache)
+        self.steering.set(row, request.steered("generated"))
+        self.next_tokens[row] = request.tokens[-1]
+        self.slots[row] = request
+
+    def step(self) -> list[Request]:
+        """Admit waiting requests into free rows, run one decode step for the running ones; returns the requests
+        that finished."""
+        finished: list[Request] = []
+        with torch.inference_mode():
+            for row in range(self.rows):
+                while self.slots[row] is None and self.pending:
+                    request = self.pending.popleft()
+                    self._admit(row, request)
+                    if request.done:
+                        finished.append(request)
+            live = [row for row, r in enumerate(self.slots) if r is not None]
+            if not live:
+                return finished
+            clamps = self.steering.any_clamps
+            if self.graphs:
+                if self._graph is None:
+                    self._graph = GraphStep(self.fast, self.cache, self.steering)
+                logits = self._graph(self.next_tokens, clamps)
+            else:
+                span = int(self.cache.lengths[live].max()) + 1
+                logits = batch_step(self.fast, self.cache, self.next_tokens, self.steering, span=span, clamps=clamps)
+            self.steps += 1
+            idle = [row for row in range(self.rows) if row not in live]
+            if idle:  # idle rows ran too (fixed shapes); they stay empty
+                self.cache.lengths[idle] = 0
+            for row in live:
+                running = self.slots[row]
+                assert running is not None
+                token = self._pick(running, logits[row])
+                self._emit(running, token)
+                self.next_tokens[row] = token
+                if running.done:
+                    finished.append(running)
+                    self.slots[row] = None
+                    self.steering.set(row, None)
+                    self.cache.lengths[row] = 0
+        return finished
+
+    def run(self, requests: Iterable[Request]) -> list[Request]:
+        """Decode every request to its end; returns them in the order given."""
+        requests = list(requests)
+        for request in requests:
+            self.add(request)
+        while self.busy:
+            self.step()
+        return requests
+
+
+def generate_many(batcher: Batcher, prompts: Sequence[list[int]], steering: Sequence[SteeringHook | None],
+                  sampling: SamplingConfig) -> list[str]:
+    """The continuations of `prompts`, prompt i under `steering[i]`, decoded together."""
+    requests = [Request(list(p), sampling, s) for p, s in zip(prompts, steering, strict=True)]
+    return [r.text for r in batcher.run(requests)]

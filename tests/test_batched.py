@@ -1,0 +1,156 @@
+"""Batched steered decoding (`steering.batched`): each row decodes what it would alone, under its own steering, with
+requests joining and leaving between steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steering.batched import Batcher, Request
+from steering.config import SamplingConfig
+from steering.engine import Engine
+from steering.fast import FastModel, PrefixCache
+from steering.generate import fast_token_ids, prompt_ids
+from steering.interventions import Intervention
+from steering.models import LoadedModel, from_modules
+
+from .conftest import ByteTokenizer, _llama, tiny_lm
+from .test_fast import _qwen2, _sae
+
+PROMPTS = ["The lighthouse keeper climbed the stairs at dusk, and", "Rain", "Once upon a time in a small town",
+           "She opened the letter slowly."]
+
+
+def _alone(engine: Engine, prompt: str | list[int], steering, sampling: SamplingConfig) -> list[int]:
+    fast = engine.caches.fast
+    ids = prompt_ids(engine.lm, prompt)[0].tolist() if isinstance(prompt, str) else prompt
+    return list(fast_token_ids(fast, PrefixCache(fast), ids, sampling, engine.lm.eos_token_ids,
+                               steering=engine.steering_hook(steering)))
+
+
+def _steerings(d_model: int) -> list[list[Intervention]]:
+    torch.manual_seed(5)
+    return [[], [Intervention("add", 3, strength=6.0)], [Intervention("clamp", 5, value=4.0),
+            Intervention("vector", vector=torch.randn(d_model), strength=2.0)], [Intervention("ablate", 7)]]
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_lm("llama"), _qwen2], ids=["llama", "qwen2"])
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_each_row_decodes_what_it_would_alone(make, positions: str) -> None:
+    lm: LoadedModel = make()
+    engine = Engine(lm, _sae(layer=1))
+    sampling = SamplingConfig(max_tokens=20, stop_at_eos=False, steer_positions=positions)
+    steerings = _steerings(lm.d_model)
+    alone = [_alone(engine, p, s, sampling) for p, s in zip(PROMPTS, steerings, strict=True)]
+    assert len({tuple(a) for a in alone}) == len(alone)  # the steerings differ in effect
+    batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=4)
+    requests = [Request(prompt_ids(lm, p)[0].tolist(), sampling, engine.steering_hook(s))
+                for p, s in zip(PROMPTS, steerings, strict=True)]
+    batcher.run(requests)
+    assert [r.tokens for r in requests] == alone
+    assert batcher.steps == sampling.max_tokens - 1  # one shared forward per step after each prompt's first token
+
+
+def test_requests_join_and_leave_between_steps() -> None:
+    lm = tiny_lm("llama")
+    engine = Engine(lm, _sae(layer=2))
+    steerings = _steerings(lm.d_model) * 2
+    prompts = PROMPTS + [p[::-1] for p in PROMPTS]
+    lengths = [3, 17, 8, 25, 1, 12, 30, 5]
+    batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=3)
+    requests = [Request(prompt_ids(lm, p)[0].tolist(), SamplingConfig(max_tokens=n, stop_at_eos=False),
+                        engine.steering_hook(s)) for p, s, n in zip(prompts, steerings, lengths, strict=True)]
+    batcher.add(requests[0])
+    batcher.add(requests[1])
+    for _ in range(4):
+        batcher.step()
+    assert requests[0].done and not requests[1].done
+    for r in requests[2:]:
+        batcher.add(r)
+    seen_rows = set()
+    while batcher.busy:
+        seen_rows.add(sum(s is not None for s in batcher.slots))
+        batcher.step()
+    assert max(seen_rows) == 3  # rows were reused as requests finished
+    for request, prompt, steering, n in zip(requests, prompts, steerings, lengths, strict=True):
+        expect = _alone(engine, prompt, steering, SamplingConfig(max_tokens=n, stop_at_eos=False))
+        assert request.tokens == expect, prompt
+        assert request.done
+
+
+def test_seeded_sampling_stop_strings_and_cancel_match_single_requests() -> None:
+    lm = tiny_lm("llama")
+    engine = Engine(lm, _sae(layer=1))
+    sampling = SamplingConfig(max_tokens=30, temperature=0.9, top_p=0.95, seed=3, stop=("e",),
+                              repetition_penalty=1.3)
+    steerings = _steerings(lm.d_model)
+    texts = engine.generate_batch(PROMPTS, steerings, sampling, rows=2)
+    assert texts == ["".join(engine.generate(p, s, sampling)) for p, s in zip(PROMPTS, steerings, strict=True)]
+    assert all("e" not in t for t in texts)
+
+    request = Request(prompt_ids(lm, PROMPTS[0])[0].tolist(), SamplingConfig(max_tokens=50, stop_at_eos=False))
+    pieces: list[str] = []
+    request.on_piece = pieces.append
+    from steering.generate import CancelToken
+
+    request.cancel = CancelToken()
+    batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=2)
+    batcher.add(request)
+    for _ in range(5):
+        batcher.step()
+    request.cancel.cancel()
+    batcher.step()
+    assert request.done and not batcher.busy and len(request.tokens) == 7
+    assert "".join(pieces) == request.text
+
+
+def test_a_document_cache_is_read_through_and_kept() -> None:
+    lm = tiny_lm("llama")
+    engine = Engine(lm, _sae(layer=1))
+    fast: FastModel = engine.caches.fast
+    cache = PrefixCache(fast)
+    ids = prompt_ids(lm, PROMPTS[0])[0].tolist()
+    sampling = SamplingConfig(max_tokens=10, stop_at_eos=False)
+    batcher = Batcher(fast, engine.sae, set(), lm.tokenizer, rows=2)
+    first = batcher.run([Request(ids, sampling, cache=cache)])[0]
+    assert cache.low == len(ids) and cache.ids == ids
+    more = ids + prompt_ids(lm, " more")[0].tolist()[1:]
+    second = batcher.run([Request(more, sampling, cache=cache)])[0]
+    assert cache.low == len(more)
+    assert second.tokens == _alone(engine, more, [], sampling)
+    assert first.tokens == _alone(engine, PROMPTS[0], [], sampling)
+
+
+def test_the_cache_grows_for_long_requests_and_bad_requests_are_refused() -> None:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(8)
+    model = _llama()
+    model.config.max_position_embeddings = 1024
+    lm = from_modules(LlamaForCausalLM(model.config), ByteTokenizer(), name="tiny-llama-1024")
+    engine = Engine(lm, _sae(layer=1))
+    sampling = SamplingConfig(max_tokens=40, stop_at_eos=False)
+    long_prompt = ("word " * 130).strip()  # 650 byte tokens: beyond the batch cache's first 512 positions
+    text = engine.generate_batch([long_prompt, "Rain"], [[], []], sampling, rows=2)
+    assert engine._batcher is not None and engine._batcher.cache.capacity == 1024
+    assert text == ["".join(engine.generate(p, (), sampling)) for p in (long_prompt, "Rain")]
+    beyond = ("word " * 220).strip()  # 1,100 tokens: more than the model's positions, read by transformers alone
+    assert engine.generate_batch([beyond], [[]], SamplingConfig(max_tokens=3, stop_at_eos=False)) == [
+        "".join(engine.generate(beyond, (), SamplingConfig(max_tokens=3, stop_at_eos=False)))]
+    batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=2)
+    with pytest.raises(ValueError, match="at least one token"):
+        batcher.add(Request([], sampling))
+    with pytest.raises(ValueError, match="positions"):
+        batcher.add(Request([1] * 1000, SamplingConfig(max_tokens=100)))
+    with pytest.raises(ValueError, match="steering sets"):
+        engine.generate_batch(["a", "b"], [[]])
+
+
+def test_without_the_fast_path_the_batch_runs_one_by_one() -> None:
+    lm = tiny_lm("llama")
+    engine = Engine(lm, _sae(layer=1), fast=False)
+    sampling = SamplingConfig(max_tokens=8, stop_at_eos=False)
+    steerings = [[], [Intervention("add", 3, strength=6.0)]]
+    assert engine.caches is None
+    assert engine.generate_batch(PROMPTS[:2], steerings, sampling) == [
+        "".join(engine.generate(p, s, sampling)) for p, s in zip(PROMPTS[:2], steerings, strict=True)]
