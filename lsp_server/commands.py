@@ -220,7 +220,7 @@ def register(server: TinymorphServer) -> None:
         w = ls.worker
         engine = w.info.to_dict() if w.engine is not None and w.info is not None else None
         return {"state": w.state, "error": w.error, "engine": engine, "queueDepth": w.queue_depth,
-                "running": w.running, "latencyMs": dict(w.latency_ms), "documents": len(ls.docs),
+                "running": w.running, "batched": w.batched, "latencyMs": dict(w.latency_ms), "documents": len(ls.docs),
                 "positionEncoding": ls.encoding, "hintRefreshes": ls.hint_refreshes,
                 "generations": ls.generations, "memoryMb": resident_mb(),
                 "settings": to_wire(ls.settings)}

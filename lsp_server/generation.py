@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from pygls.exceptions import JsonRpcInvalidRequest
 
+from steering.batched import Request
 from steering.config import SamplingConfig
 from steering.errors import TinymorphError
 from steering.generate import CancelToken
 from steering.interventions import Intervention, vector_digest
 
 from .config import Settings
-from .worker import INTERACTIVE
+from .worker import INTERACTIVE, EngineAPI
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -90,9 +91,14 @@ async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str,
             running.cancel.cancel()
         cancel = CancelToken()
 
+        def decode(engine: EngineAPI) -> str | Request:
+            """Join the batch of continuations where the engine can; else decode alone."""
+            request = engine.start(prompt, steering, how, cancel, session=uri)
+            return request if request is not None else "".join(engine.generate(prompt, steering, how, cancel,
+                                                                              session=uri))
+
         async def run() -> str:
-            return await server.run_engine(
-                kind, lambda e: "".join(e.generate(prompt, steering, how, cancel, session=uri)), priority, cancel)
+            return await server.run_engine(kind, decode, priority, cancel)  # type: ignore[arg-type]
 
         task = asyncio.get_running_loop().create_task(run(), name=f"{kind} {uri}")
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its requests report failures

@@ -3,6 +3,10 @@
 The server never touches the model on its event loop. It submits a job (a function of the engine) and awaits a
 future; a newer job for the same purpose cancels the older one before it starts, and a running generation stops at
 the next decode step through its cancel token.
+
+A job that returns a batched `Request` (`Engine.start`) is a continuation decoded together with the others: the
+worker runs decode steps for all of them while no more urgent job waits (completions and suggestions join the batch
+between steps; reading waits until it is done), and the job's future gets the text when its request finishes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from steering.annotate import Annotation
+from steering.batched import Request
 from steering.config import EngineConfig, SamplingConfig
 from steering.engine import EngineInfo, FeatureCard, FeatureExplanation
 from steering.generate import CancelToken
@@ -43,6 +48,13 @@ class EngineAPI(Protocol):
 
     def generate(self, prompt: str, steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None,
                  cancel: CancelToken | None = None, session: str | None = None) -> Iterator[str]: ...
+
+    def start(self, prompt: str, steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None,
+              cancel: CancelToken | None = None, session: str | None = None) -> Request | None: ...
+
+    def step(self) -> list[Request]: ...
+
+    def drop_batch(self) -> list[Request]: ...
 
     def read_ahead(self, text: str, session: str, tokens: int = 128) -> bool: ...
 
@@ -94,8 +106,6 @@ class EngineWorker:
         self._loader = loader
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._seq = itertools.count()
-        self._thread = threading.Thread(target=self._run, name="tinymorph-engine", daemon=True)
-        self._thread.start()
         self.engine: EngineAPI | None = None
         self.info: EngineInfo | None = None
         """What the engine said of itself when it loaded (read it instead of calling the engine off its thread)."""
@@ -103,10 +113,19 @@ class EngineWorker:
         self.error: str | None = None
         self.latency_ms: dict[str, float] = {}
         self.running: str | None = None
+        self._streams: dict[int, tuple[Request, str, float, concurrent.futures.Future[Any]]] = {}
+        """Batched continuations decoding, by id of their request: (request, job kind, start time, future)."""
+        self._thread = threading.Thread(target=self._run, name="tinymorph-engine", daemon=True)
+        self._thread.start()
 
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def batched(self) -> int:
+        """Continuations decoding together now."""
+        return len(self._streams)
 
     def submit(self, kind: str, fn: Callable[[EngineAPI], T], priority: int = INTERACTIVE,
                ) -> concurrent.futures.Future[T]:
@@ -118,6 +137,7 @@ class EngineWorker:
         self.state = "loading"
 
         def run(_: Any) -> EngineInfo:
+            self._fail_streams(EngineUnavailable("The model was replaced while this continuation was decoding."))
             try:
                 engine = self._loader(config, progress)
                 info = engine.info()
@@ -139,10 +159,49 @@ class EngineWorker:
         """End the thread after the jobs already running (pending ones are dropped)."""
         self._submit_raw(_STOP, lambda _: None, -1)
 
+    def _next(self) -> _Job | None:
+        """The next job to run; None when batched continuations should take a decode step first."""
+        if not self._streams:
+            return self._queue.get()
+        with self._queue.mutex:
+            head = self._queue.queue[0] if self._queue.queue else None
+        if head is None or head.priority > SUGGEST:
+            return None
+        return self._queue.get_nowait()
+
+    def _advance(self) -> None:
+        """One decode step of the batched continuations; the finished ones answer their futures."""
+        assert self.engine is not None
+        self.running = "+".join(sorted({kind for _, kind, _, _ in self._streams.values()}))
+        try:
+            finished = self.engine.step()
+        except BaseException as exc:
+            log.debug("batched decode step failed: %s", exc)
+            self.engine.drop_batch()
+            self._fail_streams(exc)
+            return
+        finally:
+            self.running = None
+        for request in finished:
+            entry = self._streams.pop(id(request), None)
+            if entry is not None:
+                _, kind, start, future = entry
+                self.latency_ms[kind] = round((time.perf_counter() - start) * 1000, 1)
+                future.set_result(request.text)
+
+    def _fail_streams(self, exc: BaseException) -> None:
+        streams, self._streams = self._streams, {}
+        for _, _, _, future in streams.values():
+            future.set_exception(exc)
+
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._next()
+            if job is None:
+                self._advance()
+                continue
             if job.kind == _STOP:
+                self._fail_streams(EngineUnavailable("The server is shutting down."))
                 return
             if not job.future.set_running_or_notify_cancel():
                 continue
@@ -156,6 +215,9 @@ class EngineWorker:
                 self.running = job.kind
                 start = time.perf_counter()
                 result = job.fn(target)
+                if isinstance(result, Request):  # decoded with the others, between the more urgent jobs
+                    self._streams[id(result)] = (result, job.kind, start, job.future)
+                    continue
                 self.latency_ms[job.kind] = round((time.perf_counter() - start) * 1000, 1)
                 job.future.set_result(result)
             except BaseException as exc:

@@ -86,14 +86,21 @@ class RowSteering:
     def any_clamps(self) -> bool:
         return any(self.clamped)
 
+    def move(self, src: int, dst: int) -> None:
+        for t in (self.vectors, self.mask, self.targets):
+            t[dst] = t[src]
+        self.clamped[dst] = self.clamped[src]
+
     def __call__(self, h: torch.Tensor, clamps: bool) -> torch.Tensor:
-        out = h.float() + self.vectors
+        """Steer the first `len(h)` rows."""
+        n = h.shape[0]
+        out = h.float() + self.vectors[:n]
         if clamps and self.sae is not None:
             sae = self.sae
             scale = sae.input_scale(out.to(sae.dtype))
             scale_f = scale.float() if isinstance(scale, torch.Tensor) else scale
             acts = sae.encode(out.to(sae.dtype)).float()
-            delta = ((self.targets - acts) * self.mask) @ sae.W_dec.float()
+            delta = ((self.targets[:n] - acts) * self.mask[:n]) @ sae.W_dec.float()
             out = out + delta / scale_f
         return out.to(h.dtype)
 
@@ -123,6 +130,13 @@ class BatchCache:
         self.v[:, row, :, :n] = cache.v[:, :, :n]
         self.lengths[row] = n
 
+    def move(self, src: int, dst: int) -> None:
+        """Row `src`'s sequence becomes row `dst`'s."""
+        n = int(self.lengths[src])
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
+
     def grown(self, capacity: int) -> BatchCache:
         """A copy with room for `capacity` tokens per row."""
         bigger = BatchCache(self.fast, self.rows, capacity)
@@ -134,12 +148,12 @@ class BatchCache:
 
 def batch_step(fast: FastModel, cache: BatchCache, tokens: torch.Tensor, steering: RowSteering, *,
                span: int | None = None, clamps: bool = False) -> torch.Tensor:
-    """One decode step for every row: `tokens [rows]` at positions `cache.lengths`, attending to the first `span`
-    positions of the cache (all of it by default: a fixed shape, as a CUDA graph needs); logits `[rows, vocab]`
-    (float32). The lengths grow by one."""
+    """One decode step for the first `len(tokens)` rows: `tokens` at positions `cache.lengths`, attending to the
+    first `span` positions of the cache (all of it by default: a fixed shape, as a CUDA graph needs); logits
+    `[rows, vocab]` (float32). Their lengths grow by one."""
     rows, hd = tokens.shape[0], fast.head_dim
     span = cache.capacity if span is None else span
-    positions = cache.lengths
+    positions = cache.lengths[:rows]
     cos_all, sin_all = fast._rope(cache.capacity)
     cos, sin = cos_all[positions][:, None], sin_all[positions][:, None]
     visible = torch.arange(span, device=tokens.device)[None] <= positions[:, None]
@@ -156,14 +170,14 @@ def batch_step(fast: FastModel, cache: BatchCache, tokens: torch.Tensor, steerin
         v = qkv[:, nq + nk:].view(rows, fast.n_kv, hd)
         cache.k[i, every, :, positions] = k.to(cache.k.dtype)
         cache.v[i, every, :, positions] = v.to(cache.v.dtype)
-        keys, values = cache.k[i, :, :, :span], cache.v[i, :, :, :span]
+        keys, values = cache.k[i, :rows, :, :span], cache.v[i, :rows, :, :span]
         scores = torch.matmul(q.view(rows, fast.n_kv, -1, hd).to(keys.dtype), keys.transpose(2, 3)) * fast.scale
         probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
         out = torch.matmul(probs, values).reshape(rows, nq).to(x.dtype)
         x = fast._tail(layer, x, out)
     if fast.split == fast.n_layers:
         x = steering(x, clamps)
-    cache.lengths += 1
+    positions += 1
     return fast.unembed(fast._norm(x, fast.final_norm)).float()
 
 
@@ -283,6 +297,24 @@ class Batcher:
         self.next_tokens[row] = request.tokens[-1]
         self.slots[row] = request
 
+    @property
+    def running(self) -> int:
+        """Requests decoding now (they hold rows 0 .. running-1)."""
+        return sum(s is not None for s in self.slots)
+
+    def _compact(self) -> None:
+        """Move the running requests to the first rows, so a step on the CPU computes only those."""
+        live = [row for row, r in enumerate(self.slots) if r is not None]
+        for dst, src in enumerate(live):
+            if dst != src:
+                self.cache.move(src, dst)
+                self.steering.move(src, dst)
+                self.next_tokens[dst] = self.next_tokens[src]
+                self.slots[dst], self.slots[src] = self.slots[src], None
+        for row in range(len(live), self.rows):
+            self.steering.set(row, None)
+            self.cache.lengths[row] = 0
+
     def step(self) -> list[Request]:
         """Admit waiting requests into free rows, run one decode step for the running ones; returns the requests
         that finished."""
@@ -294,22 +326,22 @@ class Batcher:
                     self._admit(row, request)
                     if request.done:
                         finished.append(request)
-            live = [row for row, r in enumerate(self.slots) if r is not None]
-            if not live:
+            self._compact()
+            n = self.running
+            if not n:
                 return finished
             clamps = self.steering.any_clamps
-            if self.graphs:
+            if self.graphs:  # every row, a fixed shape; the idle ones stay empty
                 if self._graph is None:
                     self._graph = GraphStep(self.fast, self.cache, self.steering)
                 logits = self._graph(self.next_tokens, clamps)
+                self.cache.lengths[n:] = 0
             else:
-                span = int(self.cache.lengths[live].max()) + 1
-                logits = batch_step(self.fast, self.cache, self.next_tokens, self.steering, span=span, clamps=clamps)
+                span = int(self.cache.lengths[:n].max()) + 1
+                logits = batch_step(self.fast, self.cache, self.next_tokens[:n], self.steering, span=span,
+                                    clamps=clamps)
             self.steps += 1
-            idle = [row for row in range(self.rows) if row not in live]
-            if idle:  # idle rows ran too (fixed shapes); they stay empty
-                self.cache.lengths[idle] = 0
-            for row in live:
+            for row in range(n):
                 running = self.slots[row]
                 assert running is not None
                 token = self._pick(running, logits[row])
@@ -318,8 +350,7 @@ class Batcher:
                 if running.done:
                     finished.append(running)
                     self.slots[row] = None
-                    self.steering.set(row, None)
-                    self.cache.lengths[row] = 0
+            self._compact()
         return finished
 
     def run(self, requests: Iterable[Request]) -> list[Request]:

@@ -332,6 +332,48 @@ class Engine:
             self.caches.trim()
         return stream_text(self.lm, prompt, sampling, steering=hook, hook=self.hook, cancel=cancel, cache=cache)
 
+    def start(self, prompt: str, steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None,
+              cancel: CancelToken | None = None, session: str | None = None) -> Request | None:
+        """Queue the continuation of `prompt` for decoding together with the others (`step`), reading the prompt
+        through `session`'s cache; None where it cannot join a batch (no fast path, per-token normalised steering,
+        more tokens than the model's positions): use `generate`. Bad steering raises here."""
+        hook = self.steering_hook(steering)
+        sampling = sampling or SamplingConfig()
+        if self.caches is None or (hook is not None and hook.per_token):
+            return None
+        ids = prompt_ids(self.lm, prompt)[0].tolist()
+        if len(ids) + sampling.max_tokens > self.caches.fast.max_positions:
+            return None
+        with torch.inference_mode():
+            cache = self.caches.get(session)
+        self.caches.trim()
+        request = Request(ids, sampling, hook, cache=cache, cancel=cancel)
+        self._batch().add(request)
+        return request
+
+    def step(self) -> list[Request]:
+        """One decode step of the continuations `start` queued; those that finished."""
+        return self._batch().step() if self._batcher is not None else []
+
+    @property
+    def batching(self) -> bool:
+        """Whether continuations queued by `start` are still decoding."""
+        return self._batcher is not None and self._batcher.busy
+
+    def drop_batch(self) -> list[Request]:
+        """Forget every queued or decoding continuation (after a failed step); returns them."""
+        if self._batcher is None:
+            return []
+        dropped = [r for r in self._batcher.slots if r is not None] + list(self._batcher.pending)
+        self._batcher = None
+        return dropped
+
+    def _batch(self, rows: int = 8) -> Batcher:
+        assert self.caches is not None
+        if self._batcher is None or (self._batcher.rows != rows and not self._batcher.busy):
+            self._batcher = Batcher(self.caches.fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer, rows=rows)
+        return self._batcher
+
     def generate_batch(self, prompts: Sequence[str], steering: Sequence[Sequence[Intervention]],
                        sampling: SamplingConfig | None = None, *, rows: int = 8) -> list[str]:
         """The continuations of many prompts, prompt i under `steering[i]`: on the fast path decoded together, up
@@ -344,8 +386,7 @@ class Engine:
         if self.caches is None or any(h is not None and h.per_token for h in hooks):
             return ["".join(self.generate(p, s, sampling)) for p, s in zip(prompts, steering, strict=True)]
         fast = self.caches.fast
-        if self._batcher is None or self._batcher.rows != rows:
-            self._batcher = Batcher(fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer, rows=rows)
+        batcher = self._batch(rows)
         texts: list[str | None] = [None] * len(prompts)
         requests: dict[int, Request] = {}
         for i, (prompt, hook) in enumerate(zip(prompts, hooks, strict=True)):
@@ -354,6 +395,6 @@ class Engine:
                 texts[i] = "".join(self.generate(prompt, steering[i], sampling))
             else:
                 requests[i] = Request(ids, sampling, hook)
-        self._batcher.run(requests.values())
+        batcher.run(requests.values())
         return [requests[i].text if t is None else t for i, t in enumerate(texts)]
 

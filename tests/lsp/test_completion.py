@@ -111,6 +111,33 @@ async def test_the_same_request_twice_shares_one_generation(client) -> None:
         assert (await command(client, "tinymorph.status"))["generations"] == before + 1
 
 
+async def test_completions_in_two_documents_decode_together(client) -> None:
+    alone = {}
+    await set_max_tokens(client, 24)
+    for uri in ("file:///alone-a.md", "file:///alone-b.md"):
+        open_doc(client, uri, TEXT if uri.endswith("a.md") else TEXT + " the")
+        position = types.Position(line=0, character=len(TEXT) + (0 if uri.endswith("a.md") else 4))
+        result = await client.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=position))
+        alone[uri] = result.items[0].text_edit.new_text
+    await set_max_tokens(client, 200)
+    try:
+        pending = [asyncio.ensure_future(client.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=0, character=len(TEXT) + (0 if uri.endswith("a.md") else 4)))))
+            for uri in alone]
+
+        async def together():
+            return (await command(client, "tinymorph.status"))["batched"] == 2
+
+        await wait_for(together, timeout=30, what="two completions in one batch")
+        texts = [r.items[0].text_edit.new_text for r in await asyncio.gather(*pending)]
+        for text, first in zip(texts, alone.values(), strict=True):
+            assert text.startswith(first.rstrip())  # the same continuation, only longer
+    finally:
+        await set_max_tokens(client, 8)
+
+
 async def test_an_edit_drops_the_running_completion(client) -> None:
     uri = "file:///stale.md"
     async with completing(client, uri) as pending:
