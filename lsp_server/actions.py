@@ -15,7 +15,7 @@ from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonR
 from steering.ranking import rank
 
 from .cards import card
-from .generation import Superseded, generate, prompt_before, prompt_limit
+from .generation import OutOfMemory, Superseded, generate, prompt_before, prompt_limit
 from .hints import short
 from .state import DocState
 from .text import PositionError
@@ -79,7 +79,7 @@ async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: 
         text = await generate(server, uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop)
     except Superseded:
         raise JsonRpcRequestCancelled("A newer request for this document took over.") from None
-    except EngineUnavailable as exc:
+    except (EngineUnavailable, OutOfMemory) as exc:
         raise JsonRpcContentModified(str(exc)) from None
     if state.doc.version != version or server.docs.get(uri) is not state:
         raise JsonRpcContentModified(f"{uri} changed while the rewrite ran; nothing was applied.")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from .generation import Superseded, generate, prompt_before, prompt_limit
+from .generation import OutOfMemory, Superseded, generate, prompt_before, prompt_limit
 from .hints import short
 from .text import PositionError
 from .worker import EngineUnavailable
@@ -36,8 +36,8 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
     start = offset - (len(word.group(0)) if word else 0)
     try:
         out = await generate(ls, uri, prompt, kind=kind, stop=("\n\n",))
-    except (Superseded, EngineUnavailable):  # a newer request took over, or the model is not loaded (yet)
-        return None
+    except (Superseded, EngineUnavailable, OutOfMemory):  # a newer request took over, the model is not loaded
+        return None                                         # (yet), or the device ran out of memory (user told)
     return out, start, offset
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from pygls.exceptions import JsonRpcInvalidRequest
 
 from steering.batched import Request
@@ -37,6 +39,25 @@ _SPACE = re.compile(r"\s")
 
 class Superseded(Exception):
     """A generation cancelled because a newer request for the same document arrived."""
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory during a generation (the user was told once; the next request tries again)."""
+
+
+OOM_QUIET_S = 60.0
+"""After telling the user of an out-of-memory generation, further ones within this many seconds go unsaid."""
+_told_oom: dict[int, float] = {}
+
+
+def out_of_memory(server: TinymorphServer, exc: BaseException) -> OutOfMemory:
+    """Tell the user (once a minute at most) that a generation ran out of memory; the error to raise."""
+    now = time.monotonic()
+    if now - _told_oom.get(id(server), -OOM_QUIET_S) >= OOM_QUIET_S:
+        _told_oom[id(server)] = now
+        server.tell("a continuation ran out of memory and was dropped; hints still work. Lower maxTokens, close "
+                    "large documents or use a smaller model if it happens again.")
+    return OutOfMemory(str(exc) or type(exc).__name__)
 
 
 def prompt_before(text: str, offset: int, limit: int = PROMPT_CHARS) -> str:
@@ -116,6 +137,8 @@ async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str,
         raise
     except TinymorphError as exc:  # e.g. steering with features the loaded SAE does not have
         raise JsonRpcInvalidRequest(f"tinymorph: {exc}") from None
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        raise out_of_memory(server, exc) from None
     finally:
         running.waiters -= 1
     if running.cancel.cancelled:

@@ -18,7 +18,7 @@ from steering.engine import FeatureCard
 
 from .cards import cards_for
 from .config import Settings
-from .generation import Superseded, generate, prompt_before, prompt_limit
+from .generation import OutOfMemory, Superseded, generate, prompt_before, prompt_limit
 from .incremental import Plan, merge, plan, rereads
 from .state import Annotated, DocState, Suggestion
 from .worker import ANNOTATE, SUGGEST, EngineAPI, EngineUnavailable
@@ -211,7 +211,7 @@ async def suggest(server: TinymorphServer, state: DocState) -> None:
         return
     try:
         text = await generate(server, doc.uri, prompt, kind="suggest", stop=("\n\n",), priority=SUGGEST)
-    except (Superseded, EngineUnavailable):
+    except (Superseded, EngineUnavailable, OutOfMemory):
         return
     except asyncio.CancelledError:
         raise

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import torch
+
 from steering.annotate import Annotation
 from steering.batched import Request
 from steering.config import EngineConfig, SamplingConfig
@@ -84,6 +86,12 @@ def load_engine(config: EngineConfig, progress: Callable[[str], None]) -> Engine
 
 
 _STOP = "stop"
+
+
+def release_memory() -> None:
+    """After an out-of-memory failure: hand the allocator's cached blocks back, so the next job can get them."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class EngineUnavailable(RuntimeError):
@@ -178,6 +186,7 @@ class EngineWorker:
         except BaseException as exc:
             log.debug("batched decode step failed: %s", exc)
             self.engine.drop_batch()
+            release_memory()
             self._fail_streams(exc)
             return
         finally:
@@ -223,6 +232,8 @@ class EngineWorker:
             except BaseException as exc:
                 if job.kind != "load":
                     log.debug("engine job %s failed: %s", job.kind, exc)
+                if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+                    release_memory()
                 job.future.set_exception(exc)
             finally:
                 self.running = None

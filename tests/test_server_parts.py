@@ -147,3 +147,45 @@ def test_prompt_start_stays_put_while_typing_in_a_long_document() -> None:
         starts.add(offset - len(prompt))
     assert len(starts) == 1
     assert prompt_before(text, 1500, 2000) == text[:1500]
+
+
+async def test_out_of_memory_in_a_generation_is_said_once_and_the_next_one_works() -> None:
+    import torch
+
+    from lsp_server import generation
+    from lsp_server.config import Settings
+    from lsp_server.state import DocState
+    from lsp_server.text import Document
+
+    answers: list[Any] = [torch.OutOfMemoryError("CUDA out of memory"), MemoryError(), "and then the sea"]
+    told: list[str] = []
+
+    class Server:
+        settings = Settings()
+        generations = 0
+
+        def __init__(self) -> None:
+            self.doc = DocState(Document("file:///oom.md", "markdown", 1, "Rain", "utf-16"))
+
+        def state(self, uri: str) -> DocState:
+            return self.doc
+
+        def interventions_for(self, uri: str) -> list[Any]:
+            return []
+
+        def tell(self, message: str, kind: Any = None) -> None:
+            told.append(message)
+
+        async def run_engine(self, kind: str, fn: Any, priority: int, cancel: Any) -> str:
+            answer = answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+    server = Server()
+    for prompt in ("Rain", "Rain fell"):
+        with pytest.raises(generation.OutOfMemory):
+            await generation.generate(server, "file:///oom.md", prompt, kind="completion")
+    assert len(told) == 1 and "ran out of memory" in told[0] and "hints still work" in told[0]
+    assert await generation.generate(server, "file:///oom.md", "Rain, and", kind="completion") == \
+        "and then the sea"
