@@ -147,3 +147,44 @@ def test_a_failed_save_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(SaveError, match="cannot save the preset"):
         steering.add_preset("third", torch.ones(16), strength=1, model=ID[0], hook=ID[1], excerpt="")
     assert (folder / "steering.json").read_bytes() == before and len(steering.presets) == 1
+
+
+SAVER = """
+import sys
+from pathlib import Path
+from lsp_server.state import Steer, SteeringSet
+from steering.interventions import Intervention
+steering = SteeringSet(Path(sys.argv[1]))
+print("ready", flush=True)
+n = 0
+while True:
+    n += 1
+    steering.put(Steer(Intervention("add", n % 50, strength=float(n)), "x" * (n % 4000)))
+"""
+
+
+def test_a_save_killed_midway_leaves_a_whole_steering_file(tmp_path: Path) -> None:
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steering = SteeringSet(tmp_path)
+    steering.put(Steer(Intervention("add", 1, strength=1.0), "first"))
+    path = tmp_path / ".tinymorph" / "steering.json"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(6):
+        child = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], stdout=subprocess.PIPE)
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.01, 0.25))  # hundreds of saves a second: the kill lands in one of them
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+        kills += 1
+        reread = SteeringSet(tmp_path)
+        assert reread.load_error is None, reread.load_error
+        assert len(reread.entries) >= 1 and all(e.intervention.mode == "add" for e in reread.entries)
+        assert any(e.intervention.strength > 1 for e in reread.entries)  # the child did save before its end
+        json.loads(path.read_text(encoding="utf-8"))
+    assert kills == 6
