@@ -1,5 +1,5 @@
 """`python -m lsp_server` / `tinymorph serve`: build the server (`create_server`), forward its log to the client,
-and start it on stdio (or TCP on 127.0.0.1)."""
+and serve on stdio (or TCP on 127.0.0.1) until the client leaves."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve until the client sends `exit` or goes away, then end the process (`lifecycle.end_process`: exit code
+    0 after `shutdown`, else 1); a bad flag returns 2."""
     args = parser().parse_args(argv)
     if not 0 < args.port < 65536:
         sys.stderr.write(f"tinymorph serve: --port must be between 1 and 65535, not {args.port}\n")
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         server.start_tcp(LOCALHOST, args.port)
     else:
         server.start_io()
-    return 0
+    from .lifecycle import end_process
+
+    end_process(server)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from steering.config import EngineConfig
 from .config import Settings, parse_settings
 from .pipeline import schedule
 
+PROGRESS_TIMEOUT = 5.0
+"""Seconds to wait for the client to accept a progress token (`window/workDoneProgress/create`)."""
+
 if TYPE_CHECKING:
     from .server import TinymorphServer
 
@@ -55,11 +58,12 @@ async def _load(server: TinymorphServer, settings: Settings) -> None:
     if server.supports("window.work_done_progress"):
         token = f"tinymorph-load-{uuid.uuid4()}"
         try:
-            await server.work_done_progress.create_async(token)
+            # a client that never answers must not hold up the model (then there is no progress bar)
+            await asyncio.wait_for(server.work_done_progress.create_async(token), PROGRESS_TIMEOUT)
             server.work_done_progress.begin(token, types.WorkDoneProgressBegin(
                 title="tinymorph", message=f"loading {settings.model}", cancellable=False))
-        except Exception as exc:
-            log.debug("no progress: %s", exc)
+        except Exception as exc:  # TimeoutError included
+            log.debug("no progress: %s", exc or type(exc).__name__)
             token = None
 
     def progress(stage: str) -> None:

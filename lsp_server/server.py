@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from lsprotocol import types
 from pygls.capabilities import get_capability
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -37,8 +37,22 @@ VERSION = "0.1.0"
 
 
 class TinymorphProtocol(LanguageServerProtocol):
-    """pygls' protocol with two changes: UTF-8 positions when the client offers them (else UTF-16), and document
-    text kept by the server itself (`lsp_server.text.Document`, LSP line breaks only)."""
+    """pygls' protocol with these changes: UTF-8 positions when the client offers them (else UTF-16), document
+    text kept by the server itself (`lsp_server.text.Document`, LSP line breaks only), a malformed answer to a
+    request of the server failing that request (pygls drops it, so the request would wait forever), and the answer
+    to `workspace/configuration` kept as plain JSON (`lifecycle.section_of` checks it)."""
+
+    def get_result_type(self, method: str) -> type[Any] | None:  # type: ignore[override]  # lru_cache in pygls
+        return None if method == types.WORKSPACE_CONFIGURATION else super().get_result_type(method)
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException:
+            if "method" in data or "id" not in data:  # a request or notification: pygls answers it
+                raise
+            return types.ResponseErrorMessage(id=data["id"], error=types.ResponseError(
+                code=types.ErrorCodes.ParseError, message=f"malformed answer: {data.get('result')!r:.120}"))
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams) -> Any:
@@ -90,6 +104,8 @@ class TinymorphServer(LanguageServer):
         """Generations started (a request sharing a running or finished one starts none)."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
+        self.shut_down = False
+        """The client sent `shutdown`: the process exits with code 0 (else 1)."""
 
     @property
     def encoding(self) -> str:
@@ -128,6 +144,20 @@ class TinymorphServer(LanguageServer):
         """A pop-up for what the user must act on."""
         log.warning(message) if kind != types.MessageType.Info else log.info(message)
         self.window_show_message(types.ShowMessageParams(type=kind, message=f"tinymorph: {message}"))
+
+    async def workspace_apply_edit_async(self, params: types.ApplyWorkspaceEditParams,
+                                         ) -> types.ApplyWorkspaceEditResult:
+        """pygls' `workspace/applyEdit`, and a message naming the edit when the client refuses or fails it."""
+        what = f"\u201c{params.label}\u201d" if params.label else "the edit"
+        try:
+            result = await super().workspace_apply_edit_async(params)
+        except Exception as exc:
+            self.tell(f"The editor could not apply {what}: {exc}")
+            raise
+        if result is None or not result.applied:
+            reason = (result.failure_reason if result is not None else None) or "no reason given"
+            self.tell(f"The editor did not apply {what}: {reason}.")
+        return result
 
     def supports(self, capability: str) -> bool:
         """Whether the client announced `capability` (a dotted path such as `workspace.configuration`)."""
