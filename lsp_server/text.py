@@ -11,12 +11,14 @@ import bisect
 from dataclasses import dataclass, field
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
 
 from steering.spans import LINE_BREAK
 
 
-class PositionError(ValueError):
-    """A position that names no place in the document (past the last line, or inside a character)."""
+class PositionError(JsonRpcInvalidParams, ValueError):
+    """A position or range that names no place in the document (past the last line, inside a character, ending
+    before it starts): the request that sent it is answered with InvalidParams even where no handler catches it."""
 
 
 def units(text: str, encoding: str) -> int:
