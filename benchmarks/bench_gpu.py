@@ -118,8 +118,8 @@ def decode_rate(engine: Engine, prompt: list[int], tokens: int, steering: list[I
 
     def run() -> float:
         for i in range(rows):
-            batcher.add(Request(prompt[: len(prompt) - i % 7], sampling, engine.steering_hook(
-                [Intervention("add", f, strength=s.strength) for s in steering for f in [s.feature + i]])))
+            own = [Intervention("add", s.feature + i, strength=s.strength) for s in steering]  # each row its own
+            batcher.add(Request(prompt[: len(prompt) - i % 7], sampling, engine.steering_hook(own)))
         batcher.step()  # admission: prompts read, first tokens
         sync(device)
         t0 = time.perf_counter()

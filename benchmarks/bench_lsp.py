@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,25 @@ async def wait_ready(client: LanguageClient) -> dict[str, Any]:
         return status if status["state"] == "ready" else None
 
     return dict(await wait(ready))
+
+
+async def start_editor(args: argparse.Namespace, max_tokens: int,
+                       server: Sequence[str] = (sys.executable, "-m", "lsp_server")) -> tuple[Client, dict[str, Any]]:
+    """A client announcing inlay-hint refresh and inline completion (as Neovim 0.12 does), on a server started with
+    `args`' model, SAE and device; with the server's status once its engine is loaded."""
+    client = make_client()
+    await client.start_io(*server)
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(
+            workspace=types.WorkspaceClientCapabilities(
+                inlay_hint=types.InlayHintWorkspaceClientCapabilities(refresh_support=True)),
+            text_document=types.TextDocumentClientCapabilities(
+                inline_completion=types.InlineCompletionClientCapabilities())),
+        process_id=None, root_uri=None,
+        initialization_options={"model": args.model, "sae": args.sae, "device": args.device,
+                                "maxTokens": max_tokens}))
+    client.initialized(types.InitializedParams())
+    return client, await wait_ready(client)
 
 
 def whole(text: str) -> types.Range:

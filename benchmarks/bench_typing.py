@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import sys
 import time
 from typing import Any
 
 from bench_engine import emit
-from bench_lsp import Client, document, execute, make_client, parser, stats, tiny_assets, wait, wait_ready
+from bench_lsp import document, execute, parser, start_editor, stats, tiny_assets, wait
 from lsprotocol import types
 
 WORDS = ("the", "harbour", "was", "quiet", "and", "she", "walked", "along", "water", "thinking", "of", "letter",
@@ -36,20 +35,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiny:
         args.model, args.sae = tiny_assets()
     text, n_tokens = document(args.model, args.doc_tokens)
-    client: Client = make_client()
-    await client.start_io(sys.executable, "-m", "lsp_server")
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(
-            workspace=types.WorkspaceClientCapabilities(
-                inlay_hint=types.InlayHintWorkspaceClientCapabilities(refresh_support=True)),
-            text_document=types.TextDocumentClientCapabilities(
-                inline_completion=types.InlineCompletionClientCapabilities())),
-        process_id=None, root_uri=None,
-        initialization_options={"model": args.model, "sae": args.sae, "device": args.device,
-                                "maxTokens": args.max_tokens}))
-    client.initialized(types.InitializedParams())
-
-    status = await wait_ready(client)
+    client, status = await start_editor(args, args.max_tokens)
     uri = "file:///bench/typing.md"
     client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
         uri=uri, language_id="markdown", version=1, text=text)))

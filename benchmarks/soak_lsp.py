@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from bench_engine import emit
-from bench_lsp import Client, document, execute, make_client, parser, tiny_assets, wait, wait_ready
+from bench_lsp import Client, document, execute, parser, start_editor, tiny_assets, wait
 from lsprotocol import types
 
 WORDS = ("the", "harbour", "was", "quiet", "and", "she", "walked", "along", "water", "thinking", "of", "letter",
@@ -128,18 +128,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiny:
         args.model, args.sae = tiny_assets()
     text, n_tokens = document(args.model, args.doc_tokens)
-    client: Client = make_client()
-    await client.start_io(*SERVER)
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(
-            workspace=types.WorkspaceClientCapabilities(
-                inlay_hint=types.InlayHintWorkspaceClientCapabilities(refresh_support=True)),
-            text_document=types.TextDocumentClientCapabilities(
-                inline_completion=types.InlineCompletionClientCapabilities())),
-        process_id=None, root_uri=None,
-        initialization_options={"model": args.model, "sae": args.sae, "device": args.device, "maxTokens": 16}))
-    client.initialized(types.InitializedParams())
-    status = await wait_ready(client)
+    client, status = await start_editor(args, 16, SERVER)
     docs = [Doc(f"file:///soak/doc{i}.md", text) for i in range(args.documents)]
     for doc in docs:
         client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(

@@ -12,7 +12,7 @@ CUDA graph (`GraphStep`) and replayed, steering changes being buffer writes.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,10 +44,10 @@ class Request:
     _stream: TextStream | None = None
     _generator: torch.Generator | None = None
 
-    def steered(self, phase: str) -> SteeringHook | None:
-        """The steering of the `prompt` or `generated` positions (None where `steer_positions` leaves them)."""
+    def steered(self) -> SteeringHook | None:
+        """The steering of the generated positions (None where `steer_positions` leaves them unsteered)."""
         hook = self.steering
-        if hook is None or hook.empty or self.sampling.steer_positions not in ("all", phase):
+        if hook is None or hook.empty or self.sampling.steer_positions not in ("all", "generated"):
             return None
         return hook
 
@@ -283,7 +283,7 @@ class Batcher:
             return
         cache = request.cache or PrefixCache(fast)
         cache.sync(request.ids)
-        steer, key = phase_steer(fast, request.steered("prompt"), "all", "prompt")
+        steer, key = phase_steer(fast, request.steering, request.sampling.steer_positions, "prompt")
         logits = fast.upper(cache, steer, key)
         self._emit(request, self._pick(request, logits))
         if request.done:
@@ -293,7 +293,7 @@ class Batcher:
             self.cache = self.cache.grown(min(fast.max_positions, -(-need // GROW) * GROW))
             self._graph = None
         self.cache.load(row, cache)
-        self.steering.set(row, request.steered("generated"))
+        self.steering.set(row, request.steered())
         self.next_tokens[row] = request.tokens[-1]
         self.slots[row] = request
 
@@ -362,9 +362,3 @@ class Batcher:
             self.step()
         return requests
 
-
-def generate_many(batcher: Batcher, prompts: Sequence[list[int]], steering: Sequence[SteeringHook | None],
-                  sampling: SamplingConfig) -> list[str]:
-    """The continuations of `prompts`, prompt i under `steering[i]`, decoded together."""
-    requests = [Request(list(p), sampling, s) for p, s in zip(prompts, steering, strict=True)]
-    return [r.text for r in batcher.run(requests)]

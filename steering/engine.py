@@ -360,41 +360,33 @@ class Engine:
         """Whether continuations queued by `start` are still decoding."""
         return self._batcher is not None and self._batcher.busy
 
-    def drop_batch(self) -> list[Request]:
-        """Forget every queued or decoding continuation (after a failed step); returns them."""
-        if self._batcher is None:
-            return []
-        dropped = [r for r in self._batcher.slots if r is not None] + list(self._batcher.pending)
+    def drop_batch(self) -> None:
+        """Forget every queued or decoding continuation (after a failed step)."""
         self._batcher = None
-        return dropped
 
-    def _batch(self, rows: int = 8) -> Batcher:
+    def _batch(self, rows: int | None = None) -> Batcher:
+        """The batcher (a new one with `rows` rows, 8 by default, when there is none or, idle, it has another
+        size)."""
         assert self.caches is not None
-        if self._batcher is None or (self._batcher.rows != rows and not self._batcher.busy):
-            self._batcher = Batcher(self.caches.fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer, rows=rows)
+        if self._batcher is None or (rows is not None and self._batcher.rows != rows and not self._batcher.busy):
+            self._batcher = Batcher(self.caches.fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer,
+                                    rows=rows or 8)
         return self._batcher
 
     def generate_batch(self, prompts: Sequence[str], steering: Sequence[Sequence[Intervention]],
                        sampling: SamplingConfig | None = None, *, rows: int = 8) -> list[str]:
         """The continuations of many prompts, prompt i under `steering[i]`: on the fast path decoded together, up
-        to `rows` at a time (`steering.batched`); otherwise one after another. Bad steering raises before any
-        work."""
+        to `rows` at a time (`steering.batched`); otherwise, and for the ones `start` cannot batch, one after
+        another. Bad steering raises before any work."""
         if len(prompts) != len(steering):
             raise ValueError(f"{len(prompts)} prompts but {len(steering)} steering sets.")
         sampling = sampling or SamplingConfig()
-        hooks = [self.steering_hook(s) for s in steering]
-        if self.caches is None or any(h is not None and h.per_token for h in hooks):
-            return ["".join(self.generate(p, s, sampling)) for p, s in zip(prompts, steering, strict=True)]
-        fast = self.caches.fast
-        batcher = self._batch(rows)
-        texts: list[str | None] = [None] * len(prompts)
-        requests: dict[int, Request] = {}
-        for i, (prompt, hook) in enumerate(zip(prompts, hooks, strict=True)):
-            ids = prompt_ids(self.lm, prompt)[0].tolist()
-            if len(ids) + sampling.max_tokens > fast.max_positions:  # the transformers forward, alone
-                texts[i] = "".join(self.generate(prompt, steering[i], sampling))
-            else:
-                requests[i] = Request(ids, sampling, hook)
-        batcher.run(requests.values())
-        return [requests[i].text if t is None else t for i, t in enumerate(texts)]
-
+        for s in steering:
+            self.steering_hook(s)
+        if self.caches is not None:
+            self._batch(rows)
+        requests = [self.start(p, s, sampling) for p, s in zip(prompts, steering, strict=True)]
+        while self.batching:
+            self.step()
+        return [r.text if r is not None else "".join(self.generate(p, s, sampling))
+                for r, p, s in zip(requests, prompts, steering, strict=True)]

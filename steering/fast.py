@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .interventions import vector_digest
+from .models import spread
 from .sae import HookPoint
 
 FAMILIES = ("llama", "mistral", "qwen2")
@@ -110,8 +111,7 @@ def unsupported_reason(model: Any, hook: HookPoint) -> str | None:
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(inner, "embed_tokens"):
         return "an unexpected module layout"
-    if len(set(getattr(model, "hf_device_map", {}).values())) > 1 or any(
-            p.device.type == "meta" for p in model.parameters()):
+    if spread(model):
         return "its weights are spread over several devices"
     if not 0 <= hook.layer < config.num_hidden_layers:
         return f"hook {hook} is outside the model"
