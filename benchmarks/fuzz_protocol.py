@@ -6,7 +6,7 @@ A `python -m lsp_server` child (on a model path that does not exist: no model lo
 `--messages` seeded random messages: requests to every method it registers with random or nearly valid params,
 `workspace/executeCommand` for every command it announces with random arguments, notifications with random params,
 unknown methods (with and without params), malformed JSON, `$/cancelRequest` for random ids, duplicate ids, and
-with `--framing` frames whose Content-Length is wrong (pygls loses every later message after one). Then one
+with `--framing` frames whose Content-Length is wrong (a frame too long eats the start of the next one). Then one
 `tinymorph.status`, a pause for late answers, `shutdown` and `exit`.
 
 One JSON object: messages sent by kind, requests answered (results, errors by code) and unanswered (by method),

@@ -93,11 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     forwarder.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     for name in ("lsp_server", "steering"):
         logging.getLogger(name).addHandler(forwarder)
-    if args.tcp:
-        server.start_tcp(LOCALHOST, args.port)
-    else:
-        server.start_io()
     from .lifecycle import end_process
+    from .transport import serve_stdio, serve_tcp
+
+    if args.tcp:
+        try:
+            serve_tcp(server, LOCALHOST, args.port)
+        except OSError as exc:
+            sys.stderr.write(f"tinymorph serve: cannot listen on {LOCALHOST}:{args.port}: {exc}\n")
+            return 2
+    else:
+        serve_stdio(server)
 
     end_process(server)
 

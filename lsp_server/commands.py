@@ -217,6 +217,7 @@ def register(server: TinymorphServer) -> None:
 
     @server.command("tinymorph.status")
     def status(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
+        the_object(args, "tinymorph.status")
         w = ls.worker
         engine = w.info.to_dict() if w.engine is not None and w.info is not None else None
         return {"state": w.state, "error": w.error, "engine": engine, "queueDepth": w.queue_depth,

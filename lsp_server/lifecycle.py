@@ -114,6 +114,9 @@ def register(server: TinymorphServer) -> None:
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: TinymorphServer, params: types.InitializedParams) -> None:
+        if ls.loaded_key is not None:  # sent again: the engine is loaded or loading already
+            log.info("`initialized` again: ignored")
+            return
         pulled = await pull_configuration(ls)
         if pulled is not None:  # the client's settings override the initialization options
             apply_settings(ls, pulled, react=False)

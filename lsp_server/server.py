@@ -1,8 +1,8 @@
-"""The tinymorph language server: its protocol and its typed state, with the plumbing every feature shares.
+"""The tinymorph language server: its typed state, with the plumbing every feature shares.
 
-The document pipeline lives in `pipeline`, engine loading in `loading`, generation in `generation`, feature labels
-in `cards`; the LSP features in their own modules, each with a `register(server)`; `create_server()` (in the entry
-module, `__main__`) wires them up.
+The JSON-RPC reading rules live in `protocol`, stdio and TCP in `transport`, the document pipeline in `pipeline`,
+engine loading in `loading`, generation in `generation`, feature labels in `cards`; the LSP features in their own
+modules, each with a `register(server)`; `create_server()` (in the entry module, `__main__`) wires them up.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from typing import Any, TypeVar
 
 from lsprotocol import types
 from pygls.capabilities import get_capability
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import FeatureRequestError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
-from pygls.protocol.language_server import lsp_method
 from pygls.uris import to_fs_path
 
 from steering.engine import FeatureCard
@@ -27,6 +25,7 @@ from steering.generate import CancelToken
 from steering.interventions import Intervention
 
 from .config import Settings
+from .protocol import TinymorphProtocol
 from .state import DocState, SteeringSet
 from .worker import INTERACTIVE, EngineAPI, EngineWorker, Loader, load_engine
 
@@ -34,49 +33,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 VERSION = "0.1.0"
-
-
-class TinymorphProtocol(LanguageServerProtocol):
-    """pygls' protocol with these changes: UTF-8 positions when the client offers them (else UTF-16), document
-    text kept by the server itself (`lsp_server.text.Document`, LSP line breaks only), a malformed answer to a
-    request of the server failing that request (pygls drops it, so the request would wait forever), and the answer
-    to `workspace/configuration` kept as plain JSON (`lifecycle.section_of` checks it)."""
-
-    def get_result_type(self, method: str) -> type[Any] | None:  # type: ignore[override]  # lru_cache in pygls
-        return None if method == types.WORKSPACE_CONFIGURATION else super().get_result_type(method)
-
-    def structure_message(self, data: dict[str, Any]) -> Any:
-        try:
-            return super().structure_message(data)
-        except JsonRpcException:
-            if "method" in data or "id" not in data:  # a request or notification: pygls answers it
-                raise
-            return types.ResponseErrorMessage(id=data["id"], error=types.ResponseError(
-                code=types.ErrorCodes.ParseError, message=f"malformed answer: {data.get('result')!r:.120}"))
-
-    @lsp_method(types.INITIALIZE)
-    def lsp_initialize(self, params: types.InitializeParams) -> Any:
-        general = params.capabilities.general
-        if general is not None and general.position_encodings:
-            offered = general.position_encodings
-            general.position_encodings = [types.PositionEncodingKind.Utf8] if types.PositionEncodingKind.Utf8 in \
-                offered else [types.PositionEncodingKind.Utf16]
-        return (yield from super().lsp_initialize(params))
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
-    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Any:
-        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_OPEN)) is not None:
-            yield handler, (params,), None
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
-    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Any:
-        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
-            yield handler, (params,), None
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
-    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> Any:
-        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CLOSE)) is not None:
-            yield handler, (params,), None
 
 
 def uri_path(uri: str) -> Path | None:
@@ -144,6 +100,13 @@ class TinymorphServer(LanguageServer):
         """A pop-up for what the user must act on."""
         log.warning(message) if kind != types.MessageType.Info else log.info(message)
         self.window_show_message(types.ShowMessageParams(type=kind, message=f"tinymorph: {message}"))
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """A message the server could not read, or a notification handler that failed: the log has it (pygls
+        would pop up "Error in server" with the exception's text, which means nothing to a writer). A failed
+        request is in its answer already."""
+        if source is not FeatureRequestError:
+            log.error("%s: %s", getattr(source, "__name__", source), error)
 
     async def workspace_apply_edit_async(self, params: types.ApplyWorkspaceEditParams,
                                          ) -> types.ApplyWorkspaceEditResult:

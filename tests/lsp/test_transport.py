@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -49,6 +51,9 @@ def test_tcp_binds_loopback_only_and_speaks_lsp(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert listening(port) == ["0100007F"]  # 127.0.0.1, not 0.0.0.0
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            body = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "tinymorph/x", "params": {}}).encode()
+            conn.sendall(b"Content-Length: %d\r\n\r\n" % (len(body) - 2) + body)
+            # a length 2 bytes short: the body's tail runs into the next header line, which the server cuts back
             conn.sendall(frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
                 "processId": None, "rootUri": None, "capabilities": {},
                 "initializationOptions": {"model": str(tmp_path / "missing"), "sae": "none"}}}))
@@ -65,9 +70,23 @@ def test_tcp_binds_loopback_only_and_speaks_lsp(tmp_path: Path) -> None:
         assert caps["positionEncoding"] == "utf-16"
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     assert out == b""  # nothing on stdout in TCP mode either
     assert log.exists()
+    assert f"listening on 127.0.0.1:{port} (loopback only" in err.decode()
+
+
+def test_tcp_serves_loopback_addresses_only() -> None:
+    from lsp_server.__main__ import create_server
+    from lsp_server.transport import serve_tcp
+
+    server = create_server()
+    try:
+        for host in ("0.0.0.0", "192.168.1.2", "::"):
+            with pytest.raises(ValueError, match="loopback address only"):
+                serve_tcp(server, host, free_port())
+    finally:
+        server.worker.stop()
 
 
 def test_bad_flags_are_clear_errors() -> None:
