@@ -224,6 +224,7 @@ def register(server: TinymorphServer) -> None:
                 "running": w.running, "batched": w.batched, "latencyMs": dict(w.latency_ms), "documents": len(ls.docs),
                 "positionEncoding": ls.encoding, "hintRefreshes": ls.hint_refreshes,
                 "generations": ls.generations, "memoryMb": resident_mb(),
+                "remoteCode": ls.settings.trust_remote_code and ls.settings.model in ls.trusted_models,
                 "settings": to_wire(ls.settings)}
 
     @server.command("tinymorph.document")

@@ -36,8 +36,8 @@ class Settings:
                     default="default")
     device: str = _doc("`auto` (CUDA when available), `cpu` or `cuda`.", default="auto")
     dtype: str = _doc("`auto` (bf16 on CUDA and on CPUs with native bf16, else fp32), `float32`, `bfloat16` or `float16`.", default="auto")
-    trust_remote_code: bool = _doc("Run the model repository's own code (only for models you trust).",
-                                   default=False)
+    trust_remote_code: bool = _doc("Run the model repository's own code (only for models you trust). The server "
+                                   "asks you first, once per model and session; no answer means no.", default=False)
     hint_granularity: str = _doc("Where feature hints go: after each `paragraph`, `sentence` or `line`.",
                                  default="paragraph")
     hint_count: int = _doc("Features shown in each hint (0 turns feature hints off).", default=3)

@@ -17,6 +17,9 @@ from .pipeline import schedule
 
 PROGRESS_TIMEOUT = 5.0
 """Seconds to wait for the client to accept a progress token (`window/workDoneProgress/create`)."""
+TRUST_TIMEOUT = 300.0
+"""Seconds to wait for the writer's answer to "run this model's own code?" (no answer: no)."""
+RUN_CODE = "Run its code"
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -49,9 +52,33 @@ def start_loading(server: TinymorphServer) -> None:
     server.load_task = server.spawn(_load(server, server.settings), "load engine")
 
 
+async def remote_code_allowed(server: TinymorphServer, model: str) -> bool:
+    """Whether the writer allows `model`'s own code to run: settings alone cannot turn `trustRemoteCode` on (a
+    cloned project's settings file could), so the server asks once per model and session
+    (`window/showMessageRequest`). No answer, or a client that cannot ask, is no."""
+    if model in server.trusted_models:
+        return True
+    ask = types.ShowMessageRequestParams(
+        type=types.MessageType.Warning, actions=[types.MessageActionItem(RUN_CODE), types.MessageActionItem("Don't")],
+        message=f"tinymorph: the settings ask to run the code that comes with the model {model!r} "
+                f"(trustRemoteCode). Only allow this for a model you trust: its code can do anything you can.")
+    try:
+        answer = await asyncio.wait_for(server.window_show_message_request_async(ask), TRUST_TIMEOUT)
+    except Exception as exc:  # TimeoutError included
+        log.info("no answer about the model's code: %s", exc or type(exc).__name__)
+        answer = None
+    if answer is not None and answer.title == RUN_CODE:
+        server.trusted_models.add(model)
+        return True
+    server.tell(f"the code that comes with {model!r} was not run (trustRemoteCode was not allowed); loading it "
+                f"without.")
+    return False
+
+
 async def _load(server: TinymorphServer, settings: Settings) -> None:
+    trust = settings.trust_remote_code and await remote_code_allowed(server, settings.model)
     config = EngineConfig(model=settings.model, sae=settings.sae, device=settings.device,
-                          dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,  # type: ignore[arg-type]
+                          dtype=settings.dtype, trust_remote_code=trust,  # type: ignore[arg-type]
                           cache_mb=settings.cache_mb)
     token: str | None = None
     loop = asyncio.get_running_loop()

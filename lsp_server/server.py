@@ -50,6 +50,8 @@ class TinymorphServer(LanguageServer):
         self.docs: dict[str, DocState] = {}
         self.steering_sets: dict[Path | None, SteeringSet] = {}
         self.told_presets: set[str] = set()
+        self.trusted_models: set[str] = set()
+        """Models whose own code the writer allowed to run (`loading.remote_code_allowed`) this session."""
         self.cards: dict[int, FeatureCard] = {}
         """Labels of the features seen so far (cleared when another model or SAE loads)."""
         self.tasks: set[asyncio.Task[Any]] = set()

@@ -150,6 +150,22 @@ class Preset:
         return f"“{self.name}” {self.strength:+g}"
 
 
+def store_problem(folder: Path) -> str | None:
+    """Why `folder`'s `.tinymorph/` cannot hold the steering set: it, the steering file, the presets folder or a
+    preset file is a link, or leads out of it (a cloned repository could point them at any file of the writer's).
+    None: it can (or does not exist yet)."""
+    store = folder / STEERING_FILE.parent
+    inside = folder.resolve() / STEERING_FILE.parent
+    candidates = [store, folder / STEERING_FILE, folder / PRESET_DIR]
+    if (folder / PRESET_DIR).is_dir() and not (folder / PRESET_DIR).is_symlink():
+        candidates += sorted((folder / PRESET_DIR).iterdir())
+    for path in candidates:
+        if path.is_symlink() or (path.exists() and path.resolve() != inside
+                                 and not path.resolve().is_relative_to(inside)):
+            return f"{path} is a link or leads out of {store}"
+    return None
+
+
 class SteeringSet:
     """The steering set of one workspace folder (or of no folder, in memory): feature steering and style presets.
 
@@ -162,8 +178,17 @@ class SteeringSet:
         self.presets: list[Preset] = []
         self.load_error: str | None = None
         self._damaged = False
-        if folder is not None:
+        if folder is not None and (problem := store_problem(folder)) is not None:
+            self.folder = None  # nothing read or written there
+            self.load_error = f"{problem}: tinymorph keeps this workspace's steering in memory for this session."
+            log.warning(self.load_error)
+        elif folder is not None:
             self._load()
+
+    def _check_store(self) -> None:
+        """Refuse to write when `.tinymorph/` became a link since the set was loaded."""
+        if self.folder is not None and (problem := store_problem(self.folder)) is not None:
+            raise SaveError(f"{problem}; nothing was written there")
 
     @property
     def path(self) -> Path | None:
@@ -216,6 +241,7 @@ class SteeringSet:
         path = self.path
         if path is None:
             return
+        self._check_store()
         if self._damaged and path.exists():  # the writer's hand-edited file is kept, not overwritten
             os.replace(path, path.with_name(path.name + ".damaged"))
             self._damaged = False
@@ -229,6 +255,9 @@ class SteeringSet:
         self.entries, self.presets = entries, presets
         try:
             self.save()
+        except SaveError:
+            self.entries, self.presets = before
+            raise
         except OSError as exc:
             self.entries, self.presets = before
             raise SaveError(f"cannot save the steering set to {self.path}: {exc.strerror or exc}; "
@@ -276,6 +305,7 @@ class SteeringSet:
                         vector.detach().float().cpu())
         where = self.vector_path(preset)
         if where is not None:
+            self._check_store()
             try:
                 save_vector(where, vector, model=model, hook=hook)
             except OSError as exc:
