@@ -5,7 +5,8 @@
 
 A real LSP client (stdio, a `python -m lsp_server` child) opens `--documents` documents and, for `--minutes`,
 edits them at `--edits-per-s` (a seeded mix: a word typed at the end, a word inserted or deleted in the middle, a
-line break, an undo of the last insert), and between edits asks for hover, inlay hints, inline completions and
+line break, an undo of the last insert; once a document is 5 % longer than at the start, typing at the end becomes
+deleting there, so every minute does the same work), and between edits asks for hover, inlay hints, inline completions and
 completions (about one request per four edits). Every answer is checked for shape; a request that fails or times
 out (30 s) counts as an error. Per minute: p50 / p95 of each request kind's latency and of all of them, errors, and
 the server's resident memory (`memoryMb` of `tinymorph.status`). At the end the client's text of each document is
@@ -41,6 +42,9 @@ class Doc:
 
     def __init__(self, uri: str, text: str) -> None:
         self.uri, self.text, self.version = uri, text, 1
+        self.limit = len(text) * 21 // 20
+        """Past this length typing at the end turns into deleting there: the documents keep their size, so the
+        last minute's work is the first one's (typed words would otherwise grow them by about 60 % in 10 minutes)."""
 
     def position(self, offset: int) -> types.Position:
         before = self.text[:offset]
@@ -66,6 +70,9 @@ def word_start(text: str, offset: int) -> int:
 def random_edit(doc: Doc, rng: random.Random, undo: list[tuple[int, int]]) -> types.DidChangeTextDocumentParams:
     roll = rng.random()
     n = len(doc.text)
+    if roll < 0.5 and n > doc.limit:  # deleting the last word
+        undo.clear()
+        return doc.change(doc.text.rstrip().rfind(" ") + 1 if " " in doc.text else n, n, "")
     if roll < 0.5:  # typing at the end
         word = " " + rng.choice(WORDS)
         undo.append((n, n + len(word)))

@@ -137,13 +137,14 @@ class BatchCache:
         self.v[:, dst, :, :n] = self.v[:, src, :, :n]
         self.lengths[dst] = n
 
-    def grown(self, capacity: int) -> BatchCache:
-        """A copy with room for `capacity` tokens per row."""
-        bigger = BatchCache(self.fast, self.rows, capacity)
-        bigger.k[:, :, :, :self.capacity] = self.k
-        bigger.v[:, :, :, :self.capacity] = self.v
-        bigger.lengths.copy_(self.lengths)
-        return bigger
+    def resized(self, rows: int, capacity: int) -> BatchCache:
+        """A copy with `rows` rows of `capacity` tokens (the first rows and positions kept)."""
+        out = BatchCache(self.fast, rows, capacity)
+        r, c = min(rows, self.rows), min(capacity, self.capacity)
+        out.k[:, :r, :, :c] = self.k[:, :r, :, :c]
+        out.v[:, :r, :, :c] = self.v[:, :r, :, :c]
+        out.lengths[:r] = self.lengths[:r]
+        return out
 
 
 def batch_step(fast: FastModel, cache: BatchCache, tokens: torch.Tensor, steering: RowSteering, *,
@@ -223,7 +224,10 @@ class GraphStep:
 class Batcher:
     """Decodes requests together, up to `rows` at a time; requests join when a row frees (continuous batching).
 
-    `graphs`: replay each step from a CUDA graph (the default on a CUDA device)."""
+    The cache holds only the rows and positions the running requests need: it grows as requests join (rows
+    doubling up to `rows`, positions in steps of `GROW`) and goes back to one small row when the batch runs dry, so a
+    burst of long prompts leaves no memory behind. `graphs`: replay each step from a CUDA graph (the default on a
+    CUDA device; captured again after the cache changes shape)."""
 
     def __init__(self, fast: FastModel, sae: SAE | None, eos_ids: set[int], tokenizer: Any, *, rows: int = 8,
                  graphs: bool | None = None) -> None:
@@ -232,7 +236,7 @@ class Batcher:
         self.fast, self.sae, self.eos_ids, self.tokenizer = fast, sae, eos_ids, tokenizer
         self.rows = rows
         self.graphs = fast.device.type == "cuda" if graphs is None else graphs
-        self.cache = BatchCache(fast, rows, GROW)
+        self.cache = BatchCache(fast, 1, GROW)
         self.steering = RowSteering(rows, fast.d_model, sae, fast.device)
         self.slots: list[Request | None] = [None] * rows
         self.next_tokens = torch.zeros(rows, dtype=torch.long, device=fast.device)
@@ -289,8 +293,10 @@ class Batcher:
         if request.done:
             return
         need = len(request.ids) + request.sampling.max_tokens
-        if need > self.cache.capacity:
-            self.cache = self.cache.grown(min(fast.max_positions, -(-need // GROW) * GROW))
+        if need > self.cache.capacity or row >= self.cache.rows:
+            rows = min(self.rows, max(row + 1, 2 * self.cache.rows)) if row >= self.cache.rows else self.cache.rows
+            capacity = max(self.cache.capacity, min(fast.max_positions, -(-need // GROW) * GROW))
+            self.cache = self.cache.resized(rows, capacity)
             self._graph = None
         self.cache.load(row, cache)
         self.steering.set(row, request.steered())
@@ -313,7 +319,7 @@ class Batcher:
                 self.slots[dst], self.slots[src] = self.slots[src], None
         for row in range(len(live), self.rows):
             self.steering.set(row, None)
-            self.cache.lengths[row] = 0
+        self.cache.lengths[len(live):] = 0
 
     def step(self) -> list[Request]:
         """Admit waiting requests into free rows, run one decode step for the running ones; returns the requests
@@ -334,7 +340,7 @@ class Batcher:
             if self.graphs:  # every row, a fixed shape; the idle ones stay empty
                 if self._graph is None:
                     self._graph = GraphStep(self.fast, self.cache, self.steering)
-                logits = self._graph(self.next_tokens, clamps)
+                logits = self._graph(self.next_tokens[:self.cache.rows], clamps)
                 self.cache.lengths[n:] = 0
             else:
                 span = int(self.cache.lengths[:n].max()) + 1
@@ -351,6 +357,8 @@ class Batcher:
                     finished.append(running)
                     self.slots[row] = None
             self._compact()
+            if not self.busy and (self.cache.rows, self.cache.capacity) != (1, GROW):
+                self.cache, self._graph = BatchCache(self.fast, 1, GROW), None  # the burst's memory goes back
         return finished
 
     def run(self, requests: Iterable[Request]) -> list[Request]:

@@ -78,6 +78,26 @@ def test_requests_join_and_leave_between_steps() -> None:
         assert request.done
 
 
+def test_the_cache_holds_only_the_rows_running_requests_need_and_is_given_back_when_dry() -> None:
+    lm = tiny_lm("llama")
+    engine = Engine(lm, _sae(layer=1))
+    sampling = SamplingConfig(max_tokens=6, stop_at_eos=False)
+    batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=16)
+    assert batcher.cache.rows == 1
+    shapes = []
+    for n in (1, 3, 2):  # bursts of 1, 3 and 2 concurrent requests
+        requests = [Request(prompt_ids(lm, p)[0].tolist(), sampling) for p in PROMPTS[:n]]
+        for r in requests:
+            batcher.add(r)
+        while batcher.busy:
+            batcher.step()
+            shapes.append((n, batcher.cache.rows))
+        assert [r.tokens for r in requests] == [_alone(engine, p, [], sampling) for p in PROMPTS[:n]]
+        assert batcher.cache.rows == 1  # back to one small row between bursts
+    assert max(rows for n, rows in shapes if n == 3) == 4  # rows double as requests join: 1, 2, 4 (not 16)
+    assert max(rows for n, rows in shapes if n == 2) == 2
+
+
 def test_seeded_sampling_stop_strings_and_cancel_match_single_requests() -> None:
     lm = tiny_lm("llama")
     engine = Engine(lm, _sae(layer=1))
@@ -132,7 +152,9 @@ def test_the_cache_grows_for_long_requests_and_bad_requests_are_refused() -> Non
     sampling = SamplingConfig(max_tokens=40, stop_at_eos=False)
     long_prompt = ("word " * 130).strip()  # 650 byte tokens: beyond the batch cache's first 512 positions
     text = engine.generate_batch([long_prompt, "Rain"], [[], []], sampling, rows=2)
-    assert engine._batcher is not None and engine._batcher.cache.capacity == 1024
+    assert engine._batcher is not None and engine._batcher.steps > 0
+    cache = engine._batcher.cache  # the 1,024 positions it grew to went back when the batch ran dry
+    assert (cache.rows, cache.capacity) == (1, 512)
     assert text == ["".join(engine.generate(p, (), sampling)) for p in (long_prompt, "Rain")]
     beyond = ("word " * 220).strip()  # 1,100 tokens: more than the model's positions, read by transformers alone
     assert engine.generate_batch([beyond], [[]], SamplingConfig(max_tokens=3, stop_at_eos=False)) == [
