@@ -22,12 +22,25 @@ LOCALHOST = "127.0.0.1"
 
 def create_server(loader: Loader | None = None) -> TinymorphServer:
     """The server with every feature registered; a feature that fails to register is logged and left out."""
-    from . import actions, commands, completion, documents, hints, hover, lifecycle, presets
+    from . import (
+        actions,
+        commands,
+        completion,
+        documents,
+        examples,
+        hints,
+        hover,
+        lifecycle,
+        maps,
+        presets,
+        watch,
+    )
     from .server import TinymorphServer
     from .worker import load_engine
 
     server = TinymorphServer(loader or load_engine)
-    for module in (lifecycle, documents, hints, hover, actions, completion, commands, presets):
+    for module in (lifecycle, documents, hints, hover, actions, completion, commands, presets, watch, examples,
+                   maps):
         try:
             module.register(server)
         except Exception:

@@ -1,5 +1,7 @@
-"""Code actions: accept the suggestion, amplify or suppress the selection's top features, rewrite the selection
-with the current steering (resolved lazily), write more like the selection (a style preset) or stop, clear steering.
+"""Code actions: accept the suggestion, amplify, suppress or watch the selection's top features, rewrite the
+selection with the current steering (resolved lazily), the features most specific to the selection, write more like
+it (a style preset) or stop, clear steering, open the feature map; on a watched feature's diagnostic, rewrite its
+sentence with the feature suppressed or stop watching it.
 
 Every edit is a versioned `WorkspaceEdit`: the editor refuses it if the document changed, and the server refuses to
 compute one for a version it no longer has.
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
+from steering.interventions import Intervention
 from steering.ranking import rank
 
 from .cards import card
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 
 REWRITE = "tinymorph.rewrite"
 PRESET_CREATE = "tinymorph.preset.create"
+BY_EXAMPLE = "tinymorph.features.byExample"
+MAP = "tinymorph.map"
+WATCH_ADD, WATCH_REMOVE = "tinymorph.watch.add", "tinymorph.watch.remove"
 TOP_FEATURES = 3
 KIND_STEER = "refactor.tinymorph"
 KIND_REWRITE = types.CodeActionKind.RefactorRewrite
@@ -63,20 +69,19 @@ def rewrite_budget(selection: str) -> int:
     return max(8, min(256, len(selection) // 3 + 4))
 
 
-async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: types.Range) -> types.WorkspaceEdit:
-    """The selection regenerated from the text before it, under the workspace's steering."""
-    state = server.state(uri)
-    if state.doc.version != version:
-        raise JsonRpcContentModified(f"{uri} changed (version {state.doc.version}, the action was for {version}).")
-    try:
-        lo, hi = state.doc.index.offsets(rng, strict=True)
-    except PositionError as exc:
-        raise JsonRpcInvalidParams(str(exc)) from None
+async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: types.Range,
+                          suppress: int | None = None) -> types.WorkspaceEdit:
+    """The selection regenerated from the text before it, under the workspace's steering (with feature
+    `suppress` steered away from, as the Suppress action does, instead of whatever the set does with it)."""
+    state, lo, hi = selected(server, uri, version, rng)
     selection = state.doc.text[lo:hi]
     prompt = prompt_before(state.doc.text, lo, prompt_limit(server))
     stop = ("\n\n",) if "\n\n" not in selection else ()
+    extra = () if suppress is None else (
+        Intervention("add", suppress, strength=-server.settings.amplify_strength),)
     try:
-        text = await generate(server, uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop)
+        text = await generate(server, uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop,
+                              extra=extra)
     except Superseded:
         raise JsonRpcRequestCancelled("A newer request for this document took over.") from None
     except (EngineUnavailable, OutOfMemory) as exc:
@@ -120,15 +125,23 @@ def register(server: TinymorphServer) -> None:
                 title=f"Suppress feature {feature}{label}", kind=f"{KIND_STEER}.suppress",
                 command=types.Command(title="Suppress", command="tinymorph.steer.add", arguments=[
                     {"feature": feature, "strength": -strength, "mode": "add", "uri": uri}])))
+            if ls.steering_for(uri).watched(feature) is None:
+                actions.append(types.CodeAction(
+                    title=f"Watch feature {feature}{label} (flag where it is strong)", kind=f"{KIND_STEER}.watch",
+                    command=types.Command(title="Watch", command=WATCH_ADD, arguments=[
+                        {"feature": feature, "uri": uri}])))
+        actions = watched_actions(ls, state, lo, hi) + actions
         steering = ls.steering_for(uri)
         data = {"uri": uri, "version": version, "range": ls.protocol._converter.unstructure(params.range)}
         if hi > lo and doc.text[lo:hi].strip():
             title = "Rewrite selection with current steering" + (
                 f" ({steering.describe()})" if steering.active else " (no steering set)")
-            action = types.CodeAction(title=title, kind=KIND_REWRITE, data=data)
-            if not ls.supports("text_document.code_action.resolve_support"):
-                action.command = types.Command(title=title, command=REWRITE, arguments=[data])
-            actions.append(action)
+            actions.append(rewrite_action(ls, title, KIND_REWRITE, data))
+        if hi > lo and doc.text[lo:hi].strip():
+            actions.append(types.CodeAction(
+                title="Features most specific to the selection…", kind=f"{KIND_STEER}.examples",
+                command=types.Command(title="Features by example", command=BY_EXAMPLE, arguments=[
+                    {**data, "show": True}])))
         if hi > lo and len(doc.text[lo:hi].split()) >= 2:
             actions.append(types.CodeAction(
                 title="Write more like this (a style preset from the selection)", kind=f"{KIND_STEER}.preset",
@@ -144,16 +157,51 @@ def register(server: TinymorphServer) -> None:
                 title="Clear steering", kind=f"{KIND_STEER}.clear",
                 command=types.Command(title="Clear steering", command="tinymorph.steer.clear", arguments=[
                     {"uri": uri}])))
+        if state.annotated is not None:
+            actions.append(types.CodeAction(
+                title="Open the feature map of this document", kind=f"{types.CodeActionKind.Source}.tinymorph.map",
+                command=types.Command(title="Feature map", command=MAP, arguments=[{"uri": uri}])))
         return actions
 
     @server.feature(types.CODE_ACTION_RESOLVE)
     async def resolve(ls: TinymorphServer, action: types.CodeAction) -> types.CodeAction:
         data = action.data
-        if action.kind != KIND_REWRITE or not isinstance(data, dict):
+        if action.kind not in (KIND_REWRITE, types.CodeActionKind.QuickFix) or not isinstance(data, dict):
             return action
         uri, version, rng = parse_rewrite_args(ls, data)
-        action.edit = await compute_rewrite(ls, uri, version, rng)
+        action.edit = await compute_rewrite(ls, uri, version, rng, parse_suppress(data))
         return action
+
+
+def rewrite_action(server: TinymorphServer, title: str, kind: str, data: dict[str, Any]) -> types.CodeAction:
+    """A rewrite the client resolves lazily, or (without resolve support) runs as the `tinymorph.rewrite` command."""
+    action = types.CodeAction(title=title, kind=kind, data=data)
+    if not server.supports("text_document.code_action.resolve_support"):
+        action.command = types.Command(title=title, command=REWRITE, arguments=[data])
+    return action
+
+
+def watched_actions(server: TinymorphServer, state: DocState, lo: int, hi: int) -> list[types.CodeAction]:
+    """On a sentence where a watched feature fires: rewrite it with the feature suppressed, or stop watching."""
+    out: list[types.CodeAction] = []
+    steering = server.steering_for(state.doc.uri)
+    for x in state.findings:
+        watch = steering.watched(x.feature)
+        if watch is None or not (x.start <= hi and lo <= x.end):
+            continue
+        diagnostic = types.Diagnostic(range=state.doc.index.range(x.start, x.end), message=watch.name,
+                                      source="tinymorph")
+        data = {"uri": state.doc.uri, "version": state.doc.version, "suppress": x.feature,
+                "range": server.protocol._converter.unstructure(state.doc.index.range(x.start, x.end))}
+        action = rewrite_action(server, f"Rewrite this sentence without {watch.name}",
+                                types.CodeActionKind.QuickFix, data)
+        action.diagnostics, action.is_preferred = [diagnostic], True
+        out.append(action)
+        out.append(types.CodeAction(
+            title=f"Stop watching {watch.name}", kind=types.CodeActionKind.QuickFix, diagnostics=[diagnostic],
+            command=types.Command(title="Stop watching", command=WATCH_REMOVE, arguments=[
+                {"feature": x.feature, "uri": state.doc.uri}])))
+    return out
 
 
 def parse_rewrite_args(server: TinymorphServer, data: Any) -> tuple[str, int, types.Range]:
@@ -167,4 +215,29 @@ def parse_rewrite_args(server: TinymorphServer, data: Any) -> tuple[str, int, ty
     except Exception:
         raise JsonRpcInvalidParams("range must be an LSP range {start: {line, character}, end: {...}}") from None
     return uri, version, rng
+
+
+def selected(server: TinymorphServer, uri: str, version: int, rng: types.Range, undone: str = "",
+             ) -> tuple[DocState, int, int]:
+    """The open document `uri` and the string offsets of `rng` in it, if it is still at `version`: else
+    ContentModified (saying `undone`, what did not happen); a range that names no place is InvalidParams."""
+    state = server.state(uri)
+    if state.doc.version != version:
+        raise JsonRpcContentModified(f"{uri} changed (version {state.doc.version}, the request was for "
+                                     f"{version}){'; ' + undone if undone else ''}.")
+    try:
+        lo, hi = state.doc.index.offsets(rng, strict=True)
+    except PositionError as exc:
+        raise JsonRpcInvalidParams(str(exc)) from None
+    return state, lo, hi
+
+
+def parse_suppress(data: dict[str, Any]) -> int | None:
+    """The feature a rewrite steers away from (`suppress`), if any."""
+    feature = data.get("suppress")
+    if feature is None:
+        return None
+    if not isinstance(feature, int) or isinstance(feature, bool) or feature < 0:
+        raise JsonRpcInvalidParams(f"suppress must be a feature number, not {feature!r}")
+    return feature
 

@@ -6,6 +6,7 @@ error naming the field, and nothing changes.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -19,7 +20,7 @@ from pygls.exceptions import JsonRpcContentModified, JsonRpcInternalError, JsonR
 from steering.errors import TinymorphError
 from steering.interventions import Intervention
 
-from .actions import REWRITE, compute_rewrite, parse_rewrite_args, versioned_edit
+from .actions import REWRITE, compute_rewrite, parse_rewrite_args, parse_suppress, versioned_edit
 from .config import to_wire
 from .pipeline import schedule
 from .state import SaveError, Steer, SteeringError, intervention_from
@@ -103,6 +104,12 @@ def resident_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+async def run_command(ls: TinymorphServer, name: str, argument: dict[str, Any]) -> Any:
+    """Run the server's own command `name` with `argument`, as if the client had asked for it."""
+    result = ls.protocol.fm.commands[name](argument)
+    return await result if asyncio.iscoroutine(result) else result
 
 
 async def engine_call(ls: TinymorphServer, kind: str, fn: Any) -> Any:
@@ -253,6 +260,7 @@ def register(server: TinymorphServer) -> None:
 
     @server.command(REWRITE)
     async def rewrite(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
-        uri, version, rng = parse_rewrite_args(ls, the_object(args, REWRITE))
-        edit = await compute_rewrite(ls, uri, version, rng)
+        obj = the_object(args, REWRITE)
+        uri, version, rng = parse_rewrite_args(ls, obj)
+        edit = await compute_rewrite(ls, uri, version, rng, parse_suppress(obj))
         return await apply_edit(ls, edit, "tinymorph rewrite")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
+from . import findings
 from .generation import drop_stale
 from .pipeline import schedule, typed
 from .state import DocState
@@ -34,9 +35,13 @@ def register(server: TinymorphServer) -> None:
         state = ls.docs.get(params.text_document.uri)
         if state is None:
             return  # a change to a document never opened: nothing to apply it to
+        moved = state.findings
         for change in params.content_changes:
-            _, state.last_edit = state.doc.apply(change)
+            before = len(state.doc.text)
+            start, state.last_edit = state.doc.apply(change)
+            moved = findings.moved(moved, start, state.last_edit - (len(state.doc.text) - before), state.last_edit)
         state.doc.version = params.text_document.version
+        findings.changed(ls, state, moved)
         state.suggestion = None
         drop_stale(state)
         typed(state, time.monotonic())
@@ -50,6 +55,7 @@ def register(server: TinymorphServer) -> None:
         if state.pending is not None:
             state.pending.cancel()
         drop_stale(state)
+        findings.closed(ls, state)
         ls.spawn(forget(ls, params.text_document.uri), "forget")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,12 +98,16 @@ class Running:
 
 
 async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str, max_tokens: int | None = None,
-                   stop: tuple[str, ...] = (), priority: int = INTERACTIVE) -> str:
-    """A steered continuation of `prompt`. One generation per document: a request for the same continuation
-    (prompt, steering and sampling) as the running or last one shares its result (the suggestion hint and an
-    inline completion at the same place are one decode), any other cancels it (Superseded)."""
+                   stop: tuple[str, ...] = (), priority: int = INTERACTIVE,
+                   extra: Sequence[Intervention] = ()) -> str:
+    """A steered continuation of `prompt` (under the workspace's steering, with `extra` in place of its entries
+    for the same features). One generation per document: a request for the same continuation (prompt, steering
+    and sampling) as the running or last one shares its result (the suggestion hint and an inline completion at
+    the same place are one decode), any other cancels it (Superseded)."""
     state = server.state(uri)
-    steering = server.interventions_for(uri)
+    replaced = {i.feature for i in extra if i.feature is not None}
+    steering = [i for i in server.interventions_for(uri) if i.feature is None or i.feature not in replaced]
+    steering += extra
     how = sampling(server.settings, max_tokens=max_tokens, stop=stop)
     key = (prompt, steering_signature(steering), repr(how))
     running = state.running

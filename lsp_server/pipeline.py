@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from steering.annotate import Annotation
 from steering.engine import FeatureCard
 
+from . import findings
 from .cards import cards_for
 from .config import Settings
 from .generation import OutOfMemory, Superseded, generate, prompt_before, prompt_limit
@@ -85,14 +86,16 @@ def window(settings: Settings, state: DocState) -> tuple[int, int]:
 
 
 def read(engine: EngineAPI, settings: Settings, text: str, granularity: str, session: str | None = None,
-         ) -> Annotation:
-    """The one annotate call of the server (runs on the worker): enough span features for hints and tooltips."""
+         watch: tuple[int, ...] = ()) -> Annotation:
+    """The one annotate call of the server (runs on the worker): enough span features for hints and tooltips, and
+    the watched features wherever they fire."""
     return engine.annotate(text, top_k=5, paragraph_top=max(8, settings.hint_count + 5), granularity=granularity,
-                           session=session)
+                           session=session, watch=watch)
 
 
 def read_job(settings: Settings, text: str, step: Plan | None, old: Annotation | None, granularity: str,
-             known: set[int], session: str | None = None) -> Callable[[EngineAPI], ReadResult]:
+             known: set[int], session: str | None = None, watch: tuple[int, ...] = (),
+             ) -> Callable[[EngineAPI], ReadResult]:
     """The engine job that annotates `text` (all of it without `step`, through the fast path's cache of
     `session`; else only `text[step.start:step.end]`, merged into `old`), with the cards of the features not in
     `known`."""
@@ -101,7 +104,7 @@ def read_job(settings: Settings, text: str, step: Plan | None, old: Annotation |
         fresh = None
         if step is None or step.dirty:
             fresh = read(engine, settings, text if step is None else text[step.start:step.end], granularity,
-                         session if step is None or step.start == 0 else None)
+                         session if step is None or step.start == 0 else None, watch)
         cards = cards_for(engine, fresh, known)
         if step is None:
             assert fresh is not None
@@ -135,10 +138,12 @@ async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = Fa
     version, (base, end) = doc.version, window(server.settings, state)
     text, doc_length = doc.text[base:end], len(doc.text)
     granularity = server.settings.hint_granularity
+    watch = findings.watched_features(server, doc.uri)
     previous, step = state.annotated, None
     fast = server.on_fast_path()
     if previous is not None and previous.base == 0 and base == 0 and end == doc_length and \
-            previous.doc_length == len(previous.annotation.text) and previous.granularity == granularity:
+            previous.doc_length == len(previous.annotation.text) and previous.granularity == granularity and \
+            previous.watch == watch:
         step = plan(previous.annotation, text, granularity)
     if fast and step is not None and not whole and step.dirty and step.end < len(text.rstrip()):
         step = dataclasses.replace(step, start=0)  # the prefix through the edited spans, on the cache
@@ -149,7 +154,7 @@ async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = Fa
         if fast and not await read_ahead(server, state, version, text if step is None else text[:step.end]):
             return False
         annotation, cards = await server.run_engine(
-            "annotate", read_job(server.settings, text, step, old, granularity, set(server.cards), doc.uri),
+            "annotate", read_job(server.settings, text, step, old, granularity, set(server.cards), doc.uri, watch),
             ANNOTATE)
     except EngineUnavailable:
         return False
@@ -159,7 +164,8 @@ async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = Fa
     server.cards.update(cards)
     if server.docs.get(doc.uri) is not state or doc.version != version:
         return False  # outdated: a newer run is scheduled
-    state.annotated = Annotated(version, base, doc_length, annotation, granularity, partial=step is not None)
+    state.annotated = Annotated(version, base, doc_length, annotation, granularity, watch, partial=step is not None)
+    findings.update(server, state)
     server.refresh_hints()
     return step is not None
 
@@ -184,7 +190,8 @@ async def reread(server: TinymorphServer, state: DocState) -> None:
         current = state.annotated
         if current is None or state.doc.version != version or server.docs.get(state.doc.uri) is not state:
             return
-        job = read_job(server.settings, text, step, current.annotation, current.granularity, set(server.cards))
+        job = read_job(server.settings, text, step, current.annotation, current.granularity, set(server.cards),
+                       watch=current.watch)
         try:
             merged, cards = await server.run_engine("reread", job, ANNOTATE)
         except Exception as exc:
@@ -196,6 +203,7 @@ async def reread(server: TinymorphServer, state: DocState) -> None:
         state.annotated = dataclasses.replace(current, annotation=merged)
     if state.annotated is not None and state.doc.version == version:
         state.annotated = dataclasses.replace(state.annotated, partial=False)
+        findings.update(server, state)
         server.refresh_hints()
 
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcContentModified
 
 from steering.presets import StyleVector
 
 from .actions import PRESET_CREATE as CREATE
-from .actions import parse_rewrite_args
+from .actions import parse_rewrite_args, selected
 from .commands import after_steering_change, changing, engine_call, field_of, the_object
 from .hints import short
 from .state import Preset, SteeringSet, check_name
-from .text import PositionError
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -59,14 +58,7 @@ def register(server: TinymorphServer) -> None:
         strength = float(field_of(obj, "strength", (int, float), CREATE, 1.0, EXAMPLES))
         with changing(CREATE):
             name = None if name is None else check_name(name)
-        state = ls.state(uri)
-        if state.doc.version != version:
-            raise JsonRpcContentModified(f"{uri} changed (version {state.doc.version}, the request was for "
-                                         f"{version}); no preset was made.")
-        try:
-            lo, hi = state.doc.index.offsets(rng, strict=True)
-        except PositionError as exc:
-            raise JsonRpcInvalidParams(str(exc)) from None
+        state, lo, hi = selected(ls, uri, version, rng, "no preset was made")
         text = state.doc.text
         made: StyleVector = await engine_call(ls, "preset", lambda e: e.style_vector(text, lo, hi))
         identity = ls.engine_identity()

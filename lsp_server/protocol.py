@@ -21,6 +21,8 @@ from pygls.exceptions import JsonRpcException
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
+from .findings import pulls
+
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +88,12 @@ class TinymorphProtocol(LanguageServerProtocol):
             offered = general.position_encodings
             general.position_encodings = [types.PositionEncodingKind.Utf8] if types.PositionEncodingKind.Utf8 in \
                 offered else [types.PositionEncodingKind.Utf16]
-        return (yield from super().lsp_initialize(params))
+        result = yield from super().lsp_initialize(params)
+        server: Any = self._server
+        server.pulls_diagnostics = pulls(params.capabilities)
+        if not server.pulls_diagnostics:  # it gets them published instead: offering both would show each twice
+            result.capabilities.diagnostic_provider = None
+        return result
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Any:

@@ -18,7 +18,6 @@ from lsprotocol import types
 from pygls.capabilities import get_capability
 from pygls.exceptions import FeatureRequestError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.uris import to_fs_path
 
 from steering.engine import FeatureCard
 from steering.generate import CancelToken
@@ -27,18 +26,13 @@ from steering.interventions import Intervention
 from .config import Settings
 from .protocol import TinymorphProtocol
 from .state import DocState, SteeringSet
+from .text import uri_path
 from .worker import INTERACTIVE, EngineAPI, EngineWorker, Loader, load_engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 VERSION = "0.1.0"
-
-
-def uri_path(uri: str) -> Path | None:
-    """The file system path of a `file:` URI (None for other schemes)."""
-    path = to_fs_path(uri) if uri.startswith("file:") else None
-    return Path(path) if path else None
 
 
 class TinymorphServer(LanguageServer):
@@ -64,6 +58,8 @@ class TinymorphServer(LanguageServer):
         self.loop_thread: int | None = None
         self.shut_down = False
         """The client sent `shutdown`: the process exits with code 0 (else 1)."""
+        self.pulls_diagnostics = False
+        """The client pulls diagnostics and takes refreshes (`findings.pulls`); else they are published."""
 
     @property
     def encoding(self) -> str:

@@ -1,6 +1,6 @@
 """Server-side state: the workspace's steering set (user data, kept on disk) and what the server knows per document.
 
-The steering set of a workspace (feature steering and named style presets) lives in
+The steering set of a workspace (feature steering, named style presets and watched features) lives in
 `<folder>/.tinymorph/steering.json`, each preset's vector in `<folder>/.tinymorph/presets/<id>.safetensors`; every
 file is written atomically (temporary file, then rename), so the set survives a restart and a crash mid-save leaves
 the previous version. Without a workspace folder the set lives in memory.
@@ -31,12 +31,15 @@ from steering.presets import PRESET_MULTIPLE, PresetError, load_vector, save_vec
 from .text import Document
 
 if TYPE_CHECKING:
+    from .findings import Finding
     from .generation import Running
 
 log = logging.getLogger(__name__)
 
 STEERING_FILE = Path(".tinymorph") / "steering.json"
 PRESET_DIR = Path(".tinymorph") / "presets"
+MAP_DIR = Path(".tinymorph") / "maps"
+"""Where the feature maps of a workspace's documents are written (`maps`)."""
 NAME_LIMIT = 60
 """Longest preset name, in characters."""
 _ID = re.compile(r"^[0-9a-f]{16}$")
@@ -150,15 +153,67 @@ class Preset:
         return f"“{self.name}” {self.strength:+g}"
 
 
+SEVERITIES = ("error", "warning", "information", "hint")
+MESSAGE_LIMIT = 200
+"""Longest custom message of a watch, in characters."""
+
+
+def check_threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise SteeringError(f"threshold must be a positive finite number, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A feature the writer watches: wherever it fires above `threshold` (its activation), the sentence gets a
+    diagnostic of `severity` saying so (with `message`, when given)."""
+
+    feature: int
+    threshold: float
+    severity: str = "information"
+    message: str = ""
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.feature, bool) or not isinstance(self.feature, int) or self.feature < 0:
+            raise SteeringError(f"a watched feature must be a feature number, not {self.feature!r}")
+        check_threshold(self.threshold)
+        if self.severity not in SEVERITIES:
+            raise SteeringError(f"severity must be one of {', '.join(SEVERITIES)}, not {self.severity!r}")
+        if not isinstance(self.message, str) or len(self.message) > MESSAGE_LIMIT or any(
+                ord(c) < 32 for c in self.message):
+            raise SteeringError(f"a watch's message must be one line of at most {MESSAGE_LIMIT} characters")
+        if not isinstance(self.label, str):
+            raise SteeringError("a watch's label must be a string")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Watch:
+        if not isinstance(data, dict):
+            raise SteeringError(f"each watch must be an object, not {data!r}")
+        return cls(data.get("feature"), data.get("threshold"), data.get("severity", "information"),  # type: ignore[arg-type]
+                   data.get("message", ""), data.get("label", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature": self.feature, "threshold": self.threshold, "severity": self.severity,
+                "message": self.message, "label": self.label}
+
+    @property
+    def name(self) -> str:
+        """How the writer knows it: its label in quotes, or its number."""
+        return f"“{self.label}”" if self.label else f"feature {self.feature}"
+
+
 def store_problem(folder: Path) -> str | None:
     """Why `folder`'s `.tinymorph/` cannot hold the steering set: it, the steering file, the presets folder or a
     preset file is a link, or leads out of it (a cloned repository could point them at any file of the writer's).
     None: it can (or does not exist yet)."""
     store = folder / STEERING_FILE.parent
     inside = folder.resolve() / STEERING_FILE.parent
-    candidates = [store, folder / STEERING_FILE, folder / PRESET_DIR]
-    if (folder / PRESET_DIR).is_dir() and not (folder / PRESET_DIR).is_symlink():
-        candidates += sorted((folder / PRESET_DIR).iterdir())
+    candidates = [store, folder / STEERING_FILE, folder / PRESET_DIR, folder / MAP_DIR]
+    for sub in (PRESET_DIR, MAP_DIR):
+        if (folder / sub).is_dir() and not (folder / sub).is_symlink():
+            candidates += sorted((folder / sub).iterdir())
     for path in candidates:
         if path.is_symlink() or (path.exists() and path.resolve() != inside
                                  and not path.resolve().is_relative_to(inside)):
@@ -176,6 +231,7 @@ class SteeringSet:
         self.folder = folder
         self.entries: list[Steer] = []
         self.presets: list[Preset] = []
+        self.watches: list[Watch] = []
         self.load_error: str | None = None
         self._damaged = False
         if folder is not None and (problem := store_problem(folder)) is not None:
@@ -214,10 +270,14 @@ class SteeringSet:
             presets = data.get("presets", [])
             if not isinstance(presets, list):
                 raise SteeringError('"presets" must be a list')
+            watches = data.get("watch", [])
+            if not isinstance(watches, list):
+                raise SteeringError('"watch" must be a list')
+            self.watches = [Watch.from_dict(w) for w in watches]
             self.presets = [self._with_vector(Preset.from_dict(p)) for p in presets]
             self.entries = entries
         except (OSError, ValueError) as exc:
-            self.entries, self.presets = [], []
+            self.entries, self.presets, self.watches = [], [], []
             self._damaged = True
             self.load_error = (f"{path} is not a valid steering file ({exc}); starting with no steering. It will be "
                                f"kept as {path.name}.damaged when the steering changes.")
@@ -245,21 +305,22 @@ class SteeringSet:
         if self._damaged and path.exists():  # the writer's hand-edited file is kept, not overwritten
             os.replace(path, path.with_name(path.name + ".damaged"))
             self._damaged = False
-        payload = {"version": 3, "steering": [e.to_dict() for e in self.entries],
-                   "presets": [p.to_dict() for p in self.presets]}
+        payload = {"version": 4, "steering": [e.to_dict() for e in self.entries],
+                   "presets": [p.to_dict() for p in self.presets], "watch": [w.to_dict() for w in self.watches]}
         write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
-    def _commit(self, entries: list[Steer], presets: list[Preset]) -> None:
-        """Make `entries` and `presets` the set, saved; on a failed save nothing changes."""
-        before = self.entries, self.presets
+    def _commit(self, entries: list[Steer], presets: list[Preset], watches: list[Watch] | None = None) -> None:
+        """Make `entries`, `presets` (and `watches`) the set, saved; on a failed save nothing changes."""
+        before = self.entries, self.presets, self.watches
         self.entries, self.presets = entries, presets
+        self.watches = self.watches if watches is None else watches
         try:
             self.save()
         except SaveError:
-            self.entries, self.presets = before
+            self.entries, self.presets, self.watches = before
             raise
         except OSError as exc:
-            self.entries, self.presets = before
+            self.entries, self.presets, self.watches = before
             raise SaveError(f"cannot save the steering set to {self.path}: {exc.strerror or exc}; "
                                 f"nothing changed") from None
 
@@ -277,6 +338,21 @@ class SteeringSet:
     def clear(self) -> None:
         """Drop the feature steering (presets stay: they are switched off one by one)."""
         self._commit([], self.presets)
+
+    # ------------------------------------------------------------------------------------------------- watches
+    def watch(self, entry: Watch) -> None:
+        """Watch `entry.feature` (replacing an earlier watch of it)."""
+        self._commit(self.entries, self.presets, [w for w in self.watches if w.feature != entry.feature] + [entry])
+
+    def unwatch(self, feature: int) -> bool:
+        kept = [w for w in self.watches if w.feature != feature]
+        if len(kept) == len(self.watches):
+            return False
+        self._commit(self.entries, self.presets, kept)
+        return True
+
+    def watched(self, feature: int) -> Watch | None:
+        return next((w for w in self.watches if w.feature == feature), None)
 
     # ------------------------------------------------------------------------------------------------- presets
     def preset(self, name: str) -> Preset:
@@ -383,6 +459,8 @@ class Annotated:
     doc_length: int
     annotation: Annotation
     granularity: str = "paragraph"
+    watch: tuple[int, ...] = ()
+    """The watched features it kept on every token where they fire (`findings`)."""
     partial: bool = False
     """Only the edited spans were read again; the others keep features computed before the edit."""
 
@@ -423,3 +501,7 @@ class DocState:
     """Smoothed time between changes while the writer types (pauses longer than 2 s left out)."""
     running: Running | None = None
     """The document's generation (running or last): a request for another continuation cancels it."""
+    findings: list[Finding] = field(default_factory=list)
+    """Where watched features fire above their thresholds, in the current text (`findings`)."""
+    findings_id: int = 0
+    """Bumped whenever `findings` change: the result id of pulled diagnostics."""

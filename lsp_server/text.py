@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
+from pygls.uris import to_fs_path
 
 from steering.spans import LINE_BREAK
+
+
+def uri_path(uri: str) -> Path | None:
+    """The file system path of a `file:` URI (None for other schemes)."""
+    path = to_fs_path(uri) if uri.startswith("file:") else None
+    return Path(path) if path else None
 
 
 class PositionError(JsonRpcInvalidParams, ValueError):

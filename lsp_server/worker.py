@@ -26,7 +26,8 @@ import torch
 from steering.annotate import Annotation
 from steering.batched import Request
 from steering.config import EngineConfig, SamplingConfig
-from steering.engine import EngineInfo, FeatureCard, FeatureExplanation
+from steering.engine import EngineInfo, ExampleFeature, FeatureCard, FeatureExplanation
+from steering.featuremap import FeatureMap
 from steering.generate import CancelToken
 from steering.interventions import Intervention
 from steering.presets import StyleVector
@@ -46,7 +47,7 @@ class EngineAPI(Protocol):
     def info(self) -> EngineInfo: ...
 
     def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8, granularity: str = "paragraph",
-                 session: str | None = None) -> Annotation: ...
+                 session: str | None = None, watch: Sequence[int] = ()) -> Annotation: ...
 
     def generate(self, prompt: str, steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None,
                  cancel: CancelToken | None = None, session: str | None = None) -> Iterator[str]: ...
@@ -73,6 +74,12 @@ class EngineAPI(Protocol):
     def label(self, feature: int) -> str: ...
 
     def style_vector(self, text: str, start: int, end: int) -> StyleVector: ...
+
+    def features_by_example(self, text: str, start: int = 0, end: int | None = None, *, top: int = 8,
+                            session: str | None = None) -> list[ExampleFeature]: ...
+
+    def feature_map(self, text: str, *, title: str = "document", per_paragraph: int = 4,
+                    session: str | None = None) -> FeatureMap: ...
 
 
 

@@ -6,7 +6,7 @@ reported (long documents run in overlapping windows so that only the document's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -119,22 +119,41 @@ def encode_document(
 def annotate(
     lm: LoadedModel, sae: SAE, text: str, *, top_k: int = 5, paragraph_top: int = 8, window: int = 1024,
     granularity: str = "paragraph", specificity: Specificity | None = None, codes: Codes | None = None,
+    watch: Sequence[int] = (),
 ) -> Annotation:
     """Per-token top-k features and per-span features of `text` (spans are paragraphs, sentences or lines, by
-    `granularity`): the `paragraph_top` most specific hintable ones, then a few that are never hinted. Empty text
-    gives an empty annotation."""
+    `granularity`): the `paragraph_top` most specific hintable ones, then a few that are never hinted. The features
+    in `watch` are kept on every token where they fire, in its top k or not (ids the SAE does not have are left
+    out). Empty text gives an empty annotation."""
+    split_spans("", granularity)  # an unknown granularity is an error, also for an empty text
+    if not text.strip():
+        return Annotation(text, sae.hook.name if sae.hook else "", (), ())
+    ids, offsets, feats = encode_document(lm, sae, text, window=window, codes=codes)
+    return annotation_of(sae, text, ids, offsets, feats, top_k=top_k, paragraph_top=paragraph_top,
+                         granularity=granularity, specificity=specificity, watch=watch)
+
+
+def annotation_of(
+    sae: SAE, text: str, ids: list[int], offsets: list[tuple[int, int]], feats: torch.Tensor, *, top_k: int = 5,
+    paragraph_top: int = 8, granularity: str = "paragraph", specificity: Specificity | None = None,
+    watch: Sequence[int] = (),
+) -> Annotation:
+    """`annotate` from the codes `encode_document` gave."""
     spans_of = split_spans(text, granularity)
     hook = sae.hook.name if sae.hook else ""
-    if not text.strip():
-        return Annotation(text, hook, (), ())
-    ids, offsets, feats = encode_document(lm, sae, text, window=window, codes=codes)
     k = min(top_k, sae.d_sae)
     values, indices = feats.topk(k, dim=-1) if k else (torch.zeros(len(ids), 0), torch.zeros(len(ids), 0))
+    watched = sorted({f for f in watch if 0 <= f < sae.d_sae})  # features of another SAE fire nowhere here
+    extra = feats[:, watched].tolist() if watched else None
     tokens = []
     for i, (token_id, (start, end)) in enumerate(zip(ids, offsets, strict=True)):
-        fv = tuple(FeatureValue(int(f), float(v)) for v, f in zip(values[i].tolist(), indices[i].tolist(), strict=True)
-                   if v > 0)
-        tokens.append(TokenFeatures(i, token_id, text[start:end], start, end, fv))
+        fv = [FeatureValue(int(f), float(v)) for v, f in zip(values[i].tolist(), indices[i].tolist(), strict=True)
+              if v > 0]
+        if extra is not None:
+            top = {f.feature for f in fv}
+            fv += [FeatureValue(f, v) for f, v in zip(watched, extra[i], strict=True) if v > 0 and f not in top]
+            fv.sort(key=lambda x: -x.activation)
+        tokens.append(TokenFeatures(i, token_id, text[start:end], start, end, tuple(fv)))
     specificity = specificity or Specificity(sae)
     seen = (feats > 0).any(0).nonzero().flatten().tolist()
     weights = {f: specificity.weight(f) for f in seen}

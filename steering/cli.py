@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a text or Markdown file, or - for standard input")
     p.add_argument("--top-k", type=int, default=5, help="features kept per token")
     p.add_argument("--paragraph-top", type=int, default=5, help="features shown per paragraph")
+    p.add_argument("--html", metavar="OUT.html",
+                   help="also write a feature map: one self-contained page where a click on a feature colours the "
+                        "text by it")
+    p.add_argument("--png", metavar="OUT.png", help="also write a heat map of the strongest features by paragraph")
     _common(p)
     p.set_defaults(run=cmd_annotate)
 
@@ -96,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also let the model say what the feature means (self-explanation, a sweep of scales)")
     _common(e)
     e.set_defaults(run=cmd_explain)
-    q = fsub.add_parser("search", help="features whose labels or top contexts mention a word")
-    q.add_argument("query")
+    q = fsub.add_parser("search", help="features whose labels or top contexts mention a word, or that are "
+                                       "specific to an example text (--example)")
+    q.add_argument("query", nargs="?", help="a word or phrase")
+    q.add_argument("--example", metavar="FILE",
+                   help="instead of a query: the features most specific to this text (a file, or - for standard "
+                        "input), ranked as the hints are")
     q.add_argument("--limit", type=int, default=20)
     _common(q)
     q.set_defaults(run=cmd_search)
@@ -211,8 +219,24 @@ def _read_text(path: str) -> str:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
+    from .featuremap import check_output, write_html, write_png
+
     text = _read_text(args.file)
+    for path, suffix in ((args.html, ".html"), (args.png, ".png")):
+        if path is not None:
+            check_output(path, suffix)  # before the model loads: a bad path fails fast
     engine = _engine(args)
+    if args.html or args.png:
+        title = "standard input" if args.file == "-" else Path(args.file).name
+        fmap = engine.feature_map(text, title=title, session=None)
+        written = [str(write_html(fmap, args.html))] if args.html else []
+        written += [str(write_png(fmap, args.png))] if args.png else []
+        if args.json:
+            _emit({"written": written, "paragraphs": len(fmap.paragraphs), "features": len(fmap.features)})
+        else:
+            for path in written:
+                print(f"wrote {path}")
+        return 0
     ann = engine.annotate(text, top_k=args.top_k, paragraph_top=args.paragraph_top)
     cards = engine.cards(list(dict.fromkeys(f.feature for p in ann.paragraphs for f in p.features)),
                          lens_limit=10_000)
@@ -326,6 +350,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if (args.query is None) == (args.example is None):
+        raise TinymorphError("features search takes a query or --example FILE (one of them).")
+    if not 1 <= args.limit <= 200:
+        raise TinymorphError("--limit must be between 1 and 200.")
+    if args.example is not None:
+        return _search_by_example(args)
     hits = _engine(args).search(args.query, args.limit)
     if args.json:
         _emit({"query": args.query, "results": [{"feature": f, "score": s, "label": lab} for f, s, lab in hits]})
@@ -334,6 +364,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"no feature mentions {args.query!r}")
     for feature, score, label in hits:
         print(f"#{feature:<6} {score:5.1f}  ⟨{label}⟩")
+    return 0
+
+
+def _search_by_example(args: argparse.Namespace) -> int:
+    text = _read_text(args.example)
+    if not text.strip():
+        raise TinymorphError(f"The example {args.example} is empty.")
+    found = _engine(args).features_by_example(text, top=args.limit)
+    if args.json:
+        _emit({"example": args.example, "results": [f.to_dict() for f in found]})
+        return 0
+    if not found:
+        print("no labelled feature is specific to this text")
+    for f in found:
+        print(f"#{f.feature:<6} ⟨{f.label}⟩  score {f.score:6.1f}  peak {f.peak:5.2f}")
+        for example in f.examples:
+            print(f"         {example}")
     return 0
 
 

@@ -12,18 +12,19 @@ from typing import Any
 
 import torch
 
-from .annotate import Annotation, Codes, annotate
+from .annotate import Annotation, Codes, annotate, annotation_of, encode_document
 from .batched import Batcher, Request
 from .config import EngineConfig, SamplingConfig
-from .errors import NoSAEError, SAELoadError, ShapeMismatchError
+from .errors import NoSAEError, SAELoadError, ShapeMismatchError, TinymorphError
 from .fast import FastModel, SessionCaches, unsupported_reason
+from .featuremap import FeatureMap, build_map
 from .generate import CancelToken, prompt_ids, stream_text
 from .hooks import capture_residual
 from .interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
 from .labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
 from .models import LoadedModel, Progress, _no_progress, load_model, module_device
 from .presets import StyleVector, style_vector
-from .ranking import Specificity
+from .ranking import Specificity, pick_hints, rank_passage
 from .sae import SAE, HookPoint, load_sae
 from .selfexplain import SelfExplanation, self_explain
 
@@ -98,6 +99,30 @@ class FeatureExplanation:
             "suppressed": [{"token": t.token, "score": round(t.score, 4)} for t in self.lens.suppressed],
             "contexts": [{"text": text, "activation": act} for text, act in self.contexts],
         }
+
+
+@dataclass(frozen=True)
+class ExampleFeature:
+    """A feature specific to a passage (`Engine.features_by_example`), with what a writer needs to judge it."""
+
+    feature: int
+    label: str
+    score: float
+    share: float
+    """The share of its density inside the passage (1: it fires only there; 1/2: as much around it)."""
+    peak: float
+    examples: tuple[str, ...]
+    """Where it fires most in the corpus, the peak token in «»."""
+    promoted: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature": self.feature, "label": self.label, "score": round(self.score, 3),
+                "share": round(self.share, 3), "peak": round(self.peak, 3), "examples": list(self.examples),
+                "promoted": list(self.promoted)}
+
+
+EXAMPLES = 3
+"""Corpus examples shown per feature."""
 
 
 class Engine:
@@ -187,16 +212,63 @@ class Engine:
             raise NoSAEError(f"{what} needs an SAE: pass --sae PATH (a SAELens, sparsify or Gemma Scope SAE).")
         return self.sae
 
+    def specificity(self) -> Specificity:
+        if self._specificity is None:
+            self._specificity = Specificity(self.require_sae("ranking features"))
+        return self._specificity
+
     def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8, granularity: str = "paragraph",
-                 session: str | None = None) -> Annotation:
+                 session: str | None = None, watch: Sequence[int] = ()) -> Annotation:
         """Features of `text`; `paragraphs` of the result holds spans at `granularity` (paragraph, sentence, line).
         With a `session` (a document's name) the fast path reads only the tokens after the first one that changed
-        since that session's last call."""
+        since that session's last call. The features in `watch` are kept on every token where they fire."""
         sae = self.require_sae("annotate")
-        if self._specificity is None:
-            self._specificity = Specificity(sae)
         return annotate(self.lm, sae, text, top_k=top_k, paragraph_top=paragraph_top, granularity=granularity,
-                        specificity=self._specificity, codes=self._codes(sae, session))
+                        specificity=self.specificity(), codes=self._codes(sae, session), watch=watch)
+
+    def features_by_example(self, text: str, start: int = 0, end: int | None = None, *, top: int = 8,
+                            session: str | None = None) -> list[ExampleFeature]:
+        """The labelled features most specific to `text[start:end]` (`ranking.rank_passage`: against the rest of
+        `text` and the corpus), at most `top`, each with examples of where it fires in the corpus. A feature
+        whose label only repeats words of a better-ranked one is left out, as in hints."""
+        sae = self.require_sae("features by example")
+        end = len(text) if end is None else end
+        if not 0 <= start < end <= len(text) or not text[start:end].strip():
+            raise TinymorphError("The example is empty: give (or select) some text.")
+        _, offsets, feats = encode_document(self.lm, sae, text, codes=self._codes(sae, session))
+        inside = torch.tensor([s < end and e > start and e > s for s, e in offsets], dtype=torch.bool)
+        if len(inside):
+            inside[0] = False  # the first token's features are never reported
+        ranked = rank_passage(feats, inside, self.specificity(), top=4 * top + 8)
+        cards = self.cards([r.feature for r in ranked], lens_limit=len(ranked))
+        picked = pick_hints(ranked, {f: c.label for f, c in cards.items()}, top)
+        return [ExampleFeature(r.feature, label, r.score, r.share, r.peak, self.examples(r.feature),
+                               cards[r.feature].promoted) for r, label in picked]
+
+    def examples(self, feature: int, limit: int = EXAMPLES) -> tuple[str, ...]:
+        """Where the feature fires most in the SAE's corpus (labels.json's top contexts), peak token in «»."""
+        contexts = self._entry(feature).get("contexts", [])
+        return tuple(" ".join(str(c.get("text", "")).split()) for c in contexts[:limit] if isinstance(c, dict))
+
+    def feature_map(self, text: str, *, title: str = "document", per_paragraph: int = 4,
+                    session: str | None = None) -> FeatureMap:
+        """The feature map of `text` (`steering.featuremap`): its paragraphs' most specific labelled features and
+        where each fires, token by token."""
+        sae = self.require_sae("feature map")
+        if not text.strip():
+            annotation = annotate(self.lm, sae, text)
+            feats = torch.zeros(0, sae.d_sae)
+        else:
+            ids, offsets, feats = encode_document(self.lm, sae, text, codes=self._codes(sae, session))
+            annotation = annotation_of(sae, text, ids, offsets, feats, paragraph_top=per_paragraph + 8,
+                                       specificity=self.specificity())
+        wanted = [f.feature for p in annotation.paragraphs for f in p.features]
+        wanted += [f.feature for t in annotation.tokens for f in t.features]
+        cards = self.cards(list(dict.fromkeys(wanted)), lens_limit=512)
+        labels = {f: c.label for f, c in cards.items() if c.label}
+        source = f"{self.lm.name} · SAE at {self.hook} ({sae.d_sae:,} features)"
+        return build_map(title, source, annotation, feats, labels, {f: c.promoted for f, c in cards.items()},
+                         self.examples, per_paragraph=per_paragraph)
 
     def _codes(self, sae: SAE, session: str | None) -> Codes | None:
         """The SAE codes of a token list through the session's cache: only tokens after the first changed one are

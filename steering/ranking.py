@@ -109,6 +109,47 @@ def rank_dense(totals: torch.Tensor, specificity: Specificity, *, top: int, also
     return out
 
 
+@dataclass(frozen=True)
+class Specific:
+    """A feature ranked by how specific it is to a passage: its score there (`rank`'s, times `share`), the share
+    of its density (activation per token) that falls in the passage rather than around it, and its peak there."""
+
+    feature: int
+    score: float
+    share: float
+    peak: float
+    hintable: bool = True
+
+
+def rank_passage(feats: torch.Tensor, inside: torch.Tensor, specificity: Specificity, *, top: int) -> list[Specific]:
+    """The `top` hintable features most specific to the tokens where `inside` is True (a passage) among all of
+    `feats` `[n_tokens, d_sae]` (its document): ranked as the hints are (summed activation over the passage in units
+    of the feature's usual strength, times log(1 / its corpus firing rate)), times the share of the feature's
+    density inside the passage against outside it (1 when it fires only there or the passage is the whole text,
+    1/2 when it is as dense around it). A feature the whole document is about thus ranks below one this passage
+    alone has."""
+    inside = inside.bool()
+    n_in, n_out = int(inside.sum()), int((~inside).sum())
+    if n_in == 0:
+        return []
+    block = feats[inside].float()
+    total, peak = block.sum(0), block.max(0).values
+    density = total / n_in
+    if n_out:
+        around = feats[~inside].float().sum(0) / n_out
+        share = torch.where(density > 0, density / (density + around).clamp_min(1e-12), torch.zeros_like(density))
+    else:
+        share = torch.ones_like(density)
+    scores = total.double() * specificity.weights.double() * share.double()
+    mask = (total > 0) & specificity.hintable
+    n = int(mask.sum())
+    if not n or top <= 0:
+        return []
+    values, index = torch.where(mask, scores, float("-inf")).topk(min(n, top))
+    return [Specific(f, v, float(share[f]), float(peak[f])) for v, f in zip(values.tolist(), index.tolist(),
+                                                                          strict=True)]
+
+
 class Hintable(Protocol):
     @property
     def feature(self) -> int: ...

@@ -29,7 +29,7 @@ def test_a_preset_is_saved_and_read_back_by_the_next_server(tmp_path: Path) -> N
     steering, vector = with_preset(tmp_path)
     steering.put(Steer(Intervention("add", 3, strength=1.0), "rain"))
     data = json.loads((tmp_path / ".tinymorph" / "steering.json").read_text(encoding="utf-8"))
-    assert data["version"] == 3 and [p["name"] for p in data["presets"]] == ["storm scenes"]
+    assert data["version"] == 4 and [p["name"] for p in data["presets"]] == ["storm scenes"]
     files = list((tmp_path / ".tinymorph" / "presets").iterdir())
     assert [f.name for f in files] == [data["presets"][0]["id"] + ".safetensors"]
     again = SteeringSet(tmp_path)

@@ -15,6 +15,8 @@
 ;;   l  list steering                f  search features          i  status
 ;;   m  write more like the region (a style preset; C-u to name it)
 ;;   p  list presets    o  switch a preset on / off    r  rename a preset    k  remove a preset
+;;   w  watch a feature (flymake flags the sentences where it is strong)    u  stop watching    W  list watched
+;;   e  the features most specific to the region      g  feature map of the buffer (in the browser)
 
 ;;; Code:
 
@@ -181,6 +183,82 @@ With a prefix argument, ask for its NAME (else its first words name it)."
   (message "tinymorph presets: %s"
            (tinymorph--describe-presets (tinymorph-command "tinymorph.preset.remove" `(:name ,name)))))
 
+(defun tinymorph--describe-watches (result)
+  (let ((watches (append (plist-get result :watch) nil)))
+    (if (null watches)
+        "nothing watched"
+      (mapconcat (lambda (w) (format "%s (%s) above %g" (plist-get w :feature) (plist-get w :label)
+                                     (plist-get w :threshold)))
+                 watches ", "))))
+
+(defun tinymorph-watch (feature &optional threshold severity message)
+  "Flag every sentence where FEATURE is strong (flymake shows it).
+THRESHOLD is the activation it must reach (nil: half its strongest in the corpus); SEVERITY is \"error\",
+\"warning\", \"information\" or \"hint\"; MESSAGE is said with each flag."
+  (interactive (list (read-number "Watch feature: ")
+                     (let ((v (read-string "Threshold (empty: half its strongest): ")))
+                       (unless (string-empty-p v) (string-to-number v)))))
+  (let ((result (tinymorph-command "tinymorph.watch.add"
+                                   `(:feature ,feature ,@(when threshold `(:threshold ,threshold))
+                                     ,@(when severity `(:severity ,severity)) ,@(when message `(:message ,message))
+                                     :uri ,(eglot--path-to-uri (buffer-file-name))))))
+    (message "tinymorph watching: %s" (tinymorph--describe-watches result))
+    result))
+
+(defun tinymorph-unwatch (feature)
+  "Stop watching FEATURE."
+  (interactive (list (let* ((watches (append (plist-get (tinymorph-command "tinymorph.watch.list") :watch) nil))
+                            (choices (mapcar (lambda (w) (cons (format "%s  %s" (plist-get w :feature)
+                                                                       (plist-get w :label))
+                                                               (plist-get w :feature)))
+                                             watches)))
+                       (unless choices (user-error "tinymorph: nothing is watched"))
+                       (cdr (assoc (completing-read "Stop watching: " choices nil t) choices)))))
+  (message "tinymorph watching: %s"
+           (tinymorph--describe-watches (tinymorph-command "tinymorph.watch.remove" `(:feature ,feature)))))
+
+(defun tinymorph-watches ()
+  "Show the watched features."
+  (interactive)
+  (message "tinymorph watching: %s" (tinymorph--describe-watches (tinymorph-command "tinymorph.watch.list"))))
+
+(defun tinymorph-features-by-example (beg end &optional choose)
+  "The features most specific to the region BEG..END; pick one, then steer toward it, suppress it or watch it.
+CHOOSE, when given, picks instead of `completing-read': it gets the prompt and the choices' names."
+  (interactive (list (region-beginning) (region-end)))
+  (let* ((choose (or choose (lambda (prompt names) (completing-read prompt names nil t))))
+         (doc (eglot--VersionedTextDocumentIdentifier))
+         (found (append (plist-get (tinymorph-command
+                                    "tinymorph.features.byExample"
+                                    `(:uri ,(plist-get doc :uri) :version ,(plist-get doc :version)
+                                      :range (:start ,(eglot--pos-to-lsp-position beg)
+                                              :end ,(eglot--pos-to-lsp-position end))))
+                                   :features)
+                        nil)))
+    (if (null found)
+        (message "tinymorph: no feature a word names is specific to this text")
+      (let* ((names (mapcar (lambda (f) (cons (plist-get f :label) f)) found))
+             (feature (cdr (assoc (funcall choose "Most specific to the region: " (mapcar #'car names)) names)))
+             (actions (mapcar (lambda (a) (cons (plist-get a :title) a)) (append (plist-get feature :actions) nil)))
+             (action (cdr (assoc (funcall choose (format "%s: " (plist-get feature :label)) (mapcar #'car actions))
+                                 actions))))
+        (message "tinymorph: %s" (plist-get action :title))
+        (tinymorph-command (plist-get action :command) (aref (plist-get action :arguments) 0))))))
+
+(defcustom tinymorph-map-open-function #'browse-url-of-file
+  "Function that opens the feature map (an HTML file); it gets the file's path."
+  :type 'function)
+
+(defun tinymorph-map ()
+  "Write the feature map of this buffer (a page that colours the text by any feature you click) and open it."
+  (interactive)
+  (let* ((result (tinymorph-command "tinymorph.map" `(:uri ,(eglot--path-to-uri (buffer-file-name))
+                                                     :open :json-false)))
+         (path (plist-get result :path)))
+    (funcall tinymorph-map-open-function path)
+    (message "tinymorph: feature map %s" path)
+    path))
+
 (defun tinymorph-status ()
   "Show the server's model, SAE, device and queue."
   (interactive)
@@ -204,6 +282,11 @@ With a prefix argument, ask for its NAME (else its first words name it)."
     (define-key map "o" #'tinymorph-preset-toggle)
     (define-key map "r" #'tinymorph-preset-rename)
     (define-key map "k" #'tinymorph-preset-remove)
+    (define-key map "w" #'tinymorph-watch)
+    (define-key map "u" #'tinymorph-unwatch)
+    (define-key map "W" #'tinymorph-watches)
+    (define-key map "e" #'tinymorph-features-by-example)
+    (define-key map "g" #'tinymorph-map)
     map)
   "Keys for tinymorph, under `C-c t' in managed buffers.")
 

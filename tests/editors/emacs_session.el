@@ -80,6 +80,32 @@
         (tm-put :presets_left (length (tinymorph--preset-names)))
         (tm-put :preset_error (condition-case e (progn (tinymorph-more-like-this (point-min) (+ (point-min) 3)) "none")
                                 (error (error-message-string e))))
+        ;; features by example on the first line: the first feature, then "Watch"
+        (let* ((end (save-excursion (goto-char (point-min)) (line-end-position)))
+               (watched (tinymorph-features-by-example
+                         (point-min) end
+                         (lambda (prompt names)
+                           (if (string-prefix-p "Most specific" prompt) (car names)
+                             (cl-find-if (lambda (n) (string-prefix-p "Watch" n)) names)))))
+               (feature (plist-get (aref (plist-get watched :watch) 0) :feature)))
+          (tm-put :example_watched (length (plist-get watched :watch)))
+          ;; a low threshold: flymake shows the flagged sentences
+          (tinymorph-watch feature 0.001 "warning" "watch this")
+          (tm-put :flymake (if (tm-wait 30 (lambda () (cl-some (lambda (d) (string-match-p "watch this"
+                                                                                              (flymake-diagnostic-text d)))
+                                                                (flymake-diagnostics))))
+                               t :json-false))
+          (tm-put :flymake_texts (vconcat (mapcar #'flymake-diagnostic-text (flymake-diagnostics))))
+          (tm-put :flymake_types (vconcat (mapcar (lambda (d) (format "%s" (flymake-diagnostic-type d)))
+                                                  (flymake-diagnostics))))
+          (tinymorph-unwatch feature)
+          (tm-put :flymake_cleared (if (tm-wait 30 (lambda () (null (flymake-diagnostics)))) t :json-false)))
+        ;; the feature map, opened by `tinymorph-map-open-function'
+        (let* ((opened nil)
+               (tinymorph-map-open-function (lambda (path) (setq opened path)))
+               (path (tinymorph-map)))
+          (tm-put :map_path path)
+          (tm-put :map_opened opened))
         (let ((doc (tinymorph-command "tinymorph.document" `(:uri ,(eglot--path-to-uri (buffer-file-name))))))
           (tm-put :server_text_matches (if (equal (plist-get doc :text)
                                                   (buffer-substring-no-properties (point-min) (point-max)))

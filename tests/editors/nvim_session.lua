@@ -99,6 +99,75 @@ local function run()
   vim.notify = notify
   out.preset_messages = messages
 
+  -- features by example (the picker stands in for the writer: the first feature, then "Watch")
+  local select = vim.ui.select
+  local picked = {}
+  local want = 'Watch'
+  vim.ui.select = function(items, opts, on_choice)
+    table.insert(picked, opts.prompt)
+    if opts.prompt == 'Most specific to the selection' then
+      on_choice(items[1])
+    else
+      for _, item in ipairs(items) do
+        if item.title and item.title:match('^' .. want) then return on_choice(item) end
+      end
+      on_choice(items[1])
+    end
+  end
+  local line1 = vim.api.nvim_buf_get_lines(0, 0, 1, false)[1]
+  local example
+  tm.by_example({ 1, 0 }, { 1, #line1 }, function(action, r) example = { action = action.title, watch = r.watch } end)
+  out.example_watched = wait(30000, function() return example ~= nil end) and #example.watch == 1
+  out.example_action = example and example.action or vim.NIL
+  local feature = example.watch[1].feature
+  -- the code action runs the same picker (a client-side command), here steering toward the first feature
+  want = 'Steer toward'
+  example = nil
+  vim.lsp.buf.code_action({ apply = true, range = { start = { 1, 0 }, ['end'] = { 1, #line1 } },
+    filter = function(a) return a.title:match('^Features most specific') ~= nil end })
+  out.example_from_action = wait(30000, function() return example ~= nil end) or #picked >= 4
+  out.example_prompts = picked
+
+  -- watching it with a low threshold: diagnostics in vim.diagnostic, shown as virtual text
+  vim.diagnostic.config({ virtual_text = true })
+  local watched
+  tm.watch(feature, { threshold = 0.001, severity = 'warning', message = 'watch this' }, function(r) watched = r end)
+  out.diagnostics_arrived = wait(30000, function()
+    local got = vim.diagnostic.get(0)
+    return watched ~= nil and #got > 0 and got[1].message:match('^watch this') ~= nil
+  end)
+  out.diagnostics = {}
+  for _, d in ipairs(vim.diagnostic.get(0)) do
+    table.insert(out.diagnostics, { lnum = d.lnum, col = d.col, end_col = d.end_col, severity = d.severity,
+      message = d.message, source = d.source })
+  end
+  out.virtual_text = {}
+  for _, ns in pairs(vim.diagnostic.get_namespaces()) do
+    local vt = ns.user_data and ns.user_data.virt_text_ns
+    if vt then
+      for _, mark in ipairs(vim.api.nvim_buf_get_extmarks(0, vt, 0, -1, { details = true })) do
+        local chunks = {}
+        for _, c in ipairs(mark[4].virt_text or {}) do table.insert(chunks, c[1]) end
+        table.insert(out.virtual_text, { line = mark[2], text = table.concat(chunks) })
+      end
+    end
+  end
+  out.watch_listed = watched and #watched.watch == 1 and watched.watch[1].threshold == 0.001
+  -- :TinymorphWatches picks it (the first), which stops watching it: the diagnostics go
+  vim.cmd('TinymorphWatches')
+  out.diagnostics_cleared = wait(30000, function() return #vim.diagnostic.get(0) == 0 end)
+  vim.ui.select = select
+
+  -- the feature map: written into the workspace, opened through vim.ui.open (window/showDocument)
+  local open = vim.ui.open
+  vim.ui.open = function(uri) out.map_opened = uri; return nil, nil end
+  local mapped
+  tm.map(function(r) mapped = r end)
+  wait(30000, function() return mapped ~= nil and out.map_opened ~= nil end)
+  vim.ui.open = open
+  out.map_path = mapped and mapped.path or vim.NIL
+  out.map_exists = mapped ~= nil and vim.uv.fs_stat(mapped.path) ~= nil
+
   local doc = client:request_sync('workspace/executeCommand',
     { command = 'tinymorph.document', arguments = { { uri = vim.uri_from_bufnr(0) } } }, 10000, 0)
   out.server_text_matches = doc.result.text == table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n') .. '\n'

@@ -67,6 +67,14 @@ def test_eglot_connects_hover_and_code_actions(assets, tmp_path: Path) -> None: 
     assert out["preset_names"] == ["harbour"] and "[off] harbour" in out["preset_message"]
     assert out["presets_left"] == 0
     assert "Select at least 2 words" in out["preset_error"]
+    # features by example, a watched feature in flymake, the feature map
+    assert out["example_watched"] == 1
+    assert out["flymake"] is True, out["flymake_texts"]
+    assert all(t.startswith("tinymorph: watch this \u2014 \u201c") for t in out["flymake_texts"])
+    assert set(out["flymake_types"]) == {"eglot-warning"}
+    assert out["flymake_cleared"] is True
+    assert out["map_opened"] == out["map_path"] and Path(out["map_path"]).is_file()
+    assert Path(out["map_path"]).parent == tmp_path / ".tinymorph" / "maps"
 
 
 def test_a_missing_server_is_one_clear_error(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ def test_neovim_attaches_hints_hover_actions_inline(assets, tmp_path: Path) -> N
     doc.write_text("The rain fell on the quiet harbour.\n\nShe read the letter again and the gulls cried.\n",
                    encoding="utf-8")
     result = tmp_path / "result.json"
+    (tmp_path / ".tinymorph").mkdir()  # a root marker: the folder is the workspace
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
            "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data"),
            "TINYMORPH_NVIM_TEST": json.dumps({
@@ -57,6 +58,19 @@ def test_neovim_attaches_hints_hover_actions_inline(assets, tmp_path: Path) -> N
     assert out["preset_made"] and out["preset_off"] and out["preset_renamed"] and out["preset_removed"]
     assert out["preset_default_name"] == "The rain fell on the quiet harbour."
     assert any('lean toward "gulls"' in m for m in out["preset_messages"]), out["preset_messages"]
+    # features by example, watched features as vim.diagnostic entries, the feature map
+    assert out["example_watched"] and out["example_from_action"], out["example_prompts"]
+    assert out["example_prompts"][:2] == ["Most specific to the selection", out["example_prompts"][1]]
+    assert out["example_prompts"].count("Most specific to the selection") == 2  # the code action's picker too
+    assert out["diagnostics_arrived"] and out["watch_listed"]
+    assert out["diagnostics"] and all(d["source"] == "tinymorph" and d["severity"] == 2 for d in out["diagnostics"])
+    assert all(d["message"].startswith("watch this \u2014 \u201c") and "above 0.001" in d["message"]
+               for d in out["diagnostics"])
+    assert out["virtual_text"] and all("watch this" in v["text"] for v in out["virtual_text"])
+    assert out["diagnostics_cleared"]
+    assert out["map_exists"] and Path(out["map_path"]).parent == tmp_path / ".tinymorph" / "maps"
+    assert out["map_opened"] == Path(out["map_path"]).as_uri()
+    (tmp_path / "neovim-diagnostics.json").write_text(json.dumps(out["virtual_text"], ensure_ascii=False))
 
 
 def test_setup_reports_a_missing_server_once(tmp_path: Path) -> None:

@@ -31,9 +31,11 @@ def test_settings_schema_mirrors_the_server() -> None:
     assert {"tinymorph.server.command", "tinymorph.server.pythonPath"} <= set(props)
     commands = {c["command"] for c in package["contributes"]["commands"]}
     assert {"tinymorph.ui.steer", "tinymorph.ui.clear", "tinymorph.ui.list", "tinymorph.ui.search",
-            "tinymorph.ui.moreLikeThis", "tinymorph.ui.presets"} <= commands
+            "tinymorph.ui.moreLikeThis", "tinymorph.ui.presets", "tinymorph.ui.watch", "tinymorph.ui.watches",
+            "tinymorph.ui.byExample", "tinymorph.ui.map"} <= commands
     # palette commands must not collide with the server's commands, which the language client registers itself
-    assert not any(c.startswith(("tinymorph.steer.", "tinymorph.features.", "tinymorph.preset.")) for c in commands)
+    assert not any(c.startswith(("tinymorph.steer.", "tinymorph.features.", "tinymorph.preset.", "tinymorph.watch.",
+                                 "tinymorph.map")) for c in commands)
 
 
 def npm() -> str:
@@ -71,7 +73,9 @@ def test_extension_builds_tests_and_packages(tmp_path: Path) -> None:
     assert {"extension/package.json", "extension/out/extension.js", "extension/out/settings.js"} <= names
     with zipfile.ZipFile(work / "tinymorph.vsix") as vsix:
         compiled = vsix.read("extension/out/extension.js").decode("utf-8")
-    for server_command in ("tinymorph.preset.create", "tinymorph.preset.list"):  # the palette drives the server's
+    for server_command in ("tinymorph.preset.create", "tinymorph.preset.list", "tinymorph.watch.add",
+                           "tinymorph.watch.remove", "tinymorph.features.byExample", "tinymorph.map",
+                           "createWebviewPanel"):  # the palette drives the server's
         assert server_command in compiled
     assert any(n.startswith("extension/node_modules/vscode-languageclient/") for n in names)
     assert not any(n.startswith("extension/src/") or n.startswith("extension/out/test/") for n in names)

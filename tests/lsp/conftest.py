@@ -99,19 +99,27 @@ def init_options(assets: dict[str, str], **extra: Any) -> dict[str, Any]:
 
 INLINE = "neovim+inline"
 """Neovim's capabilities plus inline completion (Neovim 0.12 shows ghost text; pytest-lsp's set predates it)."""
+PULL = "visual_studio_code+pull"
+"""VS Code's capabilities plus pulled diagnostics with refresh, as vscode-languageclient 9 and later announce them
+(pytest-lsp's set predates them)."""
 
 
 def capabilities(spec: str) -> types.ClientCapabilities:
-    if spec != INLINE:
-        return client_capabilities(spec)
-    caps = client_capabilities("neovim")
-    caps.text_document.inline_completion = types.InlineCompletionClientCapabilities()
-    return caps
+    if spec == INLINE:
+        caps = client_capabilities("neovim")
+        caps.text_document.inline_completion = types.InlineCompletionClientCapabilities()
+        return caps
+    if spec == PULL:
+        caps = client_capabilities("visual_studio_code")
+        caps.text_document.diagnostic = types.DiagnosticClientCapabilities(related_document_support=False)
+        caps.workspace.diagnostics = types.DiagnosticWorkspaceClientCapabilities(refresh_support=True)
+        return caps
+    return client_capabilities(spec)
 
 
 async def start(client: LanguageClient, spec: str, options: dict[str, Any], workspace: Path | None) -> None:
     folders = [types.WorkspaceFolder(uri=workspace.as_uri(), name="ws")] if workspace else None
-    await client.initialize_session(types.InitializeParams(
+    client.init_result = await client.initialize_session(types.InitializeParams(  # type: ignore[attr-defined]
         capabilities=capabilities(spec), initialization_options=options, workspace_folders=folders,
         root_uri=workspace.as_uri() if workspace else None))
 
@@ -177,10 +185,10 @@ def json_of(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def client_fixture(clients: list[str] = CLIENTS, **options: Any) -> Any:
+def client_fixture(clients: list[str] = CLIENTS, config: ClientServerConfig = SERVER, **options: Any) -> Any:
     """A module-scoped client per capability set, initialised on the tiny model with a workspace folder."""
 
-    @pytest_lsp.fixture(config=SERVER, params=clients, scope="module")
+    @pytest_lsp.fixture(config=config, params=clients, scope="module")
     async def client(lsp_client: Client, request: pytest.FixtureRequest, assets: dict[str, str],
                      tmp_path_factory: pytest.TempPathFactory):
         workspace = tmp_path_factory.mktemp("workspace")

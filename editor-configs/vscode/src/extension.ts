@@ -4,9 +4,11 @@ import * as vscode from 'vscode';
 import {
   CloseAction, ErrorAction, LanguageClient, LanguageClientOptions, ServerOptions, TransportKind,
 } from 'vscode-languageclient/node';
+import * as fs from 'node:fs';
 import {
-  checkPresetName, contributedKeys, describePreset, describeSteering, documentSelector, initializationOptions, Launch,
-  launchOptions, parseFeature, Preset, presetChoices, serverDownMessage, SteerEntry,
+  checkPresetName, contributedKeys, describePreset, describeSteering, describeWatches, documentSelector,
+  ExampleFeature, exampleItems, initializationOptions, Launch, launchOptions, parseFeature, parseThreshold, Preset,
+  presetChoices, serverDownMessage, SteerEntry, Watch,
 } from './settings';
 
 let client: LanguageClient | undefined;
@@ -32,6 +34,17 @@ async function start(): Promise<void> {
     initializationOptions: initializationOptions(settings, keys),
     synchronize: { configurationSection: 'tinymorph' },
     outputChannelName: 'tinymorph',
+    middleware: {
+      // The code action "Features most specific to the selection" shows a quick pick here, instead of the server's
+      // message requests.
+      executeCommand: async (command, args, next) => {
+        if (command === 'tinymorph.features.byExample' && args[0] && typeof args[0] === 'object') {
+          await byExample({ ...(args[0] as object), show: false });
+          return undefined;
+        }
+        return next(command, args);
+      },
+    },
     errorHandler: {
       error: () => ({ action: ErrorAction.Shutdown, handled: true }),
       closed: () => {
@@ -85,6 +98,33 @@ async function steer(feature: number, strength?: number, mode = 'add'): Promise<
   if (result) {
     void vscode.window.showInformationMessage(`tinymorph steering: ${describeSteering(result.steering)}`);
   }
+}
+
+/** Features found by example: pick one, then what to do with it (the server's own commands). */
+async function byExample(argument: object): Promise<void> {
+  const result = await run<{ features: ExampleFeature[] }>('tinymorph.features.byExample', argument);
+  if (!result) { return; }
+  if (result.features.length === 0) {
+    void vscode.window.showInformationMessage('tinymorph: no feature a word names is specific to this text.');
+    return;
+  }
+  const pick = await vscode.window.showQuickPick(exampleItems(result.features),
+    { placeHolder: 'Most specific to the selection', matchOnDetail: true });
+  if (!pick) { return; }
+  const action = await vscode.window.showQuickPick(pick.feature.actions.map((a) => ({ label: a.title, action: a })),
+    { placeHolder: pick.feature.label });
+  if (action && await run(action.action.command, action.action.arguments[0] ?? {})) {
+    void vscode.window.showInformationMessage(`tinymorph: ${action.label}`);
+  }
+}
+
+/** The feature map of a document, in a webview beside it (the page is self-contained: its script runs there). */
+async function showMap(uri: string, title: string): Promise<void> {
+  const result = await run<{ path: string }>('tinymorph.map', { uri, open: false });
+  if (!result) { return; }
+  const panel = vscode.window.createWebviewPanel('tinymorph.map', `Feature map: ${title}`,
+    vscode.ViewColumn.Beside, { enableScripts: true });
+  panel.webview.html = fs.readFileSync(result.path, 'utf8');
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
@@ -159,6 +199,53 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     if (result) {
       void vscode.window.showInformationMessage(`tinymorph presets: ${result.presets.map(describePreset).join('; ') || 'none'}`);
     }
+  });
+  register('tinymorph.ui.watch', async () => {
+    const feature = await askFeature('Feature to watch (flagged wherever it is strong)');
+    if (feature === undefined) { return; }
+    const text = await vscode.window.showInputBox({
+      prompt: 'Threshold: the activation it must reach (empty: half its strongest in the corpus)',
+      validateInput: (v) => { const t = parseThreshold(v); return t && typeof t === 'object' ? t.error : undefined; },
+    });
+    if (text === undefined) { return; }
+    const threshold = parseThreshold(text);
+    const uri = client && vscode.window.activeTextEditor
+      ? client.code2ProtocolConverter.asUri(vscode.window.activeTextEditor.document.uri) : undefined;
+    const result = await run<{ watch: Watch[] }>('tinymorph.watch.add',
+      { feature, ...(typeof threshold === 'number' ? { threshold } : {}), ...(uri ? { uri } : {}) });
+    if (result) { void vscode.window.showInformationMessage(`tinymorph watching: ${describeWatches(result.watch)}`); }
+  });
+  register('tinymorph.ui.watches', async () => {
+    const listed = await run<{ watch: Watch[] }>('tinymorph.watch.list');
+    if (!listed) { return; }
+    if (listed.watch.length === 0) {
+      void vscode.window.showInformationMessage('tinymorph: nothing watched ("tinymorph: Watch a feature").');
+      return;
+    }
+    const pick = await vscode.window.showQuickPick(listed.watch.map((w) => ({
+      label: `${w.feature}`, description: `${w.label} · above ${w.threshold} · ${w.severity}`, watch: w })),
+    { placeHolder: 'Stop watching…' });
+    if (!pick) { return; }
+    const result = await run<{ watch: Watch[] }>('tinymorph.watch.remove', { feature: pick.watch.feature });
+    if (result) { void vscode.window.showInformationMessage(`tinymorph watching: ${describeWatches(result.watch)}`); }
+  });
+  register('tinymorph.ui.byExample', async () => {
+    const editor = vscode.window.activeTextEditor;
+    if (!client || !editor || editor.selection.isEmpty) {
+      void vscode.window.showWarningMessage('tinymorph: select some text first.');
+      return;
+    }
+    await byExample({ uri: client.code2ProtocolConverter.asUri(editor.document.uri), version: editor.document.version,
+      range: client.code2ProtocolConverter.asRange(editor.selection) });
+  });
+  register('tinymorph.ui.map', async () => {
+    const editor = vscode.window.activeTextEditor;
+    if (!client || !editor) {
+      void vscode.window.showWarningMessage('tinymorph: open a document first.');
+      return;
+    }
+    const name = editor.document.uri.path.split('/').pop() ?? 'document';
+    await showMap(client.code2ProtocolConverter.asUri(editor.document.uri), name);
   });
   register('tinymorph.ui.status', async () => {
     const s = await run<{ state: string; engine?: { model: string; sae: string; device: string }; queueDepth: number }>(

@@ -126,3 +126,57 @@ export function serverDownMessage(launch: Launch, detail: string): string {
     'Run `make demo` in the tinymorph checkout and set tinymorph.server.command (or tinymorph.server.pythonPath), ' +
     'then run "tinymorph: Restart the server".';
 }
+
+/** One entry of `tinymorph.watch.list`: a feature flagged (as a diagnostic) wherever it is strong. */
+export interface Watch {
+  feature: number;
+  threshold: number;
+  severity: string;
+  message: string;
+  label: string;
+}
+
+/** The watched features in one line, for notifications. */
+export function describeWatches(watches: Watch[]): string {
+  if (watches.length === 0) {
+    return 'nothing watched';
+  }
+  return watches.map((w) => `${w.feature}${w.label ? ` (${w.label})` : ''} above ${w.threshold}`).join(', ');
+}
+
+/** A threshold typed by the user: undefined for empty (the server picks half the feature's strongest), a positive
+ * finite number, or an error message. */
+export function parseThreshold(text: string | undefined): number | undefined | { error: string } {
+  const raw = (text ?? '').trim();
+  if (raw === '') {
+    return undefined;
+  }
+  const value = Number(raw);
+  return Number.isFinite(value) && value > 0 ? value : { error: 'a threshold is a positive number' };
+}
+
+/** A command the server offers with a feature (steer toward, suppress, watch). */
+export interface FeatureCommand {
+  title: string;
+  command: string;
+  arguments: Record<string, unknown>[];
+}
+
+/** One entry of `tinymorph.features.byExample`. */
+export interface ExampleFeature {
+  feature: number;
+  label: string;
+  examples: string[];
+  watched: boolean;
+  actions: FeatureCommand[];
+}
+
+/** The quick pick items of features found by example: the label, and the first corpus example as its detail
+ * (the peak token without its «» marks). */
+export function exampleItems(features: ExampleFeature[]): { label: string; detail: string; feature: ExampleFeature }[] {
+  return features.map((f) => ({
+    label: f.label + (f.watched ? ' (watched)' : ''),
+    detail: (f.examples[0] ?? '').replace(/[«»]/g, ''),
+    feature: f,
+  }));
+}

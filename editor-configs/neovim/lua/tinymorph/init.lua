@@ -65,19 +65,24 @@ function M.list()
   end)
 end
 
--- Steer toward the strongest feature at the cursor: the first "Amplify" code action there.
-function M.steer_here()
+-- Apply the first code action at the cursor whose title starts with `prefix`.
+local function first_action(prefix)
   local applied = false
   vim.lsp.buf.code_action({
     apply = true,
     filter = function(action)
-      if applied or not action.title:match('^Amplify feature') then
+      if applied or action.title:sub(1, #prefix) ~= prefix then
         return false
       end
       applied = true
       return true
     end,
   })
+end
+
+-- Steer toward the strongest feature at the cursor: the first "Amplify" code action there.
+function M.steer_here()
+  first_action('Amplify feature')
 end
 
 function M.search(query)
@@ -126,6 +131,15 @@ function M.describe_presets(presets)
   return table.concat(parts, '; ')
 end
 
+-- An LSP range from {row, col} marks (1-based row, 0-based byte column, end exclusive) of the current buffer.
+local function lsp_range(client, first, last)
+  local function position(at)
+    local line = vim.api.nvim_buf_get_lines(0, at[1] - 1, at[1], false)[1] or ''
+    return { line = at[1] - 1, character = vim.str_utfindex(line, client.offset_encoding, math.min(at[2], #line)) }
+  end
+  return { start = position(first), ['end'] = position(last) }
+end
+
 -- Make a preset from the text between `first` and `last` ({row, col}: 1-based row, 0-based byte column, end
 -- exclusive) of the current buffer; `name` is optional (the passage's first words otherwise).
 function M.more_like_this(first, last, name, on_done)
@@ -134,13 +148,9 @@ function M.more_like_this(first, last, name, on_done)
     notify('the server is not attached to this buffer', vim.log.levels.WARN)
     return
   end
-  local function position(at)
-    local line = vim.api.nvim_buf_get_lines(0, at[1] - 1, at[1], false)[1] or ''
-    return { line = at[1] - 1, character = vim.str_utfindex(line, client.offset_encoding, math.min(at[2], #line)) }
-  end
   local bufnr = vim.api.nvim_get_current_buf()
   local arg = { uri = vim.uri_from_bufnr(bufnr), version = vim.lsp.util.buf_versions[bufnr],
-    range = { start = position(first), ['end'] = position(last) }, name = name }
+    range = lsp_range(client, first, last), name = name }
   M.command('tinymorph.preset.create', arg, function(r)
     notify(string.format('suggestions now lean toward "%s" (against the %s; +%g). :TinymorphPresets to change.',
       r.preset.name, r.against == 'neutral' and 'neutral reference' or 'rest of the document', r.preset.strength))
@@ -196,6 +206,107 @@ function M.presets()
   end)
 end
 
+-- Watched features: a diagnostic (vim.diagnostic) on every sentence where a feature you watch is strong.
+local function describe_watches(watches)
+  if #watches == 0 then
+    return 'nothing watched'
+  end
+  local parts = {}
+  for _, w in ipairs(watches) do
+    table.insert(parts, string.format('%d (%s) above %g', w.feature, w.label ~= '' and w.label or '?', w.threshold))
+  end
+  return table.concat(parts, ', ')
+end
+M.describe_watches = describe_watches
+
+-- Watch `feature`; `opts` may hold threshold (its activation; default: half its strongest in the corpus),
+-- severity ('error' | 'warning' | 'information' | 'hint') and message.
+function M.watch(feature, opts, on_done)
+  opts = opts or {}
+  M.command('tinymorph.watch.add', { feature = feature, threshold = opts.threshold, severity = opts.severity,
+    message = opts.message, uri = vim.uri_from_bufnr(0) }, function(r)
+    notify('watching: ' .. describe_watches(r.watch))
+    if on_done then on_done(r) end
+  end)
+end
+
+function M.unwatch(feature, on_done)
+  M.command('tinymorph.watch.remove', { feature = feature, uri = vim.uri_from_bufnr(0) }, function(r)
+    notify('watching: ' .. describe_watches(r.watch))
+    if on_done then on_done(r) end
+  end)
+end
+
+-- List the watched features; pick one to stop watching it.
+function M.watches()
+  M.command('tinymorph.watch.list', { uri = vim.uri_from_bufnr(0) }, function(r)
+    if #r.watch == 0 then
+      notify('nothing watched: <leader>tw on a word watches its strongest feature')
+      return
+    end
+    vim.ui.select(r.watch, {
+      prompt = 'Stop watching',
+      format_item = function(w)
+        return string.format('%d  %s  (above %g, %s)', w.feature, w.label, w.threshold, w.severity)
+      end,
+    }, function(w)
+      if w then M.unwatch(w.feature) end
+    end)
+  end)
+end
+
+-- Watch the strongest feature at the cursor: the first "Watch feature" code action there.
+function M.watch_here()
+  first_action('Watch feature')
+end
+
+-- Pick one of the features `result.features` (from tinymorph.features.byExample), then what to do with it.
+local function pick_example(result, on_done)
+  if #result.features == 0 then
+    notify('no feature a word names is specific to this text')
+    return
+  end
+  vim.ui.select(result.features, {
+    prompt = 'Most specific to the selection',
+    format_item = function(f)
+      return f.label .. (f.examples[1] and ('   e.g. ' .. f.examples[1]) or '')
+    end,
+  }, function(f)
+    if not f then return end
+    vim.ui.select(f.actions, { prompt = f.label, format_item = function(a) return a.title end }, function(a)
+      if a then
+        M.command(a.command, a.arguments[1], function(r)
+          notify(a.title .. ': done')
+          if on_done then on_done(a, r) end
+        end)
+      end
+    end)
+  end)
+end
+
+-- The features most specific to the text between `first` and `last` ({row, col}, as for more_like_this).
+function M.by_example(first, last, on_done)
+  local client = client_for(0)
+  if not client then
+    notify('the server is not attached to this buffer', vim.log.levels.WARN)
+    return
+  end
+  local bufnr = vim.api.nvim_get_current_buf()
+  M.command('tinymorph.features.byExample', { uri = vim.uri_from_bufnr(bufnr),
+    version = vim.lsp.util.buf_versions[bufnr], range = lsp_range(client, first, last) }, function(r)
+    pick_example(r, on_done)
+  end)
+end
+
+-- The feature map of this buffer: a page that colours the text by any feature you click, opened in the browser
+-- (the server asks Neovim to open it: vim.ui.open).
+function M.map(on_done)
+  M.command('tinymorph.map', { uri = vim.uri_from_bufnr(0) }, function(r)
+    notify('feature map: ' .. r.path)
+    if on_done then on_done(r) end
+  end)
+end
+
 function M.status()
   M.command('tinymorph.status', nil, function(r)
     local e = r.engine or {}
@@ -224,6 +335,11 @@ local function on_attach(client, bufnr, opts)
   map('<leader>tf', function() M.search() end, 'search features')
   map('<leader>ti', M.status, 'status')
   map('<leader>tp', M.presets, 'style presets (switch on / off, rename, remove)')
+  map('<leader>tw', M.watch_here, 'watch the feature under the cursor (diagnostics where it is strong)')
+  map('<leader>tW', M.watches, 'watched features (stop watching)')
+  map('<leader>tg', function() M.map() end, 'feature map of this buffer (in the browser)')
+  vim.keymap.set('x', '<leader>te', ':TinymorphByExample<CR>',
+    { buffer = bufnr, silent = true, desc = 'tinymorph: features most specific to the selection' })
   vim.keymap.set('x', '<leader>tm', ':TinymorphMoreLikeThis<CR>',
     { buffer = bufnr, silent = true, desc = 'tinymorph: write more like the selection' })
   vim.keymap.set('x', '<leader>tr', vim.lsp.buf.code_action, { buffer = bufnr, desc = 'tinymorph: rewrite selection' })
@@ -251,6 +367,12 @@ function M.setup(opts)
     notify(string.format('cannot start the server: %q is not an executable. Run `make demo` in the tinymorph ' ..
       'checkout and pass cmd = { "<checkout>/.venv/bin/tinymorph", "serve" } to setup().', exe), vim.log.levels.ERROR)
     return false
+  end
+  -- The code action "Features most specific to the selection" shows a picker here instead of the server's
+  -- message request.
+  vim.lsp.commands['tinymorph.features.byExample'] = function(command, ctx)
+    local arg = vim.tbl_extend('force', command.arguments[1], { show = false })
+    M.command('tinymorph.features.byExample', arg, function(r) pick_example(r) end, ctx.bufnr)
   end
   vim.lsp.config(M.name, config)
   vim.lsp.enable(M.name)

@@ -3,8 +3,9 @@ import * as assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  checkPresetName, contributedKeys, describePreset, describeSteering, documentSelector, initializationOptions,
-  launchOptions, parseFeature, presetChoices, serverDownMessage, Settings,
+  checkPresetName, contributedKeys, describePreset, describeSteering, describeWatches, documentSelector,
+  exampleItems, initializationOptions, launchOptions, parseFeature, parseThreshold, presetChoices, serverDownMessage,
+  Settings,
 } from '../settings';
 
 const packageJson = JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8'));
@@ -96,4 +97,24 @@ test('presets: described, their choices name the server commands, names checked 
   assert.equal(checkPresetName('weather'), undefined);
   assert.equal(checkPresetName('  '), 'a name must not be empty');
   assert.equal(checkPresetName('x'.repeat(61)), 'a name has at most 60 characters');
+});
+
+test('watches: described, thresholds checked as the server does', () => {
+  assert.equal(describeWatches([]), 'nothing watched');
+  assert.equal(describeWatches([{ feature: 12, threshold: 2.5, severity: 'warning', message: '', label: 'rain' },
+    { feature: 3, threshold: 1, severity: 'hint', message: 'x', label: '' }]), '12 (rain) above 2.5, 3 above 1');
+  assert.equal(parseThreshold(''), undefined);
+  assert.equal(parseThreshold(' 0.75 '), 0.75);
+  for (const bad of ['0', '-1', 'high', 'Infinity', 'NaN']) {
+    assert.deepEqual(parseThreshold(bad), { error: 'a threshold is a positive number' });
+  }
+});
+
+test('features by example become quick pick items with their first example', () => {
+  const actions = [{ title: 'Watch “rain”', command: 'tinymorph.watch.add', arguments: [{ feature: 4 }] }];
+  const items = exampleItems([
+    { feature: 4, label: 'rain, storms', examples: ['the« rain» fell', 'x'], watched: false, actions },
+    { feature: 9, label: 'sea', examples: [], watched: true, actions: [] }]);
+  assert.deepEqual(items.map((i) => [i.label, i.detail]), [['rain, storms', 'the rain fell'], ['sea (watched)', '']]);
+  assert.equal(items[0].feature.actions[0].command, 'tinymorph.watch.add');
 });
