@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pygls").setLevel(max(level, logging.WARNING) if args.verbose < 2 else logging.DEBUG)
 
+    from .memory import tune_allocator
+
+    tune_allocator()  # before the model's first allocation
     server = create_server()
     forwarder = LogForwarder(server)
     forwarder.setFormatter(logging.Formatter("%(name)s: %(message)s"))

@@ -4,7 +4,11 @@ engine thread."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -190,3 +194,20 @@ async def test_out_of_memory_in_a_generation_is_said_once_and_the_next_one_works
     assert len(told) == 1 and "ran out of memory" in told[0] and "hints still work" in told[0]
     assert await generation.generate(server, "file:///oom.md", "Rain, and", kind="completion") == \
         "and then the sea"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_allocator_is_tuned_unless_the_user_chose() -> None:
+    """Two arenas and a fixed mapping threshold (`lsp_server.memory`); a variable the user set, or
+    TINYMORPH_ALLOCATOR=system, is left as it is."""
+    script = "import json; from lsp_server.memory import tune_allocator; print(json.dumps(tune_allocator()))"
+
+    def applied(**env: str) -> dict:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "TINYMORPH_ALLOCATOR"))}
+        out = subprocess.run([sys.executable, "-c", script], env={**base, **env}, capture_output=True, text=True,
+                             check=True)
+        return json.loads(out.stdout)
+
+    assert applied() == {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 1 << 20}
+    assert applied(MALLOC_ARENA_MAX="8") == {"MALLOC_MMAP_THRESHOLD_": 1 << 20}
+    assert applied(TINYMORPH_ALLOCATOR="system") == {}
