@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -54,11 +55,17 @@ def tiny_assets() -> tuple[str, str]:
     return str(folder / "model"), str(folder / "sae")
 
 
-def document(model: str, n_tokens: int) -> tuple[str, int]:
-    """Paragraphs of the sample text (one line each) repeated until the model's tokenizer counts `n_tokens`."""
+@functools.cache
+def tokenizer_of(model: str) -> Any:
+    """The tokenizer of `model` (loaded once)."""
     from steering.models import load_model
 
-    tokenizer = load_model(model, "cpu").tokenizer
+    return load_model(model, "cpu").tokenizer
+
+
+def document(model: str, n_tokens: int) -> tuple[str, int]:
+    """Paragraphs of the sample text (one line each) repeated until the model's tokenizer counts `n_tokens`."""
+    tokenizer = tokenizer_of(model)
     paragraphs = [" ".join(p.split()) for p in SAMPLE.read_text(encoding="utf-8").split("\n\n") if p.strip()]
     out: list[str] = []
     i = 0

@@ -5,11 +5,13 @@
 
 A real LSP client (stdio, a `python -m lsp_server` child) opens `--documents` documents and, for `--minutes`,
 edits them at `--edits-per-s` (a seeded mix: a word typed at the end, a word inserted or deleted in the middle, a
-line break, an undo of the last insert; once a document is 5 % longer than at the start, typing at the end becomes
-deleting there, so every minute does the same work), and between edits asks for hover, inlay hints, inline completions and
-completions (about one request per four edits). Every answer is checked for shape; a request that fails or times
-out (30 s) counts as an error. Per minute: p50 / p95 of each request kind's latency and of all of them, errors, and
-the server's resident memory (`memoryMb` of `tinymorph.status`). At the end the client's text of each document is
+line break, an undo of the last insert; once a document has 5 % more tokens than at the start, typing at the end
+becomes deleting there, so every minute does the same work: the limit is in tokens, not characters, because the
+words typed in the middle (emoji, CJK) take more tokens per character than the English they replace at the end),
+and between edits asks for hover, inlay hints, inline completions and completions (about one request per four
+edits). Every answer is checked for shape; a request that fails or times out (30 s) counts as an error. Per minute:
+p50 / p95 of each request kind's latency and of all of them, errors, the server's resident memory (`memoryMb` of
+`tinymorph.status`) and the documents' token counts. At the end the client's text of each document is
 compared with the server's (`tinymorph.document`: text and version).
 
 Goals (from the reliability issue): no error; p95 of the last minute within 20 % of the first; memory after
@@ -24,10 +26,11 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench_engine import emit
-from bench_lsp import Client, document, execute, parser, start_editor, tiny_assets, wait
+from bench_lsp import Client, document, execute, parser, start_editor, tiny_assets, tokenizer_of, wait
 from lsprotocol import types
 
 WORDS = ("the", "harbour", "was", "quiet", "and", "she", "walked", "along", "water", "thinking", "of", "letter",
@@ -40,11 +43,21 @@ SERVER = [sys.executable, "-m", "lsp_server"]
 class Doc:
     """The client's copy of a document, edited by UTF-16 positions as an editor sends them."""
 
-    def __init__(self, uri: str, text: str) -> None:
+    RECOUNT = 8
+    """Edits between two token counts."""
+
+    def __init__(self, uri: str, text: str, count: Callable[[str], int]) -> None:
         self.uri, self.text, self.version = uri, text, 1
-        self.limit = len(text) * 21 // 20
-        """Past this length typing at the end turns into deleting there: the documents keep their size, so the
-        last minute's work is the first one's (typed words would otherwise grow them by about 60 % in 10 minutes)."""
+        self.count = count
+        self.tokens = count(text)
+        self.limit = self.tokens * 21 // 20
+        """Past this many tokens typing at the end turns into deleting there: the documents keep their size in
+        tokens, so the last minute's work is the first one's (typed words would otherwise grow them by about 60 % in
+        10 minutes, and a limit in characters still let them grow by a third in tokens)."""
+
+    @property
+    def over(self) -> bool:
+        return self.tokens > self.limit
 
     def position(self, offset: int) -> types.Position:
         before = self.text[:offset]
@@ -56,6 +69,8 @@ class Doc:
         rng = types.Range(start=self.position(start), end=self.position(end))
         self.text = self.text[:start] + new + self.text[end:]
         self.version += 1
+        if self.version % self.RECOUNT == 0:
+            self.tokens = self.count(self.text)
         return types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=self.uri, version=self.version),
             content_changes=[types.TextDocumentContentChangePartial(range=rng, text=new)])
@@ -70,7 +85,7 @@ def word_start(text: str, offset: int) -> int:
 def random_edit(doc: Doc, rng: random.Random, undo: list[tuple[int, int]]) -> types.DidChangeTextDocumentParams:
     roll = rng.random()
     n = len(doc.text)
-    if roll < 0.5 and n > doc.limit:  # deleting the last word
+    if roll < 0.5 and doc.over:  # deleting the last word
         undo.clear()
         return doc.change(doc.text.rstrip().rfind(" ") + 1 if " " in doc.text else n, n, "")
     if roll < 0.5:  # typing at the end
@@ -136,7 +151,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         args.model, args.sae = tiny_assets()
     text, n_tokens = document(args.model, args.doc_tokens)
     client, status = await start_editor(args, 16, SERVER)
-    docs = [Doc(f"file:///soak/doc{i}.md", text) for i in range(args.documents)]
+    tokenizer = tokenizer_of(args.model)
+    docs = [Doc(f"file:///soak/doc{i}.md", text, lambda t: len(tokenizer(t)["input_ids"]))
+            for i in range(args.documents)]
     for doc in docs:
         client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
             uri=doc.uri, language_id="markdown", version=1, text=doc.text)))
@@ -187,7 +204,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         every = [ms for values in current.latency.values() for ms in values]
         minutes.append({"minute": number, "all": summary(every),
                         **{k: summary(v) for k, v in current.latency.items()},
-                        "errors": current.errors, "memory_mb": memory})
+                        "errors": current.errors, "memory_mb": memory,
+                        "document_tokens": [doc.count(doc.text) for doc in docs]})
         print(f"[soak] minute {number}: {minutes[-1]['all']} errors {current.errors} memory {memory} MB",
               file=sys.stderr, flush=True)
 

@@ -1,4 +1,5 @@
-"""Hover: the features active at the token under the cursor, with activation, label and promoted tokens."""
+"""Hover: the features active at the token under the cursor, with activation, label and promoted tokens; a feature
+the writer watches says so, and the last line points at the code actions that steer or watch them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from steering.annotate import TokenFeatures
 
 from .cards import card, promoted
 from .hints import short
-from .state import DocState
+from .state import DocState, SteeringSet
 from .text import PositionError
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def token_at(state: DocState, offset: int) -> tuple[TokenFeatures, int] | None:
     return None
 
 
-def render(server: TinymorphServer, tok: TokenFeatures) -> str:
+def render(server: TinymorphServer, tok: TokenFeatures, steering: SteeringSet) -> str:
     shown = tok.text.replace("\n", "⏎")
     lines = [f"**tinymorph** · token `{shown}` (#{tok.index}, id {tok.token_id})", ""]
     if not tok.features:
@@ -53,7 +54,10 @@ def render(server: TinymorphServer, tok: TokenFeatures) -> str:
     lines += ["| feature | activation | label | promotes |", "|---:|---:|---|---|"]
     for f in tok.features:
         c = card(server.cards, f.feature)
-        lines.append(f"| {f.feature} | {f.activation:.2f} | {short(c.label, 40) or '—'} | {promoted(c)} |")
+        watch = steering.watched(f.feature)
+        watched = f" · *watched above {watch.threshold:.3g}*" if watch is not None else ""
+        lines.append(f"| {f.feature} | {f.activation:.2f} | {short(c.label, 40) or '—'}{watched} | {promoted(c)} |")
+    lines += ["", "*Code actions here amplify, suppress or watch these features.*"]
     return "\n".join(lines)
 
 
@@ -70,5 +74,5 @@ def register(server: TinymorphServer) -> None:
             return None
         tok, start = found
         return types.Hover(
-            contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=render(ls, tok)),
+            contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=render(ls, tok, ls.steering_for(state.doc.uri))),
             range=state.doc.index.range(start, start + tok.end - tok.start))

@@ -69,16 +69,38 @@ def int8_available(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.bfloat16 and device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
+ROW_BUCKET = 32
+"""On a CPU, bfloat16 / float16 matmuls run `[rows, in]` padded to a bucket of rows: a power of two up to this
+many, then a multiple of it. oneDNN keeps a compiled kernel for every shape it sees (about 0.5 MB each, up to 1,024
+of them), and a document read after edits in random places brings a new row count with almost every pass: a long
+session grew by some 20 MB a minute that way. With buckets there are a dozen shapes a weight, and the passes run no
+slower (the kernel for a round row count is the faster one)."""
+
+
+def row_bucket(n: int) -> int:
+    """The row count `n` rows are padded to (`ROW_BUCKET`)."""
+    if n <= ROW_BUCKET:
+        return 1 << max(0, n - 1).bit_length()
+    return -(-n // ROW_BUCKET) * ROW_BUCKET
+
+
 @dataclass
 class _Linear:
     weight: torch.Tensor
     bias: torch.Tensor | None = None
     int8: Int8 | None = None
+    bucket: bool = False
+    """Pad the rows to `row_bucket` (reduced precision on a CPU)."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.int8 is not None and x.shape[0] <= INT8_ROWS:
+        n = x.shape[0]
+        if self.int8 is not None and n <= INT8_ROWS:
             out = torch._weight_int8pack_mm(x, *self.int8)
             return out if self.bias is None else out + self.bias
+        if self.bucket and row_bucket(n) != n:
+            padded = x.new_zeros(row_bucket(n), x.shape[1])
+            padded[:n] = x
+            return F.linear(padded, self.weight, self.bias)[:n]
         return F.linear(x, self.weight, self.bias)
 
 
@@ -162,7 +184,8 @@ class FastModel:
         """Whether decode steps use int8 copies of the weights (`int8_available`)."""
 
         def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> _Linear:
-            return _Linear(weight, bias, quantize_int8(weight) if self.int8 else None)
+            return _Linear(weight, bias, quantize_int8(weight) if self.int8 else None,
+                           bucket=self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16))
 
         self.unembed = linear(model.get_output_embeddings().weight.detach())
         self.layers: list[_Layer] = []
@@ -294,29 +317,24 @@ class PrefixCache:
         self.key: Hashable = None
         self.capacity = 0
         self.k = self.v = self.resid = torch.empty(0)
-        self.codes = torch.empty(0)
-        """SAE codes of the first `coded` tokens (float32, CPU): annotation encodes only the tokens after them."""
+        self.codes: SparseCodes | None = None
+        """SAE codes of the first `coded` tokens: annotation encodes only the tokens after them."""
         self.coded = 0
         self.reserve(capacity)
 
     @property
     def nbytes(self) -> int:
-        return self.capacity * self.fast.bytes_per_token() + self.codes.numel() * self.codes.element_size()
+        return self.capacity * self.fast.bytes_per_token() + (self.codes.nbytes if self.codes is not None else 0)
 
     def codes_for(self, n: int, width: int, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The SAE codes `[n, width]` of the first `n` tokens (whose residuals are read), encoding with `encode`
-        only the rows not kept from an earlier call."""
-        if self.codes.shape[1:] != (width,) or self.codes.shape[0] < n:
-            grown = torch.zeros(max(n, self.codes.shape[0] * 5 // 4), width)
-            if self.codes.shape[1:] == (width,):
-                grown[:self.coded] = self.codes[:self.coded]
-            else:
-                self.coded = 0
-            self.codes = grown
+        """The SAE codes `[n, width]` (float32, CPU) of the first `n` tokens (whose residuals are read), encoding
+        with `encode` only the rows not kept from an earlier call."""
+        if self.codes is None or self.codes.width != width:
+            self.codes, self.coded = SparseCodes(width), 0
         if self.coded < n:
-            self.codes[self.coded:n] = encode(self.resid[self.coded:n]).float().cpu()
+            self.codes.put(self.coded, encode(self.resid[self.coded:n]).float().cpu())
             self.coded = n
-        return self.codes[:n]
+        return self.codes.dense(n)
 
     def reserve(self, tokens: int) -> None:
         """Room for at least `tokens` tokens (kept contents stay)."""
@@ -352,6 +370,52 @@ class PrefixCache:
 
     def push(self, token: int) -> None:
         self.ids.append(token)
+
+
+class SparseCodes:
+    """SAE codes of a token sequence kept as each row's nonzero entries, `width` columns wide when dense.
+
+    A TopK SAE's code has k nonzeros of thousands (64 of 4,608 for the default SAE): dense float32 rows took 18 KB a
+    token, as much as the model's keys and values, so fewer documents fitted the cache budget and a switch between
+    them read a whole document again. Kept here: `index` and `value` `[rows, k]`, k the most nonzeros a row has had;
+    a row with fewer pads with value 0 at column 0, which adds nothing when the rows are made dense again.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.index = torch.zeros(0, 0, dtype=torch.int32)
+        self.value = torch.zeros(0, 0)
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.numel() * self.index.element_size() + self.value.numel() * self.value.element_size()
+
+    def put(self, start: int, rows: torch.Tensor) -> None:
+        """Keep `rows` `[m, width]` as rows `start` to `start + m` (rows after them are dropped)."""
+        m = rows.shape[0]
+        k = max(int((rows != 0).sum(dim=1).max()) if m else 0, self.value.shape[1])
+        need = start + m
+        if need > self.value.shape[0] or k > self.value.shape[1]:
+            size = max(need, self.value.shape[0] * 5 // 4) if need > self.value.shape[0] else self.value.shape[0]
+            index = torch.zeros(size, k, dtype=torch.int32)
+            value = torch.zeros(size, k)
+            kept, width = min(start, self.value.shape[0]), self.value.shape[1]
+            index[:kept, :width] = self.index[:kept]
+            value[:kept, :width] = self.value[:kept]
+            self.index, self.value = index, value
+        if not m or not k:
+            self.value[start:need] = 0
+            return
+        top = rows.abs().topk(k, dim=1).indices
+        self.index[start:need] = top.to(torch.int32)
+        self.value[start:need] = rows.gather(1, top)
+
+    def dense(self, n: int) -> torch.Tensor:
+        """The first `n` rows as `[n, width]` float32."""
+        out = torch.zeros(n, self.width)
+        if n and self.value.shape[1]:
+            out.scatter_add_(1, self.index[:n].long(), self.value[:n])
+        return out
 
 
 class SessionCaches:

@@ -14,8 +14,11 @@ from steering.fast import (
     FastModel,
     PrefixCache,
     SessionCaches,
+    SparseCodes,
+    _Linear,
     int8_available,
     quantize_int8,
+    row_bucket,
     unsupported_reason,
     vector_steer,
 )
@@ -222,6 +225,63 @@ def test_caches_stay_within_their_budget_least_recently_used_first(llama) -> Non
     caches.trim()
     assert set(caches._caches) == {"b", "d"}
     assert caches.get(None) is not caches.get(None), "without a session nothing is kept"
+
+
+def sparse_rows(m: int, width: int, nonzeros: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.zeros(m, width)
+    for r in range(m):
+        picked = torch.randperm(width, generator=g)[:nonzeros if r % 3 else nonzeros // 2]
+        rows[r, picked] = torch.randn(len(picked), generator=g)
+    return rows
+
+
+def test_sparse_codes_give_back_the_rows_they_keep_as_nonzeros_only() -> None:
+    width = 300
+    codes = SparseCodes(width)
+    first = sparse_rows(40, width, 8, 0)
+    codes.put(0, first)
+    assert torch.equal(codes.dense(40), first)
+    assert codes.nbytes < first.numel() * 4 // 10, "kept as index/value pairs, not dense"
+    # more rows, denser ones: the kept rows stay, the width of the pairs grows
+    more = sparse_rows(25, width, 20, 1)
+    codes.put(40, more)
+    assert torch.equal(codes.dense(65), torch.cat([first, more]))
+    # after an edit the rows from the first changed token on are replaced; an empty row stays empty
+    edited = sparse_rows(10, width, 4, 2)
+    edited[3] = 0
+    codes.put(30, edited)
+    assert torch.equal(codes.dense(40), torch.cat([first[:30], edited]))
+    assert torch.equal(codes.dense(0), torch.zeros(0, width))
+
+
+def test_cached_codes_equal_a_fresh_encoding_and_cost_little_memory(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    text = "The rain fell on the harbour all night. " * 12
+    engine.annotate(text, session="doc")
+    cache = engine.caches.get("doc")
+    n = cache.coded
+    assert n > 50 and cache.codes is not None
+    dense_bytes = n * engine.sae.d_sae * 4
+    assert cache.codes.nbytes < dense_bytes
+    kept = cache.codes.dense(n)
+    fresh = engine.sae.encode(cache.resid[:n].to(engine.sae.dtype)).float()
+    assert torch.allclose(kept, fresh, atol=1e-6)
+
+
+def test_reduced_precision_passes_run_on_a_few_row_counts_with_the_same_result() -> None:
+    """oneDNN keeps a kernel per shape: row counts are padded to buckets, so a long session sees few shapes."""
+    assert [row_bucket(n) for n in (1, 2, 3, 5, 8, 9, 31, 32, 33, 64, 65, 256, 257)] == \
+        [1, 2, 4, 8, 8, 16, 32, 32, 64, 64, 96, 256, 288]
+    assert len({row_bucket(n) for n in range(1, 2049)}) == 6 + 2048 // 32 - 1
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 16, generator=g).to(torch.bfloat16)
+    bias = torch.randn(48, generator=g).to(torch.bfloat16)
+    for n in (3, 37, 64):
+        x = torch.randn(n, 16, generator=g).to(torch.bfloat16)
+        got = _Linear(weight, bias, bucket=True)(x)
+        assert got.shape == (n, 48)
+        torch.testing.assert_close(got, F.linear(x, weight, bias), atol=0.05, rtol=0.01)
 
 
 def test_models_without_a_fast_path_use_the_transformers_loop() -> None:

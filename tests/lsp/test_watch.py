@@ -93,6 +93,17 @@ async def test_a_watched_feature_flags_its_sentences_and_follows_edits(client) -
             text_document=types.TextDocumentIdentifier(uri=uri), previous_result_id="0.0"))
         assert report.result_id and len(report.items) == len(got)
 
+    # hover says which of a token's features is watched, wherever the feature is among them
+    marked = []
+    for character in range(len(SENTENCES[0])):
+        got_hover = await client.text_document_hover_async(types.HoverParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=0, character=character)))
+        if got_hover is None or "No feature fires here" in got_hover.contents.value:
+            continue
+        assert "Code actions here amplify, suppress or watch" in got_hover.contents.value
+        marked += [row for row in got_hover.contents.value.splitlines() if "watched above 0.001" in row]
+    assert marked and all(row.startswith(f"| {feature} |") for row in marked)
+
     # on a flagged sentence: rewrite it without the feature, or stop watching
     target = got[-1]
     actions = await code_actions(client, uri, target.range, [target])
