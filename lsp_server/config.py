@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from steering.config import DTYPES, STEERED_REPETITION_PENALTY
+from steering.config import DTYPES, STEERED_REPETITION_PENALTY, EngineConfig
 from steering.spans import GRANULARITIES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,7 +56,7 @@ class Settings:
     max_chars: int = _doc("Longer documents are annotated only around the visible range, in a window this big.",
                           default=12000)
     cache_mb: int = _doc("Memory for the model's cache of open documents, in MiB (least recently used dropped "
-                         "first); what lets a completion read only what you typed since the last one.", default=768)
+                         "first); what lets a completion read only what you typed since the last one.", default=EngineConfig.cache_mb)
 
     def __post_init__(self) -> None:
         problems = validate(self)

@@ -97,8 +97,9 @@ class _Linear:
         if self.int8 is not None and n <= INT8_ROWS:
             out = torch._weight_int8pack_mm(x, *self.int8)
             return out if self.bias is None else out + self.bias
-        if self.bucket and row_bucket(n) != n:
-            padded = x.new_zeros(row_bucket(n), x.shape[1])
+        rows = row_bucket(n) if self.bucket else n
+        if rows != n:
+            padded = x.new_zeros(rows, x.shape[1])
             padded[:n] = x
             return F.linear(padded, self.weight, self.bias)[:n]
         return F.linear(x, self.weight, self.bias)
@@ -394,12 +395,12 @@ class SparseCodes:
         """Keep `rows` `[m, width]` as rows `start` to `start + m` (rows after them are dropped)."""
         m = rows.shape[0]
         k = max(int((rows != 0).sum(dim=1).max()) if m else 0, self.value.shape[1])
-        need = start + m
-        if need > self.value.shape[0] or k > self.value.shape[1]:
-            size = max(need, self.value.shape[0] * 5 // 4) if need > self.value.shape[0] else self.value.shape[0]
+        need, have = start + m, self.value.shape[0]
+        if need > have or k > self.value.shape[1]:
+            size = max(need, have * 5 // 4) if need > have else have
             index = torch.zeros(size, k, dtype=torch.int32)
             value = torch.zeros(size, k)
-            kept, width = min(start, self.value.shape[0]), self.value.shape[1]
+            kept, width = min(start, have), self.value.shape[1]
             index[:kept, :width] = self.index[:kept]
             value[:kept, :width] = self.value[:kept]
             self.index, self.value = index, value
