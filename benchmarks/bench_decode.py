@@ -41,9 +41,9 @@ from bench_engine import block_hook, build_document, emit
 
 from steering.config import EngineConfig, SamplingConfig
 from steering.engine import Engine
-from steering.fast import FastModel, PrefixCache, vector_steer
-from steering.interventions import Intervention
-from steering.models import load_model
+from steering.fast.model import FastModel, PrefixCache, vector_steer
+from steering.runtime.interventions import Intervention
+from steering.runtime.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

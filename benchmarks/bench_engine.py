@@ -34,12 +34,12 @@ from typing import Any
 import torch
 import transformers
 
-from steering.annotate import encode_document
 from steering.config import EngineConfig, SamplingConfig
 from steering.engine import Engine
-from steering.generate import decode_token_ids, prompt_ids
-from steering.interventions import Intervention
-from steering.sae import SAE
+from steering.features.annotate import encode_document
+from steering.runtime.decode import decode_token_ids, prompt_ids
+from steering.runtime.interventions import Intervention
+from steering.sae.autoencoder import SAE
 
 PROMPT = "The old lighthouse keeper climbed the stairs every evening, and tonight he noticed that"
 

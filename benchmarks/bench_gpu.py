@@ -30,12 +30,12 @@ import transformers
 from bench_engine import emit
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from steering.batched import Batcher, Request
 from steering.config import SamplingConfig
 from steering.engine import Engine
-from steering.interventions import Intervention
-from steering.models import from_modules
-from steering.sae import SAE, HookPoint
+from steering.fast.batched import Batcher, Request
+from steering.runtime.interventions import Intervention
+from steering.runtime.models import from_modules
+from steering.sae.autoencoder import SAE, HookPoint
 
 SHAPES: dict[str, dict[str, Any]] = {
     "135M": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,

@@ -26,10 +26,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from steering.annotate import Annotation, annotate
 from steering.config import EngineConfig
 from steering.engine import Engine
-from steering.ranking import Specificity, pick_hints
+from steering.features.annotate import Annotation, annotate
+from steering.features.ranking import Specificity, pick_hints
 
 HERE = Path(__file__).parent
 WORD = re.compile(r"[^\W\d_]+")

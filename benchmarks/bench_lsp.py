@@ -41,7 +41,7 @@ def tiny_assets() -> tuple[str, str]:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import save_tiny_model
 
-    from steering.sae import SAE, HookPoint
+    from steering.sae.autoencoder import SAE, HookPoint
 
     folder = Path(tempfile.mkdtemp())
     save_tiny_model(folder / "model")
@@ -58,7 +58,7 @@ def tiny_assets() -> tuple[str, str]:
 @functools.cache
 def tokenizer_of(model: str) -> Any:
     """The tokenizer of `model` (loaded once)."""
-    from steering.models import load_model
+    from steering.runtime.models import load_model
 
     return load_model(model, "cpu").tokenizer
 

@@ -20,14 +20,14 @@ Methods (strength `s`):
   with its calibrated unit and direction when the SAE has them);
 - `preset`: "write more like this". Each paragraph of `hint_topics.json` (`--topics`) is the selection in a document
   made of it and two other topics' paragraphs; its style vector (mean residual of the selection minus the rest's,
-  `steering.presets`) steers the neutral prompts at `--preset-multiples` of itself. Its concept: the cosine of the
+  `steering.runtime.presets`) steers the neutral prompts at `--preset-multiples` of itself. Its concept: the cosine of the
   continuation's mean residual (re-read unsteered) with the selection's, against the unsteered continuation's
   (`closer`: the share of pairs where it rose), the same after taking the rest of the document's mean away from both
   (`toward`), and `topic`: the share of continuations using a word of the selection's topic.
 
 `row` and `diffmean` run at every `--positions` (`all`: prompt and generated tokens; `generated`: generated only).
 Every method decodes greedily with the same `--repetition-penalty` (the editor's by default). Continuations of one
-run are decoded in batches (`steering.batch`), each row under its own steering; the decode speed of steered against
+run are decoded in batches (`steering.evaluation.continuations`), each row under its own steering; the decode speed of steered against
 unsteered single requests (`Engine.generate`) is measured in the same run.
 
     python benchmarks/bench_steering.py [--model default] [--sae default] [--features 12] [--seed 0] [--tokens 20]
@@ -54,13 +54,13 @@ from typing import Any
 import torch
 from bench_hints import names_topic  # the same topic-word rule as the hints benchmark
 
-from steering.batch import distinct_2, greedy_batch, human_nll, reread
 from steering.config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingConfig
-from steering.corpus import load_corpus
 from steering.engine import Engine
-from steering.interventions import Intervention
-from steering.presets import PRESET_MULTIPLE
-from steering.ranking import alive_and_sparse
+from steering.evaluation.continuations import distinct_2, greedy_batch, human_nll, reread
+from steering.features.ranking import alive_and_sparse
+from steering.runtime.interventions import Intervention
+from steering.runtime.presets import PRESET_MULTIPLE
+from steering.training.corpus import load_corpus
 
 HERE = Path(__file__).parent
 PROMPTS = HERE / "steering_prompts.json"

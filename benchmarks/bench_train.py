@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from steering.config import TrainConfig
-from steering.corpus import load_corpus
-from steering.models import load_model
-from steering.sae import HookPoint
-from steering.train import train
-from steering.trainer import train_on_activations
+from steering.runtime.models import load_model
+from steering.sae.autoencoder import HookPoint
+from steering.training.corpus import load_corpus
+from steering.training.train import train
+from steering.training.trainer import train_on_activations
 
 PROSE = (
     "The harbour was quiet in the grey morning, and the boats knocked softly against the pier. She walked along "

@@ -6,8 +6,8 @@ for the cards of the features that are new to it, on the worker thread, so the e
 
 from __future__ import annotations
 
-from steering.annotate import Annotation
 from steering.engine import FeatureCard
+from steering.features.annotate import Annotation
 
 from .worker import EngineAPI
 

@@ -18,7 +18,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInternalError, JsonRpcInvalidParams
 
 from steering.errors import TinymorphError
-from steering.interventions import Intervention
+from steering.runtime.interventions import Intervention
 
 from .actions import REWRITE, compute_rewrite, parse_rewrite_args, parse_suppress, versioned_edit
 from .config import to_wire

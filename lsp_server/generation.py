@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pygls.exceptions import JsonRpcInvalidRequest
 
-from steering.batched import Request
 from steering.config import SamplingConfig
 from steering.errors import TinymorphError
-from steering.generate import CancelToken
-from steering.interventions import Intervention, vector_digest
+from steering.fast.batched import Request
+from steering.runtime.decode import CancelToken
+from steering.runtime.interventions import Intervention, vector_digest
 
 from .config import Settings
 from .worker import INTERACTIVE, EngineAPI

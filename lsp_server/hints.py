@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
-from steering.ranking import pick_hints
+from steering.features.ranking import pick_hints
 
 from .cards import card, promoted
 from .pipeline import schedule

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from steering.annotate import TokenFeatures
+from steering.features.annotate import TokenFeatures
 
 from .cards import card, promoted
 from .hints import short

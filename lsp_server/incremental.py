@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from steering.annotate import Annotation, SpanFeatures, TokenFeatures
+from steering.features.annotate import Annotation, SpanFeatures, TokenFeatures
 from steering.spans import split_spans
 
 from .text import common_prefix, common_suffix

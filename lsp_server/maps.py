@@ -1,4 +1,4 @@
-"""The feature map of an open document: `tinymorph.map` writes its page (`steering.featuremap`) into the workspace's
+"""The feature map of an open document: `tinymorph.map` writes its page (`steering.features.featuremap`) into the workspace's
 `.tinymorph/maps/` (or, with no workspace folder, the user's cache), returns its path and asks the editor to open
 it (`window/showDocument`, in the browser).
 """
@@ -15,7 +15,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
 
 from steering.atomic import write_text
-from steering.featuremap import render_html
+from steering.features.featuremap import render_html
 
 from .actions import MAP
 from .commands import engine_call, field_of, the_object

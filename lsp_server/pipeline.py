@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from steering.annotate import Annotation
 from steering.engine import FeatureCard
+from steering.features.annotate import Annotation
 
 from . import findings
 from .cards import cards_for

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pygls.exceptions import JsonRpcContentModified
-
-from steering.presets import StyleVector
+from steering.runtime.presets import StyleVector
 
 from .actions import PRESET_CREATE as CREATE
 from .actions import parse_rewrite_args, selected

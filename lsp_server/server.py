@@ -18,10 +18,10 @@ from lsprotocol import types
 from pygls.capabilities import get_capability
 from pygls.exceptions import FeatureRequestError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from steering.runtime.interventions import Intervention
 
 from steering.engine import FeatureCard
-from steering.generate import CancelToken
-from steering.interventions import Intervention
+from steering.runtime.decode import CancelToken
 
 from .config import Settings
 from .protocol import TinymorphProtocol

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from steering.annotate import Annotation, SpanFeatures
 from steering.atomic import write_text
 from steering.errors import TinymorphError
-from steering.interventions import FEATURE_MODES, Intervention
-from steering.presets import PRESET_MULTIPLE, PresetError, load_vector, save_vector
+from steering.features.annotate import Annotation, SpanFeatures
+from steering.runtime.interventions import FEATURE_MODES, Intervention
+from steering.runtime.presets import PRESET_MULTIPLE, PresetError, load_vector, save_vector
 
 from .text import Document
 

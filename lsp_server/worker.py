@@ -23,15 +23,15 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from steering.annotate import Annotation
-from steering.batched import Request
 from steering.config import EngineConfig, SamplingConfig
 from steering.engine import EngineInfo, ExampleFeature, FeatureCard, FeatureExplanation
-from steering.featuremap import FeatureMap
-from steering.generate import CancelToken
-from steering.interventions import Intervention
-from steering.presets import StyleVector
-from steering.selfexplain import SelfExplanation
+from steering.fast.batched import Request
+from steering.features.annotate import Annotation
+from steering.features.featuremap import FeatureMap
+from steering.features.selfexplain import SelfExplanation
+from steering.runtime.decode import CancelToken
+from steering.runtime.interventions import Intervention
+from steering.runtime.presets import StyleVector
 
 log = logging.getLogger(__name__)
 

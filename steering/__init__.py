@@ -24,29 +24,30 @@ __all__ = [
 ]
 
 _WHERE = {
-    "SAE": "sae",
-    "HookPoint": "sae",
-    "load_sae": "sae",
-    "Annotation": "annotate",
-    "CancelToken": "generate",
+    "SAE": "sae.autoencoder",
+    "HookPoint": "sae.autoencoder",
+    "load_sae": "sae.autoencoder",
+    "Annotation": "features.annotate",
+    "CancelToken": "runtime.decode",
     "Engine": "engine",
     "EngineConfig": "config",
     "SamplingConfig": "config",
-    "Intervention": "interventions",
-    "parse_steer": "interventions",
+    "Intervention": "runtime.interventions",
+    "parse_steer": "runtime.interventions",
     "TinymorphError": "errors",
-    "load_model": "models",
+    "load_model": "runtime.models",
 }
 
 if TYPE_CHECKING:
-    from .annotate import Annotation
+    from steering.features.annotate import Annotation
+    from steering.runtime.decode import CancelToken
+    from steering.runtime.interventions import Intervention, parse_steer
+    from steering.runtime.models import load_model
+    from steering.sae.autoencoder import SAE, HookPoint, load_sae
+
     from .config import EngineConfig, SamplingConfig
     from .engine import Engine
     from .errors import TinymorphError
-    from .generate import CancelToken
-    from .interventions import Intervention, parse_steer
-    from .models import load_model
-    from .sae import SAE, HookPoint, load_sae
 
 
 def __getattr__(name: str) -> Any:

@@ -219,7 +219,7 @@ def _read_text(path: str) -> str:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from .featuremap import check_output, write_html, write_png
+    from steering.features.featuremap import check_output, write_html, write_png
 
     text = _read_text(args.file)
     for path, suffix in ((args.html, ".html"), (args.png, ".png")):
@@ -257,7 +257,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .interventions import Intervention, parse_steer
+    from steering.runtime.interventions import Intervention, parse_steer
 
     steering = [parse_steer(s) for s in args.steer]
     sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -302,7 +302,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _batch_jobs(text: str, steering: list[Any]) -> list[tuple[str, list[Any]]]:
     """(prompt, steering) per non-empty line of a `--batch` file: a JSON object with `prompt` and optional `steer`
     (specs as for --steer, replacing the command line's), or the line itself as the prompt."""
-    from .interventions import parse_steer
+    from steering.runtime.interventions import parse_steer
 
     jobs: list[tuple[str, list[Any]]] = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -387,7 +387,7 @@ def _search_by_example(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .train import train_sae
+    from steering.training.train import train_sae
 
     cfg = from_arguments(TrainConfig, args)
     update, close = _progress_bar(sys.stderr.isatty())
@@ -425,10 +425,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sae_stats(args: argparse.Namespace) -> int:
     """Statistics (for ranking and steering) and word labels of an SAE in the SAELens layout, written into its
     folder: what `train-sae` writes, for an SAE trained elsewhere or on other text."""
+    from steering.features.labels import LABELS_FILE, describe_sae
+    from steering.sae.autoencoder import FEATURE_STATS, SAELENS_CFG
+    from steering.training.corpus import load_corpus
+
     from .atomic import write_bytes
-    from .corpus import load_corpus
-    from .labels import LABELS_FILE, describe_sae
-    from .sae import FEATURE_STATS, SAELENS_CFG
 
     engine = _engine(args)
     sae = engine.require_sae("sae-stats")
@@ -453,7 +454,7 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
 def _calibration_features(sae: Any, which: str, seed: int) -> list[int]:
     import random
 
-    from .ranking import Specificity, alive_and_sparse
+    from steering.features.ranking import Specificity, alive_and_sparse
 
     if sae.frequency is None:
         raise TinymorphError("calibrate needs the SAE's feature statistics (run tinymorph sae-stats first).")
@@ -472,13 +473,14 @@ def _calibration_features(sae: Any, which: str, seed: int) -> list[int]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Calibrated `add` strength per feature (`steering.calibrate`), stored as `steer_scale` in the SAE's
+    """Calibrated `add` strength per feature (`steering.evaluation.calibrate`), stored as `steer_scale` in the SAE's
     feature_stats.safetensors (other features keep theirs)."""
     import torch
 
+    from steering.evaluation.calibrate import calibrate
+    from steering.sae.autoencoder import FEATURE_STATS, SAELENS_CFG
+
     from .atomic import write_bytes
-    from .calibrate import calibrate
-    from .sae import FEATURE_STATS, SAELENS_CFG
 
     engine = _engine(args)
     sae = engine.require_sae("calibrate")
@@ -491,9 +493,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise TinymorphError("No features to calibrate.")
     reference = None
     if args.reference:
-        from .batch import human_nll
-        from .calibrate import TOKENS
-        from .corpus import load_corpus
+        from steering.evaluation.calibrate import TOKENS
+        from steering.evaluation.continuations import human_nll
+        from steering.training.corpus import load_corpus
 
         stream = load_corpus(engine.lm.tokenizer, args.reference, separator=engine.lm.first_eos_id,
                              max_tokens=200_000).tokens
@@ -529,8 +531,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_labels(args: argparse.Namespace) -> int:
-    from .corpus import load_corpus
-    from .label_eval import evaluate_labels
+    from steering.evaluation.labels import evaluate_labels
+    from steering.training.corpus import load_corpus
 
     engine = _engine(args)
     sae = engine.require_sae("eval-labels")
@@ -556,8 +558,8 @@ def cmd_eval_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .corpus import load_corpus
-    from .evaluate import evaluate
+    from steering.evaluation.reconstruction import evaluate
+    from steering.training.corpus import load_corpus
 
     engine = _engine(args)
     sae = engine.require_sae("eval-sae")

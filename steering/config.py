@@ -62,7 +62,7 @@ class EngineConfig:
     """With `device_map`: where weights that fit nowhere else are kept on disk."""
 
     fast: bool = True
-    """Run Llama-family models on the fast path (`steering.fast`); False always uses the transformers forward."""
+    """Run Llama-family models on the fast path (`steering.fast.model`); False always uses the transformers forward."""
 
     int8: bool = True
     """On the fast path on a CPU in bfloat16, decode steps use int8 copies of the weights (per-channel scales):

@@ -11,12 +11,13 @@ import re
 import sys
 from pathlib import Path
 
-from .annotate import Annotation
+from steering.features.annotate import Annotation
+from steering.features.ranking import pick_hints
+from steering.runtime.interventions import Intervention
+
 from .config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingConfig
 from .engine import Engine
 from .errors import TinymorphError
-from .interventions import Intervention
-from .ranking import pick_hints
 
 SAMPLE = Path(__file__).parent / "data" / "sample.md"
 

@@ -12,21 +12,22 @@ from typing import Any
 
 import torch
 
-from .annotate import Annotation, Codes, annotate, annotation_of, encode_document
-from .batched import Batcher, Request
+from steering.fast.batched import Batcher, Request
+from steering.fast.model import FastModel, SessionCaches, unsupported_reason
+from steering.features.annotate import Annotation, Codes, annotate, annotation_of, encode_document
+from steering.features.featuremap import FeatureMap, build_map
+from steering.features.labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
+from steering.features.ranking import Specificity, pick_hints, rank_passage
+from steering.features.selfexplain import SelfExplanation, self_explain
+from steering.runtime.decode import CancelToken, prompt_ids, stream_text
+from steering.runtime.hooks import capture_residual
+from steering.runtime.interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
+from steering.runtime.models import LoadedModel, Progress, _no_progress, load_model, module_device
+from steering.runtime.presets import StyleVector, style_vector
+from steering.sae.autoencoder import SAE, HookPoint, load_sae
+
 from .config import EngineConfig, SamplingConfig
 from .errors import NoSAEError, SAELoadError, ShapeMismatchError, TinymorphError
-from .fast import FastModel, SessionCaches, unsupported_reason
-from .featuremap import FeatureMap, build_map
-from .generate import CancelToken, prompt_ids, stream_text
-from .hooks import capture_residual
-from .interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
-from .labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
-from .models import LoadedModel, Progress, _no_progress, load_model, module_device
-from .presets import StyleVector, style_vector
-from .ranking import Specificity, pick_hints, rank_passage
-from .sae import SAE, HookPoint, load_sae
-from .selfexplain import SelfExplanation, self_explain
 
 DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
 
@@ -252,7 +253,7 @@ class Engine:
 
     def feature_map(self, text: str, *, title: str = "document", per_paragraph: int = 4,
                     session: str | None = None) -> FeatureMap:
-        """The feature map of `text` (`steering.featuremap`): its paragraphs' most specific labelled features and
+        """The feature map of `text` (`steering.features.featuremap`): its paragraphs' most specific labelled features and
         where each fires, token by token."""
         sae = self.require_sae("feature map")
         if not text.strip():
@@ -313,7 +314,7 @@ class Engine:
         )
 
     def self_explain(self, feature: int) -> SelfExplanation:
-        """The model's own words for the feature (`steering.selfexplain`): the decoder direction on a placeholder
+        """The model's own words for the feature (`steering.features.selfexplain`): the decoder direction on a placeholder
         token, at the scale with the best composite score over a sweep."""
         sae = self.require_sae("features explain --self")
         return self_explain(self.lm, sae, feature, self.fallback_scale())
@@ -374,7 +375,7 @@ class Engine:
         return (pos[1:] if len(pos) > 1 else pos).mean(0) - (neg[1:] if len(neg) > 1 else neg).mean(0)
 
     def style_vector(self, text: str, start: int, end: int) -> StyleVector:
-        """The "write more like this" vector of `text[start:end]` against the rest of `text` (`steering.presets`)."""
+        """The "write more like this" vector of `text[start:end]` against the rest of `text` (`steering.runtime.presets`)."""
         return style_vector(self.lm, self.hook, text, start, end, CALIBRATION_TEXT)
 
     def steering_hook(self, steering: Sequence[Intervention]) -> SteeringHook | None:
@@ -448,7 +449,7 @@ class Engine:
     def generate_batch(self, prompts: Sequence[str], steering: Sequence[Sequence[Intervention]],
                        sampling: SamplingConfig | None = None, *, rows: int = 8) -> list[str]:
         """The continuations of many prompts, prompt i under `steering[i]`: on the fast path decoded together, up
-        to `rows` at a time (`steering.batched`); otherwise, and for the ones `start` cannot batch, one after
+        to `rows` at a time (`steering.fast.batched`); otherwise, and for the ones `start` cannot batch, one after
         another. Bad steering raises before any work."""
         if len(prompts) != len(steering):
             raise ValueError(f"{len(prompts)} prompts but {len(steering)} steering sets.")

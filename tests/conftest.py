@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from steering.models import LoadedModel, from_modules
+from steering.runtime.models import LoadedModel, from_modules
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from steering.annotate import annotate, encode_document
 from steering.engine import Engine
-from steering.hooks import capture_residual
-from steering.sae import SAE, HookPoint
+from steering.features.annotate import annotate, encode_document
+from steering.runtime.hooks import capture_residual
+from steering.sae.autoencoder import SAE, HookPoint
 from steering.spans import paragraphs
 
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from steering.batch import distinct_2, greedy_batch, human_nll, reread
 from steering.config import SamplingConfig
-from steering.generate import decode_token_ids
-from steering.interventions import Intervention, SteeringHook
+from steering.evaluation.continuations import distinct_2, greedy_batch, human_nll, reread
+from steering.runtime.decode import decode_token_ids
+from steering.runtime.interventions import Intervention, SteeringHook
 from tests.test_steering import orthonormal_sae
 
 PROMPTS = ["The cat sat on the", "Rain", "A long time ago, in a harbour town by the sea,"]
@@ -50,7 +50,7 @@ def test_reread_measures_the_feature_and_the_likelihood(llama) -> None:
     logp = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
     expected = -logp.gather(1, torch.tensor(continuation)[:, None]).mean()
     assert math.isclose(row.nll, float(expected), rel_tol=1e-4)
-    from steering.hooks import capture_residual
+    from steering.runtime.hooks import capture_residual
 
     resid = capture_residual(llama.model, llama.blocks, sae.hook, ids)[0, len(prompt):]
     fires = (sae.encode(resid)[:, 4] > 0).float().mean()

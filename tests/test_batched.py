@@ -1,4 +1,4 @@
-"""Batched steered decoding (`steering.batched`): each row decodes what it would alone, under its own steering, with
+"""Batched steered decoding (`steering.fast.batched`): each row decodes what it would alone, under its own steering, with
 requests joining and leaving between steps."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steering.batched import Batcher, Request
 from steering.config import SamplingConfig
 from steering.engine import Engine
-from steering.fast import FastModel, PrefixCache
-from steering.generate import fast_token_ids, prompt_ids
-from steering.interventions import Intervention
-from steering.models import LoadedModel, from_modules
+from steering.fast.batched import Batcher, Request
+from steering.fast.model import FastModel, PrefixCache
+from steering.runtime.decode import fast_token_ids, prompt_ids
+from steering.runtime.interventions import Intervention
+from steering.runtime.models import LoadedModel, from_modules
 
 from .conftest import ByteTokenizer, _llama, tiny_lm
 from .test_fast import _qwen2, _sae
@@ -111,7 +111,7 @@ def test_seeded_sampling_stop_strings_and_cancel_match_single_requests() -> None
     request = Request(prompt_ids(lm, PROMPTS[0])[0].tolist(), SamplingConfig(max_tokens=50, stop_at_eos=False))
     pieces: list[str] = []
     request.on_piece = pieces.append
-    from steering.generate import CancelToken
+    from steering.runtime.decode import CancelToken
 
     request.cancel = CancelToken()
     batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=2)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from steering.cli import main
-from steering.models import resolve_dtype
-from steering.sae import SAE, HookPoint
+from steering.runtime.models import resolve_dtype
+from steering.sae.autoencoder import SAE, HookPoint
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_train_sae_flags_come_from_the_config_fields() -> None:
 def test_sae_stats_writes_statistics_and_word_labels_beside_the_sae(capsys, tiny_model_dir, sae_dir, tmp_path) -> None:
     import shutil
 
-    from steering.sae import load_sae
+    from steering.sae.autoencoder import load_sae
 
     folder = tmp_path / "copy"
     shutil.copytree(sae_dir, folder)
@@ -210,8 +210,8 @@ def test_calibrate_stores_a_multiple_per_feature_and_keeps_the_others(capsys, ti
                                                                       tmp_path) -> None:
     import shutil
 
-    from steering.calibrate import MULTIPLES
-    from steering.sae import FEATURE_STATS, load_sae
+    from steering.evaluation.calibrate import MULTIPLES
+    from steering.sae.autoencoder import FEATURE_STATS, load_sae
 
     folder = tmp_path / "copy"
     shutil.copytree(sae_dir, folder)
@@ -270,7 +270,7 @@ def test_eval_labels_against_a_shuffled_baseline(capsys, tiny_model_dir, tmp_pat
 
 
 def test_explanation_label_keeps_real_words_in_order() -> None:
-    from steering.label_eval import explanation_label
+    from steering.evaluation.labels import explanation_label
 
     assert explanation_label('"the" in Latin, referring to the Latin') == "latin, referring"
     assert explanation_label("Rain falls; storms, rain and thunder.") == "rain, falls, storms"

@@ -7,10 +7,10 @@ import torch
 
 from steering.config import SamplingConfig
 from steering.engine import Engine
-from steering.generate import decode_token_ids, prompt_ids
-from steering.interventions import Intervention
-from steering.models import from_modules
-from steering.sae import SAE, HookPoint
+from steering.runtime.decode import decode_token_ids, prompt_ids
+from steering.runtime.interventions import Intervention
+from steering.runtime.models import from_modules
+from steering.sae.autoencoder import SAE, HookPoint
 
 from .conftest import ByteTokenizer, _llama
 
@@ -55,9 +55,9 @@ def test_annotate_and_steer_on_cuda(cuda_lm) -> None:
 
 
 def test_graph_batch_decoding_equals_single_eager_requests(cuda_lm) -> None:
-    from steering.batched import Batcher, Request
-    from steering.fast import PrefixCache
-    from steering.generate import fast_token_ids
+    from steering.fast.batched import Batcher, Request
+    from steering.fast.model import PrefixCache
+    from steering.runtime.decode import fast_token_ids
 
     engine = Engine(cuda_lm, _sae())
     assert engine.caches is not None

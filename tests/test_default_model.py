@@ -7,9 +7,9 @@ import torch
 
 from steering.config import SamplingConfig
 from steering.engine import Engine
-from steering.generate import decode_token_ids, prompt_ids
-from steering.interventions import Intervention
-from steering.models import default_model_path, gguf_cache_folder, load_model
+from steering.runtime.decode import decode_token_ids, prompt_ids
+from steering.runtime.interventions import Intervention
+from steering.runtime.models import default_model_path, gguf_cache_folder, load_model
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The fast path (`steering.fast`): the same tokens as the transformers forward, reading only what a document's
+"""The fast path (`steering.fast.model`): the same tokens as the transformers forward, reading only what a document's
 prefix cache lacks, with steering as data and bounded memory."""
 
 from __future__ import annotations
@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steering.annotate import annotate
 from steering.config import SamplingConfig
 from steering.engine import Engine
-from steering.fast import (
+from steering.fast.model import (
     FastModel,
     PrefixCache,
     SessionCaches,
@@ -22,10 +21,11 @@ from steering.fast import (
     unsupported_reason,
     vector_steer,
 )
-from steering.generate import CancelToken, decode_token_ids, fast_token_ids, prompt_ids
-from steering.interventions import Intervention
-from steering.models import LoadedModel, from_modules
-from steering.sae import SAE, HookPoint
+from steering.features.annotate import annotate
+from steering.runtime.decode import CancelToken, decode_token_ids, fast_token_ids, prompt_ids
+from steering.runtime.interventions import Intervention
+from steering.runtime.models import LoadedModel, from_modules
+from steering.sae.autoencoder import SAE, HookPoint
 
 from .conftest import ByteTokenizer, tiny_lm
 from .test_annotate import random_sae

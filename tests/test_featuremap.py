@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from steering.annotate import annotate, encode_document
 from steering.cli import main
 from steering.config import EngineConfig
 from steering.engine import Engine
 from steering.errors import TinymorphError
-from steering.featuremap import render_html, write_html, write_png
-from steering.ranking import Specificity, rank_passage
-from steering.sae import SAE, HookPoint
+from steering.features.annotate import annotate, encode_document
+from steering.features.featuremap import render_html, write_html, write_png
+from steering.features.ranking import Specificity, rank_passage
+from steering.sae.autoencoder import SAE, HookPoint
 from tests.lsp.conftest import assets  # noqa: F401  (the tiny model and an SAE with labels, trained here)
 
 TEXT = ("The rain fell on the quiet harbour and the boats knocked together.\n\n"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lsp_server.findings import Finding, find, moved
 from lsp_server.state import STEERING_FILE, Annotated, SaveError, SteeringError, SteeringSet, Watch
-from steering.annotate import Annotation, FeatureValue, TokenFeatures
+from steering.features.annotate import Annotation, FeatureValue, TokenFeatures
 
 TEXT = "The rain fell. The sea was grey!\n\nShe read the letter… Then she slept."
 

@@ -8,7 +8,14 @@ import torch
 from steering.config import SamplingConfig
 from steering.engine import Engine
 from steering.errors import TinymorphError
-from steering.generate import CancelToken, Detokenizer, StopScanner, decode_token_ids, pick_token, prompt_ids
+from steering.runtime.decode import (
+    CancelToken,
+    Detokenizer,
+    StopScanner,
+    decode_token_ids,
+    pick_token,
+    prompt_ids,
+)
 
 
 def _greedy_reference(lm, ids: torch.Tensor, n: int) -> list[int]:
@@ -143,7 +150,7 @@ def test_sampling_config_rejects_bad_values() -> None:
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() -> None:
-    from steering.generate import penalise_repeats
+    from steering.runtime.decode import penalise_repeats
 
     logits = torch.tensor([[2.0, -1.0, 3.0, 0.5], [1.0, 1.0, 1.0, 1.0]])
     out = penalise_repeats(logits, [[0, 1, 1], []], 2.0)

@@ -8,7 +8,7 @@ import torch
 
 from lsp_server.incremental import merge, plan, rereads
 from steering.engine import Engine
-from steering.sae import SAE
+from steering.sae.autoencoder import SAE
 from steering.spans import split_spans
 from tests.conftest import tiny_lm
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from steering.annotate import annotate
-from steering.corpus import Corpus
-from steering.labels import Context, context_at, feature_label, is_label_word, word_label
-from steering.ranking import Ranked, Specificity, Weight, pick_hints, rank
-from steering.recipe import paragraphs, without_gutenberg_frame
-from steering.sae import SAE, HookPoint
-from steering.stats import EARLY_POSITIONS, feature_statistics, is_filler
+from steering.features.annotate import annotate
+from steering.features.labels import Context, context_at, feature_label, is_label_word, word_label
+from steering.features.ranking import Ranked, Specificity, Weight, pick_hints, rank
+from steering.features.stats import EARLY_POSITIONS, feature_statistics, is_filler
+from steering.sae.autoencoder import SAE, HookPoint
+from steering.training.corpus import Corpus
+from steering.training.recipe import paragraphs, without_gutenberg_frame
 from tests.conftest import ByteTokenizer
 
 COUNTS = {"rain": 20, "storm": 6, "storms": 3, "wind": 10, "the": 1000, "clouds": 5, "fell": 9, "roofs": 2,
@@ -50,7 +50,7 @@ def test_context_never_crosses_a_document_separator() -> None:
 
 
 def test_a_fallback_label_is_words_or_nothing() -> None:
-    from steering.labels import LogitLens, TokenScore
+    from steering.features.labels import LogitLens, TokenScore
 
     lens = LogitLens(1, (TokenScore("ing", 3.0), TokenScore(" Rain", 2.0), TokenScore("##", 1.0),
                          TokenScore(" storms", 0.5)), ())
@@ -91,7 +91,7 @@ def test_statistics_of_a_pass_over_a_corpus(llama) -> None:
         assert torch.all((share >= 0) & (share <= 1 + 1e-6))
     assert EARLY_POSITIONS == 3 and is_filler(" ,;") and not is_filler(" rain")
     # DiffMean: activation-weighted mean residual where a feature fires minus the mean where it does not
-    from steering.hooks import capture_residual
+    from steering.runtime.hooks import capture_residual
 
     seqs = torch.stack([stream[i * 32:(i + 1) * 32] for i in range(len(stream) // 32)])
     resid = capture_residual(llama.model, llama.blocks, sae.hook, seqs)[:, 1:].reshape(-1, 64).float()
@@ -129,7 +129,13 @@ def test_recipe_text_clean_up() -> None:
 
 
 def test_self_explanation_sweeps_scales_and_keeps_the_best(llama) -> None:
-    from steering.selfexplain import PROMPT, SCALES, PlaceholderEdit, placeholder_positions, self_explain
+    from steering.features.selfexplain import (
+        PROMPT,
+        SCALES,
+        PlaceholderEdit,
+        placeholder_positions,
+        self_explain,
+    )
 
     ids, positions = placeholder_positions(llama, PROMPT)
     assert [PROMPT[i] for i in positions] == ["X", "X"]  # the byte tokenizer: one token per character
@@ -169,7 +175,7 @@ def test_hints_never_repeat_a_word_and_pass_the_slot_on() -> None:
 
 
 def test_calibration_keeps_the_smallest_multiple_that_carries_while_fluent() -> None:
-    from steering.calibrate import choose
+    from steering.evaluation.calibrate import choose
 
     fluent, loud, looping = (0.3, 2.0, 0.9), (0.4, 5.0, 0.9), (0.5, 1.0, 0.2)
     quiet = (0.0, 1.5, 0.95)

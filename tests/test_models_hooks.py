@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from steering.errors import ModelLoadError
-from steering.hooks import capture_residual, residual_hook
-from steering.models import (
+from steering.runtime.hooks import capture_residual, residual_hook
+from steering.runtime.models import (
     find_blocks,
     find_final_norm,
     from_modules,
@@ -15,7 +15,7 @@ from steering.models import (
     resolve_dtype,
     resolve_model,
 )
-from steering.sae import HookPoint
+from steering.sae.autoencoder import HookPoint
 
 
 def _family(kind: str):
@@ -140,7 +140,7 @@ def test_missing_default_model_names_the_install_command(monkeypatch) -> None:
 
 def test_device_and_dtype_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     from steering import models
-    from steering.models import resolve_device
+    from steering.runtime.models import resolve_device
 
     dev = resolve_device("auto")
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,7 +160,7 @@ def test_from_modules_wraps_an_in_memory_model() -> None:
 def _spread_pair(tiny_model_dir, tmp_path, max_memory: str, device: str = "cpu"):
     from steering.config import EngineConfig, SamplingConfig
     from steering.engine import Engine
-    from steering.sae import SAE
+    from steering.sae.autoencoder import SAE
 
     torch.manual_seed(0)
     sae = SAE(64, 128, "topk", k=8, hook=HookPoint(2, "resid_post"))
@@ -176,8 +176,8 @@ def _spread_pair(tiny_model_dir, tmp_path, max_memory: str, device: str = "cpu")
 
 
 def test_a_model_spread_by_accelerate_steers_and_reads_as_the_whole_one(tiny_model_dir, tmp_path) -> None:
-    from steering.interventions import Intervention
-    from steering.models import spread
+    from steering.runtime.interventions import Intervention
+    from steering.runtime.models import spread
 
     # 450 kB of CPU memory for a 720 kB model: the embeddings and the first block on the CPU, the rest on disk
     whole, spread_over, sampling = _spread_pair(tiny_model_dir, tmp_path, "cpu=450000")
@@ -195,7 +195,7 @@ def test_a_model_spread_by_accelerate_steers_and_reads_as_the_whole_one(tiny_mod
 
 
 def test_max_memory_specs() -> None:
-    from steering.models import parse_max_memory
+    from steering.runtime.models import parse_max_memory
 
     assert parse_max_memory("0=20GiB, cpu=64000") == {0: "20GiB", "cpu": 64000}
     with pytest.raises(ModelLoadError, match="DEVICE=AMOUNT"):

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from steering.engine import CALIBRATION_TEXT, Engine
-from steering.hooks import capture_residual
-from steering.presets import PresetError, load_vector, save_vector, style_vector
-from steering.sae import HookPoint
+from steering.runtime.hooks import capture_residual
+from steering.runtime.presets import PresetError, load_vector, save_vector, style_vector
+from steering.sae.autoencoder import HookPoint
 
 HOOK = HookPoint(2, "resid_post")
 DOC = ("The ledger showed nine invoices paid in March.\n\n"

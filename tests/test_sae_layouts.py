@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from steering.engine import Engine
 from steering.errors import FeatureIndexError, SAELoadError, ShapeMismatchError
-from steering.sae import SAE, HookPoint, load_sae
+from steering.sae.autoencoder import SAE, HookPoint, load_sae
 
 D_IN, D_SAE, K = 16, 48, 4
 ARCHS = ("standard", "gated", "jumprelu", "topk")

@@ -8,11 +8,11 @@ import torch
 from steering.config import SamplingConfig
 from steering.engine import Engine
 from steering.errors import FeatureIndexError, SteeringSpecError
-from steering.generate import decode_token_ids, prompt_ids
-from steering.hooks import residual_hook
-from steering.interventions import Intervention, SteeringHook, parse_steer
-from steering.labels import logit_lens
-from steering.sae import SAE, HookPoint
+from steering.features.labels import logit_lens
+from steering.runtime.decode import decode_token_ids, prompt_ids
+from steering.runtime.hooks import residual_hook
+from steering.runtime.interventions import Intervention, SteeringHook, parse_steer
+from steering.sae.autoencoder import SAE, HookPoint
 
 
 def orthonormal_sae(d_in: int = 64, d_sae: int = 16, layer: int = 3) -> SAE:
@@ -218,7 +218,7 @@ def test_interventions_in_words_and_as_specs() -> None:
 
 
 def test_add_follows_diffmean_times_its_calibrated_multiple_and_row_keeps_the_seeds_rule() -> None:
-    from steering.interventions import DIFFMEAN_MULTIPLE
+    from steering.runtime.interventions import DIFFMEAN_MULTIPLE
 
     sae = orthonormal_sae()
     diffmean = torch.randn(16, 64)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from steering.runtime.interventions import Intervention
+from steering.runtime.presets import PRESET_MULTIPLE
 
 from lsp_server.state import NAME_LIMIT, SaveError, Steer, SteeringError, SteeringSet
-from steering.interventions import Intervention
-from steering.presets import PRESET_MULTIPLE
 
 ID = ("tiny", "blocks.2.hook_resid_post")
 
@@ -143,7 +143,7 @@ def test_a_failed_save_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert (folder / "steering.json").read_bytes() == before
     assert len(list((folder / "presets").iterdir())) == 1  # the second preset's vector file was taken back
     monkeypatch.undo()
-    monkeypatch.setattr("steering.presets.write_bytes", disk_full)
+    monkeypatch.setattr("steering.runtime.presets.write_bytes", disk_full)
     with pytest.raises(SaveError, match="cannot save the preset"):
         steering.add_preset("third", torch.ones(16), strength=1, model=ID[0], hook=ID[1], excerpt="")
     assert (folder / "steering.json").read_bytes() == before and len(steering.presets) == 1
@@ -153,7 +153,7 @@ SAVER = """
 import sys
 from pathlib import Path
 from lsp_server.state import Steer, SteeringSet
-from steering.interventions import Intervention
+from steering.runtime.interventions import Intervention
 steering = SteeringSet(Path(sys.argv[1]))
 print("ready", flush=True)
 n = 0

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 from steering.cli import main
 from steering.config import TrainConfig
 from steering.errors import TrainingInterrupted
-from steering.sae import HookPoint, load_sae
-from steering.trainer import train_on_activations
+from steering.sae.autoencoder import HookPoint, load_sae
+from steering.training.trainer import train_on_activations
 
 D_IN, N_TRUE = 32, 64
 
@@ -225,7 +225,7 @@ def test_torchrun_two_ranks_cli(tiny_model_dir, corpus_dir, tmp_path) -> None:
 def test_jump_relu_straight_through_gradients() -> None:
     """One kernel serves both uses: the activations pass their gradient to `pre` where they fire and
     -theta K(pre - theta) / bw to the threshold; the step (the L0 penalty) passes -K(pre - theta) / bw."""
-    from steering.training_sae import jump_relu
+    from steering.training.trainable import jump_relu
 
     bw = 0.5
     pre = torch.tensor([[0.1, 0.9, 1.2], [1.1, -0.3, 2.0]], requires_grad=True)

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig
-from .sae import SAE, HookPoint
+from steering.config import TrainConfig
+from steering.sae.autoencoder import SAE, HookPoint
 
 BANDWIDTH = 0.001
 """Width of the rectangle kernel of the JumpReLU straight-through estimator."""

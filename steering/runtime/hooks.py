@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
-from .sae import HookPoint
+from steering.errors import ModelLoadError
+from steering.sae.autoencoder import HookPoint
 
 ResidualFn = Callable[[torch.Tensor], torch.Tensor | None]
 

@@ -15,12 +15,13 @@ from typing import Any, Protocol
 
 import torch
 
-from .config import SamplingConfig
-from .fast import FastModel, PrefixCache, Steer, decode, steering_key, vector_steer
+from steering.config import SamplingConfig
+from steering.fast.model import FastModel, PrefixCache, Steer, decode, steering_key, vector_steer
+from steering.sae.autoencoder import HookPoint
+
 from .hooks import residual_hook
 from .interventions import SteeringHook
 from .models import LoadedModel
-from .sae import HookPoint
 
 
 class ResidualEdit(Protocol):
@@ -151,7 +152,7 @@ def fast_token_ids(
     steering: SteeringHook | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[int]:
-    """`decode_token_ids` on the fast path (`steering.fast`): the same tokens, reading only what `cache` lacks."""
+    """`decode_token_ids` on the fast path (`steering.fast.model`): the same tokens, reading only what `cache` lacks."""
     eos = eos_ids if sampling.stop_at_eos else set()
     generator = sampling_generator(sampling, fast.device)
     if sampling.max_tokens == 0 or (cancel is not None and cancel.cancelled):

@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
+from steering.atomic import write_bytes
+from steering.config import TrainConfig
+from steering.errors import TinymorphError, TrainError
+from steering.runtime.models import LoadedModel, Progress, _no_progress, load_model
+from steering.sae.autoencoder import SAELENS_CFG, HookPoint
+
 from .activations import activation_stream
-from .atomic import write_bytes
-from .config import TrainConfig
 from .corpus import Corpus, CorpusError, load_corpus
 from .distributed import dist_info, leave_distributed, maybe_init_distributed
-from .errors import TinymorphError, TrainError
-from .models import LoadedModel, Progress, _no_progress, load_model
-from .sae import SAELENS_CFG, HookPoint
 from .trainer import TrainResult, train_on_activations
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class TrainSummary:
 
 
 def recipe_sources(corpus_paths: list[str]) -> dict[str, Any] | None:
-    """The packages (with licences and hashes) of a corpus built by `steering.recipe`, from the `sources.json`
+    """The packages (with licences and hashes) of a corpus built by `steering.training.recipe`, from the `sources.json`
     beside or above the corpus folder, when there is one."""
     from .recipe import SOURCES
 
@@ -141,7 +142,7 @@ def train_sae(
     leave_distributed()  # the rest is rank 0's alone
     if rank != 0:
         return None
-    from .labels import LABELS_FILE, describe_sae
+    from steering.features.labels import LABELS_FILE, describe_sae
 
     sae = result.sae.to(lm.device)
     say(f"feature statistics and labels over {cfg.stats_tokens:,} tokens")

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from .hooks import capture_residual
-from .labels import LABEL_WORDS, context_at, is_label_word, label_words
-from .models import LoadedModel
-from .sae import SAE, HookPoint
-from .stats import feature_statistics
+from steering.features.labels import LABEL_WORDS, context_at, is_label_word, label_words
+from steering.features.stats import feature_statistics
+from steering.runtime.hooks import capture_residual
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import SAE, HookPoint
 
 
 @dataclass(frozen=True)

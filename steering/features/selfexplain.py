@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from .config import SamplingConfig
-from .generate import stream_text
-from .hooks import residual_hook
-from .models import LoadedModel
-from .sae import SAE, HookPoint
+from steering.config import SamplingConfig
+from steering.runtime.decode import stream_text
+from steering.runtime.hooks import residual_hook
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import SAE, HookPoint
 
 PROMPT = 'What does "X" mean? "X" means'
 PLACEHOLDER = "X"

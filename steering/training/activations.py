@@ -10,12 +10,13 @@ from collections.abc import Iterator
 
 import torch
 
-from .config import TrainConfig
+from steering.config import TrainConfig
+from steering.runtime.hooks import capture_residual
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import HookPoint
+
 from .corpus import Corpus
 from .distributed import dist_info
-from .hooks import capture_residual
-from .models import LoadedModel
-from .sae import HookPoint
 
 Source = Iterator[tuple[int, torch.Tensor]]
 """(next unread sequence position, activations `[n, d]`), batch after batch."""

@@ -12,11 +12,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .hooks import windowed_residual
-from .models import LoadedModel
+from steering.runtime.hooks import windowed_residual
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import SAE
+from steering.spans import split_spans
+
 from .ranking import Specificity, Weight, rank_dense
-from .sae import SAE
-from .spans import split_spans
 
 
 class FeatureValue(NamedTuple):
@@ -39,7 +40,7 @@ class TokenFeatures:
 @dataclass(frozen=True)
 class SpanFeature:
     """A feature's activity over a span: summed and maximal activation, on how many tokens it fired, and its
-    specificity score (`steering.ranking`); `hintable` is False for dense, punctuation and position features."""
+    specificity score (`steering.features.ranking`); `hintable` is False for dense, punctuation and position features."""
 
     feature: int
     total: float
@@ -51,7 +52,7 @@ class SpanFeature:
 
 @dataclass(frozen=True)
 class SpanFeatures:
-    """A paragraph (character offsets, end exclusive) and its features, most specific first (`steering.ranking`)."""
+    """A paragraph (character offsets, end exclusive) and its features, most specific first (`steering.features.ranking`)."""
 
     start: int
     end: int

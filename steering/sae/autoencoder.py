@@ -26,8 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import replacing
-from .errors import FeatureIndexError, SAELoadError
+from steering.atomic import replacing
+from steering.errors import FeatureIndexError, SAELoadError
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class SAE(nn.Module):
         return self.stats.get("frequency")
 
     def steer_multiple(self, feature: int) -> float | None:
-        """The feature's calibrated `add` multiple (`steering.calibrate`), or None when it has none."""
+        """The feature's calibrated `add` multiple (`steering.evaluation.calibrate`), or None when it has none."""
         scale = self.stats.get("steer_scale")
         value = float(scale[feature]) if scale is not None else 0.0
         return value if value > 0 else None
@@ -175,7 +175,7 @@ class SAE(nn.Module):
 
     @property
     def diffmean(self) -> torch.Tensor | None:
-        """`[d_sae, d_in]`: the mean residual where each feature fires minus where it does not (`steering.stats`)."""
+        """`[d_sae, d_in]`: the mean residual where each feature fires minus where it does not (`steering.features.stats`)."""
         return self.stats.get("diffmean")
 
     # ----------------------------------------------------------------------------------------------- weights
@@ -203,7 +203,7 @@ class SAE(nn.Module):
     def set_feature_stats(self, max_act: torch.Tensor | None = None, frequency: torch.Tensor | None = None,
                           **more: torch.Tensor | None) -> None:
         """Per-feature statistics (`FEATURE_STAT_NAMES`): `max_act` scales `add` steering, `frequency` is the firing
-        rate, the others rank a span's features by how specific they are (`steering.ranking`); `diffmean`
+        rate, the others rank a span's features by how specific they are (`steering.features.ranking`); `diffmean`
         (`FEATURE_DIRECTION_NAMES`) holds a steering direction per feature. Replaces them all."""
         given = {"max_act": max_act, "frequency": frequency, **more}
         stats = {}

@@ -1,7 +1,7 @@
 """Steering as data: a list of interventions applied together to the residual stream at the SAE's hook point.
 
 - `add`:    h + strength * unit[f] along the feature's steering direction. With a DiffMean direction in the SAE's
-            statistics (the mean residual where the feature fires minus where it does not; `steering.stats`), that
+            statistics (the mean residual where the feature fires minus where it does not; `steering.features.stats`), that
             direction, and unit[f] = its norm * `steer_scale[f]` (calibrated per feature by `tinymorph calibrate`)
             or * `DIFFMEAN_MULTIPLE`: the steering benchmark measured DiffMean carrying features into the text far
             more often than the decoder row at the same fluency. Without one, the seeds' rule (`row`);
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .errors import SteeringSpecError
-from .sae import SAE
+from steering.errors import SteeringSpecError
+from steering.sae.autoencoder import SAE
 
 MODES = ("add", "row", "clamp", "ablate", "vector")
 """Every steering mode."""

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .corpus import Corpus, CorpusError
-from .hooks import capture_residual, residual_hook
-from .models import LoadedModel
-from .sae import SAE
+from steering.runtime.hooks import capture_residual, residual_hook
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import SAE
+from steering.training.corpus import Corpus, CorpusError
 
 MASSIVE = 5.0
 """A token's residual norm above this multiple of the median counts as a massive activation."""

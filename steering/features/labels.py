@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .models import LoadedModel
-from .sae import SAE
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import SAE
+
 from .stats import FeatureStats, is_filler
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from steering.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

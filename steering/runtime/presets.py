@@ -18,11 +18,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from .atomic import write_bytes
-from .errors import TinymorphError
+from steering.atomic import write_bytes
+from steering.errors import TinymorphError
+from steering.sae.autoencoder import HookPoint
+
 from .hooks import capture_residual, windowed_residual
 from .models import LoadedModel
-from .sae import HookPoint
 
 PRESET_MULTIPLE = 3.0
 """Strength 1 of a preset, in multiples of its mean difference. Measured by `bench_steering.py --methods preset`

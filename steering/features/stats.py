@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from .hooks import capture_residual
-from .models import LoadedModel
-from .sae import SAE
+from steering.runtime.hooks import capture_residual
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import SAE
 
 EARLY_POSITIONS = 3
 """Positions 1 to this one of a sequence count as its start (position 0 is never read)."""

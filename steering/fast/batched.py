@@ -19,11 +19,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import SamplingConfig
-from .fast import GROW, FastModel, PrefixCache, _rotate
-from .generate import CancelToken, TextStream, penalise_repeats, phase_steer, pick_token, sampling_generator
-from .interventions import SteeringHook
-from .sae import SAE
+from steering.config import SamplingConfig
+from steering.runtime.decode import (
+    CancelToken,
+    TextStream,
+    penalise_repeats,
+    phase_steer,
+    pick_token,
+    sampling_generator,
+)
+from steering.runtime.interventions import SteeringHook
+from steering.sae.autoencoder import SAE
+
+from .model import GROW, FastModel, PrefixCache, _rotate
 
 
 @dataclass

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
+from steering.atomic import replacing
+from steering.errors import TinymorphError
+
 from .annotate import Annotation
-from .atomic import replacing
-from .errors import TinymorphError
 from .ranking import pick_hints
 
 HOVER_FEATURES = 6

@@ -2,7 +2,7 @@
 
 One scale for all features carries one feature into the text and leaves another unnoticed or wrecks fluency.
 Calibration tries each feature at a few multiples of its base vector (its DiffMean direction, or without one its
-decoder row x `max_act`) on neutral prompts (greedy with the editor's repetition penalty, batched: `steering.batch`),
+decoder row x `max_act`) on neutral prompts (greedy with the editor's repetition penalty, batched: `steering.evaluation.continuations`),
 lets the unsteered model re-read each continuation, and keeps the smallest multiple at which the feature *carries*
 (fires on at least `CARRIED` of the continuation's tokens) on half the prompts while the continuation stays *fluent*:
 its NLL per token under the unsteered model no worse than the model's NLL on human prose, and no loop (distinct-2 at
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .batch import distinct_2, greedy_batch, human_nll, reread
-from .config import STEERED_REPETITION_PENALTY
-from .engine import CALIBRATION_TEXT
-from .interventions import Intervention, SteeringHook
-from .models import LoadedModel
-from .sae import SAE
+from steering.config import STEERED_REPETITION_PENALTY
+from steering.engine import CALIBRATION_TEXT
+from steering.runtime.interventions import Intervention, SteeringHook
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import SAE
+
+from .continuations import distinct_2, greedy_batch, human_nll, reread
 
 PROMPTS = (
     "The weather this morning",

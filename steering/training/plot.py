@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from .errors import TinymorphError
+from steering.errors import TinymorphError
 
 
 def require_matplotlib() -> None:

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .generate import ResidualEdit, _forward_kwargs, penalise_repeats
-from .hooks import residual_hook
-from .models import LoadedModel
-from .sae import SAE, HookPoint
+from steering.runtime.decode import ResidualEdit, _forward_kwargs, penalise_repeats
+from steering.runtime.hooks import residual_hook
+from steering.runtime.models import LoadedModel
+from steering.sae.autoencoder import SAE, HookPoint
 
 
 class RowEdits:

@@ -17,7 +17,7 @@ Steering is applied inside the step as data: the residual at the hook point alwa
 when unsteered, so a steering change never changes the step), plus the SAE's clamps when the set has any.
 
 Families: Llama, Mistral (within its sliding window) and Qwen2 (projection biases). Others (GPT-2, Gemma2, ...) use
-the transformers forward (`steering.generate`); `fast_model` says why.
+the transformers forward (`steering.runtime.decode`); `fast_model` says why.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .interventions import vector_digest
-from .models import spread
-from .sae import HookPoint
+from steering.runtime.interventions import vector_digest
+from steering.runtime.models import spread
+from steering.sae.autoencoder import HookPoint
 
 FAMILIES = ("llama", "mistral", "qwen2")
 """The `model_type`s the fast path runs."""

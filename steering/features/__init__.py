@@ -1,0 +1,1 @@
+"""Reading features off text: annotation, ranking, labels in words, self-explanation, feature statistics and the feature map."""
