@@ -26,7 +26,7 @@ __all__ = [
 _WHERE = {
     "SAE": "sae.autoencoder",
     "HookPoint": "sae.autoencoder",
-    "load_sae": "sae.autoencoder",
+    "load_sae": "sae.layouts",
     "Annotation": "features.annotate",
     "CancelToken": "runtime.decode",
     "Engine": "engine",
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from steering.runtime.decode import CancelToken
     from steering.runtime.interventions import Intervention, parse_steer
     from steering.runtime.models import load_model
-    from steering.sae.autoencoder import SAE, HookPoint, load_sae
+    from steering.sae.autoencoder import SAE, HookPoint
+    from steering.sae.layouts import load_sae
 
     from .config import EngineConfig, SamplingConfig
     from .engine import Engine

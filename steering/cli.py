@@ -426,7 +426,7 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     """Statistics (for ranking and steering) and word labels of an SAE in the SAELens layout, written into its
     folder: what `train-sae` writes, for an SAE trained elsewhere or on other text."""
     from steering.features.labels import LABELS_FILE, describe_sae
-    from steering.sae.autoencoder import FEATURE_STATS, SAELENS_CFG
+    from steering.sae.layouts import FEATURE_STATS, SAELENS_CFG
     from steering.training.corpus import load_corpus
 
     from .atomic import write_bytes
@@ -478,7 +478,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from steering.evaluation.calibrate import calibrate
-    from steering.sae.autoencoder import FEATURE_STATS, SAELENS_CFG
+    from steering.sae.layouts import FEATURE_STATS, SAELENS_CFG
 
     from .atomic import write_bytes
 

@@ -24,7 +24,8 @@ from steering.runtime.hooks import capture_residual
 from steering.runtime.interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
 from steering.runtime.models import LoadedModel, Progress, _no_progress, load_model, module_device
 from steering.runtime.presets import StyleVector, style_vector
-from steering.sae.autoencoder import SAE, HookPoint, load_sae
+from steering.sae.autoencoder import SAE, HookPoint
+from steering.sae.layouts import load_sae
 
 from .config import EngineConfig, SamplingConfig
 from .errors import NoSAEError, SAELoadError, ShapeMismatchError, TinymorphError

@@ -186,7 +186,7 @@ def test_train_sae_flags_come_from_the_config_fields() -> None:
 def test_sae_stats_writes_statistics_and_word_labels_beside_the_sae(capsys, tiny_model_dir, sae_dir, tmp_path) -> None:
     import shutil
 
-    from steering.sae.autoencoder import load_sae
+    from steering.sae.layouts import load_sae
 
     folder = tmp_path / "copy"
     shutil.copytree(sae_dir, folder)
@@ -211,7 +211,7 @@ def test_calibrate_stores_a_multiple_per_feature_and_keeps_the_others(capsys, ti
     import shutil
 
     from steering.evaluation.calibrate import MULTIPLES
-    from steering.sae.autoencoder import FEATURE_STATS, load_sae
+    from steering.sae.layouts import FEATURE_STATS, load_sae
 
     folder = tmp_path / "copy"
     shutil.copytree(sae_dir, folder)

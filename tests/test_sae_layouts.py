@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from steering.engine import Engine
 from steering.errors import FeatureIndexError, SAELoadError, ShapeMismatchError
-from steering.sae.autoencoder import SAE, HookPoint, load_sae
+from steering.sae import layouts
+from steering.sae.autoencoder import SAE, HookPoint
+from steering.sae.layouts import LAYOUTS, Layout, load_sae
 
 D_IN, D_SAE, K = 16, 48, 4
 ARCHS = ("standard", "gated", "jumprelu", "topk")
@@ -294,6 +296,32 @@ def test_gemmascope_layer_argument_for_unnamed_path(tmp_path: Path) -> None:
     path = write_gemmascope(tmp_path / "params.npz", saelens_weights("jumprelu"))
     assert load_sae(path).hook is None
     assert load_sae(path, layer=7).hook == HookPoint(7, "resid_post")
+
+
+# =========================================================================================== the table
+def test_load_sae_walks_the_layout_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [layout.name for layout in LAYOUTS] == ["saelens", "sparsify", "gemmascope"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SAELoadError) as info:
+        load_sae(tmp_path / "empty")
+    assert all(layout.expects in str(info.value) for layout in LAYOUTS)
+    # a new layout is one more entry: load_sae finds it, and the messages name it
+    made = random_sae("standard")
+
+    def load(path: Path, layer: int | None, device: torch.device | str, dtype: torch.dtype) -> SAE:
+        made.layout, made.source = "toy", str(path)
+        return made
+
+    toy = Layout("toy", "sae.toy (toy)", ("a .toy",), lambda path, layer: path if path.suffix == ".toy" else None,
+                 load)
+    monkeypatch.setattr(layouts, "LAYOUTS", (*LAYOUTS, toy))
+    (tmp_path / "sae.toy").write_bytes(b"")
+    assert load_sae(tmp_path / "sae.toy").layout == "toy"
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(SAELoadError, match=r"or a \.toy"):
+        load_sae(tmp_path / "model.bin")
+    with pytest.raises(SAELoadError, match=r"or sae\.toy \(toy\)"):
+        load_sae(tmp_path / "empty")
 
 
 # =========================================================================================== SAE.save

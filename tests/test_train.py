@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 from steering.cli import main
 from steering.config import TrainConfig
 from steering.errors import TrainingInterrupted
-from steering.sae.autoencoder import HookPoint, load_sae
+from steering.sae.autoencoder import HookPoint
+from steering.sae.layouts import load_sae
 from steering.training.trainer import train_on_activations
 
 D_IN, N_TRUE = 32, 64

@@ -1,51 +1,29 @@
-"""Sparse autoencoders: four architectures, three on-disk layouts, one class.
-
-Layouts are detected from the path:
-
-- SAELens: `cfg.json` + `sae_weights.safetensors` (v6 and pre-6 config keys);
-- sparsify (EleutherAI): `cfg.json` + `sae.safetensors` in a `layers.L` folder (output of block L);
-- Gemma Scope: `params.npz` (JumpReLU, no `b_dec` subtraction on the input), read with `allow_pickle=False`.
-
-`SAE.save` writes the SAELens layout (and our per-feature statistics beside it), so SAEs made here load in SAELens.
-"""
+"""Sparse autoencoders: four architectures (standard, gated, JumpReLU, TopK) in one class, over one hook point of the
+residual stream. Reading and writing them on disk is `steering.sae.layouts`."""
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from steering.atomic import replacing
+from steering.config import SITES
 from steering.errors import FeatureIndexError, SAELoadError
-
-log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("standard", "gated", "jumprelu", "topk")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale")
-SITES = ("resid_pre", "resid_post")
 
-SAELENS_CFG = "cfg.json"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
-FEATURE_STATS = "feature_stats.safetensors"
 FEATURE_STAT_NAMES = ("max_act", "frequency", "mean_act", "punct_share", "early_share", "steer_scale")
 """Per-feature numbers `[d_sae]` kept in feature_stats.safetensors: max activation; firing rate; mean activation
 where it fires; share of its activation on tokens of punctuation or white space alone; share on the first few
 positions of a text; calibrated `add` multiple (0: not calibrated). Other names in the file are ignored."""
 FEATURE_DIRECTION_NAMES = ("diffmean",)
 """Per-feature directions `[d_sae, d_in]` kept there too (in half precision)."""
-SPARSIFY_WEIGHTS = "sae.safetensors"
-GEMMASCOPE_PARAMS = "params.npz"
 
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
 
@@ -317,214 +295,10 @@ class SAE(nn.Module):
 
     def save(self, folder: str | Path, *, dtype: torch.dtype | None = None, overwrite: bool = False,
              extra: dict[str, bytes] | None = None) -> Path:
-        """Write the SAELens layout to `folder` atomically (a temporary folder renamed into place).
+        """Write the SAELens layout to `folder` atomically (`steering.sae.layouts.save_saelens`).
 
         `extra` adds files beside the weights (labels.json, training curves) in the same atomic step.
         """
-        folder = Path(folder)
-        if folder.exists() and not folder.is_dir():
-            raise SAELoadError(f"{folder} exists and is not a folder; refusing to replace it.")
-        if folder.exists() and not overwrite and any(folder.iterdir()):
-            raise SAELoadError(f"{folder} already exists and is not empty; refusing to overwrite it.")
-        with replacing(folder) as tmp:
-            tmp.mkdir()
-            out_dtype = dtype or self.dtype
-            tensors = {n: getattr(self, n).detach().to("cpu", out_dtype).contiguous() for n in self.weight_names()}
-            save_file(tensors, str(tmp / SAELENS_WEIGHTS))
-            cfg = self.config_dict()
-            cfg["dtype"] = str(out_dtype).removeprefix("torch.")
-            (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
-            if self.stats:
-                (tmp / FEATURE_STATS).write_bytes(self.stats_bytes())
-            for name, data in (extra or {}).items():
-                (tmp / name).write_bytes(data)
-        return folder
+        from .layouts import save_saelens  # the layouts build this class: imported when used, not at the top
 
-
-# --------------------------------------------------------------------------------------------------- loading
-def load_sae(
-    path: str | Path,
-    *,
-    layer: int | None = None,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> SAE:
-    """Load an SAE from a SAELens, sparsify or Gemma Scope folder or file, detecting the layout.
-
-    `layer` picks one hook point in a sparsify folder holding several, and sets the layer of a Gemma Scope file
-    whose path does not say it.
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise SAELoadError(f"SAE path not found: {p}")
-    if p.is_file():
-        if p.suffix == ".npz":
-            return _load_gemmascope(p, layer, device, dtype)
-        if p.name in (SAELENS_WEIGHTS, SAELENS_CFG, SPARSIFY_WEIGHTS):
-            p = p.parent
-        else:
-            raise SAELoadError(
-                f"{p} is not an SAE file: expected {SAELENS_WEIGHTS}, {SPARSIFY_WEIGHTS}, {SAELENS_CFG} or a .npz."
-            )
-    if (p / SAELENS_WEIGHTS).is_file():
-        return _load_saelens(p, device, dtype)
-    if (p / SPARSIFY_WEIGHTS).is_file():
-        return _load_sparsify(p, layer, device, dtype)
-    if (p / GEMMASCOPE_PARAMS).is_file():
-        return _load_gemmascope(p / GEMMASCOPE_PARAMS, layer, device, dtype)
-    hookpoints = sorted(
-        (int(m.group(1)), d) for d in p.iterdir()
-        if d.is_dir() and (m := re.fullmatch(r"layers\.(\d+)", d.name)) and (d / SPARSIFY_WEIGHTS).is_file()
-    )
-    if hookpoints:
-        if layer is None and len(hookpoints) == 1:
-            return _load_sparsify(hookpoints[0][1], None, device, dtype)
-        chosen = [d for n, d in hookpoints if n == layer]
-        if not chosen:
-            names = ", ".join(f"layers.{n}" for n, _ in hookpoints)
-            raise SAELoadError(f"{p} holds SAEs for several hook points ({names}); choose one with a layer.")
-        return _load_sparsify(chosen[0], layer, device, dtype)
-    raise SAELoadError(
-        f"No SAE found in {p}: expected {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens), {SAELENS_CFG} + "
-        f"{SPARSIFY_WEIGHTS} (sparsify) or {GEMMASCOPE_PARAMS} (Gemma Scope)."
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SAELoadError(f"{path} is missing.")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SAELoadError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SAELoadError(f"{path} must hold a JSON object.")
-    return data
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SAELoadError(f"{path} is not a readable safetensors file: {exc}") from None
-
-
-def _int(cfg: dict[str, Any], key: str, where: Path) -> int:
-    value = cfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise SAELoadError(f"{where}: {key!r} must be an integer, got {value!r}.")
-    return value
-
-
-def _saelens_architecture(cfg: dict[str, Any]) -> tuple[str, int | None]:
-    arch = cfg.get("architecture")
-    act = cfg.get("activation_fn") or cfg.get("activation_fn_str")
-    kwargs = cfg.get("activation_fn_kwargs") or {}
-    k = cfg.get("k", kwargs.get("k") if isinstance(kwargs, dict) else None)
-    if arch in (None, "standard") and act == "topk":
-        arch = "topk"
-    if arch is None:
-        arch = "standard"
-    if arch == "standard" and act not in (None, "relu", "topk"):
-        raise SAELoadError(f"Unsupported activation function {act!r} for a standard SAE.")
-    return str(arch), (int(k) if isinstance(k, (int, float)) else None)
-
-
-def _load_saelens(folder: Path, device: torch.device | str, dtype: torch.dtype) -> SAE:
-    cfg_path = folder / SAELENS_CFG
-    cfg = _read_json(cfg_path)
-    arch, k = _saelens_architecture(cfg)
-    meta = cfg.get("metadata") or cfg.get("meta") or {}
-    if not isinstance(meta, dict):
-        meta = {}
-    hook_name = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
-    hook = HookPoint.parse(str(hook_name)) if hook_name else None
-    factor = cfg.get("norm_scaling_factor", cfg.get("scaling_factor"))
-    weights = _read_safetensors(folder / SAELENS_WEIGHTS)
-    if factor is None and "scaling_factor" in weights:
-        factor = float(weights.pop("scaling_factor").float().reshape(-1)[0])
-    normalize = cfg.get("normalize_activations") or "none"
-    if normalize == "expected_average_only_in" and factor is None:
-        log.warning("%s: expected_average_only_in without a stored factor; assuming it was folded into the weights.",
-                    folder)
-    sae = SAE(
-        _int(cfg, "d_in", cfg_path),
-        _int(cfg, "d_sae", cfg_path),
-        arch,
-        k=k,
-        hook=hook,
-        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-        normalize_activations=str(normalize),
-        norm_scaling_factor=None if factor is None else float(factor),
-        metadata={**meta, **({"tinymorph": cfg["tinymorph"]} if "tinymorph" in cfg else {})},
-        dtype=dtype,
-        device=device,
-    )
-    sae.load_weights(weights, str(folder / SAELENS_WEIGHTS))
-    stats_path = folder / FEATURE_STATS
-    if stats_path.is_file():
-        sae.set_feature_stats(**_read_safetensors(stats_path))
-    sae.layout, sae.source = "saelens", str(folder)
-    return sae
-
-
-def _load_sparsify(folder: Path, layer: int | None, device: torch.device | str, dtype: torch.dtype) -> SAE:
-    cfg_path = folder / SAELENS_CFG
-    cfg = _read_json(cfg_path)
-    weights = _read_safetensors(folder / SPARSIFY_WEIGHTS)
-    d_in = _int(cfg, "d_in", cfg_path)
-    if isinstance(cfg.get("num_latents"), int) and cfg["num_latents"] > 0:
-        d_sae = cfg["num_latents"]
-    else:
-        d_sae = d_in * _int(cfg, "expansion_factor", cfg_path)
-    if re.fullmatch(r"layers\.\d+\..+", folder.name):
-        raise SAELoadError(f"{folder}: hook point {folder.name!r} is not the residual stream (want layers.L).")
-    unsupported = [key for key in ("transcode", "skip_connection") if cfg.get(key)]
-    if "W_skip" in weights:
-        unsupported.append("W_skip")
-    if cfg.get("activation", "topk") != "topk":
-        unsupported.append(f"activation={cfg['activation']}")
-    if unsupported:
-        raise SAELoadError(f"{folder}: sparsify options {', '.join(unsupported)} are not supported (plain TopK only).")
-    match = re.fullmatch(r"layers\.(\d+)", folder.name)
-    if match:
-        hook: HookPoint | None = HookPoint(int(match.group(1)), "resid_post")
-    elif layer is not None:
-        hook = HookPoint(layer, "resid_post")
-    else:
-        hook = None
-    rename = {"encoder.weight": "W_enc", "encoder.bias": "b_enc", "W_dec": "W_dec", "b_dec": "b_dec"}
-    for name in rename:
-        if name not in weights:
-            raise SAELoadError(f"{folder / SPARSIFY_WEIGHTS} has no tensor {name!r}.")
-    tensors = {new: weights[old] for old, new in rename.items()}
-    if tuple(tensors["W_enc"].shape) != (d_sae, d_in):
-        raise SAELoadError(
-            f"{folder / SPARSIFY_WEIGHTS}: encoder.weight has shape {list(tensors['W_enc'].shape)}, "
-            f"expected [{d_sae}, {d_in}]."
-        )
-    tensors["W_enc"] = tensors["W_enc"].T
-    sae = SAE(d_in, d_sae, "topk", k=_int(cfg, "k", cfg_path), hook=hook, apply_b_dec_to_input=True,
-              metadata={"sparsify_cfg": cfg}, dtype=dtype, device=device)
-    sae.load_weights(tensors, str(folder / SPARSIFY_WEIGHTS))
-    sae.layout, sae.source = "sparsify", str(folder)
-    return sae
-
-
-def _load_gemmascope(path: Path, layer: int | None, device: torch.device | str, dtype: torch.dtype) -> SAE:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: torch.from_numpy(np.asarray(data[name], dtype=np.float32)) for name in data.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise SAELoadError(f"{path} is not a readable .npz file: {exc}") from None
-    if "W_enc" not in arrays or arrays["W_enc"].ndim != 2:
-        raise SAELoadError(f"{path} has no 2-D W_enc array; it is not a Gemma Scope SAE.")
-    d_in, d_sae = arrays["W_enc"].shape
-    if layer is None:  # the nearest enclosing folder named layer_N (Gemma Scope's layout)
-        layer = next((int(m.group(1)) for part in path.parent.parts[::-1]
-                      if (m := re.fullmatch(r"layer_(\d+)", part))), None)
-    hook = HookPoint(layer, "resid_post") if layer is not None else None
-    sae = SAE(d_in, d_sae, "jumprelu", hook=hook, apply_b_dec_to_input=False, dtype=dtype, device=device)
-    sae.load_weights(arrays, str(path))
-    sae.layout, sae.source = "gemmascope", str(path)
-    return sae
+        return save_saelens(self, folder, dtype=dtype, overwrite=overwrite, extra=extra)

@@ -21,7 +21,8 @@ from steering.atomic import write_bytes
 from steering.config import TrainConfig
 from steering.errors import TinymorphError, TrainError
 from steering.runtime.models import LoadedModel, Progress, _no_progress, load_model
-from steering.sae.autoencoder import SAELENS_CFG, HookPoint
+from steering.sae.autoencoder import HookPoint
+from steering.sae.layouts import SAELENS_CFG
 
 from .activations import activation_stream
 from .corpus import Corpus, CorpusError, load_corpus
