@@ -1,8 +1,10 @@
 """Sparse autoencoders: four architectures (standard, gated, JumpReLU, TopK) in one class, over one hook point of the
-residual stream. Reading and writing them on disk is `steering.sae.layouts`."""
+residual stream. `SAE.save` writes the SAELens layout (and our per-feature statistics beside it), so SAEs made here
+load in SAELens; reading every layout is `steering.sae.layouts`."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -10,13 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from steering.atomic import replacing
 from steering.config import SITES
 from steering.errors import FeatureIndexError, SAELoadError
 
 ARCHITECTURES = ("standard", "gated", "jumprelu", "topk")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale")
+
+SAELENS_CFG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+FEATURE_STATS = "feature_stats.safetensors"
+"""Our per-feature statistics, beside the weights (`FEATURE_STAT_NAMES`, `FEATURE_DIRECTION_NAMES`)."""
 
 FEATURE_STAT_NAMES = ("max_act", "frequency", "mean_act", "punct_share", "early_share", "steer_scale")
 """Per-feature numbers `[d_sae]` kept in feature_stats.safetensors: max activation; firing rate; mean activation
@@ -295,10 +304,25 @@ class SAE(nn.Module):
 
     def save(self, folder: str | Path, *, dtype: torch.dtype | None = None, overwrite: bool = False,
              extra: dict[str, bytes] | None = None) -> Path:
-        """Write the SAELens layout to `folder` atomically (`steering.sae.layouts.save_saelens`).
+        """Write the SAELens layout to `folder` atomically (a temporary folder renamed into place).
 
         `extra` adds files beside the weights (labels.json, training curves) in the same atomic step.
         """
-        from .layouts import save_saelens  # the layouts build this class: imported when used, not at the top
-
-        return save_saelens(self, folder, dtype=dtype, overwrite=overwrite, extra=extra)
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise SAELoadError(f"{folder} exists and is not a folder; refusing to replace it.")
+        if folder.exists() and not overwrite and any(folder.iterdir()):
+            raise SAELoadError(f"{folder} already exists and is not empty; refusing to overwrite it.")
+        with replacing(folder) as tmp:
+            tmp.mkdir()
+            out_dtype = dtype or self.dtype
+            tensors = {n: getattr(self, n).detach().to("cpu", out_dtype).contiguous() for n in self.weight_names()}
+            save_file(tensors, str(tmp / SAELENS_WEIGHTS))
+            cfg = self.config_dict()
+            cfg["dtype"] = str(out_dtype).removeprefix("torch.")
+            (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
+            if self.stats:
+                (tmp / FEATURE_STATS).write_bytes(self.stats_bytes())
+            for name, data in (extra or {}).items():
+                (tmp / name).write_bytes(data)
+        return folder

@@ -5,8 +5,8 @@
 - Gemma Scope: `params.npz` (JumpReLU, no `b_dec` subtraction on the input), read with `allow_pickle=False`.
 
 `load_sae` walks `LAYOUTS` in order and reads the first that recognises the path: a new layout is one `Layout` entry
-(and its test). `save_saelens` writes the SAELens layout (and our per-feature statistics beside it), so SAEs made
-here load in SAELens.
+(and its test). The file names of each layout are here; the SAELens ones come from `steering.sae.autoencoder`, whose
+`SAE.save` writes that layout.
 """
 
 from __future__ import annotations
@@ -23,19 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from steering.atomic import replacing
 from steering.errors import SAELoadError
 
-from .autoencoder import SAE, HookPoint
+from .autoencoder import FEATURE_STATS, SAE, SAELENS_CFG, SAELENS_WEIGHTS, HookPoint
+
+__all__ = ["FEATURE_STATS", "GEMMASCOPE_PARAMS", "LAYOUTS", "SAELENS_CFG", "SAELENS_WEIGHTS", "SPARSIFY_WEIGHTS",
+           "Layout", "load_sae", "saelens_folder"]
 
 log = logging.getLogger(__name__)
 
-SAELENS_CFG = "cfg.json"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
-FEATURE_STATS = "feature_stats.safetensors"
-"""Our per-feature statistics beside an SAE's weights (`SAE.stats`, `FEATURE_STAT_NAMES`)."""
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMASCOPE_PARAMS = "params.npz"
 
@@ -91,30 +89,6 @@ def saelens_folder(sae: SAE) -> Path | None:
     beside it), else None."""
     folder = Path(sae.source or "")
     return folder if sae.layout == "saelens" and (folder / SAELENS_CFG).is_file() else None
-
-
-def save_saelens(sae: SAE, folder: str | Path, *, dtype: torch.dtype | None = None, overwrite: bool = False,
-                 extra: dict[str, bytes] | None = None) -> Path:
-    """Write `sae` in the SAELens layout to `folder` atomically (a temporary folder renamed into place), with its
-    statistics and the `extra` files (name: contents) beside the weights."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise SAELoadError(f"{folder} exists and is not a folder; refusing to replace it.")
-    if folder.exists() and not overwrite and any(folder.iterdir()):
-        raise SAELoadError(f"{folder} already exists and is not empty; refusing to overwrite it.")
-    with replacing(folder) as tmp:
-        tmp.mkdir()
-        out_dtype = dtype or sae.dtype
-        tensors = {n: getattr(sae, n).detach().to("cpu", out_dtype).contiguous() for n in sae.weight_names()}
-        save_file(tensors, str(tmp / SAELENS_WEIGHTS))
-        cfg = sae.config_dict()
-        cfg["dtype"] = str(out_dtype).removeprefix("torch.")
-        (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
-        if sae.stats:
-            (tmp / FEATURE_STATS).write_bytes(sae.stats_bytes())
-        for name, data in (extra or {}).items():
-            (tmp / name).write_bytes(data)
-    return folder
 
 
 # --------------------------------------------------------------------------------------------------- detecting
