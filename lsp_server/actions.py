@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonRpcRequestCancelled
-from steering.runtime.interventions import Intervention
 
 from steering.features.ranking import rank
+from steering.runtime.interventions import Intervention
 
 from .cards import card
 from .generation import OutOfMemory, Superseded, generate, prompt_before, prompt_limit

@@ -23,8 +23,8 @@ from steering.runtime.interventions import Intervention
 from .actions import REWRITE, compute_rewrite, parse_rewrite_args, parse_suppress, versioned_edit
 from .config import to_wire
 from .pipeline import schedule
-from .state import SaveError, Steer, SteeringError, intervention_from
 from .worker import EngineAPI, EngineUnavailable
+from .workspace import SaveError, Steer, SteeringError, intervention_from
 
 if TYPE_CHECKING:
     from .server import TinymorphServer

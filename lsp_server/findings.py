@@ -1,26 +1,27 @@
 """Where watched features fire: the findings of an annotation, moved with every edit, sent as diagnostics.
 
-A finding is a sentence where a watched feature (`state.Watch`) peaks above its threshold. Findings are computed
-from each annotation (which keeps watched features on every token where they fire) and follow edits at once: their
-ranges move with every change, without waiting for the model, until the next annotation replaces them.
+A finding (`state.Finding`) is a sentence where a watched feature (`workspace.Watch`) peaks above its threshold.
+Findings are computed from each annotation (which keeps watched features on every token where they fire) and follow
+edits at once: their ranges move with every change, without waiting for the model, until the next annotation
+replaces them.
 
 Clients that pull diagnostics and can be told to pull again (`workspace/diagnostic/refresh`) get them through
-`textDocument/diagnostic`; the others through `textDocument/publishDiagnostics` (Neovim 0.12 pulls but takes no
-refresh: a pulled report would stay stale until the next keystroke, so it gets them pushed, and the server does
-not offer it pulling).
+`textDocument/diagnostic`; the others through `textDocument/publishDiagnostics` (decided at `initialize` by
+`capabilities.pulls`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
 from steering.spans import split_spans
 
-from .state import Annotated, DocState, Watch
+from .state import Annotated, DocState, Finding
+from .workspace import Watch
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -28,23 +29,6 @@ if TYPE_CHECKING:
 SOURCE = "tinymorph"
 SEVERITY = {"error": types.DiagnosticSeverity.Error, "warning": types.DiagnosticSeverity.Warning,
             "information": types.DiagnosticSeverity.Information, "hint": types.DiagnosticSeverity.Hint}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A watched feature firing above its threshold in one sentence: `[start, end)` in the current text."""
-
-    feature: int
-    start: int
-    end: int
-    peak: float
-
-
-def pulls(capabilities: types.ClientCapabilities) -> bool:
-    """Whether the client gets diagnostics by pulling: it pulls and it takes `workspace/diagnostic/refresh`."""
-    text, workspace = capabilities.text_document, capabilities.workspace
-    return bool(text is not None and text.diagnostic is not None and workspace is not None and
-                workspace.diagnostics is not None and workspace.diagnostics.refresh_support)
 
 
 def find(annotated: Annotated, watches: Iterable[Watch]) -> list[Finding]:

@@ -8,7 +8,6 @@ import asyncio
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,11 +20,11 @@ from steering.runtime.decode import CancelToken
 from steering.runtime.interventions import Intervention, vector_digest
 
 from .config import Settings
+from .state import DocState, Running
 from .worker import INTERACTIVE, EngineAPI
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
-    from .state import DocState
 
 PROMPT_CHARS = 2000
 """Characters of text before the cursor that a continuation reads through the transformers forward."""
@@ -85,16 +84,6 @@ def steering_signature(steering: list[Intervention]) -> tuple[Any, ...]:
     """What identifies a steering set's effect (vectors by their bytes)."""
     return tuple((i.mode, i.feature, i.strength, i.value, None if i.vector is None else vector_digest(i.vector))
                  for i in steering)
-
-
-@dataclass
-class Running:
-    """A document's generation: what it continues (`key`), its result and its cancel token."""
-
-    key: tuple[Any, ...]
-    task: asyncio.Task[str]
-    cancel: CancelToken
-    waiters: int = 0
 
 
 async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str, max_tokens: int | None = None,

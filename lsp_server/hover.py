@@ -13,8 +13,9 @@ from steering.features.annotate import TokenFeatures
 
 from .cards import card, promoted
 from .hints import short
-from .state import DocState, SteeringSet
+from .state import DocState
 from .text import PositionError
+from .workspace import SteeringSet
 
 if TYPE_CHECKING:
     from .server import TinymorphServer

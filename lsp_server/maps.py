@@ -19,8 +19,8 @@ from steering.features.featuremap import render_html
 
 from .actions import MAP
 from .commands import engine_call, field_of, the_object
-from .state import MAP_DIR, store_problem
 from .text import uri_path
+from .workspace import MAP_DIR, store_problem
 
 if TYPE_CHECKING:
     from .server import TinymorphServer

@@ -1,6 +1,6 @@
 """Style presets, "write more like this": the `tinymorph.preset.*` commands that make one from a selection and list,
-rename, toggle and remove them. A preset is kept per workspace beside its steering (`state.SteeringSet`) and applied
-to every suggestion while it is enabled.
+rename, toggle and remove them. A preset is kept per workspace beside its steering (`workspace.SteeringSet`) and
+applied to every suggestion while it is enabled.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pygls.exceptions import JsonRpcContentModified
+
 from steering.runtime.presets import StyleVector
 
 from .actions import PRESET_CREATE as CREATE
 from .actions import parse_rewrite_args, selected
 from .commands import after_steering_change, changing, engine_call, field_of, the_object
 from .hints import short
-from .state import Preset, SteeringSet, check_name
+from .workspace import Preset, SteeringSet, check_name
 
 if TYPE_CHECKING:
     from .server import TinymorphServer

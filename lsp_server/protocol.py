@@ -21,7 +21,7 @@ from pygls.exceptions import JsonRpcException
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
-from .findings import pulls
+from .capabilities import pulls
 
 log = logging.getLogger(__name__)
 

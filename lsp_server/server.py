@@ -1,8 +1,14 @@
 """The tinymorph language server: its typed state, with the plumbing every feature shares.
 
-The JSON-RPC reading rules live in `protocol`, stdio and TCP in `transport`, the document pipeline in `pipeline`,
-engine loading in `loading`, generation in `generation`, feature labels in `cards`; the LSP features in their own
-modules, each with a `register(server)`; `create_server()` (in the entry module, `__main__`) wires them up.
+Plumbing (imports no feature module): the JSON-RPC reading rules live in `protocol`, stdio and TCP in `transport`,
+what the client can do in `capabilities`, the engine's thread in `worker`, settings in `config`, documents and
+positions in `text`, per-document state in `state`, the workspaces' steering sets on disk in `workspace`, feature
+labels in `cards`, incremental annotation in `incremental`, the C allocator in `memory`.
+
+Features (import the server type only under TYPE_CHECKING): the document pipeline in `pipeline`, engine loading in
+`loading`, generation in `generation`, watched features' diagnostics in `findings`, and the LSP features in their
+own modules, each with a `register(server)`; `create_server()` (in the entry module, `__main__`) wires them up.
+`tests/test_imports.py` holds these rules.
 """
 
 from __future__ import annotations
@@ -15,19 +21,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lsprotocol import types
-from pygls.capabilities import get_capability
 from pygls.exceptions import FeatureRequestError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from steering.runtime.interventions import Intervention
 
 from steering.engine import FeatureCard
 from steering.runtime.decode import CancelToken
+from steering.runtime.interventions import Intervention
 
+from .capabilities import announced
 from .config import Settings
 from .protocol import TinymorphProtocol
-from .state import DocState, SteeringSet
+from .state import DocState
 from .text import uri_path
 from .worker import INTERACTIVE, EngineAPI, EngineWorker, Loader, load_engine
+from .workspace import SteeringSet, Workspaces
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +49,7 @@ class TinymorphServer(LanguageServer):
         self.settings = Settings()
         self.worker = EngineWorker(loader)
         self.docs: dict[str, DocState] = {}
-        self.steering_sets: dict[Path | None, SteeringSet] = {}
+        self.workspaces = Workspaces(self.tell)
         self.told_presets: set[str] = set()
         self.trusted_models: set[str] = set()
         """Models whose own code the writer allowed to run (`loading.remote_code_allowed`) this session."""
@@ -59,7 +66,7 @@ class TinymorphServer(LanguageServer):
         self.shut_down = False
         """The client sent `shutdown`: the process exits with code 0 (else 1)."""
         self.pulls_diagnostics = False
-        """The client pulls diagnostics and takes refreshes (`findings.pulls`); else they are published."""
+        """The client pulls diagnostics and takes refreshes (`capabilities.pulls`); else they are published."""
 
     @property
     def encoding(self) -> str:
@@ -126,7 +133,7 @@ class TinymorphServer(LanguageServer):
             capabilities = self.client_capabilities
         except (AttributeError, RuntimeError):
             return False
-        return bool(get_capability(capabilities, capability, None))
+        return announced(capabilities, capability)
 
     def on_fast_path(self) -> bool:
         """Whether the loaded engine runs on the fast path (a cache per document: long prompts are cheap)."""
@@ -163,23 +170,14 @@ class TinymorphServer(LanguageServer):
                           f"{identity[0] if identity else '-'}, so it is left off.")
         return steering.interventions(identity)
 
-    def steering_for(self, uri: str | None = None) -> SteeringSet:
-        """The steering set of the workspace folder holding `uri` (or of the first folder, or in memory)."""
-        folders: list[Path] = []
+    def folders(self) -> list[Path]:
+        """The workspace folders on disk the client named (or its root path)."""
         try:
             folders = [p for f in self.workspace.folders.values() if (p := uri_path(f.uri)) is not None]
-            if not folders and self.workspace.root_path:
-                folders = [Path(self.workspace.root_path)]
-        except RuntimeError:
-            pass
-        chosen: Path | None = folders[0] if folders else None
-        path = uri_path(uri) if uri else None
-        if path is not None:
-            inside = [f for f in folders if path == f or f in path.parents]
-            chosen = max(inside, key=lambda f: len(f.parts)) if inside else chosen
-        if chosen not in self.steering_sets:
-            steering = SteeringSet(chosen)
-            self.steering_sets[chosen] = steering
-            if steering.load_error:
-                self.tell(steering.load_error)
-        return self.steering_sets[chosen]
+            return folders or ([Path(self.workspace.root_path)] if self.workspace.root_path else [])
+        except RuntimeError:  # not initialized yet
+            return []
+
+    def steering_for(self, uri: str | None = None) -> SteeringSet:
+        """The steering set of the workspace folder holding `uri` (`Workspaces.for_uri`)."""
+        return self.workspaces.for_uri(uri, self.folders())

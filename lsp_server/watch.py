@@ -16,7 +16,7 @@ from .cards import card
 from .commands import changing, engine_call, field_of, the_object
 from .findings import SOURCE, diagnostics, update
 from .pipeline import schedule
-from .state import SEVERITIES, Watch
+from .workspace import SEVERITIES, Watch
 
 if TYPE_CHECKING:
     from .server import TinymorphServer

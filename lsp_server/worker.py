@@ -1,8 +1,11 @@
 """The engine worker: one thread owns the model and runs jobs one at a time, most urgent first.
 
 The server never touches the model on its event loop. It submits a job (a function of the engine) and awaits a
-future; a newer job for the same purpose cancels the older one before it starts, and a running generation stops at
-the next decode step through its cancel token.
+future. The worker skips a job whose future was cancelled before it started and never interrupts one that runs; a
+generation stops at its next decode step when its cancel token is set. What to cancel the callers decide:
+`TinymorphServer.run_engine` cancels the future (and the token) when the task awaiting it is cancelled,
+`pipeline.schedule` cancels a document's pending annotation when a newer change arrives, and
+`generation.generate` cancels the document's older generation when another continuation is asked for.
 
 A job that returns a batched `Request` (`Engine.start`) is a continuation decoded together with the others: the
 worker runs decode steps for all of them while no more urgent job waits (completions and suggestions join the batch
@@ -42,7 +45,9 @@ LOAD, INTERACTIVE, SUGGEST, ANNOTATE = 0, 1, 2, 3
 
 
 class EngineAPI(Protocol):
-    """What the server uses of `steering.Engine`: the one interface between the two rooms."""
+    """The methods of `steering.Engine` that the server's jobs call on the worker thread: all the server asks of the
+    loaded model goes through them (`load_engine` makes the engine; elsewhere the server imports only `steering`'s
+    data types and model-free helpers)."""
 
     def info(self) -> EngineInfo: ...
 

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lsp_server.findings import Finding, find, moved
-from lsp_server.state import STEERING_FILE, Annotated, SaveError, SteeringError, SteeringSet, Watch
+from lsp_server.findings import find, moved
+from lsp_server.state import Annotated, Finding
+from lsp_server.workspace import STEERING_FILE, SaveError, SteeringError, SteeringSet, Watch
 from steering.features.annotate import Annotation, FeatureValue, TokenFeatures
 
 TEXT = "The rain fell. The sea was grey!\n\nShe read the letter… Then she slept."
@@ -106,7 +107,7 @@ def test_a_failed_save_changes_no_watch(tmp_path: Path, monkeypatch: pytest.Monk
     def full(*_a: object, **_k: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lsp_server.state.write_text", full)
+    monkeypatch.setattr("lsp_server.workspace.write_text", full)
     with pytest.raises(SaveError, match="No space left"):
         steering.watch(Watch(2, 1.0))
     with pytest.raises(SaveError):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from lsp_server.workspace import NAME_LIMIT, SaveError, Steer, SteeringError, SteeringSet
 from steering.runtime.interventions import Intervention
 from steering.runtime.presets import PRESET_MULTIPLE
-
-from lsp_server.state import NAME_LIMIT, SaveError, Steer, SteeringError, SteeringSet
 
 ID = ("tiny", "blocks.2.hook_resid_post")
 
@@ -130,7 +130,7 @@ def test_a_failed_save_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     def disk_full(path: Path, data: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("lsp_server.state.write_text", disk_full)
+    monkeypatch.setattr("lsp_server.workspace.write_text", disk_full)
     with pytest.raises(SaveError, match="No space left on device; nothing changed"):
         steering.add_preset("second", torch.ones(16), strength=1, model=ID[0], hook=ID[1], excerpt="")
     with pytest.raises(SaveError, match="nothing changed"):
@@ -152,7 +152,7 @@ def test_a_failed_save_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monke
 SAVER = """
 import sys
 from pathlib import Path
-from lsp_server.state import Steer, SteeringSet
+from lsp_server.workspace import Steer, SteeringSet
 from steering.runtime.interventions import Intervention
 steering = SteeringSet(Path(sys.argv[1]))
 print("ready", flush=True)
@@ -188,3 +188,26 @@ def test_a_save_killed_midway_leaves_a_whole_steering_file(tmp_path: Path) -> No
         assert any(e.intervention.strength > 1 for e in reread.entries)  # the child did save before its end
         json.loads(path.read_text(encoding="utf-8"))
     assert kills == 6
+
+
+def test_a_document_gets_the_set_of_the_innermost_folder_holding_it(tmp_path: Path) -> None:
+    from lsp_server.workspace import Workspaces
+
+    outer, inner, other = tmp_path / "book", tmp_path / "book" / "part", tmp_path / "notes"
+    for folder in (outer, inner, other):
+        folder.mkdir(parents=True, exist_ok=True)
+    (other / ".tinymorph").mkdir()
+    (other / ".tinymorph" / "steering.json").write_text("{not json", encoding="utf-8")
+    told: list[str] = []
+    sets = Workspaces(told.append)
+    folders = [outer, inner, other]
+    assert sets.for_uri((inner / "ch1.md").as_uri(), folders).folder == inner
+    assert sets.for_uri((outer / "ch0.md").as_uri(), folders).folder == outer
+    assert sets.for_uri((outer / "ch0.md").as_uri(), folders) is sets.for_uri(outer.as_uri(), folders)
+    assert sets.for_uri("untitled:Untitled-1", folders).folder == outer  # no path: the first folder's
+    assert sets.for_uri((tmp_path / "elsewhere.md").as_uri(), folders).folder == outer
+    assert sets.for_uri(None, []).folder is None  # no folder: in memory
+    assert told == []
+    for _ in range(2):
+        assert sets.for_uri((other / "n.md").as_uri(), folders).folder == other
+    assert len(told) == 1 and "not a valid steering file" in told[0]  # said once, when the set is made
