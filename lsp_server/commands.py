@@ -22,7 +22,7 @@ from steering.runtime.interventions import Intervention
 
 from .actions import REWRITE, compute_rewrite, parse_rewrite_args, parse_suppress, versioned_edit
 from .config import to_wire
-from .pipeline import schedule
+from .pipeline import resuggest
 from .worker import EngineAPI, EngineUnavailable
 from .workspace import SaveError, Steer, SteeringError, intervention_from
 
@@ -128,11 +128,11 @@ def steering_list(ls: TinymorphServer, uri: str | None) -> dict[str, Any]:
 
 
 def after_steering_change(ls: TinymorphServer) -> None:
-    """New steering: suggestions are out of date; recompute them and refresh the hints."""
+    """New steering (feature entries or presets): the suggestions are out of date, the annotations are not (they
+    read the text unsteered); compute the suggestions again and refresh the hints."""
     for state in ls.docs.values():
         state.suggestion = None
-        if ls.settings.suggestion and state.last_edit is not None:
-            schedule(ls, state, 0)
+        resuggest(ls, state)
     ls.refresh_hints()
 
 
@@ -242,6 +242,7 @@ def register(server: TinymorphServer) -> None:
         return {"uri": state.doc.uri, "version": state.doc.version, "text": state.doc.text,
                 "annotatedVersion": a.version if a else None,
                 "annotatedRange": [a.base, a.base + len(a.annotation.text)] if a else None,
+                "annotations": state.annotations,
                 "suggestion": None if state.suggestion is None else {
                     "version": state.suggestion.version, "offset": state.suggestion.offset,
                     "text": state.suggestion.text}}

@@ -3,6 +3,9 @@ compute the suggestion → once the writer pauses, read the whole document again
 
 Every step checks that the document is still open and at the version it started with; an outdated result is
 dropped, never shown.
+
+A steering change makes only the suggestion out of date (`resuggest`); a watch change needs the annotation again, as
+an annotation keeps the watched features wherever they fire.
 """
 
 from __future__ import annotations
@@ -165,6 +168,7 @@ async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = Fa
     if server.docs.get(doc.uri) is not state or doc.version != version:
         return False  # outdated: a newer run is scheduled
     state.annotated = Annotated(version, base, doc_length, annotation, granularity, watch, partial=step is not None)
+    state.annotations += 1
     findings.update(server, state)
     server.refresh_hints()
     return step is not None
@@ -205,6 +209,13 @@ async def reread(server: TinymorphServer, state: DocState) -> None:
         state.annotated = dataclasses.replace(state.annotated, partial=False)
         findings.update(server, state)
         server.refresh_hints()
+
+
+def resuggest(server: TinymorphServer, state: DocState) -> None:
+    """Compute the document's suggestion again and leave its annotation as it is (after a steering change: the
+    annotation reads the text unsteered), when suggestions are on and the document was edited."""
+    if server.settings.suggestion and state.last_edit is not None and server.handles(state.doc.language_id):
+        server.spawn(suggest(server, state), f"suggest {state.doc.uri}")
 
 
 async def suggest(server: TinymorphServer, state: DocState) -> None:

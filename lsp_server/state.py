@@ -104,3 +104,6 @@ class DocState:
     """Where watched features fire above their thresholds, in the current text (`findings`)."""
     findings_id: int = 0
     """Bumped whenever `findings` change: the result id of pulled diagnostics."""
+    annotations: int = 0
+    """Annotations made of the document (read whole or its edited spans; the re-read of the rest after an
+    incremental one completes it and is not counted)."""

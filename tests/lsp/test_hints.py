@@ -1,13 +1,14 @@
 """Inlay hints: features at the end of each paragraph with steering commands, refresh after annotation, the
-suggestion hint, and no waiting for the model."""
+suggestion hint (computed again, alone, after a steering change), and no waiting for the model."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from lsprotocol import types
 
-from .conftest import client_fixture, command, open_doc, typed_with_suggestion, wait_annotated
+from .conftest import client_fixture, command, open_doc, typed_with_suggestion, wait_annotated, wait_for
 
 client = client_fixture(hintCount=2)
 
@@ -77,6 +78,27 @@ async def test_suggestion_hint_after_the_last_edit(client) -> None:
     assert len(arrows) == 1
     assert arrows[0].position == types.Position(line=0, character=len(text) + 4)
     assert arrows[0].label[0].command.command == "tinymorph.suggestion.accept"
+
+
+async def test_a_steering_change_computes_the_suggestion_again_but_not_the_annotation(client) -> None:
+    """Annotation reads the text unsteered: new steering makes only the suggestion out of date."""
+    uri = "file:///resteered.md"
+    text = "The rain fell on the quiet harbour and"
+    await typed_with_suggestion(client, uri, text, " the")  # typed at its end: no later annotation follows
+    before = await wait_annotated(client, uri, 2)
+    generations = (await command(client, "tinymorph.status"))["generations"]
+    await command(client, "tinymorph.steer.add", {"feature": 3, "strength": 1.0, "uri": uri})
+    try:
+        async def suggested() -> Any:
+            doc = await command(client, "tinymorph.document", {"uri": uri})
+            return doc if doc["suggestion"] else None
+
+        after = await wait_for(suggested, what="the suggestion under the new steering")
+        assert after["suggestion"]["version"] == 2 and after["suggestion"]["offset"] == len(text) + 4
+        assert (await command(client, "tinymorph.status"))["generations"] > generations
+        assert after["annotations"] == before["annotations"], "the document was annotated again"
+    finally:
+        await command(client, "tinymorph.steer.clear", {"uri": uri})
 
 
 async def test_unknown_document_is_an_error(client) -> None:
