@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
-    DTYPES,
     POSITIONS,
     STEERED_REPETITION_PENALTY,
     EngineConfig,
@@ -27,22 +26,15 @@ from .errors import TinymorphError
 EXIT_USAGE = 2
 
 
+NOT_FOR_TRAINING = ("sae", "sae_layer", "layer", "fast", "int8", "cache_mb")
+"""EngineConfig fields `train-sae` has no flag for: it loads the model without an SAE or the fast path, and its
+`--layer` is TrainConfig's (the block the new SAE reads)."""
+
+
 def _common(parser: argparse.ArgumentParser, *, sae: bool = True) -> None:
-    g = parser.add_argument_group("model and SAE")
-    g.add_argument("--model", default="default",
-                   help="default (SmolLM2-135M-Instruct), a model folder, a .gguf file or a hub id")
-    if sae:
-        g.add_argument("--sae", default="default",
-                       help="default, none, or an SAE folder/file (SAELens, sparsify, Gemma Scope)")
-        g.add_argument("--sae-layer", type=int, default=None, help="layer of an SAE whose files do not say it")
-        g.add_argument("--layer", type=int, default=None, help="hook layer for vector steering without an SAE")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--dtype", default="auto", choices=DTYPES)
-    g.add_argument("--device-map", choices=["auto"], default=None,
-                   help="spread a model too big for one device over the GPUs, the CPU and the disk (accelerate)")
-    g.add_argument("--max-memory", metavar="SPEC", help="with --device-map: memory per device, e.g. 0=20GiB,cpu=64GiB")
-    g.add_argument("--offload-folder", metavar="DIR", help="with --device-map: where weights go that fit nowhere else")
-    g.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the model")
+    """The model and SAE flags (one per EngineConfig field, `_engine` reads them back), `--json` and `-v`."""
+    add_arguments(parser.add_argument_group("model and SAE" if sae else "model"), EngineConfig,
+                  skip=() if sae else NOT_FOR_TRAINING)
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
 
@@ -176,9 +168,7 @@ def _progress_bar(enabled: bool) -> tuple[Callable[[str], None], Callable[[], No
 def _engine(args: argparse.Namespace) -> Any:
     from .engine import Engine
 
-    config = EngineConfig(model=args.model, sae=args.sae, device=args.device, dtype=args.dtype,
-                          sae_layer=args.sae_layer, layer=args.layer, trust_remote_code=args.trust_remote_code,
-                          device_map=args.device_map, max_memory=args.max_memory, offload_folder=args.offload_folder)
+    config = from_arguments(EngineConfig, args)
     update, close = _progress_bar(sys.stderr.isatty())
     try:
         return Engine.load(config, progress=update)
@@ -425,108 +415,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sae_stats(args: argparse.Namespace) -> int:
     """Statistics (for ranking and steering) and word labels of an SAE in the SAELens layout, written into its
     folder: what `train-sae` writes, for an SAE trained elsewhere or on other text."""
-    from steering.features.labels import LABELS_FILE, describe_sae
-    from steering.sae.layouts import FEATURE_STATS, SAELENS_CFG
-    from steering.training.corpus import load_corpus
-
-    from .atomic import write_bytes
+    from steering.features.labels import write_stats_and_labels
 
     engine = _engine(args)
     sae = engine.require_sae("sae-stats")
-    folder = Path(sae.source or "")
-    if sae.layout != "saelens" or not (folder / SAELENS_CFG).is_file():
-        raise TinymorphError("sae-stats writes into an SAE folder in the SAELens layout (cfg.json + "
-                             "sae_weights.safetensors); this SAE is not one.")
-    corpus = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id)
-    labels = describe_sae(engine.lm, sae, corpus.tokens, context=args.context, tokens=args.tokens)
-    write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
-    write_bytes(folder / LABELS_FILE, json.dumps(labels, ensure_ascii=False).encode())
-    named = sum(bool(e["label"]) for e in labels["features"].values())
-    summary = {"sae": str(folder), "tokens": labels["tokens"], "features": sae.d_sae, "labelled_in_words": named}
+    done = write_stats_and_labels(engine.lm, sae, args.corpus, tokens=args.tokens, context=args.context)
     if args.json:
-        _emit(summary)
+        _emit(done.to_dict())
     else:
-        print(f"{folder}: statistics over {labels['tokens']:,} tokens; {named:,} of {sae.d_sae:,} features have a "
-              "label in words")
+        print(f"{done.folder}: statistics over {done.tokens:,} tokens; {done.labelled_in_words:,} of "
+              f"{done.features:,} features have a label in words")
     return 0
-
-
-def _calibration_features(sae: Any, which: str, seed: int) -> list[int]:
-    import random
-
-    from steering.features.ranking import Specificity, alive_and_sparse
-
-    if sae.frequency is None:
-        raise TinymorphError("calibrate needs the SAE's feature statistics (run tinymorph sae-stats first).")
-    alive = [int(f) for f in alive_and_sparse(sae.frequency).nonzero().flatten().tolist()]
-    if which == "all":
-        return alive
-    if which == "hintable":
-        hintable = Specificity(sae).hintable
-        return [f for f in alive if bool(hintable[f])]
-    if which.startswith("sample:") and which.removeprefix("sample:").isdigit():
-        return sorted(random.Random(seed).sample(alive, min(int(which.removeprefix("sample:")), len(alive))))
-    try:
-        return [sae.check_feature(int(f)) for f in which.split(",") if f.strip()]
-    except ValueError:
-        raise TinymorphError(f"--features must be hintable, all, sample:N or feature ids, not {which!r}.") from None
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Calibrated `add` strength per feature (`steering.evaluation.calibrate`), stored as `steer_scale` in the SAE's
     feature_stats.safetensors (other features keep theirs)."""
-    import torch
-
-    from steering.evaluation.calibrate import calibrate
-    from steering.sae.layouts import FEATURE_STATS, SAELENS_CFG
-
-    from .atomic import write_bytes
+    from steering.evaluation.calibrate import calibrate_folder
 
     engine = _engine(args)
     sae = engine.require_sae("calibrate")
-    folder = Path(sae.source or "")
-    if sae.layout != "saelens" or not (folder / SAELENS_CFG).is_file() or sae.max_act is None:
-        raise TinymorphError("calibrate writes into an SAE folder in the SAELens layout that has feature statistics "
-                             "(run tinymorph sae-stats first).")
-    features = _calibration_features(sae, args.features, args.seed)
-    if not features:
-        raise TinymorphError("No features to calibrate.")
-    reference = None
-    if args.reference:
-        from steering.evaluation.calibrate import TOKENS
-        from steering.evaluation.continuations import human_nll
-        from steering.training.corpus import load_corpus
-
-        stream = load_corpus(engine.lm.tokenizer, args.reference, separator=engine.lm.first_eos_id,
-                             max_tokens=200_000).tokens
-        try:
-            reference = human_nll(engine.lm, stream, length=TOKENS)
-        except ValueError as exc:
-            raise TinymorphError(str(exc)) from None
     update, close = _progress_bar(not args.json and sys.stderr.isatty())
     try:
-        choices = calibrate(engine.lm, sae, features, batch=args.batch, reference_nll=reference,
-                            progress=lambda done, total: update(f"calibrating: {done}/{total} continuations"))
-    except ValueError as exc:
-        raise TinymorphError(str(exc)) from None
+        done = calibrate_folder(engine.lm, sae, args.features, seed=args.seed, reference=args.reference,
+                                batch=args.batch,
+                                progress=lambda n, total: update(f"calibrating: {n}/{total} continuations"))
     finally:
         close()
-    scale = sae.stats.get("steer_scale")
-    scale = torch.zeros(sae.d_sae) if scale is None else scale.clone().cpu()
-    for choice in choices:
-        scale[choice.feature] = choice.multiple
-    sae.set_feature_stats(**{**sae.stats, "steer_scale": scale})
-    write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
-    found = sum(c.multiple > 0 for c in choices)
-    summary = {"sae": str(folder), "features": len(choices), "carried_while_fluent": found,
-               "calibrated": int((scale > 0).sum()),
-               "multiples": {str(m): sum(c.multiple == m for c in choices) for m in sorted({c.multiple for c in
-                                                                                           choices})}}
+    summary = done.to_dict()
     if args.json:
         _emit(summary)
     else:
-        print(f"{folder}: {found:,} of {len(choices):,} features carry into the text while it stays fluent at one of "
-              f"the multiples tried (the others keep the default); {summary['calibrated']:,} calibrated in all")
+        print(f"{done.folder}: {summary['carried_while_fluent']:,} of {summary['features']:,} features carry into "
+              f"the text while it stays fluent at one of the multiples tried (the others keep the default); "
+              f"{done.calibrated:,} calibrated in all")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Typed configuration of the engine and of SAE training: every field has a default and a docstring, and the CLI
-builds its flags from them (`add_arguments`)."""
+"""Typed configuration of the engine, of sampling and of SAE training: every field has a default and a docstring.
+The CLI builds its flags and their help from the fields (`add_arguments`, `from_arguments`), and the language
+server takes the engine's defaults and descriptions from `EngineConfig` (`field_docs`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import inspect
 import itertools
 import math
 import textwrap
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,30 +30,34 @@ STEERED_REPETITION_PENALTY = 1.15
 a small model's greedy text otherwise makes it loop on the feature's word (benchmarks/bench_steering.py)."""
 TRAIN_ARCHS = ("topk", "relu", "jumprelu")
 SITES = ("resid_post", "resid_pre")
+"""Hook sites in the residual stream an SAE can read: the output of a block or its input."""
 
 
 @dataclass
 class EngineConfig:
     model: str = "default"
-    """`default`, a local model folder, a `.gguf` file, or a Hugging Face model id (needs the hub)."""
+    """`default` (SmolLM2-135M-Instruct), a local model folder, a `.gguf` file or a Hugging Face hub id."""
 
     sae: str = "default"
-    """`default` (the SAE shipped for the default model), `none`, or a path to an SAE folder or file."""
+    """`default` (the SAE shipped for the default model), an SAE folder or file (SAELens, sparsify or Gemma Scope),
+    or `none`."""
 
     device: Device = "auto"
-    """`auto` picks CUDA when available, else the CPU; or any torch device string."""
+    """`auto` (CUDA when available, else the CPU), `cpu` or `cuda`; the command line and the Python API also take
+    any torch device, such as `cuda:1`."""
 
     dtype: DType = "auto"
-    """`auto` is bfloat16 on CUDA and on CPUs that compute it natively (AVX512-BF16, AMX), else float32."""
+    """`auto` (bfloat16 on CUDA and on CPUs that compute it natively, else float32), `float32`, `bfloat16` or
+    `float16`."""
 
     sae_layer: int | None = None
-    """Overrides the SAE's layer when its files do not say it (Gemma Scope `params.npz` outside `layer_N/`)."""
+    """The SAE's layer when its files do not say it (Gemma Scope `params.npz` outside a `layer_N` folder)."""
 
     layer: int | None = None
-    """Hook layer for steering vectors when no SAE is loaded; defaults to the middle of the model."""
+    """Layer of vector steering when no SAE is loaded (default: the middle of the model)."""
 
     trust_remote_code: bool = False
-    """Run model code from the model's folder or repository; only when you trust it."""
+    """Run the code that comes with the model (in its folder or hub repository); only for models you trust."""
 
     device_map: str | None = None
     """`auto`: accelerate spreads a model too big for one device over the GPUs, the CPU and the disk."""
@@ -59,18 +66,20 @@ class EngineConfig:
     """With `device_map`: memory per device, like `0=20GiB,cpu=64GiB`."""
 
     offload_folder: str | None = None
-    """With `device_map`: where weights that fit nowhere else are kept on disk."""
+    """With `device_map`: the folder for the weights that fit nowhere else."""
 
     fast: bool = True
-    """Run Llama-family models on the fast path (`steering.fast.model`); False always uses the transformers forward."""
+    """Run Llama-family models on tinymorph's own forward (`steering.fast`); off, every model runs the transformers
+    forward."""
 
     int8: bool = True
-    """On the fast path on a CPU in bfloat16, decode steps use int8 copies of the weights (per-channel scales):
-    twice the speed, held-out CE within 0.001 nats (`benchmarks/bench_engine.py`)."""
+    """On the fast path on a CPU in bfloat16, decode with int8 copies of the weights (per-channel scales): twice the
+    speed, held-out CE within 0.001 nats (`benchmarks/bench_engine.py`)."""
 
     cache_mb: int = 768
-    """Memory for the per-document prefix caches of the fast path, in MiB (least recently used dropped first): on
-    the default model on a CPU a 2,000-token document takes about 120 MiB, so six of them fit."""
+    """Memory for the fast path's cache of open documents, in MiB (least recently used dropped first); what lets a
+    completion read only what was typed since the last one. A 2,000-token document of the default model on a CPU
+    takes about 120 MiB."""
 
     def __post_init__(self) -> None:
         if self.cache_mb < 0:
@@ -200,32 +209,51 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-CHOICES = {"arch": TRAIN_ARCHS, "site": SITES, "dtype": DTYPES, "steer_positions": POSITIONS}
-"""Fields whose flag takes one of a fixed set of values."""
+CHOICES = {"arch": TRAIN_ARCHS, "site": SITES, "device_map": ("auto",)}
+"""Fields typed `str` whose flag takes one of a fixed set of values (a `Literal` field's values are its choices)."""
+
+
+def _flag_type(hint: Any) -> tuple[type, tuple[Any, ...] | None]:
+    """(type, choices) of the flag of a field typed `hint`: `int`, `float` or `str`, a `Literal` (its values are the
+    choices) or `Literal[...] | str` (any string), each optionally `| None`."""
+    options = [hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+    if str in options:
+        return str, None
+    if len(options) == 1 and options[0] in (int, float, str):
+        return options[0], None
+    if len(options) == 1 and typing.get_origin(options[0]) is Literal:
+        values = typing.get_args(options[0])
+        return type(values[0]), values
+    raise TypeError(f"no CLI flag for type {hint}")
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, skip: tuple[str, ...] = (),
                   required: tuple[str, ...] = ()) -> None:
-    """One `--flag` per field of dataclass `cls`: its type, default and help come from the field."""
+    """One `--flag` per field of dataclass `cls` (`--x/--no-x` for a boolean that defaults to true): its type,
+    choices, default and help come from the field."""
     docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type).replace(" ", "")
         help_text = docs.get(f.name, "").replace("%", "%%")
-        if kind == "bool":
-            parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
+        if hints[f.name] is bool:
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            parser.add_argument(flag, action=action, default=f.default, help=help_text)
             continue
-        caster = {"int": int, "float": float, "str": str, "int|None": int, "float|None": float}.get(kind)
-        if caster is None:
-            raise TypeError(f"{cls.__name__}.{f.name}: no CLI flag for type {f.type}")
+        try:
+            caster, choices = _flag_type(hints[f.name])
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}.{f.name}: {exc}") from None
         if f.name in required:
-            parser.add_argument(flag, type=caster, required=True, help=help_text)
+            parser.add_argument(flag, type=caster, required=True, choices=choices, help=help_text)
             continue
         shown = "" if f.default is None else f" (default {f.default:,})" if isinstance(f.default, int) else \
-            f" (default {f.default:g})" if isinstance(f.default, float) else f" (default {f.default})"
-        parser.add_argument(flag, type=caster, default=f.default, choices=CHOICES.get(f.name),
+            f" (default {f.default:g})" if isinstance(f.default, float) else f" (default `{f.default}`)"
+        parser.add_argument(flag, type=caster, default=f.default, choices=CHOICES.get(f.name, choices),
                             help=help_text + shown.replace("%", "%%"))
 
 

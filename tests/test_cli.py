@@ -183,6 +183,48 @@ def test_train_sae_flags_come_from_the_config_fields() -> None:
     assert (cfg.layer, cfg.dead_tokens, cfg.lr, cfg.allow_repeat, cfg.k) == (3, 500, 1e-3, True, 32)
 
 
+def test_engine_flags_come_from_the_config_fields() -> None:
+    import dataclasses
+
+    from steering.cli import NOT_FOR_TRAINING, build_parser
+    from steering.config import EngineConfig, field_docs, from_arguments
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    by_dest = {a.dest: a for a in commands["info"]._actions}
+    docs = field_docs(EngineConfig)
+    for f in dataclasses.fields(EngineConfig):
+        assert f.name in by_dest, f.name
+        assert docs[f.name] and by_dest[f.name].help.startswith(docs[f.name].replace("%", "%%")), f.name
+        assert by_dest[f.name].default == f.default, f.name
+    assert by_dest["dtype"].choices == ("auto", "float32", "bfloat16", "float16")
+    assert by_dest["device_map"].choices == ("auto",) and by_dest["device"].choices is None
+    assert {"--fast", "--no-fast"} <= set(by_dest["fast"].option_strings)
+    assert by_dest["trust_remote_code"].option_strings == ["--trust-remote-code"]  # off by default: no --no- flag
+    args = commands["info"].parse_args(["--model", "m", "--sae", "none", "--sae-layer", "3", "--device", "cuda:1",
+                                        "--no-fast", "--no-int8", "--cache-mb", "64", "--device-map", "auto",
+                                        "--max-memory", "0=20GiB", "--offload-folder", "off", "--trust-remote-code"])
+    assert from_arguments(EngineConfig, args) == EngineConfig(
+        model="m", sae="none", sae_layer=3, device="cuda:1", fast=False, int8=False, cache_mb=64, device_map="auto",
+        max_memory="0=20GiB", offload_folder="off", trust_remote_code=True)
+    assert from_arguments(EngineConfig, commands["info"].parse_args([])) == EngineConfig()
+    train = {a.dest for a in commands["train-sae"]._actions}
+    assert {"model", "device", "dtype", "trust_remote_code"} <= train
+    assert not {"sae", "sae_layer", "fast", "int8", "cache_mb"} & train and set(NOT_FOR_TRAINING) - {"layer"} <= (
+        {f.name for f in dataclasses.fields(EngineConfig)} - train)
+
+
+def test_stats_and_calibration_write_only_into_a_saelens_folder() -> None:
+    from steering.errors import TinymorphError
+    from steering.evaluation.calibrate import calibrate_folder
+    from steering.features.labels import write_stats_and_labels
+
+    made_here = SAE(64, 128, "topk", k=8)  # in memory: no folder to write into, refused before the model is used
+    with pytest.raises(TinymorphError, match="SAELens layout"):
+        write_stats_and_labels(None, made_here, ["corpus.md"])  # type: ignore[arg-type]
+    with pytest.raises(TinymorphError, match="SAELens layout"):
+        calibrate_folder(None, made_here)  # type: ignore[arg-type]
+
+
 def test_sae_stats_writes_statistics_and_word_labels_beside_the_sae(capsys, tiny_model_dir, sae_dir, tmp_path) -> None:
     import shutil
 

@@ -15,17 +15,24 @@ held-out prose of the writer's kind (`--reference`); the built-in paragraph is s
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from steering.atomic import write_bytes
 from steering.config import STEERED_REPETITION_PENALTY
 from steering.engine import CALIBRATION_TEXT
+from steering.errors import TinymorphError
+from steering.features.ranking import Specificity, alive_and_sparse
 from steering.runtime.interventions import Intervention, SteeringHook
 from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE
+from steering.sae.layouts import FEATURE_STATS, saelens_folder
+from steering.training.corpus import load_corpus
 
 from .continuations import distinct_2, greedy_batch, human_nll, reread
 
@@ -123,3 +130,73 @@ def calibrate(lm: LoadedModel, sae: SAE, features: Sequence[int], *, reference_n
         if progress is not None:
             progress(min(first + batch, len(jobs)), len(jobs))
     return [Choice(f, *choose(measured[f], reference_nll)) for f in features]
+
+
+# ------------------------------------------------------------------------------------------------ stored
+def select_features(sae: SAE, which: str, seed: int = 0) -> list[int]:
+    """The features `which` names: `hintable` (the features hints can show), `all` (every alive feature), `sample:N`
+    (N alive features, drawn with `seed`) or comma-separated feature ids."""
+    if sae.frequency is None:
+        raise TinymorphError("calibrate needs the SAE's feature statistics (run tinymorph sae-stats first).")
+    alive = [int(f) for f in alive_and_sparse(sae.frequency).nonzero().flatten().tolist()]
+    if which == "all":
+        return alive
+    if which == "hintable":
+        hintable = Specificity(sae).hintable
+        return [f for f in alive if bool(hintable[f])]
+    if which.startswith("sample:") and which.removeprefix("sample:").isdigit():
+        return sorted(random.Random(seed).sample(alive, min(int(which.removeprefix("sample:")), len(alive))))
+    try:
+        return [sae.check_feature(int(f)) for f in which.split(",") if f.strip()]
+    except ValueError:
+        raise TinymorphError(f"--features must be hintable, all, sample:N or feature ids, not {which!r}.") from None
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What `calibrate_folder` measured and stored."""
+
+    folder: Path
+    choices: tuple[Choice, ...]
+    calibrated: int
+    """Features with a calibrated multiple in the SAE's statistics now, from this run and earlier ones."""
+
+    def to_dict(self) -> dict[str, object]:
+        multiples = sorted({c.multiple for c in self.choices})
+        return {"sae": str(self.folder), "features": len(self.choices),
+                "carried_while_fluent": sum(c.multiple > 0 for c in self.choices), "calibrated": self.calibrated,
+                "multiples": {str(m): sum(c.multiple == m for c in self.choices) for m in multiples}}
+
+
+def calibrate_folder(lm: LoadedModel, sae: SAE, which: str = "hintable", *, seed: int = 0,
+                     reference: Sequence[str] | None = None, batch: int = 48,
+                     progress: Callable[[int, int], None] | None = None) -> Calibrated:
+    """Calibrate the features `which` names (`select_features`) and store their multiples as `steer_scale` in the
+    SAE's feature_stats.safetensors, replaced atomically; other features keep theirs. The SAE must have been read
+    from the SAELens layout and have feature statistics. `reference`: files of human prose whose NLL is the fluency
+    bound (default: `REFERENCE_TEXT`, stricter)."""
+    folder = saelens_folder(sae)
+    if folder is None or sae.max_act is None:
+        raise TinymorphError("calibrate writes into an SAE folder in the SAELens layout that has feature statistics "
+                             "(run tinymorph sae-stats first).")
+    features = select_features(sae, which, seed)
+    if not features:
+        raise TinymorphError("No features to calibrate.")
+    reference_nll = None
+    if reference:
+        stream = load_corpus(lm.tokenizer, reference, separator=lm.first_eos_id, max_tokens=200_000).tokens
+        try:
+            reference_nll = human_nll(lm, stream, length=TOKENS)
+        except ValueError as exc:
+            raise TinymorphError(str(exc)) from None
+    try:
+        choices = calibrate(lm, sae, features, batch=batch, reference_nll=reference_nll, progress=progress)
+    except ValueError as exc:
+        raise TinymorphError(str(exc)) from None
+    scale = sae.stats.get("steer_scale")
+    scale = torch.zeros(sae.d_sae) if scale is None else scale.clone().cpu()
+    for choice in choices:
+        scale[choice.feature] = choice.multiple
+    sae.set_feature_stats(**{**sae.stats, "steer_scale": scale})
+    write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
+    return Calibrated(folder, tuple(choices), int((scale > 0).sum()))

@@ -13,8 +13,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from steering.atomic import write_bytes
+from steering.errors import TinymorphError
 from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE
+from steering.sae.layouts import FEATURE_STATS, saelens_folder
+from steering.training.corpus import load_corpus
 
 from .stats import FeatureStats, is_filler
 
@@ -216,6 +220,39 @@ def describe_sae(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, context: in
     stats = feature_statistics(lm, sae, stream, context=context, tokens=tokens, top=top)
     sae.set_feature_stats(**stats.tensors())
     return build_labels(lm, sae, stats, stream, context=context)
+
+
+@dataclass(frozen=True)
+class Described:
+    """What `write_stats_and_labels` wrote into an SAE's folder."""
+
+    folder: Path
+    tokens: int
+    """Corpus tokens read."""
+    features: int
+    labelled_in_words: int
+    """Features whose label has words (the others' label is empty)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sae": str(self.folder), "tokens": self.tokens, "features": self.features,
+                "labelled_in_words": self.labelled_in_words}
+
+
+def write_stats_and_labels(lm: LoadedModel, sae: SAE, corpus: Sequence[str], *, tokens: int = 200_000,
+                           context: int = 128) -> Described:
+    """One pass of `sae` over the text files `corpus` (`describe_sae`), written into the SAE's folder: its feature
+    statistics (feature_stats.safetensors) and labels.json, each file replaced atomically. That is what `train-sae`
+    writes, for an SAE trained elsewhere or on other text; the SAE must have been read from the SAELens layout."""
+    folder = saelens_folder(sae)
+    if folder is None:
+        raise TinymorphError("sae-stats writes into an SAE folder in the SAELens layout (cfg.json + "
+                             "sae_weights.safetensors); this SAE is not one.")
+    stream = load_corpus(lm.tokenizer, corpus, separator=lm.first_eos_id).tokens
+    labels = describe_sae(lm, sae, stream, context=context, tokens=tokens)
+    write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
+    write_bytes(folder / LABELS_FILE, json.dumps(labels, ensure_ascii=False).encode())
+    named = sum(bool(e["label"]) for e in labels["features"].values())
+    return Described(folder, labels["tokens"], sae.d_sae, named)
 
 
 def _most_common(tokens: list[str], n: int) -> list[str]:
