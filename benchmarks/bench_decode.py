@@ -26,18 +26,13 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import statistics
-import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import transformers
-from bench_engine import block_hook, build_document, emit
+from harness import block_hook, build_document, emit, held_out_text, logger, machine, median_of
 
 from steering.config import EngineConfig, SamplingConfig
 from steering.engine import Engine
@@ -45,26 +40,7 @@ from steering.fast.model import FastModel, PrefixCache, vector_steer
 from steering.runtime.interventions import Intervention
 from steering.runtime.models import load_model
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def log(message: str) -> None:
-    print(f"[bench_decode] {message}", file=sys.stderr, flush=True)
-
-
-def median_of(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def held_out_text() -> str:
-    data = json.loads((ROOT / "benchmarks" / "hint_topics.json").read_text())
-    return "\n\n".join(p["text"] for p in data["paragraphs"])
+log = logger("bench_decode")
 
 
 def cross_entropy(model: str, dtype: str, int8: bool, text: str, n_tokens: int) -> dict[str, Any]:
@@ -136,7 +112,7 @@ class LlamaCpp:
         return t1 - t0, time.perf_counter() - t1
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--contexts", type=int, nargs="+", default=[512, 2048])
@@ -145,7 +121,11 @@ def main() -> None:
     ap.add_argument("--ce-tokens", type=int, default=600, help="held-out tokens for the quality check (0: skip)")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--out")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     t_start = time.perf_counter()
 
     engine = Engine.load(EngineConfig(model=args.model, sae="none"), progress=log)
@@ -252,18 +232,13 @@ def main() -> None:
         "benchmark": "decode_side_by_side",
         "model": lm.name,
         "model_source": lm.source.location,
-        "dtype": str(lm.dtype).removeprefix("torch."),
         "int8_decode": engine.caches.fast.int8,
         "hook": engine.hook.name,
         "steering": f"vector at {engine.hook}: random direction, norm {scale:.3g} (mean residual norm), every position",
         "tokens": T,
         "repeats": args.repeats,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **machine(lm.device, lm.dtype),
         "llama_cpp_python": llama.version if llama is not None else None,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
         "contexts": results,
         "annotate": annotate,
         "quality": quality,

@@ -19,160 +19,27 @@ Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
+from harness import PROMPT, block_hook, build_document, emit, logger, machine, throughput, timed
 
 from steering.config import EngineConfig, SamplingConfig
 from steering.engine import Engine
 from steering.features.annotate import encode_document
 from steering.runtime.decode import decode_token_ids, prompt_ids
 from steering.runtime.interventions import Intervention
-from steering.sae.autoencoder import SAE
+from steering.testing import random_topk_sae, save_tiny_model
 
-PROMPT = "The old lighthouse keeper climbed the stairs every evening, and tonight he noticed that"
-
-PARAGRAPHS = (
-    "The harbour was quiet in the grey morning, and the boats knocked softly against the pier. She walked along "
-    "the water with the letter in her pocket, thinking of her brother and of the bank that would not wait.",
-    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. In the chloroplasts, pigments "
-    "absorb red and blue light most strongly, which is why most leaves look green to us.",
-    "To install the package, create a virtual environment, activate it, and run the installer with the version "
-    "you need. If the build fails, check that a compiler is available and that your headers match.",
-    "The committee met on Tuesday to discuss the budget for next year. After a long debate about the roads and "
-    "the new library, the members agreed to raise the parking fees and to postpone the swimming pool.",
-    "In 1848 revolutions spread across Europe, from Paris to Vienna and Berlin. Most were put down within a "
-    "year, but they left behind new constitutions, a freer press and the memory of what had almost happened.",
-    "Whisk the eggs with the sugar until pale, then fold in the flour and the melted butter. Bake for twenty "
-    "minutes, let the cake cool on a rack, and dust it with icing sugar just before serving.",
-    "The striker picked up the ball at midfield, beat two defenders and curled a shot into the far corner. The "
-    "crowd rose as one; the coach, who had been shouting all afternoon, simply sat down and smiled.",
-    "A prime number has exactly two divisors, one and itself. Euclid showed that there are infinitely many: "
-    "multiply any finite list of primes together, add one, and the result has a prime factor not in the list.",
-)
+log = logger("bench_engine")
 
 
-def log(message: str) -> None:
-    print(f"[bench_engine] {message}", file=sys.stderr, flush=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    sync(device)
-    t0 = time.perf_counter()
-    result = fn()
-    sync(device)
-    return time.perf_counter() - t0, result
-
-
-def build_document(tokenizer: Any, n_tokens: int) -> tuple[str, int]:
-    """Varied prose, repeated until long enough, then cut (via decode) to exactly `n_tokens` as annotate counts them."""
-    parts: list[str] = []
-    i = 0
-    while True:
-        parts.append(f"{i // len(PARAGRAPHS) + 1}.{i % len(PARAGRAPHS) + 1} {PARAGRAPHS[i % len(PARAGRAPHS)]}")
-        i += 1
-        if i % len(PARAGRAPHS) == 0:
-            text = "\n\n".join(parts)
-            plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-            if len(plain) >= n_tokens + 16:
-                break
-    cut = n_tokens
-    doc, count = text, len(tokenizer(text)["input_ids"])
-    for _ in range(32):  # decode/re-encode may merge at the cut, and annotate's call may add a BOS: adjust
-        doc = tokenizer.decode(plain[:cut], skip_special_tokens=True)
-        count = len(tokenizer(doc)["input_ids"])
-        if count == n_tokens:
-            break
-        cut += n_tokens - count
-    return doc, count
-
-
-def random_sae(engine: Engine, k: int = 32, expansion: int = 8, seed: int = 0) -> SAE:
-    d = engine.lm.d_model
-    sae = SAE(d, d_sae=expansion * d, architecture="topk", k=k, hook=engine.hook)
-    g = torch.Generator().manual_seed(seed)
-    w_dec = torch.randn(expansion * d, d, generator=g)
-    w_dec /= w_dec.norm(dim=-1, keepdim=True)
-    sae.W_dec.data.copy_(w_dec)
-    sae.W_enc.data.copy_(w_dec.T.contiguous())
-    sae.layout = "memory"
-    sae.source = ""
-    return sae
-
-
-def block_hook(block: torch.nn.Module, site: str, vec: torch.Tensor) -> Any:
-    """A plain steering hook: add `vec` to the block's output (resid_post) or input (resid_pre)."""
-    if site == "resid_pre":
-
-        def pre(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if args:
-                return (args[0] + vec, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + vec}
-
-        return block.register_forward_pre_hook(pre, with_kwargs=True)
-
-    def post(_module: Any, _args: Any, output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return output + vec
-        return (output[0] + vec, *output[1:])
-
-    return block.register_forward_hook(post)
-
-
-def summary(times: list[float], tokens: int) -> dict[str, Any]:
-    med = statistics.median(times)
-    return {
-        "median_s": round(med, 4),
-        "min_s": round(min(times), 4),
-        "tokens_per_s_median": round(tokens / med, 2),
-        "tokens_per_s_best": round(tokens / min(times), 2),
-    }
-
-
-def emit(result: dict[str, Any], out: str | None) -> None:
-    """Print `result` as JSON and, with `out`, write it there too (atomically)."""
-    text = json.dumps(result, indent=2)
-    print(text)
-    if not out:
-        return
-    dest = Path(out)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def tiny_model_folder() -> str:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from conftest import save_tiny_model
-
-    folder = tempfile.mkdtemp(prefix="bench-engine-tiny-")
-    save_tiny_model(folder)
-    return folder
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--sae", default="none", help="`none` builds a random TopK SAE in memory (speed only)")
@@ -183,12 +50,17 @@ def main() -> None:
     ap.add_argument("--doc-tokens", type=int, default=2048)
     ap.add_argument("--out", help="also write the JSON here (atomically)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of a real model (smoke test)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
+    args = ap.parse_args(argv)
     if args.tokens < 1 or args.repeats < 1 or args.doc_tokens < 2:
         ap.error("--tokens and --repeats must be >= 1, --doc-tokens >= 2")
 
     t_start = time.perf_counter()
-    model_spec = tiny_model_folder() if args.tiny else args.model
+    model_spec = str(save_tiny_model(tempfile.mkdtemp(prefix="bench-engine-tiny-"))) if args.tiny else args.model
     log(f"loading {'a tiny random Llama' if args.tiny else model_spec}")
     engine = Engine.load(EngineConfig(model=model_spec, sae=args.sae, device=args.device, dtype=args.dtype),
                          progress=log)
@@ -198,7 +70,7 @@ def main() -> None:
 
     # ------------------------------------------------------------------------------------------- annotation
     if engine.sae is None:
-        ann_engine = Engine(lm, random_sae(engine))
+        ann_engine = Engine(lm, random_topk_sae(lm.d_model, engine.hook))
         sae_desc = "random topk 8x (speed only)"
     else:
         ann_engine = engine
@@ -281,7 +153,7 @@ def main() -> None:
             seconds, _ = timed(fn, device)
             times[name].append(seconds)
         log(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {T / t[-1]:.1f} tok/s" for n, t in times.items()))
-    decode = {name: summary(t, T) for name, t in times.items()}
+    decode = {name: throughput(t, T) for name, t in times.items()}
 
     def ratio(a: str, b: str) -> float:
         return round(decode[a]["tokens_per_s_median"] / decode[b]["tokens_per_s_median"], 3)
@@ -289,14 +161,8 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "engine_annotate_and_decode",
         "model": "tiny random Llama" if args.tiny else lm.name,
-        "model_source": "tests/conftest.py save_tiny_model (--tiny)" if args.tiny else lm.source.location,
-        "device": str(device),
-        "dtype": str(lm.dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
+        "model_source": "steering.testing.save_tiny_model (--tiny)" if args.tiny else lm.source.location,
+        **machine(device, lm.dtype),
         "hook": engine.hook.name,
         "layers": lm.n_layers,
         "d_model": lm.d_model,
@@ -330,8 +196,6 @@ def main() -> None:
         },
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
-    if device.type == "cuda":
-        result["device_name"] = torch.cuda.get_device_name(device)
     for kind in ("unsteered", "steered"):
         if not result["greedy_text_match"][kind]:
             log(f"{kind} texts differ:\n  ours: {texts['ours_' + kind]!r}\n  hf:   {texts['transformers_' + kind]!r}")

@@ -17,8 +17,6 @@ At the first shape: `streams`: aggregate tokens/s of N concurrent steered stream
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -26,8 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import transformers
-from bench_engine import emit
+from harness import block_hook, device_name, emit, logger, machine, median_of, sync
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from steering.config import SamplingConfig
@@ -49,8 +46,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def log(message: str) -> None:
-    print(f"[bench_gpu] {message}", file=sys.stderr, flush=True)
+log = logger("bench_gpu")
 
 
 class IdTokenizer:
@@ -75,23 +71,6 @@ class IdTokenizer:
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [f"w{i}" for i in ids]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def build(shape: str, device: torch.device, dtype: torch.dtype) -> tuple[Engine, Any]:
@@ -138,17 +117,15 @@ def hf_rate(engine: Engine, prompt: list[int], tokens: int, steered: bool) -> fl
     hook = None
     if steered:
         vector = torch.randn(lm.d_model, device=lm.device, dtype=lm.dtype)
-        block = lm.blocks[len(lm.blocks) // 2]
-        hook = block.register_forward_hook(lambda _m, _i, out: (out[0] + vector, *out[1:])
-                                           if isinstance(out, tuple) else out + vector)
+        hook = block_hook(lm.blocks[len(lm.blocks) // 2], "resid_post", vector)
 
     def gen(n: int) -> Callable[[], Any]:
         return lambda: lm.model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
 
     try:
         with torch.inference_mode():
-            total = timed(gen(tokens), lm.device)
-            first = timed(gen(1), lm.device)
+            total = median_of(gen(tokens), 3, lm.device)
+            first = median_of(gen(1), 3, lm.device)
     finally:
         if hook is not None:
             hook.remove()
@@ -160,7 +137,7 @@ def bandwidth(device: torch.device) -> float | None:
         return None
     a = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     b = torch.empty_like(a)
-    seconds = timed(lambda: b.copy_(a), device, 5)
+    seconds = median_of(lambda: b.copy_(a), 5, device)
     return 2 * a.numel() / seconds
 
 
@@ -168,9 +145,9 @@ def annotate_ms(engine: Engine, device: torch.device) -> dict[str, float]:
     """A 2,048-token document read cold, and again after one more token (the session's cache)."""
     words = " ".join(f"w{i}" for i in range(2047))
     engine.annotate(words)  # warm-up
-    cold = timed(lambda: engine.annotate(words + " x", session=None), device)
+    cold = median_of(lambda: engine.annotate(words + " x", session=None), 3, device)
     engine.annotate(words, session="doc")
-    warm = timed(lambda: engine.annotate(words + " y", session="doc"), device)
+    warm = median_of(lambda: engine.annotate(words + " y", session="doc"), 3, device)
     return {"cold": round(cold * 1000, 1), "one_more_token": round(warm * 1000, 1)}
 
 
@@ -200,21 +177,23 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device, gbps: fl
     return entry
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=["135M", "1B", "8B"], choices=list(SHAPES))
-    parser.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32, 128])
-    parser.add_argument("--prompt", type=int, default=512)
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out")
-    args = parser.parse_args()
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", nargs="+", default=["135M", "1B", "8B"], choices=list(SHAPES))
+    ap.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32, 128])
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     result: dict[str, Any] = {
-        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                    f"{platform.machine()} CPU, {os.cpu_count()} cores",
-                    "torch": torch.__version__, "transformers": transformers.__version__},
+        "machine": {**machine(dtype=torch.bfloat16), "device": device_name(device)},
         "prompt_tokens": args.prompt, "new_tokens": args.tokens, "shapes": {}}
     gbps = bandwidth(device)
     for index, shape in enumerate(args.shapes):

@@ -17,28 +17,16 @@ run, for ranking by summed activation with every feature allowed (what the serve
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import re
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
+
+from harness import TOPICS, emit, hint_topics, machine, names_topic
 
 from steering.config import EngineConfig
 from steering.engine import Engine
 from steering.features.annotate import Annotation, annotate
 from steering.features.ranking import Specificity, pick_hints
-
-HERE = Path(__file__).parent
-WORD = re.compile(r"[^\W\d_]+")
-
-
-def names_topic(labels: list[str], accept: list[str]) -> bool:
-    words = {w.lower() for label in labels for w in WORD.findall(label)}
-    return any(w == a or (len(w) >= 4 and len(a) >= 4 and (w.startswith(a) or a.startswith(w)))
-               for w in words for a in accept)
 
 
 def hints(engine: Engine, annotation: Annotation, slots: int) -> list[list[tuple[int, str]]]:
@@ -67,16 +55,20 @@ def shown(hinted: list[tuple[int, str]]) -> str:
     return "⟨" + " · ".join(label for _, label in hinted) + "⟩" if hinted else "(no hint)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--sae", default="default")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--slots", type=int, default=3, help="hints per paragraph (the server's hintCount)")
-    ap.add_argument("--topics", default=str(HERE / "hint_topics.json"))
+    ap.add_argument("--topics", default=str(TOPICS))
     ap.add_argument("--out", help="also write the JSON here")
-    args = ap.parse_args(argv)
-    data = json.loads(Path(args.topics).read_text(encoding="utf-8"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    data = hint_topics(args.topics)
     began = time.perf_counter()
     engine = Engine.load(EngineConfig(model=args.model, sae=args.sae, device=args.device))
     paragraphs, story = data["paragraphs"], data.get("story", "")
@@ -84,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     accepts = [p["accept"] for p in paragraphs]
     result: dict[str, Any] = {"benchmark": "hints", "model": engine.info().model, "sae": engine.info().sae,
                               "hook": engine.hook.name, "slots": args.slots, "paragraphs": len(paragraphs),
-                              "platform": platform.platform(), "processor": platform.processor()}
+                              **machine(engine.lm.device, engine.lm.dtype)}
     # the ranking the server uses, and the one before it (summed activation, every feature may be hinted)
     for name, specificity in (("specific", Specificity(sae)), ("summed_activation", Specificity.neutral(sae))):
 
@@ -97,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if story:
             result[name]["story"] = [shown(h) for h in hints(engine, read(story), args.slots)]
     result["seconds"] = round(time.perf_counter() - began, 1)
-    text = json.dumps(result, ensure_ascii=False, indent=2)
-    sys.stdout.write(text + "\n")
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out, ensure_ascii=False)
     return 0
 
 

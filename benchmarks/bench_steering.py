@@ -41,10 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
 import statistics
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -52,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_hints import names_topic  # the same topic-word rule as the hints benchmark
+from harness import PROMPT, TOPICS, emit, held_out_text, hint_topics, logger, machine, names_topic
 
 from steering.config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingConfig
 from steering.engine import Engine
@@ -62,15 +60,11 @@ from steering.runtime.interventions import Intervention
 from steering.runtime.presets import PRESET_MULTIPLE
 from steering.training.corpus import load_corpus
 
-HERE = Path(__file__).parent
-PROMPTS = HERE / "steering_prompts.json"
-TOPICS = HERE / "hint_topics.json"
+PROMPTS = Path(__file__).resolve().parent / "steering_prompts.json"
 DEFAULT_PROSE = Path(".cache/default-sae-corpus/heldout")
 CARRIED = 0.2
 
-
-def log(message: str) -> None:
-    print(f"[bench_steering] {message}", file=sys.stderr, flush=True)
+log = logger("bench_steering")
 
 
 @dataclass(frozen=True)
@@ -228,20 +222,19 @@ def preset_table(engine: Engine, prompts: list[str], paragraphs: list[dict[str, 
 def decode_speed(engine: Engine, feature: int, strength: float, repetition_penalty: float, tokens: int = 48,
                  repeats: int = 7) -> dict[str, Any]:
     sampling = SamplingConfig(max_tokens=tokens, stop_at_eos=False, repetition_penalty=repetition_penalty)
-    prompt = "The old lighthouse keeper climbed the stairs every evening, and tonight he noticed that"
     steering = [Intervention("add", feature, strength=strength)]
     rates: dict[str, list[float]] = {"unsteered": [], "steered": []}
     for _ in range(repeats):
         for name, steer in (("unsteered", []), ("steered", steering)):
             t0 = time.perf_counter()
-            n = sum(1 for _ in engine.generate(prompt, steer, sampling))
+            n = sum(1 for _ in engine.generate(PROMPT, steer, sampling))
             rates[name].append(tokens / (time.perf_counter() - t0) if n else 0.0)
     plain, steered = statistics.median(rates["unsteered"]), statistics.median(rates["steered"])
     return {"tokens": tokens, "repeats": repeats, "unsteered_tok_s": round(plain, 2), "steered_tok_s": round(steered, 2),
             "ratio": round(steered / plain, 4) if plain else None}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--sae", default="default")
@@ -266,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--examples", type=int, default=2, help="features whose continuations are kept in the JSON")
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     started = time.perf_counter()
     engine = Engine.load(EngineConfig(model=args.model, sae=args.sae, device=args.device, dtype=args.dtype))
@@ -293,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                              max_tokens=200_000).tokens
         prose_source = args.prose
     else:
-        topics = json.loads(TOPICS.read_text(encoding="utf-8"))
-        stream = torch.tensor(engine.lm.tokenizer("\n\n".join(p["text"] for p in topics["paragraphs"]))["input_ids"])
+        stream = torch.tensor(engine.lm.tokenizer(held_out_text())["input_ids"])
         prose_source = [f"{TOPICS.name}: paragraphs"]
     human = human_nll(engine.lm, stream, length=args.tokens)
     log(f"human prose NLL {human:.3f}")
@@ -315,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_rows(engine, rows, prompts, args.tokens, args.batch, args.repetition_penalty)
     presets = None
     if "preset" in methods:
-        paragraphs = json.loads(args.topics.read_text(encoding="utf-8"))["paragraphs"]
+        paragraphs = hint_topics(args.topics)["paragraphs"]
         presets = preset_table(engine, prompts, paragraphs, [float(m) for m in args.preset_multiples.split(",") if m],
                                args.tokens, args.batch, args.repetition_penalty, args.seed, human)
     table = summarise(results, human)
@@ -330,9 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "text": prompts[0] + engine.lm.tokenizer.decode(r["tokens"])})
     info = engine.info()
     data = {
-        "benchmark": "steering", "model": info.model, "sae": info.sae, "hook": info.hook, "device": info.device,
-        "dtype": info.dtype, "platform": platform.platform(), "processor": platform.processor(),
-        "torch": torch.__version__, "seed": args.seed, "features": features, "prompts": len(prompts),
+        "benchmark": "steering", "model": info.model, "sae": info.sae, "hook": info.hook,
+        **machine(engine.lm.device, info.dtype), "seed": args.seed, "features": features, "prompts": len(prompts),
         "tokens": args.tokens, "carried_at": CARRIED, "editor_strength": args.editor_strength,
         "steering_scale": info.steering_scale, "human_prose_nll": round(human, 4), "prose": prose_source,
         "repetition_penalty": args.repetition_penalty,
@@ -341,10 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [[r["row"].feature, r["row"].prompt, r["row"].method, r["row"].positions, r["row"].strength,
                   round(r["concept"], 4), round(r["nll"], 4), round(r["distinct_2"], 4)] for r in results],
     }
-    text = json.dumps(data, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit(data, args.out)
     return 0
 
 

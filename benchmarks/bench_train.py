@@ -10,19 +10,16 @@ ratio says how much of training time the model takes.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from harness import emit, machine, timed
 
 from steering.config import TrainConfig
 from steering.runtime.models import load_model
 from steering.sae.autoencoder import HookPoint
+from steering.testing import save_tiny_model
 from steering.training.corpus import load_corpus
 from steering.training.train import train
 from steering.training.trainer import train_on_activations
@@ -36,12 +33,7 @@ PROSE = (
 )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--layer", type=int, default=12)
@@ -52,15 +44,13 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (smoke test)")
     ap.add_argument("--out", help="also write the JSON here")
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.tiny:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from conftest import save_tiny_model
-
-        folder = tempfile.mkdtemp()
-        save_tiny_model(folder)
-        args.model, args.layer = folder, min(args.layer, 2)
+        args.model, args.layer = str(save_tiny_model(tempfile.mkdtemp())), min(args.layer, 2)
     lm = load_model(args.model, args.device)
     device = lm.device
     cfg = TrainConfig(layer=args.layer, k=args.k, expansion=args.expansion, tokens=args.tokens,
@@ -78,21 +68,13 @@ def main() -> None:
     # warm-up, then the SAE step alone
     train_on_activations(random_source, d, hook, TrainConfig(**{**cfg.__dict__, "tokens": args.batch_size * 2}),
                          device=device)
-    _sync(device)
-    t0 = time.perf_counter()
-    sae_only = train_on_activations(random_source, d, hook, cfg, device=device)
-    _sync(device)
-    sae_seconds = time.perf_counter() - t0
+    sae_seconds, sae_only = timed(lambda: train_on_activations(random_source, d, hook, cfg, device=device), device)
 
     with tempfile.TemporaryDirectory() as tmp:
         text = "\n\n".join(f"{i}. {PROSE}" for i in range(1 + args.tokens // 80))
         (Path(tmp) / "corpus.md").write_text(text, encoding="utf-8")
         corpus = load_corpus(lm.tokenizer, [tmp], separator=next(iter(lm.eos_token_ids), None))
-        _sync(device)
-        t0 = time.perf_counter()
-        full = train(lm, corpus, cfg)
-        _sync(device)
-        full_seconds = time.perf_counter() - t0
+        full_seconds, full = timed(lambda: train(lm, corpus, cfg), device)
 
     result = {
         "benchmark": "sae_training_throughput",
@@ -102,10 +84,7 @@ def main() -> None:
         "d_sae": d * args.expansion,
         "k": args.k,
         "batch_size": args.batch_size,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        **machine(device),
         "sae_only": {"tokens": sae_only.tokens_seen, "seconds": round(sae_seconds, 3),
                      "tokens_per_second": round(sae_only.tokens_seen / sae_seconds, 1)},
         "end_to_end": {"tokens": full.tokens_seen, "seconds": round(full_seconds, 3),
@@ -113,12 +92,7 @@ def main() -> None:
     }
     result["end_to_end_over_sae_only"] = round(
         result["end_to_end"]["tokens_per_second"] / result["sae_only"]["tokens_per_second"], 3)
-    out = json.dumps(result, indent=2)
-    print(out)
-    if args.out:
-        tmp_path = Path(args.out).with_suffix(".tmp")
-        tmp_path.write_text(out + "\n")
-        os.replace(tmp_path, args.out)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import random
 import time
 from typing import Any
 
-from bench_engine import emit
-from bench_lsp import document, execute, parser, start_editor, stats, tiny_assets, wait
+from harness import emit, latency
+from lsp_client import document, execute, options, start_editor, tiny_assets, wait
 from lsprotocol import types
 
 WORDS = ("the", "harbour", "was", "quiet", "and", "she", "walked", "along", "water", "thinking", "of", "letter",
@@ -100,20 +100,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": engine["dtype"], "fast_path": engine.get("fast_path"), "int8_decode": engine.get("int8_decode"),
         "document_tokens": n_tokens, "rounds": args.rounds, "word_interval_s": args.word_interval,
         "max_tokens": args.max_tokens, "first_annotation_s": round(first_annotation_s, 3),
-        "inline_completion_at_pause": {**stats(answered), "empty": len(at_pause) - len(answered)},
-        "stale_requests": stats(stale) if stale else {"n": 0},
-        "hint_refresh_after_pause": stats(refresh),
+        "inline_completion_at_pause": {**latency(answered), "empty": len(at_pause) - len(answered)},
+        "stale_requests": latency(stale),
+        "hint_refresh_after_pause": latency(refresh),
         "generations": status_end["generations"],
         "server_memory_mb": {"start": memory_start, "end": status_end["memoryMb"]},
     }
 
 
-def main() -> None:
-    ap = parser(__doc__)
+def parser() -> argparse.ArgumentParser:
+    ap = options(__doc__)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--word-interval", type=float, default=0.15)
     ap.add_argument("--max-tokens", type=int, default=16)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     emit(asyncio.run(bench(args)), args.out)
 
 

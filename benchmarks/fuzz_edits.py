@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_engine import emit
+from harness import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,12 +49,16 @@ def run(sequences: int, seed: int) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sequences", type=int, default=10_000, help="edit sequences to run (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first sequence (the others follow)")
     ap.add_argument("--out", help="also write the JSON result here")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     result = run(args.sequences, args.seed)
     emit(result, args.out)
     raise SystemExit(1 if result["failures"] else 0)

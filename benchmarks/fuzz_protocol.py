@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_engine import emit
+from harness import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("textDocument", "uri", "position", "range", "start", "end", "line", "character", "context", "command",
@@ -201,13 +201,17 @@ def run(messages: int, seed: int, framing: bool) -> dict[str, Any]:
             "server_log": str(folder / "server.log")}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=5000, help="random messages to send (default 5000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--framing", action="store_true", help="also send frames whose Content-Length is wrong")
     ap.add_argument("--out", help="also write the JSON result here")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     emit(run(args.messages, args.seed, args.framing), args.out)
 
 

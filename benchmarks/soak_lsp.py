@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench_engine import emit
-from bench_lsp import Client, document, execute, parser, start_editor, tiny_assets, tokenizer_of, wait
+from harness import emit, latency, logger
+from lsp_client import Client, document, execute, options, start_editor, tiny_assets, tokenizer_of, wait
 from lsprotocol import types
 
 WORDS = ("the", "harbour", "was", "quiet", "and", "she", "walked", "along", "water", "thinking", "of", "letter",
@@ -38,6 +37,8 @@ WORDS = ("the", "harbour", "was", "quiet", "and", "she", "walked", "along", "wat
 TIMEOUT = 30.0
 SERVER = [sys.executable, "-m", "lsp_server"]
 """The server's command line."""
+
+log = logger("soak")
 
 
 class Doc:
@@ -139,11 +140,8 @@ class Minute:
 
 
 def summary(ms: list[float]) -> dict[str, float]:
-    if not ms:
-        return {"n": 0}
-    ordered = sorted(ms)
-    return {"n": len(ms), "p50": round(statistics.median(ordered), 1),
-            "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)}
+    """p50 / p95 (ms, one decimal) and n of one minute's latencies."""
+    return latency(ms, suffix="", digits=1)
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,8 +204,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                         **{k: summary(v) for k, v in current.latency.items()},
                         "errors": current.errors, "memory_mb": memory,
                         "document_tokens": [doc.count(doc.text) for doc in docs]})
-        print(f"[soak] minute {number}: {minutes[-1]['all']} errors {current.errors} memory {memory} MB",
-              file=sys.stderr, flush=True)
+        log(f"minute {number}: {minutes[-1]['all']} errors {current.errors} memory {memory} MB")
 
     mismatched = []
     for doc in docs:
@@ -235,13 +232,17 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = parser(__doc__)
+def parser() -> argparse.ArgumentParser:
+    ap = options(__doc__)
     ap.add_argument("--minutes", type=int, default=10)
     ap.add_argument("--edits-per-s", type=float, default=20.0)
     ap.add_argument("--documents", type=int, default=3)
     ap.add_argument("--minute-scale", type=float, default=1.0, help="seconds per 'minute' / 60 (short smoke runs)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     emit(asyncio.run(soak(args)), args.out)
 
 

@@ -17,7 +17,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
-from tests.conftest import save_tiny_model
+from steering.testing import save_tiny_model
 
 CLIENTS = ["neovim", "visual_studio_code", "emacs"]
 WORDS = ["the", "rain", "fell", "on", "quiet", "harbour", "while", "she", "read", "letter", "again", "and",
