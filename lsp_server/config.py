@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from steering.config import DTYPES, STEERED_REPETITION_PENALTY, EngineConfig
+from steering.config import DTYPES, STEERED_REPETITION_PENALTY, EngineConfig, field_docs
 from steering.spans import GRANULARITIES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -26,18 +26,25 @@ def _doc(text: str, **kw: Any) -> Any:
     return field(metadata={"doc": text}, **kw)
 
 
+def _engine(name: str, also: str = "") -> Any:
+    """A setting that is the `EngineConfig` field `name`: its default and description are the engine's (`also` adds
+    what holds in the server)."""
+    default = next(f.default for f in dataclasses.fields(EngineConfig) if f.name == name)
+    return field(default=default, metadata={"doc": " ".join(filter(None, (field_docs(EngineConfig)[name], also))),
+                                            "engine": True})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything a user can set. Every field has a default; `docs` in the metadata feeds the README table."""
+    """Everything a user can set. Every field has a default; `doc` in its metadata (the engine's own, for the settings
+    that are EngineConfig fields) feeds the README table and the VS Code settings."""
 
-    model: str = _doc("`default` (SmolLM2-135M-Instruct), a local model folder, a `.gguf` file or a hub id.",
-                      default="default")
-    sae: str = _doc("`default` (the SAE shipped for the default model), an SAE folder or file, or `none`.",
-                    default="default")
-    device: str = _doc("`auto` (CUDA when available), `cpu` or `cuda`.", default="auto")
-    dtype: str = _doc("`auto` (bf16 on CUDA and on CPUs with native bf16, else fp32), `float32`, `bfloat16` or `float16`.", default="auto")
-    trust_remote_code: bool = _doc("Run the model repository's own code (only for models you trust). The server "
-                                   "asks you first, once per model and session; no answer means no.", default=False)
+    model: str = _engine("model")
+    sae: str = _engine("sae")
+    device: str = _engine("device")
+    dtype: str = _engine("dtype")
+    trust_remote_code: bool = _engine("trust_remote_code", "The server asks you first, once per model and session; "
+                                                          "no answer means no.")
     hint_granularity: str = _doc("Where feature hints go: after each `paragraph`, `sentence` or `line`.",
                                  default="paragraph")
     hint_count: int = _doc("Features shown in each hint (0 turns feature hints off).", default=3)
@@ -55,8 +62,7 @@ class Settings:
                                      "from looping.", default=STEERED_REPETITION_PENALTY)
     max_chars: int = _doc("Longer documents are annotated only around the visible range, in a window this big.",
                           default=12000)
-    cache_mb: int = _doc("Memory for the model's cache of open documents, in MiB (least recently used dropped "
-                         "first); what lets a completion read only what you typed since the last one.", default=EngineConfig.cache_mb)
+    cache_mb: int = _engine("cache_mb")
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -66,6 +72,10 @@ class Settings:
     def engine_key(self) -> tuple[str, str, str, str, bool, int]:
         """The settings whose change needs the model or SAE reloaded."""
         return (self.model, self.sae, self.device, self.dtype, self.trust_remote_code, self.cache_mb)
+
+    def engine_config(self) -> EngineConfig:
+        """The engine these settings load: the settings that are EngineConfig fields, the others at their defaults."""
+        return EngineConfig(**{name: getattr(self, name) for name in ENGINE_SETTINGS})
 
     def annotation_key(self) -> tuple[Any, ...]:
         """The settings whose change needs the open documents read again."""
@@ -82,6 +92,8 @@ def snake(name: str) -> str:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+ENGINE_SETTINGS = tuple(name for name, f in FIELDS.items() if f.metadata.get("engine"))
+"""The settings that are `EngineConfig` fields (`Settings.engine_config`)."""
 
 
 def schema() -> list[dict[str, Any]]:

@@ -4,13 +4,12 @@ worker with progress in the editor."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
-
-from steering.config import EngineConfig
 
 from .config import Settings, parse_settings
 from .pipeline import schedule
@@ -77,9 +76,7 @@ async def remote_code_allowed(server: TinymorphServer, model: str) -> bool:
 
 async def _load(server: TinymorphServer, settings: Settings) -> None:
     trust = settings.trust_remote_code and await remote_code_allowed(server, settings.model)
-    config = EngineConfig(model=settings.model, sae=settings.sae, device=settings.device,
-                          dtype=settings.dtype, trust_remote_code=trust,  # type: ignore[arg-type]
-                          cache_mb=settings.cache_mb)
+    config = dataclasses.replace(settings.engine_config(), trust_remote_code=trust)
     token: str | None = None
     loop = asyncio.get_running_loop()
     if server.supports("window.work_done_progress"):

@@ -85,3 +85,21 @@ async def test_without_a_workspace_steering_lives_in_memory(fresh: Client, asset
     await wait_ready(fresh)
     listed = await command(fresh, "tinymorph.steer.add", {"feature": 1})
     assert listed["file"] is None and [e["feature"] for e in listed["steering"]] == [1]
+
+
+def test_engine_settings_are_the_engine_config_fields() -> None:
+    """The settings that load the engine take their default and description from EngineConfig, and build it."""
+    import dataclasses
+
+    from lsp_server.config import ENGINE_SETTINGS, FIELDS, parse_settings
+    from steering.config import EngineConfig, field_docs
+
+    engine = {f.name: f for f in dataclasses.fields(EngineConfig)}
+    assert ENGINE_SETTINGS == ("model", "sae", "device", "dtype", "trust_remote_code", "cache_mb")
+    for name in ENGINE_SETTINGS:
+        assert FIELDS[name].default == engine[name].default, name
+        assert FIELDS[name].metadata["doc"].startswith(field_docs(EngineConfig)[name]), name
+    settings, problems = parse_settings({"model": "/m", "sae": "none", "device": "cpu", "dtype": "float32",
+                                         "cacheMb": 64, "hintCount": 5})
+    assert not problems
+    assert settings.engine_config() == EngineConfig(model="/m", sae="none", device="cpu", dtype="float32", cache_mb=64)
