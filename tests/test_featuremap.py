@@ -199,3 +199,16 @@ def test_cli_bad_map_and_example_arguments_are_one_line_and_write_nothing(capsys
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_page_template_is_package_data() -> None:
+    """The page comes from steering/features/templates/ through importlib.resources, and pyproject ships it."""
+    from importlib import resources
+
+    from steering.features.featuremap import TEMPLATE, page_template
+
+    page = page_template()
+    assert page == resources.files("steering.features").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.count("{{title}}") == 1 and page.count("{{data}}") == 1
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"steering.features" = ["templates/*.html"]' in pyproject
