@@ -36,7 +36,8 @@ from harness import block_hook, build_document, emit, held_out_text, logger, mac
 
 from steering.config import EngineConfig, SamplingConfig
 from steering.engine import Engine
-from steering.fast.model import FastModel, PrefixCache, vector_steer
+from steering.fast.cache import PrefixCache
+from steering.fast.model import FastModel
 from steering.runtime.interventions import Intervention
 from steering.runtime.models import load_model
 
@@ -49,13 +50,12 @@ def cross_entropy(model: str, dtype: str, int8: bool, text: str, n_tokens: int) 
     fast = FastModel(lm.model, Engine(lm, fast=False).hook, int8=int8)
     ids = list(lm.tokenizer(text)["input_ids"])[:n_tokens]
     cache = PrefixCache(fast)
-    steer = vector_steer(None, fast.d_model, fast.device)
     nll = []
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(len(ids) - 1):
             cache.push(ids[i])
-            logits = fast.upper(cache, steer, None, keep=True)
+            logits = fast.upper(cache, keep=True)
             nll.append(float(F.cross_entropy(logits[None], torch.tensor([ids[i + 1]]))))
     seconds = time.perf_counter() - t0
     scored = nll[1:]  # the first position has no context
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "decode_side_by_side",
         "model": lm.name,
         "model_source": lm.source.location,
-        "int8_decode": engine.caches.fast.int8,
+        "int8_decode": engine.fast is not None and engine.fast.int8,
         "hook": engine.hook.name,
         "steering": f"vector at {engine.hook}: random direction, norm {scale:.3g} (mean residual norm), every position",
         "tokens": T,

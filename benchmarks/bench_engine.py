@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     steering = None
     if engine.sae is not None:
         feature_steering = [Intervention("add", feature=0, strength=1.0)]
-        hook_obj = engine.steering_hook(feature_steering)
-        if hook_obj is not None and not hook_obj.per_token and not hook_obj.clamps:
-            steering, vec = feature_steering, hook_obj.vector.clone()
+        plan = engine.plan(feature_steering)
+        if plan is not None and plan.scaled is None and not plan.clamps:
+            steering, vec = feature_steering, plan.vector.clone()
             steer_desc = f"add: feature 0, strength 1.0 (vector norm {float(vec.norm()):.3g})"
     if steering is None:
         g = torch.Generator().manual_seed(1)

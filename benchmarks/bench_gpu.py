@@ -91,14 +91,14 @@ def decode_rate(engine: Engine, prompt: list[int], tokens: int, steering: list[I
                 rows: int = 1) -> float:
     """Aggregate tokens/s of `rows` streams decoding `tokens` each, timed from their first token on."""
     assert engine.caches is not None
-    batcher = Batcher(engine.caches.fast, engine.sae, set(), engine.lm.tokenizer, rows=rows)
+    batcher = Batcher(engine.fast, engine.sae, set(), engine.lm.tokenizer, rows=rows)
     sampling = SamplingConfig(max_tokens=tokens, stop_at_eos=False)
     device = engine.lm.device
 
     def run() -> float:
         for i in range(rows):
             own = [Intervention("add", s.feature + i, strength=s.strength) for s in steering]  # each row its own
-            batcher.add(Request(prompt[: len(prompt) - i % 7], sampling, engine.steering_hook(own)))
+            batcher.add(Request(prompt[: len(prompt) - i % 7], sampling, engine.plan(own)))
         batcher.step()  # admission: prompts read, first tokens
         sync(device)
         t0 = time.perf_counter()

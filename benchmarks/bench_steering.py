@@ -56,7 +56,7 @@ from steering.config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingCo
 from steering.engine import Engine
 from steering.evaluation.continuations import distinct_2, greedy_batch, human_nll, reread
 from steering.features.ranking import alive_and_sparse
-from steering.runtime.interventions import Intervention
+from steering.runtime.interventions import Intervention, Plan
 from steering.runtime.presets import PRESET_MULTIPLE
 from steering.training.corpus import load_corpus
 
@@ -94,23 +94,23 @@ def prompt_text(engine: Engine, feature: int) -> str:
     return "Continue in the manner of these examples: " + " / ".join(contexts) + "\n\n"
 
 
-def edit_for(engine: Engine, row: Row) -> Any:
+def plan_for(engine: Engine, row: Row) -> Plan | None:
     sae = engine.require_sae("steering")
     assert sae.max_act is not None
     scale = sae.input_scale(torch.ones(1, sae.d_in))
     unit = float(sae.max_act[row.feature]) / (float(scale) if isinstance(scale, float) else 1.0)
     if row.method == "row":
         vector = sae.direction(row.feature) * unit
-        return engine.steering_hook([Intervention("vector", vector=vector, strength=row.strength)])
+        return engine.plan([Intervention("vector", vector=vector, strength=row.strength)])
     if row.method == "diffmean":
         assert sae.diffmean is not None
         vector = sae.diffmean[row.feature].float()
-        return engine.steering_hook([Intervention("vector", vector=vector, strength=row.strength)])
+        return engine.plan([Intervention("vector", vector=vector, strength=row.strength)])
     if row.method == "clamp":
-        return engine.steering_hook([Intervention("clamp", row.feature, value=row.strength * float(
+        return engine.plan([Intervention("clamp", row.feature, value=row.strength * float(
             sae.max_act[row.feature]))])
     if row.method == "editor":
-        return engine.steering_hook([Intervention("add", row.feature, strength=row.strength)])
+        return engine.plan([Intervention("add", row.feature, strength=row.strength)])
     return None
 
 
@@ -138,8 +138,8 @@ def run_rows(engine: Engine, rows: list[Row], prompts: list[str], tokens: int, b
                     inputs.append(prefixed[key])
                 else:
                     inputs.append(plain[row.prompt])
-            edits = [edit_for(engine, row) for row in chunk]
-            outs = greedy_batch(lm, inputs, tokens, edits=edits, hook=sae.hook, steer_positions=positions,
+            plans = [plan_for(engine, row) for row in chunk]
+            outs = greedy_batch(lm, inputs, tokens, plans=plans, hook=sae.hook, steer_positions=positions,
                                 repetition_penalty=repetition_penalty)
             reads = reread(lm, sae, [plain[r.prompt] for r in chunk], outs, [r.feature for r in chunk])
             for row, out, read in zip(chunk, outs, reads, strict=True):
@@ -185,9 +185,9 @@ def preset_table(engine: Engine, prompts: list[str], paragraphs: list[dict[str, 
     started = time.perf_counter()
     for first in range(0, len(jobs), batch):
         chunk = jobs[first:first + batch]
-        edits = [None if m == 0 else engine.steering_hook([Intervention("vector", vector=samples[s][1].vector,
-                                                                        strength=m)]) for s, _, m in chunk]
-        outs = greedy_batch(lm, [plain[p] for _, p, _ in chunk], tokens, edits=edits, hook=sae.hook,
+        plans = [None if m == 0 else engine.plan([Intervention("vector", vector=samples[s][1].vector, strength=m)])
+                 for s, _, m in chunk]
+        outs = greedy_batch(lm, [plain[p] for _, p, _ in chunk], tokens, plans=plans, hook=sae.hook,
                             steer_positions="all", repetition_penalty=repetition_penalty)
         reads = reread(lm, sae, [plain[p] for _, p, _ in chunk], outs, [None] * len(chunk))
         for (s, p, m), out, read in zip(chunk, outs, reads, strict=True):

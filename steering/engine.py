@@ -13,15 +13,25 @@ from typing import Any
 import torch
 
 from steering.fast.batched import Batcher, Request
-from steering.fast.model import FastModel, SessionCaches, unsupported_reason
+from steering.fast.cache import SessionCaches
+from steering.fast.decode import fast_token_ids
+from steering.fast.family import unsupported_reason
+from steering.fast.model import FastModel
 from steering.features.annotate import Annotation, Codes, annotate, annotation_of, encode_document
 from steering.features.featuremap import FeatureMap, build_map
 from steering.features.labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
 from steering.features.ranking import Specificity, pick_hints, rank_passage
 from steering.features.selfexplain import SelfExplanation, self_explain
-from steering.runtime.decode import CancelToken, prompt_ids, stream_text
+from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids, text_pieces
 from steering.runtime.hooks import capture_residual
-from steering.runtime.interventions import DIFFMEAN_MULTIPLE, Intervention, SteeringHook
+from steering.runtime.interventions import (
+    CALIBRATION_TEXT,
+    DIFFMEAN_MULTIPLE,
+    Intervention,
+    Plan,
+    SteeringHook,
+    compile_plan,
+)
 from steering.runtime.models import LoadedModel, Progress, _no_progress, load_model, module_device
 from steering.runtime.presets import StyleVector, style_vector
 from steering.sae.autoencoder import SAE, HookPoint
@@ -31,14 +41,6 @@ from .config import EngineConfig, SamplingConfig
 from .errors import NoSAEError, SAELoadError, ShapeMismatchError, TinymorphError
 
 DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
-
-# A neutral paragraph whose mean residual norm sets the `add` scale when an SAE has no max_act statistics.
-CALIBRATION_TEXT = (
-    "The library opens at nine in the morning. Visitors can borrow up to five books at a time, and the reading "
-    "room on the second floor is quiet all day. In winter the windows look out over the snow in the park, and in "
-    "summer people sit on the steps outside with coffee, talking about what they have read."
-)
-
 
 def resolve_sae_path(spec: str) -> Path | None:
     """`none` gives None; `default` the SAE shipped for the default model; anything else a path."""
@@ -154,8 +156,9 @@ class Engine:
             self.hook = HookPoint(chosen, "resid_post")
         self.slow_reason = "switched off" if not fast else unsupported_reason(lm.model, self.hook)
         """Why generation and annotation use the transformers forward, or None on the fast path."""
-        self.caches = None if self.slow_reason else SessionCaches(FastModel(lm.model, self.hook, int8=int8),
-                                                                   cache_mb << 20)
+        self.fast = None if self.slow_reason else FastModel(lm.model, self.hook, int8=int8)
+        self.caches = None if self.fast is None else SessionCaches(self.fast, cache_mb << 20)
+        """The fast path's prefix caches, one per session (a document)."""
         self._batcher: Batcher | None = None
         self._fallback_scale: float | None = None
         self._specificity: Specificity | None = None
@@ -206,7 +209,7 @@ class Engine:
             feature_stats=bool(sae is not None and sae.max_act is not None),
             steering_scale=scale,
             fast_path=self.slow_reason is None,
-            int8_decode=self.caches is not None and self.caches.fast.int8,
+            int8_decode=self.fast is not None and self.fast.int8,
         )
 
     def require_sae(self, what: str) -> SAE:
@@ -379,12 +382,18 @@ class Engine:
         """The "write more like this" vector of `text[start:end]` against the rest of `text` (`steering.runtime.presets`)."""
         return style_vector(self.lm, self.hook, text, start, end, CALIBRATION_TEXT)
 
-    def steering_hook(self, steering: Sequence[Intervention]) -> SteeringHook | None:
+    def plan(self, steering: Sequence[Intervention]) -> Plan | None:
+        """The steering set compiled for this engine's SAE and hook (None for none); bad steering raises here."""
         if not steering:
             return None
         needs_fallback = self.sae is not None and self.sae.max_act is None and any(
             i.mode in ("add", "row") for i in steering)
-        return SteeringHook(steering, self.sae, self.lm.d_model, self.fallback_scale() if needs_fallback else None)
+        return compile_plan(steering, self.sae, self.lm.d_model, self.fallback_scale() if needs_fallback else None)
+
+    def steering_hook(self, steering: Sequence[Intervention]) -> SteeringHook | None:
+        """The steering set as a hook of the transformers forward (None for none)."""
+        plan = self.plan(steering)
+        return None if plan is None else SteeringHook.from_plan(plan)
 
     def generate(
         self,
@@ -396,32 +405,40 @@ class Engine:
     ) -> Iterator[str]:
         """Stream the continuation of `prompt` under a steering set. Bad steering raises here, before any work.
         With a `session` (a document's name) the fast path reads only the prompt tokens that session has not
-        read yet under the same steering."""
-        hook = self.steering_hook(steering)
+        read yet under the same steering; a prompt longer than the model's positions goes through the transformers
+        forward."""
+        plan = self.plan(steering)
         sampling = sampling or SamplingConfig()
-        cache = None
-        if self.caches is not None:
+        ids = prompt_ids(self.lm, prompt)
+        tokens: Iterator[int]
+        if self.fast is not None and self.caches is not None and \
+                ids.shape[1] + sampling.max_tokens <= self.fast.max_positions:
             with torch.inference_mode():
                 cache = self.caches.get(session)
             self.caches.trim()
-        return stream_text(self.lm, prompt, sampling, steering=hook, hook=self.hook, cancel=cancel, cache=cache)
+            tokens = fast_token_ids(self.fast, cache, ids[0].tolist(), sampling, self.lm.eos_token_ids, plan=plan,
+                                    cancel=cancel)
+        else:
+            hook = None if plan is None else SteeringHook.from_plan(plan)
+            tokens = decode_token_ids(self.lm, ids, sampling, steering=hook, hook=self.hook, cancel=cancel)
+        return text_pieces(self.lm.tokenizer, ids[0].tolist(), tokens, sampling, self.lm.eos_token_ids)
 
     def start(self, prompt: str, steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None,
               cancel: CancelToken | None = None, session: str | None = None) -> Request | None:
         """Queue the continuation of `prompt` for decoding together with the others (`step`), reading the prompt
-        through `session`'s cache; None where it cannot join a batch (no fast path, per-token normalised steering,
-        more tokens than the model's positions): use `generate`. Bad steering raises here."""
-        hook = self.steering_hook(steering)
+        through `session`'s cache; None where it cannot join a batch (no fast path, more tokens than the model's
+        positions): use `generate`. Bad steering raises here."""
+        plan = self.plan(steering)
         sampling = sampling or SamplingConfig()
-        if self.caches is None or (hook is not None and hook.per_token):
+        if self.fast is None or self.caches is None:
             return None
         ids = prompt_ids(self.lm, prompt)[0].tolist()
-        if len(ids) + sampling.max_tokens > self.caches.fast.max_positions:
+        if len(ids) + sampling.max_tokens > self.fast.max_positions:
             return None
         with torch.inference_mode():
             cache = self.caches.get(session)
         self.caches.trim()
-        request = Request(ids, sampling, hook, cache=cache, cancel=cancel)
+        request = Request(ids, sampling, plan, cache=cache, cancel=cancel)
         self._batch().add(request)
         return request
 
@@ -441,10 +458,9 @@ class Engine:
     def _batch(self, rows: int | None = None) -> Batcher:
         """The batcher (a new one with `rows` rows, 8 by default, when there is none or, idle, it has another
         size)."""
-        assert self.caches is not None
+        assert self.fast is not None
         if self._batcher is None or (rows is not None and self._batcher.rows != rows and not self._batcher.busy):
-            self._batcher = Batcher(self.caches.fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer,
-                                    rows=rows or 8)
+            self._batcher = Batcher(self.fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer, rows=rows or 8)
         return self._batcher
 
     def generate_batch(self, prompts: Sequence[str], steering: Sequence[Sequence[Intervention]],
@@ -456,8 +472,8 @@ class Engine:
             raise ValueError(f"{len(prompts)} prompts but {len(steering)} steering sets.")
         sampling = sampling or SamplingConfig()
         for s in steering:
-            self.steering_hook(s)
-        if self.caches is not None:
+            self.plan(s)
+        if self.fast is not None:
             self._batch(rows)
         requests = [self.start(p, s, sampling) for p, s in zip(prompts, steering, strict=True)]
         while self.batching:

@@ -10,7 +10,7 @@ import torch
 from steering.config import SamplingConfig
 from steering.evaluation.continuations import distinct_2, greedy_batch, human_nll, reread
 from steering.runtime.decode import decode_token_ids
-from steering.runtime.interventions import Intervention, SteeringHook
+from steering.runtime.interventions import Intervention, SteeringHook, compile_plan
 from tests.test_steering import orthonormal_sae
 
 PROMPTS = ["The cat sat on the", "Rain", "A long time ago, in a harbour town by the sea,"]
@@ -30,10 +30,11 @@ def _one(lm, ids: list[int], edit, point, positions: str) -> list[int]:
 def test_batch_equals_one_request_at_a_time(lm, positions: str) -> None:
     sae = orthonormal_sae(d_in=lm.d_model, layer=1)
     steering = [None, [Intervention("add", 3, strength=6.0)], [Intervention("clamp", 5, value=4.0)]]
-    hooks = [None if s is None else SteeringHook(s, sae, lm.d_model, fallback_scale=3.0) for s in steering]
+    plans = [None if s is None else compile_plan(s, sae, lm.d_model, fallback_scale=3.0) for s in steering]
     prompts = [_ids(lm, p) for p in PROMPTS]
-    batched = greedy_batch(lm, prompts, 10, edits=hooks, hook=sae.hook, steer_positions=positions)
-    alone = [_one(lm, p, h, sae.hook, positions) for p, h in zip(prompts, hooks, strict=True)]
+    batched = greedy_batch(lm, prompts, 10, plans=plans, hook=sae.hook, steer_positions=positions)
+    alone = [_one(lm, p, None if plan is None else SteeringHook.from_plan(plan), sae.hook, positions)
+             for p, plan in zip(prompts, plans, strict=True)]
     assert batched == alone
     plain = greedy_batch(lm, prompts, 10)
     assert plain[0] == batched[0]  # the unsteered row is untouched by its neighbours' steering

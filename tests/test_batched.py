@@ -9,8 +9,10 @@ import torch
 from steering.config import SamplingConfig
 from steering.engine import Engine
 from steering.fast.batched import Batcher, Request
-from steering.fast.model import FastModel, PrefixCache
-from steering.runtime.decode import fast_token_ids, prompt_ids
+from steering.fast.cache import PrefixCache
+from steering.fast.decode import fast_token_ids
+from steering.fast.model import FastModel
+from steering.runtime.decode import prompt_ids
 from steering.runtime.interventions import Intervention
 from steering.runtime.models import LoadedModel, from_modules
 
@@ -25,7 +27,7 @@ def _alone(engine: Engine, prompt: str | list[int], steering, sampling: Sampling
     fast = engine.caches.fast
     ids = prompt_ids(engine.lm, prompt)[0].tolist() if isinstance(prompt, str) else prompt
     return list(fast_token_ids(fast, PrefixCache(fast), ids, sampling, engine.lm.eos_token_ids,
-                               steering=engine.steering_hook(steering)))
+                               plan=engine.plan(steering)))
 
 
 def _steerings(d_model: int) -> list[list[Intervention]]:
@@ -44,7 +46,7 @@ def test_each_row_decodes_what_it_would_alone(make, positions: str) -> None:
     alone = [_alone(engine, p, s, sampling) for p, s in zip(PROMPTS, steerings, strict=True)]
     assert len({tuple(a) for a in alone}) == len(alone)  # the steerings differ in effect
     batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=4)
-    requests = [Request(prompt_ids(lm, p)[0].tolist(), sampling, engine.steering_hook(s))
+    requests = [Request(prompt_ids(lm, p)[0].tolist(), sampling, engine.plan(s))
                 for p, s in zip(PROMPTS, steerings, strict=True)]
     batcher.run(requests)
     assert [r.tokens for r in requests] == alone
@@ -59,7 +61,7 @@ def test_requests_join_and_leave_between_steps() -> None:
     lengths = [3, 17, 8, 25, 1, 12, 30, 5]
     batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=3)
     requests = [Request(prompt_ids(lm, p)[0].tolist(), SamplingConfig(max_tokens=n, stop_at_eos=False),
-                        engine.steering_hook(s)) for p, s, n in zip(prompts, steerings, lengths, strict=True)]
+                        engine.plan(s)) for p, s, n in zip(prompts, steerings, lengths, strict=True)]
     batcher.add(requests[0])
     batcher.add(requests[1])
     for _ in range(4):

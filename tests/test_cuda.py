@@ -56,8 +56,8 @@ def test_annotate_and_steer_on_cuda(cuda_lm) -> None:
 
 def test_graph_batch_decoding_equals_single_eager_requests(cuda_lm) -> None:
     from steering.fast.batched import Batcher, Request
-    from steering.fast.model import PrefixCache
-    from steering.runtime.decode import fast_token_ids
+    from steering.fast.cache import PrefixCache
+    from steering.fast.decode import fast_token_ids
 
     engine = Engine(cuda_lm, _sae())
     assert engine.caches is not None
@@ -67,10 +67,10 @@ def test_graph_batch_decoding_equals_single_eager_requests(cuda_lm) -> None:
     steerings = [[], [Intervention("add", 3, strength=4.0)], [Intervention("clamp", 5, value=2.0)],
                  [Intervention("vector", vector=torch.randn(64), strength=1.0)]]
     alone = [list(fast_token_ids(fast, PrefixCache(fast), prompt_ids(cuda_lm, p)[0].tolist(), sampling, set(),
-                                 steering=engine.steering_hook(s))) for p, s in zip(prompts, steerings, strict=True)]
+                                 plan=engine.plan(s))) for p, s in zip(prompts, steerings, strict=True)]
     batcher = Batcher(fast, engine.sae, set(), cuda_lm.tokenizer, rows=4)
     assert batcher.graphs
-    requests = [Request(prompt_ids(cuda_lm, p)[0].tolist(), sampling, engine.steering_hook(s))
+    requests = [Request(prompt_ids(cuda_lm, p)[0].tolist(), sampling, engine.plan(s))
                 for p, s in zip(prompts, steerings, strict=True)]
     batcher.run(requests)
     same = sum(r.tokens == a for r, a in zip(requests, alone, strict=True))

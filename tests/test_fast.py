@@ -1,4 +1,4 @@
-"""The fast path (`steering.fast.model`): the same tokens as the transformers forward, reading only what a document's
+"""The fast path (`steering.fast`): the same tokens as the transformers forward, reading only what a document's
 prefix cache lacks, with steering as data and bounded memory."""
 
 from __future__ import annotations
@@ -9,20 +9,13 @@ import torch.nn.functional as F
 
 from steering.config import SamplingConfig
 from steering.engine import Engine
-from steering.fast.model import (
-    FastModel,
-    PrefixCache,
-    SessionCaches,
-    SparseCodes,
-    _Linear,
-    int8_available,
-    quantize_int8,
-    row_bucket,
-    unsupported_reason,
-    vector_steer,
-)
+from steering.fast.cache import PrefixCache, SessionCaches, SparseCodes
+from steering.fast.decode import fast_token_ids
+from steering.fast.family import unsupported_reason
+from steering.fast.linear import Linear, int8_available, quantize_int8, row_bucket
+from steering.fast.model import FastModel, View
 from steering.features.annotate import annotate
-from steering.runtime.decode import CancelToken, decode_token_ids, fast_token_ids, prompt_ids
+from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids
 from steering.runtime.interventions import Intervention
 from steering.runtime.models import LoadedModel, from_modules
 from steering.sae.autoencoder import SAE, HookPoint
@@ -55,13 +48,13 @@ class Counter:
 
     def __init__(self, fast: FastModel) -> None:
         self.per_block = [0] * fast.n_layers
-        inner = fast._block
+        inner = fast.block
 
-        def counting(i: int, x: torch.Tensor, cache: PrefixCache, start: int) -> torch.Tensor:
+        def counting(i: int, x: torch.Tensor, view: View) -> torch.Tensor:
             self.per_block[i] += x.shape[0]
-            return inner(i, x, cache, start)
+            return inner(i, x, view)
 
-        fast._block = counting  # type: ignore[method-assign]
+        fast.block = counting  # type: ignore[method-assign]
 
     def take(self) -> list[int]:
         out, self.per_block = self.per_block, [0] * len(self.per_block)
@@ -75,7 +68,8 @@ def _slow(lm: LoadedModel, prompt: str, sampling: SamplingConfig = GREEDY, steer
 def _fast(fast: FastModel, cache: PrefixCache, lm: LoadedModel, prompt: str, sampling: SamplingConfig = GREEDY,
           steering=None) -> list[int]:
     ids = prompt_ids(lm, prompt)[0].tolist()
-    return list(fast_token_ids(fast, cache, ids, sampling, lm.eos_token_ids, steering=steering))
+    plan = None if steering is None else steering.plan
+    return list(fast_token_ids(fast, cache, ids, sampling, lm.eos_token_ids, plan=plan))
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_lm("llama"), _qwen2], ids=["llama", "qwen2"])
@@ -279,7 +273,7 @@ def test_reduced_precision_passes_run_on_a_few_row_counts_with_the_same_result()
     bias = torch.randn(48, generator=g).to(torch.bfloat16)
     for n in (3, 37, 64):
         x = torch.randn(n, 16, generator=g).to(torch.bfloat16)
-        got = _Linear(weight, bias, bucket=True)(x)
+        got = Linear(weight, bias, bucket=True)(x)
         assert got.shape == (n, 48)
         torch.testing.assert_close(got, F.linear(x, weight, bias), atol=0.05, rtol=0.01)
 
@@ -320,13 +314,12 @@ def test_int8_decode_steps_stay_close_to_bfloat16_and_prompts_use_the_model_weig
     quick = FastModel(lm.model, HookPoint(1, "resid_post"), int8=True)
     assert quick.int8 and not plain.int8
     ids = prompt_ids(lm, PROMPT)[0].tolist()
-    steer = vector_steer(None, quick.d_model, quick.device)
     with torch.inference_mode():
         caches = [PrefixCache(plain), PrefixCache(quick)]
         prompt_logits = []
         for fast, cache in zip((plain, quick), caches, strict=True):
             cache.sync(ids)
-            prompt_logits.append(fast.upper(cache, steer, None))
+            prompt_logits.append(fast.upper(cache))
         n = len(ids)
         for name in ("k", "v", "resid"):  # a prompt is read with the model's own weights
             assert torch.equal(getattr(caches[0], name)[..., :n, :], getattr(caches[1], name)[..., :n, :]), name
@@ -334,6 +327,6 @@ def test_int8_decode_steps_stay_close_to_bfloat16_and_prompts_use_the_model_weig
         step_logits = []
         for fast, cache in zip((plain, quick), caches, strict=True):
             cache.push(5)
-            step_logits.append(fast.upper(cache, steer, None, keep=True))
+            step_logits.append(fast.upper(cache, keep=True))
     assert not torch.equal(step_logits[0], step_logits[1])
     assert F.cosine_similarity(step_logits[0], step_logits[1], dim=0) > 0.99

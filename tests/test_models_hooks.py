@@ -127,7 +127,7 @@ def test_missing_default_model_names_the_install_command(monkeypatch) -> None:
     import importlib.metadata
     import importlib.util
 
-    from steering import models
+    from steering.runtime import models
 
     def not_installed(_name: str):
         raise importlib.metadata.PackageNotFoundError
@@ -139,7 +139,7 @@ def test_missing_default_model_names_the_install_command(monkeypatch) -> None:
 
 
 def test_device_and_dtype_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    from steering import models
+    from steering.runtime import models
     from steering.runtime.models import resolve_device
 
     dev = resolve_device("auto")

@@ -6,7 +6,7 @@ decoder row x `max_act`) on neutral prompts (greedy with the editor's repetition
 lets the unsteered model re-read each continuation, and keeps the smallest multiple at which the feature *carries*
 (fires on at least `CARRIED` of the continuation's tokens) on half the prompts while the continuation stays *fluent*:
 its NLL per token under the unsteered model no worse than the model's NLL on human prose, and no loop (distinct-2 at
-least `DISTINCT_2`). The result, `steer_scale[f]`, is what strength 1 means from then on (`SteeringHook`); a feature
+least `DISTINCT_2`). The result, `steer_scale[f]`, is what strength 1 means from then on (`runtime.interventions`); a feature
 that carries at no multiple while fluent gets 0, "not calibrated", and keeps the default (`DIFFMEAN_MULTIPLE`, or the
 seeds' rule). `tinymorph calibrate` stores it with the feature statistics. `reference_nll` is best the model's NLL on
 held-out prose of the writer's kind (`--reference`); the built-in paragraph is stricter than most prose.
@@ -25,10 +25,9 @@ import torch
 
 from steering.atomic import write_bytes
 from steering.config import STEERED_REPETITION_PENALTY
-from steering.engine import CALIBRATION_TEXT
 from steering.errors import TinymorphError
 from steering.features.ranking import Specificity, alive_and_sparse
-from steering.runtime.interventions import Intervention, SteeringHook
+from steering.runtime.interventions import CALIBRATION_TEXT, Intervention, compile_plan
 from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE
 from steering.sae.layouts import FEATURE_STATS, saelens_folder
@@ -120,9 +119,9 @@ def calibrate(lm: LoadedModel, sae: SAE, features: Sequence[int], *, reference_n
     bases = {f: base_vector(sae, f) for f in features}
     for first in range(0, len(jobs), batch):
         chunk = jobs[first:first + batch]
-        edits = [SteeringHook([Intervention("vector", vector=bases[f], strength=m)], sae, lm.d_model, None)
+        plans = [compile_plan([Intervention("vector", vector=bases[f], strength=m)], sae, lm.d_model)
                  for f, m, _ in chunk]
-        outs = greedy_batch(lm, [prompt_ids[p] for _, _, p in chunk], tokens, edits=edits, hook=sae.hook,
+        outs = greedy_batch(lm, [prompt_ids[p] for _, _, p in chunk], tokens, plans=plans, hook=sae.hook,
                             repetition_penalty=repetition_penalty)
         reads = reread(lm, sae, [prompt_ids[p] for _, _, p in chunk], outs, [f for f, _, _ in chunk])
         for (f, m, _), out, read in zip(chunk, outs, reads, strict=True):

@@ -3,7 +3,8 @@
 The steering benchmark and the strength calibration run thousands of short (prompt, steering) continuations; one
 forward pass per step over all of them is many times faster on any device than one request at a time. Prompts are
 left-padded (attention mask and position ids say where each row starts) so every row's next token sits in the last
-column. Each row's steering is a `ResidualEdit` (a `SteeringHook`, say) applied to that row alone, or None.
+column. Each row's steering is a plan (`runtime.interventions.Plan`) or None; the plans are stacked per row
+(`RowPlans`) and applied by the same kernel as everywhere else.
 """
 
 from __future__ import annotations
@@ -16,29 +17,11 @@ from typing import Any
 
 import torch
 
-from steering.runtime.decode import ResidualEdit, _forward_kwargs, penalise_repeats
+from steering.runtime.decode import _forward_kwargs, penalise_repeats
 from steering.runtime.hooks import residual_hook
+from steering.runtime.interventions import Plan, RowPlans
 from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE, HookPoint
-
-
-class RowEdits:
-    """Applies row i's edit to row i of the residual `[batch, seq, d]` (the decode loop decides per step whether
-    steering applies at all)."""
-
-    def __init__(self, edits: Sequence[ResidualEdit | None]) -> None:
-        self.edits = list(edits)
-        self.empty = all(e is None or e.empty for e in self.edits)
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor | None:
-        rows = []
-        for i, edit in enumerate(self.edits):
-            new = None
-            if edit is not None and not edit.empty:
-                edit.active = True
-                new = edit(h[i : i + 1])
-            rows.append(h[i : i + 1] if new is None else new)
-        return torch.cat(rows)
 
 
 def _pad_id(lm: LoadedModel) -> int:
@@ -50,10 +33,10 @@ def _pad_id(lm: LoadedModel) -> int:
 
 @torch.inference_mode()
 def greedy_batch(lm: LoadedModel, prompts: Sequence[Sequence[int]], max_tokens: int, *,
-                 edits: Sequence[ResidualEdit | None] | None = None, hook: HookPoint | None = None,
+                 plans: Sequence[Plan | None] | None = None, hook: HookPoint | None = None,
                  steer_positions: str = "all", repetition_penalty: float = 1.0) -> list[list[int]]:
     """Greedy continuations (`max_tokens` ids each, or fewer where a row reaches end-of-sequence) of every prompt
-    (token ids), row i steered by `edits[i]` at `hook` on the positions `steer_positions` names (`all`, `prompt`,
+    (token ids), row i steered by `plans[i]` at `hook` on the positions `steer_positions` names (`all`, `prompt`,
     `generated`)."""
     if not prompts:
         return []
@@ -67,14 +50,17 @@ def greedy_batch(lm: LoadedModel, prompts: Sequence[Sequence[int]], max_tokens: 
         mask[i, width - len(p):] = 1
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    steer = RowEdits(edits) if edits is not None and hook is not None else None
+    steer: RowPlans | None = None
+    if plans is not None and hook is not None and any(p is not None and not p.empty for p in plans):
+        sae = next((p.sae for p in plans if p is not None and p.sae is not None), None)
+        steer = RowPlans.of(plans, lm.d_model, sae, lm.device)
     extra = _forward_kwargs(lm.model)
     out: list[list[int]] = [[] for _ in range(n)]
     done = torch.zeros(n, dtype=torch.bool)
     past: Any = None
     for step in range(max_tokens):
         ctx: Any = nullcontext()
-        if steer is not None and hook is not None and not steer.empty and \
+        if steer is not None and hook is not None and \
                 steer_positions in ("all", "prompt" if step == 0 else "generated"):
             ctx = residual_hook(lm.blocks, hook, steer)
         with ctx:

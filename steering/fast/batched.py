@@ -3,10 +3,11 @@ request, each row under its own steering, requests joining and leaving between s
 
 A request's prompt is read alone (through its document's `PrefixCache` when it has one, so an open document costs
 only its new tokens), then its keys and values are copied into a row of the batch's cache and it decodes with the
-others. Each row's steering is data: a vector added at the hook point `[rows, d]`, and the SAE's clamps as a mask
-and targets `[rows, d_sae]` (ablation is a clamp to 0), so rows with different steering share the same operations.
-A step's shapes depend only on the number of rows and the cache's capacity: on a GPU the step is captured once in a
-CUDA graph (`GraphStep`) and replayed, steering changes being buffer writes.
+others, through the fast model's one block function (`model.FastModel.block`, over a `BatchView`). Each row's
+steering is its plan, stacked with the others' (`runtime.interventions.RowPlans`: vectors `[rows, d]`, the SAE's
+clamps as a mask and targets `[rows, d_sae]`), so rows with different steering share the same operations. A step's
+shapes depend only on the number of rows and the cache's capacity: on a GPU the step is captured once in a CUDA
+graph (`GraphStep`) and replayed, steering changes being buffer writes.
 """
 
 from __future__ import annotations
@@ -17,21 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from steering.config import SamplingConfig
-from steering.runtime.decode import (
-    CancelToken,
-    TextStream,
-    penalise_repeats,
-    phase_steer,
-    pick_token,
-    sampling_generator,
-)
-from steering.runtime.interventions import SteeringHook
+from steering.runtime.decode import CancelToken, TextStream, penalise_repeats, pick_token, sampling_generator
+from steering.runtime.interventions import Plan, RowPlans
 from steering.sae.autoencoder import SAE
 
-from .model import GROW, FastModel, PrefixCache, _rotate
+from .cache import GROW, PrefixCache
+from .decode import phase_plan
+from .model import FastModel
 
 
 @dataclass
@@ -40,7 +35,8 @@ class Request:
 
     ids: list[int]
     sampling: SamplingConfig
-    steering: SteeringHook | None = None
+    plan: Plan | None = None
+    """Its steering (`Engine.plan`)."""
     cache: PrefixCache | None = None
     """The document's cache to read the prompt through (a fresh one when None)."""
     cancel: CancelToken | None = None
@@ -52,65 +48,10 @@ class Request:
     _stream: TextStream | None = None
     _generator: torch.Generator | None = None
 
-    def steered(self) -> SteeringHook | None:
-        """The steering of the generated positions (None where `steer_positions` leaves them unsteered)."""
-        hook = self.steering
-        if hook is None or hook.empty or self.sampling.steer_positions not in ("all", "generated"):
-            return None
-        return hook
-
-
-class RowSteering:
-    """Per-row steering as tensors: `vectors [rows, d]` added at the hook point and the SAE clamps (`mask`,
-    `targets` `[rows, d_sae]`), applied as `SteeringHook` applies one set."""
-
-    def __init__(self, rows: int, d_model: int, sae: SAE | None, device: torch.device) -> None:
-        self.sae = sae
-        self.vectors = torch.zeros(rows, d_model, device=device)
-        width = sae.d_sae if sae is not None else 0
-        self.mask = torch.zeros(rows, width, device=device)
-        self.targets = torch.zeros(rows, width, device=device)
-        self.clamped = [False] * rows
-
-    def set(self, row: int, hook: SteeringHook | None) -> None:
-        """Steer `row` by `hook` (None: not at all)."""
-        self.vectors[row] = 0
-        self.mask[row] = 0
-        self.targets[row] = 0
-        self.clamped[row] = False
-        if hook is None or hook.empty:
-            return
-        if hook.per_token:
-            raise ValueError("Per-token normalised steering cannot be batched.")
-        self.vectors[row] = hook.vector.to(self.vectors.device)
-        if hook.clamps:
-            assert self.sae is not None
-            idx = torch.tensor(list(hook.clamps), device=self.mask.device)
-            self.mask[row, idx] = 1
-            self.targets[row, idx] = torch.tensor(list(hook.clamps.values()), device=self.mask.device)
-            self.clamped[row] = True
-
-    @property
-    def any_clamps(self) -> bool:
-        return any(self.clamped)
-
-    def move(self, src: int, dst: int) -> None:
-        for t in (self.vectors, self.mask, self.targets):
-            t[dst] = t[src]
-        self.clamped[dst] = self.clamped[src]
-
-    def __call__(self, h: torch.Tensor, clamps: bool) -> torch.Tensor:
-        """Steer the first `len(h)` rows."""
-        n = h.shape[0]
-        out = h.float() + self.vectors[:n]
-        if clamps and self.sae is not None:
-            sae = self.sae
-            scale = sae.input_scale(out.to(sae.dtype))
-            scale_f = scale.float() if isinstance(scale, torch.Tensor) else scale
-            acts = sae.encode(out.to(sae.dtype)).float()
-            delta = ((self.targets[:n] - acts) * self.mask[:n]) @ sae.W_dec.float()
-            out = out + delta / scale_f
-        return out.to(h.dtype)
+    def steered(self, phase: str = "generated") -> Plan | None:
+        """The steering of the `prompt` or `generated` positions (None where `steer_positions` leaves them
+        unsteered)."""
+        return phase_plan(self.plan, self.sampling.steer_positions, phase)
 
 
 class BatchCache:
@@ -155,53 +96,53 @@ class BatchCache:
         return out
 
 
-def batch_step(fast: FastModel, cache: BatchCache, tokens: torch.Tensor, steering: RowSteering, *,
-               span: int | None = None, clamps: bool = False) -> torch.Tensor:
+class BatchView:
+    """One decode step of the first `rows` rows of a `BatchCache` (`model.View`): each row's new token at its own
+    position, attending to the first `span` positions (all of them by default: a fixed shape, as a CUDA graph
+    needs)."""
+
+    def __init__(self, fast: FastModel, cache: BatchCache, rows: int, span: int | None = None) -> None:
+        self.cache, self.rows, self.tokens, self.causal = cache, rows, 1, False
+        self.span = cache.capacity if span is None else span
+        self.positions = cache.lengths[:rows]
+        cos, sin = fast.rope(cache.capacity)
+        self.cos, self.sin = cos[self.positions][:, None, None], sin[self.positions][:, None, None]
+        self.visible: torch.Tensor | None = (torch.arange(self.span, device=cache.k.device)[None] <= self.positions[:, None])[:, None]
+        self.every = torch.arange(rows, device=cache.k.device)
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.cache
+        cache.k[layer, self.every, :, self.positions] = k[:, :, 0].to(cache.k.dtype)
+        cache.v[layer, self.every, :, self.positions] = v[:, :, 0].to(cache.v.dtype)
+        return cache.k[layer, :self.rows, :, :self.span], cache.v[layer, :self.rows, :, :self.span]
+
+
+def batch_step(fast: FastModel, cache: BatchCache, tokens: torch.Tensor, steering: RowPlans, *,
+               span: int | None = None, clamps: bool = False, scaled: bool = False) -> torch.Tensor:
     """One decode step for the first `len(tokens)` rows: `tokens` at positions `cache.lengths`, attending to the
-    first `span` positions of the cache (all of it by default: a fixed shape, as a CUDA graph needs); logits
-    `[rows, vocab]` (float32). Their lengths grow by one."""
-    rows, hd = tokens.shape[0], fast.head_dim
-    span = cache.capacity if span is None else span
-    positions = cache.lengths[:rows]
-    cos_all, sin_all = fast._rope(cache.capacity)
-    cos, sin = cos_all[positions][:, None], sin_all[positions][:, None]
-    visible = torch.arange(span, device=tokens.device)[None] <= positions[:, None]
-    bias = torch.zeros(rows, 1, 1, span, device=tokens.device).masked_fill(~visible[:, None, None], float("-inf"))
-    every = torch.arange(rows, device=tokens.device)
-    nq, nk = fast.n_heads * hd, fast.n_kv * hd
-    x = F.embedding(tokens, fast.embed)
-    for i, layer in enumerate(fast.layers):
-        if i == fast.split:
-            x = steering(x, clamps)
-        qkv = layer.qkv(fast._norm(x, layer.norm1))
-        q = _rotate(qkv[:, :nq].view(rows, fast.n_heads, hd), cos, sin)
-        k = _rotate(qkv[:, nq:nq + nk].view(rows, fast.n_kv, hd), cos, sin)
-        v = qkv[:, nq + nk:].view(rows, fast.n_kv, hd)
-        cache.k[i, every, :, positions] = k.to(cache.k.dtype)
-        cache.v[i, every, :, positions] = v.to(cache.v.dtype)
-        keys, values = cache.k[i, :rows, :, :span], cache.v[i, :rows, :, :span]
-        scores = torch.matmul(q.view(rows, fast.n_kv, -1, hd).to(keys.dtype), keys.transpose(2, 3)) * fast.scale
-        probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
-        out = torch.matmul(probs, values).reshape(rows, nq).to(x.dtype)
-        x = fast._tail(layer, x, out)
-    if fast.split == fast.n_layers:
-        x = steering(x, clamps)
-    positions += 1
-    return fast.unembed(fast._norm(x, fast.final_norm)).float()
+    first `span` positions of the cache (all of it by default); logits `[rows, vocab]` (float32). Their lengths grow
+    by one. `clamps` / `scaled`: compute those parts of the rows' steering."""
+    view = BatchView(fast, cache, tokens.shape[0], span)
+    x = fast.blocks(fast.embedding(tokens), view, 0, fast.split)
+    x = steering(x, clamps=clamps, scaled=scaled)
+    x = fast.blocks(x, view, fast.split, fast.n_layers)
+    view.positions += 1
+    return fast.logits(x)
 
 
 class GraphStep:
-    """`batch_step` over the whole cache, captured in a CUDA graph per (clamps or not) and replayed: inputs and
+    """`batch_step` over the whole cache, captured in a CUDA graph per kind of steering (with clamps or not, with
+    scaled vectors or not) and replayed: inputs and
     steering are written into the captured buffers, never re-captured. Only on a CUDA device."""
 
-    def __init__(self, fast: FastModel, cache: BatchCache, steering: RowSteering) -> None:
+    def __init__(self, fast: FastModel, cache: BatchCache, steering: RowPlans) -> None:
         if fast.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device.")
         self.fast, self.cache, self.steering = fast, cache, steering
         self.tokens = torch.zeros(cache.rows, dtype=torch.long, device=fast.device)
-        self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[bool, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
-    def _capture(self, clamps: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, clamps: bool, scaled: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         lengths = self.cache.lengths.clone()
         k, v = self.cache.k.clone(), self.cache.v.clone()
         stream = torch.cuda.Stream()
@@ -209,21 +150,21 @@ class GraphStep:
         with torch.cuda.stream(stream):  # warm-up runs (allocator, kernels' workspaces) outside the graph
             for _ in range(2):
                 self.cache.lengths.copy_(lengths)
-                batch_step(self.fast, self.cache, self.tokens, self.steering, clamps=clamps)
+                batch_step(self.fast, self.cache, self.tokens, self.steering, clamps=clamps, scaled=scaled)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         self.cache.lengths.copy_(lengths)
         with torch.cuda.graph(graph):
-            logits = batch_step(self.fast, self.cache, self.tokens, self.steering, clamps=clamps)
+            logits = batch_step(self.fast, self.cache, self.tokens, self.steering, clamps=clamps, scaled=scaled)
         self.cache.k.copy_(k)  # the capture wrote nothing real (it only recorded), but the warm-up did
         self.cache.v.copy_(v)
         self.cache.lengths.copy_(lengths)
         return graph, logits
 
-    def __call__(self, tokens: torch.Tensor, clamps: bool) -> torch.Tensor:
-        if clamps not in self._graphs:
-            self._graphs[clamps] = self._capture(clamps)
-        graph, logits = self._graphs[clamps]
+    def __call__(self, tokens: torch.Tensor, clamps: bool, scaled: bool) -> torch.Tensor:
+        if (clamps, scaled) not in self._graphs:
+            self._graphs[clamps, scaled] = self._capture(clamps, scaled)
+        graph, logits = self._graphs[clamps, scaled]
         self.tokens.copy_(tokens)
         graph.replay()
         return logits
@@ -245,7 +186,7 @@ class Batcher:
         self.rows = rows
         self.graphs = fast.device.type == "cuda" if graphs is None else graphs
         self.cache = BatchCache(fast, 1, GROW)
-        self.steering = RowSteering(rows, fast.d_model, sae, fast.device)
+        self.steering = RowPlans(rows, fast.d_model, sae, fast.device)
         self.slots: list[Request | None] = [None] * rows
         self.next_tokens = torch.zeros(rows, dtype=torch.long, device=fast.device)
         self.pending: deque[Request] = deque()
@@ -295,8 +236,7 @@ class Batcher:
             return
         cache = request.cache or PrefixCache(fast)
         cache.sync(request.ids)
-        steer, key = phase_steer(fast, request.steering, request.sampling.steer_positions, "prompt")
-        logits = fast.upper(cache, steer, key)
+        logits = fast.upper(cache, request.steered("prompt"))
         self._emit(request, self._pick(request, logits))
         if request.done:
             return
@@ -344,16 +284,16 @@ class Batcher:
             n = self.running
             if not n:
                 return finished
-            clamps = self.steering.any_clamps
+            clamps, scaled = self.steering.any_clamps, self.steering.any_scaled
             if self.graphs:  # every row, a fixed shape; the idle ones stay empty
                 if self._graph is None:
                     self._graph = GraphStep(self.fast, self.cache, self.steering)
-                logits = self._graph(self.next_tokens[:self.cache.rows], clamps)
+                logits = self._graph(self.next_tokens[:self.cache.rows], clamps, scaled)
                 self.cache.lengths[n:] = 0
             else:
                 span = int(self.cache.lengths[:n].max()) + 1
                 logits = batch_step(self.fast, self.cache, self.next_tokens[:n], self.steering, span=span,
-                                    clamps=clamps)
+                                    clamps=clamps, scaled=scaled)
             self.steps += 1
             for row in range(n):
                 running = self.slots[row]

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any, Protocol
 
 import torch
 
 from steering.config import SamplingConfig
-from steering.fast.model import FastModel, PrefixCache, Steer, decode, steering_key, vector_steer
 from steering.sae.autoencoder import HookPoint
 
 from .hooks import residual_hook
-from .interventions import SteeringHook
 from .models import LoadedModel
 
 
@@ -29,7 +27,9 @@ class ResidualEdit(Protocol):
     phase (prompt, generated) and `empty` skips the hook altogether."""
 
     active: bool
-    empty: bool
+
+    @property
+    def empty(self) -> bool: ...
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor | None: ...
 
@@ -125,57 +125,6 @@ def decode_token_ids(
             ids = torch.tensor([[token]], device=lm.device)
 
 
-def phase_steer(fast: FastModel, steering: SteeringHook | None, positions: str, phase: str,
-                ) -> tuple[Steer, Hashable]:
-    """The fast path's steer for one phase (`prompt` or `generated`) and its cache key."""
-    if steering is None or steering.empty or positions not in ("all", phase):
-        return vector_steer(None, fast.d_model, fast.device), None
-    if steering.per_token or steering.clamps:
-        steering.active = True
-        extra = (tuple(steering.per_token), tuple(sorted(steering.clamps.items())))
-
-        def steer(h: torch.Tensor) -> torch.Tensor:
-            out = steering(h)
-            return h if out is None else out
-
-        return steer, steering_key(steering.vector, extra)
-    return vector_steer(steering.vector, fast.d_model, fast.device), steering_key(steering.vector)
-
-
-def fast_token_ids(
-    fast: FastModel,
-    cache: PrefixCache,
-    input_ids: list[int],
-    sampling: SamplingConfig,
-    eos_ids: set[int],
-    *,
-    steering: SteeringHook | None = None,
-    cancel: CancelToken | None = None,
-) -> Iterator[int]:
-    """`decode_token_ids` on the fast path (`steering.fast.model`): the same tokens, reading only what `cache` lacks."""
-    eos = eos_ids if sampling.stop_at_eos else set()
-    generator = sampling_generator(sampling, fast.device)
-    if sampling.max_tokens == 0 or (cancel is not None and cancel.cancelled):
-        return
-    phases = [phase_steer(fast, steering, sampling.steer_positions, p) for p in ("prompt", "generated")]
-    steps = decode(fast, cache, input_ids, phases[0], phases[1])
-    generated: list[int] = []
-    try:
-        with torch.inference_mode():
-            logits = next(steps)
-        for step in range(sampling.max_tokens):
-            logits = penalise_repeats(logits[None], [generated], sampling.repetition_penalty)[0]
-            token = pick_token(logits, sampling, generator)
-            generated.append(token)
-            yield token
-            if token in eos or step == sampling.max_tokens - 1 or (cancel is not None and cancel.cancelled):
-                return
-            with torch.inference_mode():
-                logits = steps.send(token)
-    finally:
-        steps.close()
-
-
 class Detokenizer:
     """Turns a stream of token ids into text pieces, holding back incomplete UTF-8 sequences.
 
@@ -261,27 +210,12 @@ def prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
     return ids
 
 
-def stream_text(
-    lm: LoadedModel,
-    prompt: str,
-    sampling: SamplingConfig,
-    *,
-    steering: ResidualEdit | None = None,
-    hook: HookPoint | None = None,
-    cancel: CancelToken | None = None,
-    cache: PrefixCache | None = None,
-) -> Iterator[str]:
-    """Yield text pieces of the continuation of `prompt`: on the fast path when given its `cache` (then `steering`
-    must be a SteeringHook or None) and the model has room for it, else through the transformers forward."""
-    ids = prompt_ids(lm, prompt)
-    text = TextStream(lm.tokenizer, ids[0].tolist(), sampling.stop)
-    eos = lm.eos_token_ids if sampling.stop_at_eos else set()
-    if cache is not None and ids.shape[1] + sampling.max_tokens <= cache.fast.max_positions:
-        assert steering is None or isinstance(steering, SteeringHook)
-        tokens = fast_token_ids(cache.fast, cache, ids[0].tolist(), sampling, lm.eos_token_ids, steering=steering,
-                                cancel=cancel)
-    else:
-        tokens = decode_token_ids(lm, ids, sampling, steering=steering, hook=hook, cancel=cancel)
+def text_pieces(tokenizer: Any, context: list[int], tokens: Iterable[int], sampling: SamplingConfig,
+                eos_ids: set[int]) -> Iterator[str]:
+    """The text of `tokens` (generated after `context`) in pieces as they come: cut before the first stop string,
+    ended at end-of-sequence when `sampling` says so."""
+    text = TextStream(tokenizer, context, sampling.stop)
+    eos = eos_ids if sampling.stop_at_eos else set()
     for token in tokens:
         if token in eos:
             break
@@ -293,3 +227,18 @@ def stream_text(
     tail = text.flush()
     if tail:
         yield tail
+
+
+def stream_text(
+    lm: LoadedModel,
+    prompt: str,
+    sampling: SamplingConfig,
+    *,
+    steering: ResidualEdit | None = None,
+    hook: HookPoint | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[str]:
+    """Yield text pieces of the continuation of `prompt` through the transformers forward (`decode_token_ids`)."""
+    ids = prompt_ids(lm, prompt)
+    tokens = decode_token_ids(lm, ids, sampling, steering=steering, hook=hook, cancel=cancel)
+    return text_pieces(lm.tokenizer, ids[0].tolist(), tokens, sampling, lm.eos_token_ids)

@@ -1,0 +1,200 @@
+"""The fast path's per-sequence cache: keys, values and hook-point residuals of one token sequence (a document), and
+its SAE codes kept as nonzeros.
+
+A cache is cut in two at the steering hook like the model (`model.FastModel`): the lower blocks' keys and values and
+the residual at the hook point hold for any steering; the upper blocks' for the steering they were computed under
+(`key`). After an edit everything from the first changed token on is dropped (`sync`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Protocol
+
+import torch
+
+GROW = 512
+"""A cache grows in steps of this many tokens."""
+
+
+class Layout(Protocol):
+    """The sizes a cache is laid out by (`model.FastModel` has them)."""
+
+    n_layers: int
+    n_kv: int
+    head_dim: int
+    d_model: int
+    max_positions: int
+    dtype: torch.dtype
+    cache_dtype: torch.dtype
+    device: torch.device
+
+    def bytes_per_token(self) -> int: ...
+
+
+class Reader(Layout, Protocol):
+    """A model that reads a cache's tokens through its lower blocks (`model.FastModel.lower`)."""
+
+    def lower(self, cache: PrefixCache, limit: int | None = None) -> bool: ...
+
+
+class PrefixCache:
+    """Keys, values and hook-point residuals of one token sequence (`ids`), for the fast path.
+
+    `low`: tokens whose lower blocks are computed; `high`: tokens whose upper blocks are computed, under the steering
+    identified by `key`. Always `high <= low <= len(ids)`.
+    """
+
+    def __init__(self, fast: Layout, capacity: int = GROW) -> None:
+        self.fast = fast
+        self.ids: list[int] = []
+        self.low = 0
+        self.high = 0
+        self.key: Hashable = None
+        self.capacity = 0
+        self.k = self.v = self.resid = torch.empty(0)
+        self.codes: SparseCodes | None = None
+        """SAE codes of the first `coded` tokens: annotation encodes only the tokens after them."""
+        self.coded = 0
+        self.reserve(min(capacity, fast.max_positions))
+
+    @property
+    def nbytes(self) -> int:
+        return self.capacity * self.fast.bytes_per_token() + (self.codes.nbytes if self.codes is not None else 0)
+
+    def codes_for(self, n: int, width: int, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The SAE codes `[n, width]` (float32, CPU) of the first `n` tokens (whose residuals are read), encoding
+        with `encode` only the rows not kept from an earlier call."""
+        if self.codes is None or self.codes.width != width:
+            self.codes, self.coded = SparseCodes(width), 0
+        if self.coded < n:
+            self.codes.put(self.coded, encode(self.resid[self.coded:n]).float().cpu())
+            self.coded = n
+        return self.codes.dense(n)
+
+    def reserve(self, tokens: int) -> None:
+        """Room for at least `tokens` tokens (kept contents stay)."""
+        if tokens <= self.capacity:
+            return
+        fast = self.fast
+        if tokens > fast.max_positions:
+            raise ValueError(f"{tokens} tokens exceed the model's {fast.max_positions} positions.")
+        size = min(fast.max_positions, math.ceil(tokens / GROW) * GROW)
+        shape = (fast.n_layers, fast.n_kv, size, fast.head_dim)
+        k = torch.empty(shape, dtype=fast.cache_dtype, device=fast.device)
+        v = torch.empty(shape, dtype=fast.cache_dtype, device=fast.device)
+        resid = torch.empty(size, fast.d_model, dtype=fast.dtype, device=fast.device)
+        keep = self.low
+        if keep:
+            k[:, :, :keep] = self.k[:, :, :keep]
+            v[:, :, :keep] = self.v[:, :, :keep]
+            resid[:keep] = self.resid[:keep]
+        self.k, self.v, self.resid, self.capacity = k, v, resid, size
+
+    def sync(self, ids: list[int]) -> int:
+        """Make the cache describe `ids`: everything after the first token that differs is dropped. Returns how many
+        tokens were kept."""
+        kept = 0
+        limit = min(len(ids), len(self.ids))
+        while kept < limit and ids[kept] == self.ids[kept]:
+            kept += 1
+        self.ids = list(ids)
+        self.low = min(self.low, kept)
+        self.high = min(self.high, kept)
+        self.coded = min(self.coded, kept)
+        return kept
+
+    def push(self, token: int) -> None:
+        self.ids.append(token)
+
+
+class SparseCodes:
+    """SAE codes of a token sequence kept as each row's nonzero entries, `width` columns wide when dense.
+
+    A TopK SAE's code has k nonzeros of thousands (64 of 4,608 for the default SAE): dense float32 rows took 18 KB a
+    token, as much as the model's keys and values, so fewer documents fitted the cache budget and a switch between
+    them read a whole document again. Kept here: `index` and `value` `[rows, k]`, k the most nonzeros a row has had;
+    a row with fewer pads with value 0 at column 0, which adds nothing when the rows are made dense again.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.index = torch.zeros(0, 0, dtype=torch.int32)
+        self.value = torch.zeros(0, 0)
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.numel() * self.index.element_size() + self.value.numel() * self.value.element_size()
+
+    def put(self, start: int, rows: torch.Tensor) -> None:
+        """Keep `rows` `[m, width]` as rows `start` to `start + m` (rows after them are dropped)."""
+        m = rows.shape[0]
+        k = max(int((rows != 0).sum(dim=1).max()) if m else 0, self.value.shape[1])
+        need, have = start + m, self.value.shape[0]
+        if need > have or k > self.value.shape[1]:
+            size = max(need, have * 5 // 4) if need > have else have
+            index = torch.zeros(size, k, dtype=torch.int32)
+            value = torch.zeros(size, k)
+            kept, width = min(start, have), self.value.shape[1]
+            index[:kept, :width] = self.index[:kept]
+            value[:kept, :width] = self.value[:kept]
+            self.index, self.value = index, value
+        if not m or not k:
+            self.value[start:need] = 0
+            return
+        top = rows.abs().topk(k, dim=1).indices
+        self.index[start:need] = top.to(torch.int32)
+        self.value[start:need] = rows.gather(1, top)
+
+    def dense(self, n: int) -> torch.Tensor:
+        """The first `n` rows as `[n, width]` float32."""
+        out = torch.zeros(n, self.width)
+        if n and self.value.shape[1]:
+            out.scatter_add_(1, self.index[:n].long(), self.value[:n])
+        return out
+
+
+class SessionCaches:
+    """Prefix caches by session (a document), least recently used dropped beyond `budget_bytes`."""
+
+    def __init__(self, fast: Reader, budget_bytes: int) -> None:
+        self.fast = fast
+        self.budget = budget_bytes
+        self._caches: OrderedDict[str, PrefixCache] = OrderedDict()
+
+    def get(self, session: str | None) -> PrefixCache:
+        """The session's cache (a fresh, unkept one without a session)."""
+        if session is None:
+            return PrefixCache(self.fast)
+        cache = self._caches.pop(session, None) or PrefixCache(self.fast)
+        self._caches[session] = cache
+        return cache
+
+    def trim(self) -> None:
+        """Drop least recently used caches until the rest fit the budget (the most recent one always stays)."""
+        while len(self._caches) > 1 and self.nbytes > self.budget:
+            self._caches.popitem(last=False)
+
+    def read(self, session: str | None, ids: list[int], limit: int | None = None) -> tuple[PrefixCache, bool] | None:
+        """The session's cache made to describe `ids`, with the lower blocks read for (up to `limit` more of) them,
+        and whether all are read; None when `ids` exceed the model's positions."""
+        if len(ids) > self.fast.max_positions:
+            return None
+        with torch.inference_mode():
+            cache = self.get(session)
+            cache.sync(ids)
+            done = self.fast.lower(cache, limit)
+        self.trim()
+        return cache, done
+
+    def drop(self, session: str) -> None:
+        self._caches.pop(session, None)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self._caches.values())
+
+    def __len__(self) -> int:
+        return len(self._caches)

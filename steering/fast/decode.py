@@ -1,0 +1,70 @@
+"""The decode loop on the fast path: `runtime.decode.decode_token_ids` (the readable reference it is tested
+against) over a document's `PrefixCache`, reading only what the cache lacks."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+import torch
+
+from steering.config import SamplingConfig
+from steering.runtime.decode import CancelToken, penalise_repeats, pick_token, sampling_generator
+from steering.runtime.interventions import Plan
+
+from .cache import PrefixCache
+from .model import FastModel
+
+
+def phase_plan(plan: Plan | None, positions: str, phase: str) -> Plan | None:
+    """What steers the `phase` (`prompt` or `generated`) of a generation whose steering applies at `positions`."""
+    return plan if plan is not None and not plan.empty and positions in ("all", phase) else None
+
+
+def decode(fast: FastModel, cache: PrefixCache, ids: list[int], prompt: Plan | None,
+           generated: Plan | None) -> Generator[torch.Tensor, int, None]:
+    """Logits after `ids`, then after each token sent in (`send(token)`): the cache reads only what it has not
+    seen. Generated tokens stay in the cache afterwards; their upper blocks only when the generated positions were
+    steered as the prompt was (`prompt`, `generated`: the plan of each phase)."""
+    cache.sync(ids)
+    try:
+        token = yield fast.upper(cache, prompt)
+        while True:
+            cache.push(token)
+            token = yield fast.upper(cache, generated, keep=True)
+    finally:
+        if (generated.key if generated else None) != (prompt.key if prompt else None):
+            cache.high = min(cache.high, len(ids))
+
+
+def fast_token_ids(
+    fast: FastModel,
+    cache: PrefixCache,
+    input_ids: list[int],
+    sampling: SamplingConfig,
+    eos_ids: set[int],
+    *,
+    plan: Plan | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[int]:
+    """`runtime.decode.decode_token_ids` on the fast path: the same tokens, reading only what `cache` lacks."""
+    eos = eos_ids if sampling.stop_at_eos else set()
+    generator = sampling_generator(sampling, fast.device)
+    if sampling.max_tokens == 0 or (cancel is not None and cancel.cancelled):
+        return
+    steps = decode(fast, cache, input_ids, phase_plan(plan, sampling.steer_positions, "prompt"),
+                   phase_plan(plan, sampling.steer_positions, "generated"))
+    generated: list[int] = []
+    try:
+        with torch.inference_mode():
+            logits = next(steps)
+        for step in range(sampling.max_tokens):
+            logits = penalise_repeats(logits[None], [generated], sampling.repetition_penalty)[0]
+            token = pick_token(logits, sampling, generator)
+            generated.append(token)
+            yield token
+            if token in eos or step == sampling.max_tokens - 1 or (cancel is not None and cancel.cancelled):
+                return
+            with torch.inference_mode():
+                logits = steps.send(token)
+    finally:
+        steps.close()
