@@ -69,8 +69,8 @@ class EngineConfig:
     """With `device_map`: the folder for the weights that fit nowhere else."""
 
     fast: bool = True
-    """Run Llama-family models on tinymorph's own forward (`steering.fast`); off, every model runs the transformers
-    forward."""
+    """Run the model families of the fast path (the Llama layout: `steering.fast.family`) on tinymorph's own
+    forward; off, every model runs the transformers forward."""
 
     int8: bool = True
     """On the fast path on a CPU in bfloat16, decode with int8 copies of the weights (per-channel scales): twice the
