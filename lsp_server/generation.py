@@ -8,7 +8,7 @@ import asyncio
 import re
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from pygls.exceptions import JsonRpcInvalidRequest
@@ -17,7 +17,7 @@ from steering.config import SamplingConfig
 from steering.errors import TinymorphError
 from steering.fast.batched import Request
 from steering.runtime.decode import CancelToken
-from steering.runtime.interventions import Intervention, vector_digest
+from steering.runtime.interventions import Intervention
 
 from .config import Settings
 from .state import DocState, Running
@@ -80,12 +80,6 @@ def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[s
                           seed=0, repetition_penalty=settings.repetition_penalty)
 
 
-def steering_signature(steering: list[Intervention]) -> tuple[Any, ...]:
-    """What identifies a steering set's effect (vectors by their bytes)."""
-    return tuple((i.mode, i.feature, i.strength, i.value, None if i.vector is None else vector_digest(i.vector))
-                 for i in steering)
-
-
 async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str, max_tokens: int | None = None,
                    stop: tuple[str, ...] = (), priority: int = INTERACTIVE,
                    extra: Sequence[Intervention] = ()) -> str:
@@ -98,7 +92,7 @@ async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str,
     steering = [i for i in server.interventions_for(uri) if i.feature is None or i.feature not in replaced]
     steering += extra
     how = sampling(server.settings, max_tokens=max_tokens, stop=stop)
-    key = (prompt, steering_signature(steering), repr(how))
+    key = (prompt, tuple(i.signature() for i in steering), repr(how))
     running = state.running
     if running is None or running.key != key or running.cancel.cancelled or (running.task.done() and (
             running.task.cancelled() or running.task.exception() is not None)):

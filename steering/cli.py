@@ -416,10 +416,12 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     """Statistics (for ranking and steering) and word labels of an SAE in the SAELens layout, written into its
     folder: what `train-sae` writes, for an SAE trained elsewhere or on other text."""
     from steering.features.labels import write_stats_and_labels
+    from steering.training.corpus import load_corpus
 
     engine = _engine(args)
     sae = engine.require_sae("sae-stats")
-    done = write_stats_and_labels(engine.lm, sae, args.corpus, tokens=args.tokens, context=args.context)
+    stream = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id).tokens
+    done = write_stats_and_labels(engine.lm, sae, stream, tokens=args.tokens, context=args.context)
     if args.json:
         _emit(done.to_dict())
     else:

@@ -220,7 +220,7 @@ def test_stats_and_calibration_write_only_into_a_saelens_folder() -> None:
 
     made_here = SAE(64, 128, "topk", k=8)  # in memory: no folder to write into, refused before the model is used
     with pytest.raises(TinymorphError, match="SAELens layout"):
-        write_stats_and_labels(None, made_here, ["corpus.md"])  # type: ignore[arg-type]
+        write_stats_and_labels(None, made_here, torch.zeros(0, dtype=torch.long))  # type: ignore[arg-type]
     with pytest.raises(TinymorphError, match="SAELens layout"):
         calibrate_folder(None, made_here)  # type: ignore[arg-type]
 

@@ -1,5 +1,6 @@
 """Import rules over the whole graph of `steering/` and `lsp_server/`: no cycle anywhere, the engine never reaches
-the server, and the server's plumbing never reaches a feature module.
+the server, the engine's rooms import only the rooms below them, and the server's plumbing never reaches a feature
+module.
 
 Every import counts: at the top of a module, inside a function, and under `if TYPE_CHECKING:` (a type-only cycle
 still ties the modules together). Relative imports are resolved; `from pkg import name` is an import of the
@@ -27,6 +28,20 @@ FEATURES = {"actions", "commands", "completion", "documents", "hints", "hover", 
 checking."""
 ENTRY = {"", "__main__", "cli"}
 """The package itself, and the entry modules that build the server from all of the above."""
+
+ROOMS = {
+    "sae": set(),
+    "runtime": {"sae"},
+    "fast": {"runtime", "sae"},
+    "features": {"runtime", "sae"},
+    "training": {"features", "runtime", "sae"},
+    "evaluation": {"training", "features", "runtime", "sae"},
+}
+"""The engine's sub-packages and the rooms each may import (ARCHITECTURE.md draws them). All may import the shared
+top-level modules in `BASE`; the top-level facade (`engine`, `cli`, `demo`, `testing`, the package) may import
+everything."""
+BASE = {"config", "errors", "atomic", "spans"}
+"""Top-level modules of `steering` every room uses; they import no room."""
 
 
 def modules(root: Path, packages: Iterable[str]) -> dict[str, Path]:
@@ -135,6 +150,29 @@ def test_the_engine_never_imports_the_server(edges: dict[str, set[str]]) -> None
     server = {m for m in edges if m.startswith("lsp_server")}
     chains = [c for m in sorted(edges) if m.startswith("steering") and (c := path_to(edges, m, server))]
     assert not chains, "steering/ reaches lsp_server/: " + "; ".join(" -> ".join(c) for c in chains)
+
+
+def room_of(module: str) -> str:
+    """`steering.fast.model` -> `fast`; `steering.config` -> `config`; `steering` -> ``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_the_engines_rooms_import_only_the_rooms_below_them(edges: dict[str, set[str]]) -> None:
+    rooms = {m.split(".")[1] for m in modules(ROOT, ["steering"]) if m.count(".") >= 2}
+    assert rooms == set(ROOMS), f"each sub-package of steering/ needs its place in ROOMS: {sorted(rooms)}"
+    wrong = []
+    for module, targets in sorted(edges.items()):
+        if not module.startswith("steering."):
+            continue
+        here = room_of(module)
+        allowed = ROOMS.get(here, set()) | {here} | BASE if here in ROOMS or here in BASE else None
+        if here in BASE:
+            allowed = BASE
+        for target in sorted(targets):
+            if allowed is not None and target.startswith("steering") and room_of(target) not in allowed:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, "a room imports a room above it: " + "; ".join(wrong)
 
 
 def test_every_server_module_has_its_place() -> None:

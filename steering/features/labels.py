@@ -18,7 +18,6 @@ from steering.errors import TinymorphError
 from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE
 from steering.sae.layouts import FEATURE_STATS, saelens_folder
-from steering.training.corpus import load_corpus
 
 from .stats import FeatureStats, is_filler
 
@@ -238,16 +237,15 @@ class Described:
                 "labelled_in_words": self.labelled_in_words}
 
 
-def write_stats_and_labels(lm: LoadedModel, sae: SAE, corpus: Sequence[str], *, tokens: int = 200_000,
+def write_stats_and_labels(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, tokens: int = 200_000,
                            context: int = 128) -> Described:
-    """One pass of `sae` over the text files `corpus` (`describe_sae`), written into the SAE's folder: its feature
+    """One pass of `sae` over a corpus' token `stream` (`describe_sae`), written into the SAE's folder: its feature
     statistics (feature_stats.safetensors) and labels.json, each file replaced atomically. That is what `train-sae`
     writes, for an SAE trained elsewhere or on other text; the SAE must have been read from the SAELens layout."""
     folder = saelens_folder(sae)
     if folder is None:
         raise TinymorphError("sae-stats writes into an SAE folder in the SAELens layout (cfg.json + "
                              "sae_weights.safetensors); this SAE is not one.")
-    stream = load_corpus(lm.tokenizer, corpus, separator=lm.first_eos_id).tokens
     labels = describe_sae(lm, sae, stream, context=context, tokens=tokens)
     write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
     write_bytes(folder / LABELS_FILE, json.dumps(labels, ensure_ascii=False).encode())
