@@ -157,6 +157,24 @@ async def wait_annotated(client: LanguageClient, uri: str, version: int) -> dict
     return await wait_for(done, what=f"annotation of version {version}")
 
 
+async def wait_idle(client: LanguageClient, quiet: float = 0.3) -> None:
+    """Wait until the engine has run no job for `quiet` seconds: background work (suggestions of other documents
+    after a steering change, re-reads) is over, so that a completion asked next decodes alone. Decoding together
+    with other rows computes attention over another span, which can change a tiny random model's near-tied greedy
+    token."""
+
+    async def settled() -> bool:
+        since = time.monotonic()
+        while time.monotonic() - since < quiet:
+            status = await command(client, "tinymorph.status")
+            if status["queueDepth"] or status["running"] or status["batched"]:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    await wait_for(settled, what="the engine to be idle")
+
+
 def open_doc(client: LanguageClient, uri: str, text: str, language: str = "markdown", version: int = 1) -> None:
     client.text_document_did_open(types.DidOpenTextDocumentParams(
         text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))

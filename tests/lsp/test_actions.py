@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 
-from .conftest import client_fixture, command, open_doc, typed_with_suggestion, wait_annotated
+from .conftest import client_fixture, command, open_doc, typed_with_suggestion, wait_annotated, wait_idle
 
 client = client_fixture()
 
@@ -133,6 +133,7 @@ async def test_write_more_like_this_makes_a_preset_that_steers_completions(clien
     await command(client, "tinymorph.steer.clear")
     for p in await presets(client):
         await command(client, "tinymorph.preset.remove", {"name": p["name"]})
+    await wait_idle(client)
     plain = await completion(client, uri)
     assert "unsteered" in plain.detail
     got = await actions(client, uri, rng(2, 0, 2, 30))
@@ -155,6 +156,7 @@ async def test_write_more_like_this_makes_a_preset_that_steers_completions(clien
     for action in stop:
         await command(client, action.command.command, *action.command.arguments)
     assert [p["enabled"] for p in await presets(client)] == [False, False]
+    await wait_idle(client)
     assert (await completion(client, uri)).text_edit.new_text == plain.text_edit.new_text
     listed = await command(client, "tinymorph.preset.rename", {"name": "strong", "to": "gulls and letters"})
     assert [p["name"] for p in listed["presets"]] == [preset["name"], "gulls and letters"]
