@@ -28,6 +28,7 @@ import math
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -276,13 +277,14 @@ class Plan:
         """(feature, target activation) of every clamped or ablated feature."""
         return tuple(zip(self.clamp_index.tolist(), self.clamp_target.tolist(), strict=True))
 
-    @property
+    @cached_property
     def empty(self) -> bool:
         return not (bool(self.vector.any()) or self.scaled is not None or len(self.clamp_index))
 
-    @property
+    @cached_property
     def key(self) -> Hashable:
-        """The identity of what the plan does, for caches of steered computation: None for no steering at all."""
+        """The identity of what the plan does, for caches of steered computation: None for no steering at all
+        (computed once: a decode step asks for it)."""
         if self.empty:
             return None
         return (vector_digest(self.vector), None if self.scaled is None else vector_digest(self.scaled), self.clamps)
