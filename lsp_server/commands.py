@@ -18,7 +18,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInternalError, JsonRpcInvalidParams
 
 from steering.errors import TinymorphError
-from steering.runtime.interventions import Intervention
+from steering.runtime.interventions import MODE_TABLE, Intervention
 
 from .actions import REWRITE, compute_rewrite, parse_rewrite_args, parse_suppress, versioned_edit
 from .config import to_wire
@@ -88,7 +88,8 @@ def parse_steer_add(ls: TinymorphServer, args: tuple[Any, ...]) -> tuple[Interve
     for name in ("strength", "value"):
         if name in obj:
             described[name] = float(field_of(obj, name, (int, float), cmd))
-    if described["mode"] in ("add", "row"):
+    mode = MODE_TABLE.get(described["mode"])
+    if mode is not None and "strength" in mode.numbers:  # Amplify's strength unless the command gives one
         described.setdefault("strength", ls.settings.amplify_strength)
     try:
         intervention = intervention_from(described)

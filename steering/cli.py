@@ -40,6 +40,8 @@ def _common(parser: argparse.ArgumentParser, *, sae: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from steering.runtime.interventions import SPEC_HELP
+
     parser = argparse.ArgumentParser(prog="tinymorph", description=__doc__, epilog=(
         "tinymorph serve [--tcp --port P] [--log-file F] [-v] starts the language server (python -m lsp_server)."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "[SPEC, ...]}; - for standard input. Prints one JSON line per prompt.")
     p.add_argument("--rows", type=int, default=8, help="with --batch: continuations decoded at once")
     p.add_argument("--steer", action="append", default=[], metavar="SPEC",
-                   help="F=+S add feature F at strength S; F=clamp:C; F=off. Repeatable.")
+                   help=f"steering by feature, repeatable: {SPEC_HELP}".replace("%", "%%"))
     p.add_argument("--contrast", nargs=2, metavar=("POSITIVE", "NEGATIVE"),
                    help="steer along mean(residual of POSITIVE) - mean(residual of NEGATIVE)")
     p.add_argument("--contrast-strength", type=float, default=4.0)
