@@ -1,88 +1,193 @@
-"""Does steering do what it says? Methods side by side on sampled features and neutral prompts, one JSON on stdout.
+"""Does steering do what it says, and does the text stay English? Methods side by side, one JSON on stdout.
 
-For each sampled feature (seeded, from the SAE's alive, non-dense features), each neutral prompt of
-`steering_prompts.json`, each method and strength: a greedy continuation of `--tokens` tokens. Then the unsteered
-model re-reads prompt + continuation:
+Feature sets (`--sets`):
+- `hints:FILE`: the features a writer is shown. Each paragraph of a topic file (`hint_topics.json`: the methods were
+  chosen on it; `steering_topics.json`: held out, on other topics) is annotated alone and gives its first labelled
+  hint, as the editor shows it;
+- `random`: `--features` alive, non-dense features sampled (seeded), what hover and search offer.
 
-- *concept*: the share of the continuation's tokens on which the target feature fires;
-- *carried*: concept >= 0.2;
-- *fluency*: NLL per token of the continuation under the unsteered model, next to the same model's NLL on human prose
-  (held-out text, `--prose`), and distinct-2 (distinct bigrams / bigrams) to catch loops.
+For every feature, every neutral prompt of `steering_prompts.json` and every method: a greedy continuation of
+`--tokens` tokens with the editor's repetition penalty. Then the unsteered model re-reads prompt + continuation:
+- `carried`: the share of continuations on which the feature fires on at least 20 % of the tokens;
+- `topic` (hint sets): the share using a word of the paragraph's topic (the hints benchmark's rule);
+- `nll`: NLL per token under the unsteered model, next to `human_nll`, the same model's NLL on the set's own human
+  prose (the topic paragraphs; for `random`, all of them), and `nll_over_human` = the difference;
+- `word_lists`: the share of continuations that read as a list of words (`evaluation.continuations.word_list`:
+  five content words in a row with no function word or punctuation); `distinct_2` catches loops;
+- `tok_s_ratio`: single-request decode speed against unsteered, on the same prompts.
 
-Methods (strength `s`):
+Methods (`--methods`, strength `S` in the unit of `add`, what Amplify's strength 1 means):
+- `unsteered`;
+- `vector:S`: `add` at S with its vector alone at every step (what Amplify was before guidance; `diffmean:S` is the
+  same vector taken as S x the DiffMean direction);
+- `guided:S`: `add` at S under `config.Guidance`, the decode loop reading the feature on the 4 most likely next
+  tokens and preferring one it fires on, easing off once it fired on 35 % of the tokens (the editor's Amplify at 1);
+- `guided8:S`: the same with 8 candidates;
+- `gated:S`: the vector eased off the same way, without candidates;
+- `plausible:S:A`: the vector at S, but only tokens the unsteered model rates at least A x its top token's
+  probability (the contrastive-decoding plausibility constraint; two passes a step);
+- `best4`: four continuations (vectors at 0.5, 1, 1.5, 2) in one batch; the one that carries with the lowest NLL
+  (or the lowest NLL);
+- `row:S`, `clamp:S`: the seeds' rule and the clamp at S x max_act, vectors alone; `prompt`: no steering, the
+  label written before the prompt.
 
-- `row`: the SAE decoder row, the seeds' rule `H + s * W_dec[f] / |W_dec[f]| * max_act[f]` (`--strengths`);
-- `diffmean`: the feature's DiffMean direction (mean residual where it fires minus where it does not), `s` x itself
-  (`--diffmean-strengths`);
-- `clamp`: the feature clamped at `s * max_act` on every position (`--strengths`);
-- `prompt`: no steering; the label (or top contexts) put before the prompt;
-- `editor`: what the editor's Amplify does (`Intervention("add", f, strength=--editor-strength)` through the engine,
-  with its calibrated unit and direction when the SAE has them);
-- `preset`: "write more like this". Each paragraph of `hint_topics.json` (`--topics`) is the selection in a document
-  made of it and two other topics' paragraphs; its style vector (mean residual of the selection minus the rest's,
-  `steering.runtime.presets`) steers the neutral prompts at `--preset-multiples` of itself. Its concept: the cosine of the
-  continuation's mean residual (re-read unsteered) with the selection's, against the unsteered continuation's
-  (`closer`: the share of pairs where it rose), the same after taking the rest of the document's mean away from both
-  (`toward`), and `topic`: the share of continuations using a word of the selection's topic.
+`suppress` (hint sets): each hint feature's own paragraph, cut in half, continued unsteered, with the vector at -1
+and guided at -1 (Suppress): the share of tokens the feature fires on, how often it fires on fewer than unsteered
+(`fewer`), and the fluency figures.
 
-`row` and `diffmean` run at every `--positions` (`all`: prompt and generated tokens; `generated`: generated only).
-Every method decodes greedily with the same `--repetition-penalty` (the editor's by default). Continuations of one
-run are decoded in batches (`steering.evaluation.continuations`), each row under its own steering; the decode speed of steered against
-unsteered single requests (`Engine.generate`) is measured in the same run.
-
-    python benchmarks/bench_steering.py [--model default] [--sae default] [--features 12] [--seed 0] [--tokens 20]
-        [--strengths 1,2,4,8] [--diffmean-strengths 0.5,1,1.5,2,3] [--methods row,diffmean,clamp,prompt,editor]
-        [--positions all,generated] [--repetition-penalty 1.15] [--prose FILES] [--preset-multiples 0.5,1,2,3,4]
-        [--topics FILE] [--out FILE]
+    python benchmarks/bench_steering.py [--model default] [--sae default] [--sets hints:...,random] [--features 12]
+        [--seed 0] [--tokens 24] [--methods ...] [--examples 4] [--presets] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from harness import PROMPT, TOPICS, emit, held_out_text, hint_topics, logger, machine, names_topic
+from harness import TOPICS, emit, hint_topics, logger, machine, names_topic
 
-from steering.config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingConfig
+from steering.config import STEERED_REPETITION_PENALTY, EngineConfig, Guidance, SamplingConfig
 from steering.engine import Engine
-from steering.evaluation.continuations import distinct_2, greedy_batch, human_nll, reread
-from steering.features.ranking import alive_and_sparse
+from steering.evaluation.continuations import distinct_2, greedy_batch, human_nll, reread, word_list
+from steering.fast.cache import PrefixCache
+from steering.features.annotate import annotate
+from steering.features.ranking import alive_and_sparse, pick_hints
+from steering.runtime.decode import penalise_repeats
+from steering.runtime.guidance import CANNOT_STEER
 from steering.runtime.interventions import Intervention, Plan
 from steering.runtime.presets import PRESET_MULTIPLE
-from steering.training.corpus import load_corpus
 
-PROMPTS = Path(__file__).resolve().parent / "steering_prompts.json"
-DEFAULT_PROSE = Path(".cache/default-sae-corpus/heldout")
+HERE = Path(__file__).resolve().parent
+PROMPTS = HERE / "steering_prompts.json"
+HELD_OUT = HERE / "steering_topics.json"
 CARRIED = 0.2
+DEFAULT_METHODS = ("unsteered,vector:1,vector:0.5,guided:1,guided:0.75,guided8:1,gated:1,plausible:2:0.05,"
+                   "best4,prompt")
 
 log = logger("bench_steering")
 
 
 @dataclass(frozen=True)
-class Row:
+class Feature:
     feature: int
+    label: str
+    accept: tuple[str, ...] = ()
+    """Topic words of its paragraph (hint sets)."""
+    text: str = ""
+    """Its paragraph (hint sets)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    feature: Feature
     prompt: int
-    method: str
-    positions: str
-    strength: float
 
 
-def sample_features(engine: Engine, count: int, seed: int, labelled: bool) -> list[int]:
+# ------------------------------------------------------------------------------------------------ feature sets
+def hint_features(engine: Engine, paragraphs: list[dict[str, Any]]) -> list[Feature]:
+    """The first labelled hint of each paragraph, annotated alone, as the editor shows it."""
+    sae = engine.require_sae("the steering benchmark")
+    out = []
+    for p in paragraphs:
+        ann = annotate(engine.lm, sae, p["text"], paragraph_top=13, specificity=engine.specificity())
+        if not ann.paragraphs:
+            continue
+        span = ann.paragraphs[0]
+        ranked = [f.feature for f in span.features if f.hintable]
+        cards = engine.cards(ranked, lens_limit=len(ranked))
+        picked = pick_hints(span.features, {f: c.label for f, c in cards.items()}, 1)
+        if picked:
+            out.append(Feature(picked[0][0].feature, picked[0][1], tuple(p["accept"]), p["text"]))
+    return out
+
+
+def random_features(engine: Engine, count: int, seed: int) -> list[Feature]:
     sae = engine.require_sae("the steering benchmark")
     if sae.frequency is None or sae.max_act is None:
         raise SystemExit("The SAE has no feature statistics (run `tinymorph sae-stats` first).")
-    pool = [f for f in torch.nonzero(alive_and_sparse(sae.frequency)).flatten().tolist()
-            if not labelled or engine.label(f)]
-    return sorted(random.Random(seed).sample(pool, min(count, len(pool))))
+    pool = torch.nonzero(alive_and_sparse(sae.frequency)).flatten().tolist()
+    return [Feature(f, engine.label(f)) for f in sorted(random.Random(seed).sample(pool, min(count, len(pool))))]
+
+
+# ------------------------------------------------------------------------------------------------ methods
+def sampling(tokens: int, guidance: Guidance | None) -> SamplingConfig:
+    return SamplingConfig(max_tokens=tokens, stop_at_eos=True, repetition_penalty=STEERED_REPETITION_PENALTY,
+                          guidance=guidance)
+
+
+GATED = Guidance(candidates=1, bonus=0.0, eased_bonus=0.0)
+"""Feedback-gated strength alone: the feature read on the token taken, no other candidate."""
+
+
+def batched(engine: Engine, jobs: list[Job], prompts: list[str], tokens: int, strength: float,
+            guidance: Guidance | None, rows: int) -> list[list[int]]:
+    """Continuations decoded together on the fast path (`Engine.generate_batch`), `add` at `strength`."""
+    steering = [[Intervention("add", j.feature.feature, strength=strength)] if strength else [] for j in jobs]
+    plans = [engine.plan(s) for s in steering]
+    out = []
+    assert engine.fast is not None
+    from steering.fast.batched import Batcher, Request
+
+    batcher = Batcher(engine.fast, engine.sae, engine.lm.eos_token_ids, engine.lm.tokenizer, rows=rows)
+    requests = [Request(ids_of(engine, prompts[j.prompt]), sampling(tokens, guidance), plan) for j, plan in
+                zip(jobs, plans, strict=True)]
+    batcher.run(requests)
+    for r in requests:
+        out.append([t for t in r.tokens if t not in engine.lm.eos_token_ids])
+    return out
+
+
+def ids_of(engine: Engine, text: str) -> list[int]:
+    return list(engine.lm.tokenizer(text)["input_ids"])
+
+
+def plausible(engine: Engine, ids: list[int], feature: int, strength: float, alpha: float, tokens: int) -> list[int]:
+    """The vector at `strength`, keeping only tokens the unsteered model rates at >= alpha x its top token."""
+    fast = engine.fast
+    assert fast is not None
+    plan = engine.plan([Intervention("add", feature, strength=strength)])
+    steered, plain = PrefixCache(fast), PrefixCache(fast)
+    steered.sync(ids)
+    plain.sync(ids)
+    out: list[int] = []
+    with torch.inference_mode():
+        for step in range(tokens):
+            logits = penalise_repeats(fast.upper(steered, plan, keep=step > 0)[None], [out],
+                                      STEERED_REPETITION_PENALTY)[0]
+            base = torch.softmax(penalise_repeats(fast.upper(plain, None, keep=step > 0)[None], [out],
+                                                  STEERED_REPETITION_PENALTY)[0].float(), -1)
+            logits = logits.masked_fill(base < alpha * base.max(), float("-inf"))
+            token = int(logits.argmax())
+            if token in engine.lm.eos_token_ids:
+                break
+            out.append(token)
+            steered.push(token)
+            plain.push(token)
+    return out
+
+
+def legacy_plan(engine: Engine, method: str, feature: int, strength: float) -> Plan | None:
+    sae = engine.require_sae("steering")
+    assert sae.max_act is not None
+    if method == "row":
+        return engine.plan([Intervention("row", feature, strength=strength)])
+    if method == "diffmean":
+        assert sae.diffmean is not None
+        return engine.plan([Intervention("vector", vector=sae.diffmean[feature].float(), strength=strength)])
+    if method == "clamp":
+        return engine.plan([Intervention("clamp", feature, value=strength * float(sae.max_act[feature]))])
+    return None
 
 
 def prompt_text(engine: Engine, feature: int) -> str:
@@ -94,82 +199,130 @@ def prompt_text(engine: Engine, feature: int) -> str:
     return "Continue in the manner of these examples: " + " / ".join(contexts) + "\n\n"
 
 
-def plan_for(engine: Engine, row: Row) -> Plan | None:
+def run_method(engine: Engine, method: str, jobs: list[Job], prompts: list[str], tokens: int,
+               rows: int) -> list[list[int]]:
+    """The continuation of every job under `method`."""
+    name, *params = method.split(":")
+    value = [float(p) for p in params]
+    if name == "unsteered":
+        return batched(engine, jobs, prompts, tokens, 0.0, None, rows)
+    if name in ("vector", "guided", "guided8", "gated"):
+        guidance = {"vector": None, "guided": Guidance(), "guided8": Guidance(candidates=8), "gated": GATED}[name]
+        return batched(engine, jobs, prompts, tokens, value[0], guidance, rows)
+    if name == "plausible":
+        return [plausible(engine, ids_of(engine, prompts[j.prompt]), j.feature.feature, value[0], value[1], tokens)
+                for j in jobs]
+    if name == "best4":
+        options = [batched(engine, jobs, prompts, tokens, s, None, rows) for s in (0.5, 1.0, 1.5, 2.0)]
+        sae = engine.require_sae("best4")
+        best = []
+        for i, j in enumerate(jobs):
+            ids = ids_of(engine, prompts[j.prompt])
+            reads = reread(engine.lm, sae, [ids] * 4, [o[i] for o in options], [j.feature.feature] * 4)
+            rank = sorted(range(4), key=lambda k: (reads[k].concept < CARRIED, nan_last(reads[k].nll)))
+            best.append(options[rank[0]][i])
+        return best
+    if name in ("row", "diffmean", "clamp", "prompt"):
+        sae = engine.require_sae("steering")
+        assert sae.hook is not None
+        inputs = [ids_of(engine, (prompt_text(engine, j.feature.feature) if name == "prompt" else "") +
+                         prompts[j.prompt]) for j in jobs]
+        plans = [legacy_plan(engine, name, j.feature.feature, value[0] if value else 1.0) for j in jobs]
+        return greedy_batch(engine.lm, inputs, tokens, plans=plans, hook=sae.hook,
+                            repetition_penalty=STEERED_REPETITION_PENALTY)
+    raise SystemExit(f"unknown method {method!r}")
+
+
+def nan_last(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def measure(engine: Engine, jobs: list[Job], prompts: list[str], outs: list[list[int]]) -> list[dict[str, Any]]:
     sae = engine.require_sae("steering")
-    assert sae.max_act is not None
-    scale = sae.input_scale(torch.ones(1, sae.d_in))
-    unit = float(sae.max_act[row.feature]) / (float(scale) if isinstance(scale, float) else 1.0)
-    if row.method == "row":
-        vector = sae.direction(row.feature) * unit
-        return engine.plan([Intervention("vector", vector=vector, strength=row.strength)])
-    if row.method == "diffmean":
-        assert sae.diffmean is not None
-        vector = sae.diffmean[row.feature].float()
-        return engine.plan([Intervention("vector", vector=vector, strength=row.strength)])
-    if row.method == "clamp":
-        return engine.plan([Intervention("clamp", row.feature, value=row.strength * float(
-            sae.max_act[row.feature]))])
-    if row.method == "editor":
-        return engine.plan([Intervention("add", row.feature, strength=row.strength)])
-    return None
+    rows = []
+    for first in range(0, len(jobs), 32):
+        chunk, chunk_outs = jobs[first:first + 32], outs[first:first + 32]
+        reads = reread(engine.lm, sae, [ids_of(engine, prompts[j.prompt]) for j in chunk], chunk_outs,
+                       [j.feature.feature for j in chunk])
+        for j, out, read in zip(chunk, chunk_outs, reads, strict=True):
+            text = engine.lm.tokenizer.decode(out)
+            rows.append({"feature": j.feature.feature, "prompt": j.prompt, "concept": read.concept, "nll": read.nll,
+                         "topic": names_topic([text], list(j.feature.accept)) if j.feature.accept else None,
+                         "word_list": word_list(text), "distinct_2": distinct_2(out), "text": text})
+    return rows
 
 
-def run_rows(engine: Engine, rows: list[Row], prompts: list[str], tokens: int, batch: int,
-             repetition_penalty: float = STEERED_REPETITION_PENALTY) -> list[dict[str, Any]]:
-    lm, sae = engine.lm, engine.require_sae("steering")
-    assert sae.hook is not None
-    plain = {i: list(lm.tokenizer(p)["input_ids"]) for i, p in enumerate(prompts)}
-    prefixed: dict[tuple[int, int], list[int]] = {}
-    results: list[dict[str, Any]] = []
-    by_positions: dict[str, list[Row]] = defaultdict(list)
-    for row in rows:
-        by_positions[row.positions].append(row)
-    started = time.perf_counter()
-    for positions, group in by_positions.items():
-        for first in range(0, len(group), batch):
-            chunk = group[first:first + batch]
-            inputs = []
-            for row in chunk:
-                if row.method == "prompt":
-                    key = (row.feature, row.prompt)
-                    if key not in prefixed:
-                        prefixed[key] = list(lm.tokenizer(prompt_text(engine, row.feature) + prompts[row.prompt])[
-                            "input_ids"])
-                    inputs.append(prefixed[key])
-                else:
-                    inputs.append(plain[row.prompt])
-            plans = [plan_for(engine, row) for row in chunk]
-            outs = greedy_batch(lm, inputs, tokens, plans=plans, hook=sae.hook, steer_positions=positions,
-                                repetition_penalty=repetition_penalty)
-            reads = reread(lm, sae, [plain[r.prompt] for r in chunk], outs, [r.feature for r in chunk])
-            for row, out, read in zip(chunk, outs, reads, strict=True):
-                results.append({"row": row, "tokens": out, "concept": read.concept, "nll": read.nll,
-                                "distinct_2": distinct_2(out)})
-            done = len(results)
-            log(f"{done}/{len(rows)} continuations ({time.perf_counter() - started:.0f} s)")
-    return results
+def summary(rows: list[dict[str, Any]], human: float, refused: set[int]) -> dict[str, Any]:
+    """The method's figures over `rows`; `refused`: features Amplify declines (measured steerability 0), whose
+    continuations a writer never sees under Amplify (`carried_or_said`: carried, or Amplify said it cannot)."""
+    nlls = [r["nll"] for r in rows if not math.isnan(r["nll"])]
+    nll = statistics.fmean(nlls) if nlls else float("nan")
+    topics = [r["topic"] for r in rows if r["topic"] is not None]
+    kept = [r for r in rows if r["feature"] not in refused]
+    return {"pairs": len(rows), "carried": round(sum(r["concept"] >= CARRIED for r in rows) / len(rows), 4),
+            "refused": round(1 - len(kept) / len(rows), 4),
+            "carried_or_said": round((sum(r["concept"] >= CARRIED for r in kept) + len(rows) - len(kept)) / len(rows),
+                                     4),
+            "concept": round(statistics.fmean(r["concept"] for r in rows), 4),
+            "topic": round(sum(topics) / len(topics), 4) if topics else None,
+            "nll": round(nll, 4), "nll_over_human": round(nll - human, 4),
+            "word_lists": round(sum(r["word_list"] for r in rows) / len(rows), 4),
+            "distinct_2": round(statistics.fmean(r["distinct_2"] for r in rows), 4)}
 
 
-def summarise(results: list[dict[str, Any]], human: float) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
-    for r in results:
-        row = r["row"]
-        groups[(row.method, row.positions, row.strength)].append(r)
-    table = []
-    for (method, positions, strength), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        nlls = [r["nll"] for r in rs if not math.isnan(r["nll"])]
-        nll = statistics.fmean(nlls) if nlls else float("nan")
-        table.append({"method": method, "positions": positions, "strength": strength, "pairs": len(rs),
-                      "carried": round(sum(r["concept"] >= CARRIED for r in rs) / len(rs), 4),
-                      "concept": round(statistics.fmean(r["concept"] for r in rs), 4),
-                      "nll": round(nll, 4), "fluent": bool(nll <= human),
-                      "distinct_2": round(statistics.fmean(r["distinct_2"] for r in rs), 4)})
-    return table
+def speed(engine: Engine, method: str, feature: int, prompts: list[str], tokens: int) -> float:
+    """Tokens per second of single requests under `method` (the fast path's one-at-a-time decoding)."""
+    name, *params = method.split(":")
+    if name not in ("unsteered", "vector", "guided", "guided8", "gated"):
+        return float("nan")
+    strength = float(params[0]) if params else 0.0
+    guidance = {"guided": Guidance(), "guided8": Guidance(candidates=8), "gated": GATED}.get(name)
+    steering = [Intervention("add", feature, strength=strength)] if strength else []
+    config = SamplingConfig(max_tokens=tokens, stop_at_eos=False, repetition_penalty=STEERED_REPETITION_PENALTY,
+                            guidance=guidance)
+    made, seconds = 0, 0.0
+    for prompt in prompts:
+        started = time.perf_counter()
+        made += sum(1 for _ in engine.generate(prompt, steering, config))
+        seconds += time.perf_counter() - started
+    return made / seconds if seconds else float("nan")
 
 
+SUPPRESS = ("unsteered", "vector:-1", "guided:-1")
+
+
+def suppress_table(engine: Engine, features: list[Feature], tokens: int, rows: int, human: float) -> dict[str, Any]:
+    """Suppress where the feature is: each hint feature's own paragraph, cut after its first half (the feature
+    fires there), continued unsteered and with the feature suppressed; how much of the continuation it fires on."""
+    prompts = [f.text[: len(f.text) // 2].rsplit(" ", 1)[0] for f in features]
+    jobs = [Job(f, i) for i, f in enumerate(features)]
+    found = {m: measure(engine, jobs, prompts, run_method(engine, m, jobs, prompts, tokens, rows)) for m in SUPPRESS}
+    plain = found["unsteered"]
+    table = {}
+    for m, rows_ in found.items():
+        nlls = [r["nll"] for r in rows_ if not math.isnan(r["nll"])]
+        table[m] = {"concept": round(statistics.fmean(r["concept"] for r in rows_), 4),
+                    "nll_over_human": round(statistics.fmean(nlls) - human, 4),
+                    "word_lists": round(sum(r["word_list"] for r in rows_) / len(rows_), 4)}
+        if m != "unsteered":
+            fired = [(r, p) for r, p in zip(rows_, plain, strict=True) if p["concept"] > 0]
+            table[m]["fewer"] = round(sum(r["concept"] < p["concept"] for r, p in fired) / max(1, len(fired)), 4)
+    examples = [{"label": f.label, "prompt": prompts[i], **{m: found[m][i]["text"] for m in SUPPRESS}}
+                for i, f in enumerate(features[:3])]
+    return {"pairs": len(jobs), "table": table, "examples": examples}
+
+
+def text_nll(engine: Engine, texts: Sequence[str], tokens: int) -> float:
+    stream = torch.tensor(engine.lm.tokenizer("\n\n".join(texts))["input_ids"])
+    return human_nll(engine.lm, stream, spans=48, prefix=32, length=tokens)
+
+
+# ------------------------------------------------------------------------------------------------ presets
 def preset_table(engine: Engine, prompts: list[str], paragraphs: list[dict[str, Any]], multiples: list[float],
-                 tokens: int, batch: int, repetition_penalty: float, seed: int, human: float) -> dict[str, Any]:
-    """The `preset` method: style vectors of topic paragraphs against the rest of their document, at `multiples`."""
+                 tokens: int, batch: int, seed: int, human: float) -> dict[str, Any]:
+    """Style presets: each paragraph's style vector (the selection against two other topics' paragraphs) steering the
+    neutral prompts at `multiples` of itself; `topic`: continuations using a word of the selection's topic."""
     lm, sae = engine.lm, engine.require_sae("steering")
     assert sae.hook is not None
     rnd = random.Random(seed)
@@ -179,164 +332,126 @@ def preset_table(engine: Engine, prompts: list[str], paragraphs: list[dict[str, 
         doc = f"{before['text']}\n\n{para['text']}\n\n{after['text']}"
         start = len(before["text"]) + 2
         samples.append((para, engine.style_vector(doc, start, start + len(para["text"]))))
-    plain = [list(lm.tokenizer(p)["input_ids"]) for p in prompts]
+    plain = [ids_of(engine, p) for p in prompts]
     jobs = [(s, p, m) for s in range(len(samples)) for p in range(len(prompts)) for m in [0.0, *multiples]]
     found: dict[tuple[int, int, float], dict[str, Any]] = {}
-    started = time.perf_counter()
     for first in range(0, len(jobs), batch):
         chunk = jobs[first:first + batch]
         plans = [None if m == 0 else engine.plan([Intervention("vector", vector=samples[s][1].vector, strength=m)])
                  for s, _, m in chunk]
         outs = greedy_batch(lm, [plain[p] for _, p, _ in chunk], tokens, plans=plans, hook=sae.hook,
-                            steer_positions="all", repetition_penalty=repetition_penalty)
+                            repetition_penalty=STEERED_REPETITION_PENALTY)
         reads = reread(lm, sae, [plain[p] for _, p, _ in chunk], outs, [None] * len(chunk))
         for (s, p, m), out, read in zip(chunk, outs, reads, strict=True):
-            made = samples[s][1]
-            rest = made.passage - made.vector
-            cos = torch.nn.functional.cosine_similarity
-            found[(s, p, m)] = {
-                "similarity": float(cos(read.residual, made.passage, dim=0)),
-                "toward": float(cos(read.residual - rest, made.vector, dim=0)),
-                "topic": names_topic([lm.tokenizer.decode(out)], samples[s][0]["accept"]),
-                "nll": read.nll, "distinct_2": distinct_2(out), "text": lm.tokenizer.decode(out)}
-        log(f"preset: {min(first + batch, len(jobs))}/{len(jobs)} continuations ({time.perf_counter() - started:.0f} s)")
+            text = lm.tokenizer.decode(out)
+            found[(s, p, m)] = {"topic": names_topic([text], samples[s][0]["accept"]), "nll": read.nll,
+                                "word_list": word_list(text), "text": text}
     table = []
     for m in [0.0, *multiples]:
-        rows = [(key, r) for key, r in found.items() if key[2] == m]
-        nlls = [r["nll"] for _, r in rows if not math.isnan(r["nll"])]
-        nll = statistics.fmean(nlls) if nlls else float("nan")
+        rows = [r for key, r in found.items() if key[2] == m]
+        nll = statistics.fmean(r["nll"] for r in rows if not math.isnan(r["nll"]))
         table.append({"multiple": m, "editor": m == PRESET_MULTIPLE, "pairs": len(rows),
-                      "similarity": round(statistics.fmean(r["similarity"] for _, r in rows), 4),
-                      "closer": round(statistics.fmean(r["similarity"] > found[(k[0], k[1], 0.0)]["similarity"]
-                                                       for k, r in rows), 4),
-                      "toward": round(statistics.fmean(r["toward"] for _, r in rows), 4),
-                      "topic": round(statistics.fmean(r["topic"] for _, r in rows), 4),
-                      "nll": round(nll, 4), "fluent": bool(nll <= human),
-                      "distinct_2": round(statistics.fmean(r["distinct_2"] for _, r in rows), 4)})
-    examples = [{"topic": samples[s][0]["topic"], "multiple": m, "text": prompts[p] + r["text"]}
-                for (s, p, m), r in found.items() if p == 0 and s < 2]
-    return {"samples": len(samples), "editor_multiple": PRESET_MULTIPLE,
-            "reference": sorted({made.reference for _, made in samples}), "table": table, "examples": examples}
+                      "topic": round(statistics.fmean(r["topic"] for r in rows), 4),
+                      "nll": round(nll, 4), "nll_over_human": round(nll - human, 4),
+                      "word_lists": round(statistics.fmean(r["word_list"] for r in rows), 4)})
+    return {"samples": len(samples), "editor_multiple": PRESET_MULTIPLE, "table": table}
 
 
-def decode_speed(engine: Engine, feature: int, strength: float, repetition_penalty: float, tokens: int = 48,
-                 repeats: int = 7) -> dict[str, Any]:
-    sampling = SamplingConfig(max_tokens=tokens, stop_at_eos=False, repetition_penalty=repetition_penalty)
-    steering = [Intervention("add", feature, strength=strength)]
-    rates: dict[str, list[float]] = {"unsteered": [], "steered": []}
-    for _ in range(repeats):
-        for name, steer in (("unsteered", []), ("steered", steering)):
-            t0 = time.perf_counter()
-            n = sum(1 for _ in engine.generate(PROMPT, steer, sampling))
-            rates[name].append(tokens / (time.perf_counter() - t0) if n else 0.0)
-    plain, steered = statistics.median(rates["unsteered"]), statistics.median(rates["steered"])
-    return {"tokens": tokens, "repeats": repeats, "unsteered_tok_s": round(plain, 2), "steered_tok_s": round(steered, 2),
-            "ratio": round(steered / plain, 4) if plain else None}
-
-
+# ------------------------------------------------------------------------------------------------ main
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--sae", default="default")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--features", type=int, default=12)
-    ap.add_argument("--labelled", action="store_true", help="sample only features that have a label in words")
+    ap.add_argument("--sets", default=f"hints:{TOPICS.name},hints:{HELD_OUT.name},random",
+                    help="comma-separated: hints:FILE (a topic file beside this script, or a path) and random")
+    ap.add_argument("--features", type=int, default=12, help="features of the random set")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tokens", type=int, default=20)
-    ap.add_argument("--strengths", default="1,2,4,8", help="of row and clamp, in multiples of max_act")
-    ap.add_argument("--diffmean-strengths", default="0.5,1,1.5,2,3", help="of diffmean, in multiples of itself")
-    ap.add_argument("--methods", default="row,diffmean,clamp,prompt,editor,preset")
-    ap.add_argument("--preset-multiples", default="0.5,1,2,3,4", help="of preset, in multiples of its vector")
-    ap.add_argument("--topics", type=Path, default=TOPICS, help="paragraphs (with topic words) the presets come from")
-    ap.add_argument("--repetition-penalty", type=float, default=STEERED_REPETITION_PENALTY)
-    ap.add_argument("--positions", default="all,generated")
-    ap.add_argument("--editor-strength", type=float, default=None,
-                    help="the Amplify strength (default: the editor's, from lsp_server's settings)")
+    ap.add_argument("--tokens", type=int, default=24, help="tokens per continuation (the editor's maxTokens)")
+    ap.add_argument("--methods", default=DEFAULT_METHODS)
     ap.add_argument("--prompts", type=Path, default=PROMPTS)
-    ap.add_argument("--prose", nargs="*", default=None, help="human prose for the NLL reference "
-                    f"(default: {DEFAULT_PROSE} when present, else the paragraphs of {TOPICS.name})")
-    ap.add_argument("--batch", type=int, default=48)
-    ap.add_argument("--examples", type=int, default=2, help="features whose continuations are kept in the JSON")
+    ap.add_argument("--rows", type=int, default=16, help="continuations decoded together")
+    ap.add_argument("--examples", type=int, default=4, help="features per set whose texts are kept side by side")
+    ap.add_argument("--presets", action="store_true", help="also measure style presets (on the first hint set)")
+    ap.add_argument("--no-suppress", dest="suppress", action="store_false",
+                    help="leave out Suppress on the hint features' own paragraphs")
+    ap.add_argument("--preset-multiples", default="0.5,1,2,3,4")
     ap.add_argument("--out", type=Path)
     return ap
 
 
+def topic_file(spec: str) -> Path:
+    path = Path(spec)
+    return path if path.exists() else HERE / spec
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-
     started = time.perf_counter()
     engine = Engine.load(EngineConfig(model=args.model, sae=args.sae, device=args.device, dtype=args.dtype))
-    sae = engine.require_sae("the steering benchmark")
-    spec = json.loads(args.prompts.read_text(encoding="utf-8"))
-    prompts: list[str] = spec["prompts"]
-    features = sample_features(engine, args.features, args.seed, args.labelled)
+    if engine.fast is None:
+        raise SystemExit(f"the steering benchmark needs the fast path ({engine.slow_reason})")
+    prompts: list[str] = json.loads(args.prompts.read_text(encoding="utf-8"))["prompts"]
     methods = [m for m in args.methods.split(",") if m]
-    if "diffmean" in methods and sae.diffmean is None:
-        log("the SAE has no DiffMean directions (run `tinymorph sae-stats`): diffmean left out")
-        methods.remove("diffmean")
-    strengths = [float(s) for s in args.strengths.split(",") if s]
-    diffmean_strengths = [float(s) for s in args.diffmean_strengths.split(",") if s]
-    if args.editor_strength is None:
-        from lsp_server.config import Settings
-
-        args.editor_strength = Settings().amplify_strength
-    log(f"{len(features)} features x {len(prompts)} prompts; methods {methods}")
-
-    if args.prose is None:
-        args.prose = [str(DEFAULT_PROSE)] if DEFAULT_PROSE.exists() else []
-    if args.prose:
-        stream = load_corpus(engine.lm.tokenizer, args.prose, separator=engine.lm.first_eos_id,
-                             max_tokens=200_000).tokens
-        prose_source = args.prose
-    else:
-        stream = torch.tensor(engine.lm.tokenizer(held_out_text())["input_ids"])
-        prose_source = [f"{TOPICS.name}: paragraphs"]
-    human = human_nll(engine.lm, stream, length=args.tokens)
-    log(f"human prose NLL {human:.3f}")
-
-    rows: list[Row] = []
-    for f in features:
-        for p in range(len(prompts)):
-            rows.append(Row(f, p, "unsteered", "all", 0.0))
-            if "prompt" in methods:
-                rows.append(Row(f, p, "prompt", "all", 0.0))
-            if "editor" in methods:
-                rows.append(Row(f, p, "editor", "all", args.editor_strength))
-            for method, sweep in (("row", strengths), ("diffmean", diffmean_strengths)):
-                if method in methods:
-                    rows += [Row(f, p, method, pos, s) for s in sweep for pos in args.positions.split(",") if pos]
-            if "clamp" in methods:
-                rows += [Row(f, p, "clamp", "all", s) for s in strengths]
-    results = run_rows(engine, rows, prompts, args.tokens, args.batch, args.repetition_penalty)
+    sets: dict[str, tuple[list[Feature], float]] = {}
+    all_paragraphs: list[str] = []
+    for spec in [s for s in args.sets.split(",") if s]:
+        if spec.startswith("hints:"):
+            paragraphs = hint_topics(topic_file(spec.removeprefix("hints:")))["paragraphs"]
+            all_paragraphs += [p["text"] for p in paragraphs]
+            sets[spec] = (hint_features(engine, paragraphs), text_nll(engine, [p["text"] for p in paragraphs],
+                                                                      args.tokens))
+    if "random" in args.sets.split(","):
+        texts = all_paragraphs or [p["text"] for p in hint_topics(TOPICS)["paragraphs"]]
+        sets["random"] = (random_features(engine, args.features, args.seed), text_nll(engine, texts, args.tokens))
+    results: dict[str, Any] = {}
+    for name, (features, human) in sets.items():
+        log(f"{name}: {len(features)} features x {len(prompts)} prompts; human prose NLL {human:.3f}")
+        jobs = [Job(f, p) for f in features for p in range(len(prompts))]
+        sae = engine.require_sae("the steering benchmark")
+        refused = {f.feature for f in features if (m := sae.steerability(f.feature)) is not None and m <= CANNOT_STEER}
+        table, texts = {}, defaultdict(dict)
+        for method in methods:
+            t0 = time.perf_counter()
+            outs = run_method(engine, method, jobs, prompts, args.tokens, args.rows)
+            rows = measure(engine, jobs, prompts, outs)
+            table[method] = {**summary(rows, human, refused), "seconds": round(time.perf_counter() - t0, 1)}
+            for j, r in zip(jobs, rows, strict=True):
+                texts[(j.feature.feature, j.prompt)][method] = r
+            log(f"  {method:18} {table[method]}")
+        examples = []
+        for f in features[:args.examples]:
+            shown = texts[(f.feature, 0)]
+            examples.append({"feature": f.feature, "label": f.label, "prompt": prompts[0],
+                             **{m: {"text": r["text"], "concept": round(r["concept"], 3), "nll": round(r["nll"], 3)}
+                                for m, r in shown.items()}})
+        results[name] = {"features": [[f.feature, f.label, sae.steerability(f.feature)] for f in features],
+                         "human_nll": round(human, 4),
+                         "table": table, "examples": examples}
+        if name.startswith("hints:") and args.suppress:
+            results[name]["suppress"] = suppress_table(engine, features, args.tokens, args.rows, human)
+            log(f"  suppress: {results[name]['suppress']['table']}")
+    first = next(iter(sets.values()))[0][0].feature
+    unsteered = speed(engine, "unsteered", first, prompts[:3], args.tokens)
+    speeds = {m: round(speed(engine, m, first, prompts[:3], args.tokens) / unsteered, 3) for m in methods
+              if m != "unsteered"}
+    for name in results:
+        for method, ratio in speeds.items():
+            results[name]["table"][method]["tok_s_ratio"] = ratio if not math.isnan(ratio) else None
     presets = None
-    if "preset" in methods:
-        paragraphs = hint_topics(args.topics)["paragraphs"]
-        presets = preset_table(engine, prompts, paragraphs, [float(m) for m in args.preset_multiples.split(",") if m],
-                               args.tokens, args.batch, args.repetition_penalty, args.seed, human)
-    table = summarise(results, human)
-    examples = []
-    for f in features[:args.examples]:
-        for r in results:
-            row = r["row"]
-            if row.feature == f and row.prompt == 0:
-                examples.append({"feature": f, "label": engine.label(f), "method": row.method,
-                                 "positions": row.positions, "strength": row.strength,
-                                 "concept": round(r["concept"], 3), "nll": round(r["nll"], 3),
-                                 "text": prompts[0] + engine.lm.tokenizer.decode(r["tokens"])})
+    if args.presets:
+        spec = next(s for s in sets if s.startswith("hints:"))
+        paragraphs = hint_topics(topic_file(spec.removeprefix("hints:")))["paragraphs"]
+        presets = preset_table(engine, prompts, paragraphs, [float(m) for m in args.preset_multiples.split(",")],
+                               args.tokens, 48, args.seed, sets[spec][1])
     info = engine.info()
-    data = {
-        "benchmark": "steering", "model": info.model, "sae": info.sae, "hook": info.hook,
-        **machine(engine.lm.device, info.dtype), "seed": args.seed, "features": features, "prompts": len(prompts),
-        "tokens": args.tokens, "carried_at": CARRIED, "editor_strength": args.editor_strength,
-        "steering_scale": info.steering_scale, "human_prose_nll": round(human, 4), "prose": prose_source,
-        "repetition_penalty": args.repetition_penalty,
-        "table": table, "presets": presets, "speed": decode_speed(engine, features[0], args.editor_strength, args.repetition_penalty),
-        "examples": examples, "seconds": round(time.perf_counter() - started, 1),
-        "rows": [[r["row"].feature, r["row"].prompt, r["row"].method, r["row"].positions, r["row"].strength,
-                  round(r["concept"], 4), round(r["nll"], 4), round(r["distinct_2"], 4)] for r in results],
-    }
-    emit(data, args.out)
+    emit({"benchmark": "steering", "model": info.model, "sae": info.sae, "hook": info.hook,
+          **machine(engine.lm.device, info.dtype), "seed": args.seed, "prompts": prompts, "tokens": args.tokens,
+          "carried_at": CARRIED, "repetition_penalty": STEERED_REPETITION_PENALTY, "guidance": dataclasses.asdict(Guidance()),
+          "unsteered_tok_s": round(unsteered, 2), "steering_scale": info.steering_scale, "sets": results,
+          "presets": presets, "seconds": round(time.perf_counter() - started, 1)},
+         args.out, ensure_ascii=False)
     return 0
 
 

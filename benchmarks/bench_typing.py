@@ -1,7 +1,7 @@
 """A writer typing at the end of a long document, as an editor with ghost text sees the server.
 
     python benchmarks/bench_typing.py [--model default] [--sae default] [--doc-tokens 2000] [--rounds 20]
-                                      [--word-interval 0.15] [--max-tokens 16] [--out FILE] [--tiny]
+                                      [--word-interval 0.15] [--max-tokens 16] [--amplify F] [--out FILE] [--tiny]
 
 The client announces inline completion and inlay-hint refresh (as Neovim 0.12 does), opens a document of
 `--doc-tokens` tokens and waits for its first annotation. Then, `--rounds` times: it types 1 to 4 words (seeded)
@@ -13,6 +13,9 @@ debounce applies. One JSON object:
 - `hint_refresh_after_pause`: from the round's last change to the server's `workspace/inlayHint/refresh` for a
   finished annotation of that version;
 - `server_memory_mb` at the start and the end (the server's own resident memory).
+With `--amplify F`, the rounds run again after Amplify on feature F (`tinymorph.steer.add`, the editor's strength),
+typing on from where they stopped, and `amplified` holds the same figures, with `amplified_vs_unsteered`, the ratio
+of the inline completions' median latencies (the goal is at most 1.5).
 """
 
 from __future__ import annotations
@@ -49,60 +52,74 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     memory_start = (await execute(client, "tinymorph.status"))["memoryMb"]
 
     rng = random.Random(0)
-    version, line, column = 1, text.count("\n"), len(text.rsplit("\n", 1)[-1])
-    at_pause, stale, refresh = [], [], []
-    answered_at: dict[asyncio.Future[Any], tuple[float, float]] = {}
-    for _ in range(args.rounds):
-        pending: list[tuple[float, asyncio.Future[Any]]] = []
-        for _ in range(rng.randint(1, 4)):
-            word = " " + rng.choice(WORDS)
-            at = types.Position(line=line, character=column)
-            version += 1
-            client.refreshed.clear()
-            client.text_document_did_change(types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-                content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at),
-                                                                        text=word)]))
-            changed = time.perf_counter()
-            column += len(word)
-            request = asyncio.ensure_future(client.text_document_inline_completion_async(
-                types.InlineCompletionParams(
-                    text_document=types.TextDocumentIdentifier(uri=uri),
-                    position=types.Position(line=line, character=column),
-                    context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))))
-            started = time.perf_counter()
-            request.add_done_callback(lambda r, t=started: answered_at.setdefault(r, (t, time.perf_counter())))
-            pending.append((started, request))
-            await asyncio.sleep(args.word_interval)
-        sent, last = pending[-1]
-        answer = await last
-        at_pause.append((time.perf_counter() - sent) * 1000 if answer and answer.items else float("nan"))
-        for _started, request in pending[:-1]:
-            got = await request
-            if not (got and got.items):
-                began, ended = answered_at.pop(request)
-                stale.append((ended - began) * 1000)
+    where = {"version": 1, "line": text.count("\n"), "column": len(text.rsplit("\n", 1)[-1])}
 
-        async def refreshed(v: int = version) -> Any:
-            return await annotated(v)
+    async def rounds() -> dict[str, Any]:
+        at_pause, stale, refresh = [], [], []
+        answered_at: dict[asyncio.Future[Any], tuple[float, float]] = {}
+        for _ in range(args.rounds):
+            pending: list[tuple[float, asyncio.Future[Any]]] = []
+            for _ in range(rng.randint(1, 4)):
+                word = " " + rng.choice(WORDS)
+                at = types.Position(line=where["line"], character=where["column"])
+                where["version"] += 1
+                client.refreshed.clear()
+                client.text_document_did_change(types.DidChangeTextDocumentParams(
+                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=where["version"]),
+                    content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at),
+                                                                            text=word)]))
+                changed = time.perf_counter()
+                where["column"] += len(word)
+                request = asyncio.ensure_future(client.text_document_inline_completion_async(
+                    types.InlineCompletionParams(
+                        text_document=types.TextDocumentIdentifier(uri=uri),
+                        position=types.Position(line=where["line"], character=where["column"]),
+                        context=types.InlineCompletionContext(
+                            trigger_kind=types.InlineCompletionTriggerKind.Automatic))))
+                started = time.perf_counter()
+                request.add_done_callback(lambda r, t=started: answered_at.setdefault(r, (t, time.perf_counter())))
+                pending.append((started, request))
+                await asyncio.sleep(args.word_interval)
+            sent, last = pending[-1]
+            answer = await last
+            at_pause.append((time.perf_counter() - sent) * 1000 if answer and answer.items else float("nan"))
+            for _started, request in pending[:-1]:
+                got = await request
+                if not (got and got.items):
+                    began, ended = answered_at.pop(request)
+                    stale.append((ended - began) * 1000)
 
-        await wait(refreshed, timeout=120)
-        refresh.append((time.perf_counter() - changed) * 1000)
+            async def refreshed(v: int = where["version"]) -> Any:
+                return await annotated(v)
 
+            await wait(refreshed, timeout=120)
+            refresh.append((time.perf_counter() - changed) * 1000)
+        answered = [ms for ms in at_pause if ms == ms]
+        return {"inline_completion_at_pause": {**latency(answered), "empty": len(at_pause) - len(answered)},
+                "stale_requests": latency(stale), "hint_refresh_after_pause": latency(refresh)}
+
+    plain = await rounds()
+    amplified = None
+    if args.amplify is not None:
+        added = await execute(client, "tinymorph.steer.add", {"feature": args.amplify})
+        if added.get("refused"):
+            raise SystemExit(f"Amplify refused feature {args.amplify}: {added['refused']}")
+        amplified = await rounds()
+        amplified["feature"] = args.amplify
     status_end = await execute(client, "tinymorph.status")
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
-    answered = [ms for ms in at_pause if ms == ms]
     engine = status["engine"]
     return {
         "benchmark": "lsp_typing", "model": engine["model"], "sae": engine["sae"], "device": engine["device"],
         "dtype": engine["dtype"], "fast_path": engine.get("fast_path"), "int8_decode": engine.get("int8_decode"),
         "document_tokens": n_tokens, "rounds": args.rounds, "word_interval_s": args.word_interval,
         "max_tokens": args.max_tokens, "first_annotation_s": round(first_annotation_s, 3),
-        "inline_completion_at_pause": {**latency(answered), "empty": len(at_pause) - len(answered)},
-        "stale_requests": latency(stale),
-        "hint_refresh_after_pause": latency(refresh),
+        **plain,
+        "amplified": amplified,
+        "amplified_vs_unsteered": None if amplified is None else round(
+            amplified["inline_completion_at_pause"]["p50_ms"] / plain["inline_completion_at_pause"]["p50_ms"], 3),
         "generations": status_end["generations"],
         "server_memory_mb": {"start": memory_start, "end": status_end["memoryMb"]},
     }
@@ -113,6 +130,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--word-interval", type=float, default=0.15)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--amplify", type=int, default=None, metavar="F",
+                    help="then the same rounds again with feature F amplified (e.g. 367, the sea in the default SAE)")
     return ap
 
 

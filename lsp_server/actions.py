@@ -15,6 +15,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from steering.features.ranking import rank
+from steering.runtime.guidance import steers
 from steering.runtime.interventions import Intervention
 
 from .cards import card
@@ -114,11 +115,13 @@ def register(server: TinymorphServer) -> None:
                 title=f"Accept suggestion: {short(s.text.strip(), 50)}", kind=types.CodeActionKind.QuickFix,
                 is_preferred=True, edit=versioned_edit(state, version, s.offset, s.offset, s.text)))
         for feature in selection_features(state, lo, hi)[:TOP_FEATURES]:
-            label = short(card(ls.cards, feature).label, 30)
+            shown = card(ls.cards, feature)
+            label = short(shown.label, 30)
             label = f" ({label})" if label else ""
             strength = ls.settings.amplify_strength
+            carries = "" if shown.steerability is None else f" \u00b7 {steers(shown.steerability)}"
             actions.append(types.CodeAction(
-                title=f"Amplify feature {feature}{label}", kind=f"{KIND_STEER}.amplify",
+                title=f"Amplify feature {feature}{label}{carries}", kind=f"{KIND_STEER}.amplify",
                 command=types.Command(title="Amplify", command="tinymorph.steer.add", arguments=[
                     {"feature": feature, "strength": strength, "mode": "add", "uri": uri}])))
             actions.append(types.CodeAction(

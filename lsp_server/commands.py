@@ -18,6 +18,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInternalError, JsonRpcInvalidParams
 
 from steering.errors import TinymorphError
+from steering.runtime.guidance import CANNOT_STEER
 from steering.runtime.interventions import MODE_TABLE, Intervention
 
 from .actions import REWRITE, compute_rewrite, parse_rewrite_args, parse_suppress, versioned_edit
@@ -162,8 +163,16 @@ def register(server: TinymorphServer) -> None:
             if feature >= info.d_sae:
                 raise JsonRpcInvalidParams(f"tinymorph.steer.add: feature {feature} does not exist: the SAE "
                                            f"has features 0 to {info.d_sae - 1}.")
-            card = ls.cards.get(feature)
-            label = card.label if card else await engine_call(ls, "label", lambda e: e.label(feature))
+            card = ls.cards.get(feature) or (await engine_call(ls, "label", lambda e: e.cards([feature])))[feature]
+            label = card.label
+            if intervention.mode == "add" and intervention.strength > 0 and card.steerability is not None and \
+                    card.steerability <= CANNOT_STEER:
+                name = f"\u201c{label}\u201d" if label else f"feature {feature}"
+                why = (f"Amplify cannot carry {name} into the text while it stays fluent (measured: it broke the "
+                       "text or did not show on every calibration prompt), so it was not added. Suppress, Watch "
+                       "and a style preset still work.")
+                ls.tell(why, types.MessageType.Info)
+                return {**steering_list(ls, uri), "refused": why}
         with changing("tinymorph.steer.add"):
             ls.steering_for(uri).put(Steer(intervention, label))
         after_steering_change(ls)
@@ -205,8 +214,7 @@ def register(server: TinymorphServer) -> None:
         if not 1 <= limit <= 200:
             raise JsonRpcInvalidParams(f"{cmd}: 'limit' must be between 1 and 200")
         found = await engine_call(ls, "search", lambda e: e.search(query, limit))
-        return {"query": query, "features": [{"feature": f, "score": round(s, 4), "label": label}
-                                             for f, s, label in found]}
+        return {"query": query, "features": [hit.to_dict() for hit in found]}
 
     @server.command("tinymorph.features.explain")
     async def explain(ls: TinymorphServer, *args: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
 from steering.features.annotate import TokenFeatures
+from steering.runtime.guidance import steers
 
 from .cards import card, promoted
 from .hints import short
@@ -58,6 +59,11 @@ def render(server: TinymorphServer, tok: TokenFeatures, steering: SteeringSet) -
         watch = steering.watched(f.feature)
         watched = f" · *watched above {watch.threshold:.3g}*" if watch is not None else ""
         lines.append(f"| {f.feature} | {f.activation:.2f} | {short(c.label, 40) or '—'}{watched} | {promoted(c)} |")
+    measured = [(f.feature, card(server.cards, f.feature)) for f in tok.features]
+    said = [f"\u201c{short(c.label, 30)}\u201d: {steers(c.steerability)}" for _, c in measured
+            if c.steerability is not None and c.label]
+    if said:
+        lines += ["", "Amplify " + "; ".join(said) + "."]
     lines += ["", "*Code actions here amplify, suppress or watch these features.*"]
     return "\n".join(lines)
 

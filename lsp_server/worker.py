@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from steering.config import EngineConfig, SamplingConfig
-from steering.engine import EngineInfo, ExampleFeature, FeatureCard, FeatureExplanation
+from steering.engine import EngineInfo, ExampleFeature, FeatureCard, FeatureExplanation, SearchHit
 from steering.fast.batched import Request
 from steering.features.annotate import Annotation
 from steering.features.featuremap import FeatureMap
@@ -74,7 +74,7 @@ class EngineAPI(Protocol):
 
     def self_explain(self, feature: int) -> SelfExplanation: ...
 
-    def search(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]: ...
+    def search(self, query: str, limit: int = 20) -> list[SearchHit]: ...
 
     def label(self, feature: int) -> str: ...
 

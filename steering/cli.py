@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.set_defaults(run=cmd_sae_stats)
 
-    c = sub.add_parser("calibrate", help="per-feature steering strength of an SAE, measured and saved beside it")
+    c = sub.add_parser("calibrate", help="per-feature steering strength and steerability of an SAE, measured and "
+                                         "saved beside it (resumes where an interrupted run stopped)")
     c.add_argument("--features", default="hintable", metavar="WHICH",
                    help="`hintable` (features hints can show), `all` (every alive feature), `sample:N` (N alive "
                         "features, seeded) or a comma-separated list of feature ids")
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference", nargs="+", metavar="PATH",
                    help="human prose whose NLL is the fluency bound (default: a built-in paragraph, stricter)")
     c.add_argument("--batch", type=int, default=48, help="continuations decoded together")
+    c.add_argument("--redo", action="store_true", help="measure again the features an earlier run measured")
     _common(c)
     c.set_defaults(run=cmd_calibrate)
 
@@ -327,7 +329,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         _emit(data)
         return 0
-    print(f"feature {data['feature']}: ⟨{data['label']}⟩")
+    print(f"feature {data['feature']}: ⟨{data['label']}⟩ (Amplify {data['amplify']})")
     if data["max_act"] is not None:
         print(f"max activation {data['max_act']:.3f}, fires on {100 * (data['frequency'] or 0):.3f}% of tokens")
     print("promotes:   " + "  ".join(repr(t["token"]) for t in data["promoted"]))
@@ -342,6 +344,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from steering.runtime.guidance import steers
+
     if (args.query is None) == (args.example is None):
         raise TinymorphError("features search takes a query or --example FILE (one of them).")
     if not 1 <= args.limit <= 200:
@@ -350,12 +354,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _search_by_example(args)
     hits = _engine(args).search(args.query, args.limit)
     if args.json:
-        _emit({"query": args.query, "results": [{"feature": f, "score": s, "label": lab} for f, s, lab in hits]})
+        _emit({"query": args.query, "results": [hit.to_dict() for hit in hits]})
         return 0
     if not hits:
         print(f"no feature mentions {args.query!r}")
-    for feature, score, label in hits:
-        print(f"#{feature:<6} {score:5.1f}  ⟨{label}⟩")
+    for hit in hits:
+        print(f"#{hit.feature:<6} {hit.score:5.1f}  ⟨{hit.label}⟩  Amplify {steers(hit.steerability)}")
     return 0
 
 
@@ -441,9 +445,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     sae = engine.require_sae("calibrate")
     update, close = _progress_bar(not args.json and sys.stderr.isatty())
     try:
-        done = calibrate_folder(engine.lm, sae, args.features, seed=args.seed, reference=args.reference,
-                                batch=args.batch,
-                                progress=lambda n, total: update(f"calibrating: {n}/{total} continuations"))
+        done = calibrate_folder(engine.lm, sae, args.features, fast=engine.fast, seed=args.seed,
+                                reference=args.reference, batch=args.batch, redo=args.redo,
+                                progress=lambda n, total: update(f"calibrating: {n:,}/{total:,} features"))
     finally:
         close()
     summary = done.to_dict()
@@ -451,8 +455,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         _emit(summary)
     else:
         print(f"{done.folder}: {summary['carried_while_fluent']:,} of {summary['features']:,} features carry into "
-              f"the text while it stays fluent at one of the multiples tried (the others keep the default); "
-              f"{done.calibrated:,} calibrated in all")
+              f"the text while it stays fluent at one of the strengths tried; {summary['cannot_steer']:,} cannot be "
+              f"carried fluently (Amplify says so); {done.skipped:,} measured before were left as they were "
+              f"(--redo measures them again); {done.measured:,} measured in all")
     return 0
 
 

@@ -94,6 +94,43 @@ class EngineConfig:
             raise TinymorphError(f"layer must be >= 0, not {self.layer}.")
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """How the decode loop carries an amplified feature (`add`) into the text while it stays fluent: each step it
+    reads, with the SAE, the feature on the most likely next tokens and prefers one on which it fires; once the
+    feature has fired often enough it eases off. The layers below the SAE's hook never see steering, so this reading
+    is the one the clean model makes of the same text. A suppressed feature (`add` below 0) is avoided the same way.
+    Chosen on the steering benchmark (`benchmarks/bench_steering.py`)."""
+
+    candidates: int = 4
+    """Most likely next tokens read each step (4 or fewer run as one int8 pass on a CPU)."""
+
+    bonus: float = 6.0
+    """Log-probability (nats) added to a candidate on which an amplified feature fires (taken from it for a
+    suppressed one)."""
+
+    eased_bonus: float = 1.0
+    """The bonus once the feature has fired on `enough` of the generated tokens."""
+
+    enough: float = 0.35
+    """The share of generated tokens on which an amplified feature fired, from which steering eases off."""
+
+    vector_share: float = 0.75
+    """The share of `add`'s steering vector applied (guidance does the rest) for a feature without a calibrated
+    strength of its own."""
+
+    eased_vector: float = 1 / 3
+    """The share of the feature's vector kept once it eased off."""
+
+    def __post_init__(self) -> None:
+        if self.candidates < 0:
+            raise TinymorphError(f"candidates must be >= 0, not {self.candidates}.")
+        for name in ("bonus", "eased_bonus", "enough", "vector_share", "eased_vector"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise TinymorphError(f"{name} must be a finite number >= 0, not {value}.")
+
+
 @dataclass
 class SamplingConfig:
     max_tokens: int = 64
@@ -119,6 +156,10 @@ class SamplingConfig:
 
     repetition_penalty: float = 1.0
     """CTRL's penalty on tokens already generated (1 is off; 1.15 keeps steered text from looping)."""
+
+    guidance: Guidance | None = field(default_factory=Guidance)
+    """How amplified and suppressed features are carried into the text (`Guidance`); None steers with their vector
+    alone, at every step alike."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -23,6 +23,7 @@ from steering.features.labels import LogitLens, feature_label, load_labels, logi
 from steering.features.ranking import Specificity, pick_hints, rank_passage
 from steering.features.selfexplain import SelfExplanation, self_explain
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids, text_pieces
+from steering.runtime.guidance import steers
 from steering.runtime.hooks import capture_residual
 from steering.runtime.interventions import (
     CALIBRATION_TEXT,
@@ -78,10 +79,12 @@ class EngineInfo:
 
 @dataclass(frozen=True)
 class FeatureCard:
-    """What an editor shows of a feature next to the text: its label and the tokens it promotes."""
+    """What an editor shows of a feature next to the text: its label, the tokens it promotes, and how well Amplify
+    carries it into the text (`SAE.steerability`; None: not measured)."""
 
     label: str
     promoted: tuple[str, ...]
+    steerability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class FeatureExplanation:
     frequency: float | None
     lens: LogitLens
     contexts: tuple[tuple[str, float], ...] = ()
+    steerability: float | None = None
+    """The share of calibration prompts on which Amplify carried it fluently (None: not measured)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,10 +104,26 @@ class FeatureExplanation:
             "label": self.label,
             "max_act": self.max_act,
             "frequency": self.frequency,
+            "steerability": self.steerability,
+            "amplify": steers(self.steerability),
             "promoted": [{"token": t.token, "score": round(t.score, 4)} for t in self.lens.promoted],
             "suppressed": [{"token": t.token, "score": round(t.score, 4)} for t in self.lens.suppressed],
             "contexts": [{"text": text, "activation": act} for text, act in self.contexts],
         }
+
+
+class SearchHit(NamedTuple):
+    """A feature `Engine.search` found: how well its label or contexts match, its label, and how well Amplify
+    carries it (None: not measured)."""
+
+    feature: int
+    score: float
+    label: str
+    steerability: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature": self.feature, "score": round(self.score, 4), "label": self.label,
+                "steerability": self.steerability, "amplify": steers(self.steerability)}
 
 
 @dataclass(frozen=True)
@@ -315,6 +336,7 @@ class Engine:
             frequency=None if sae.frequency is None else float(sae.frequency[feature]),
             lens=lens,
             contexts=tuple((c["text"], float(c["activation"])) for c in entry.get("contexts", [])),
+            steerability=sae.steerability(feature),
         )
 
     def self_explain(self, feature: int) -> SelfExplanation:
@@ -340,25 +362,28 @@ class Engine:
         cards: dict[int, FeatureCard] = {}
         for feature in features:
             entry = self._entry(sae.check_feature(feature))
+            steerability = sae.steerability(feature)
             if entry.get("label"):
-                cards[feature] = FeatureCard(entry["label"], tuple(entry.get("promoted", ())[:5]))
+                cards[feature] = FeatureCard(entry["label"], tuple(entry.get("promoted", ())[:5]), steerability)
             elif lens_limit > 0:
                 lens_limit -= 1
                 lens = logit_lens(self.lm, sae, feature, 5)
-                cards[feature] = FeatureCard(feature_label(entry, lens), tuple(t.token for t in lens.promoted))
+                cards[feature] = FeatureCard(feature_label(entry, lens), tuple(t.token for t in lens.promoted),
+                                             steerability)
         return cards
 
     def label(self, feature: int) -> str:
         """A short label: from labels.json, else the top promoted tokens."""
         return self.cards([feature])[feature].label
 
-    def search(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]:
-        """(feature, score, label) of features whose labels or contexts mention `query`."""
-        self.require_sae("features search")
+    def search(self, query: str, limit: int = 20) -> list[SearchHit]:
+        """The features whose labels or contexts mention `query`, best first."""
+        sae = self.require_sae("features search")
         labels = self.labels()
         if labels is None:
             raise NoSAEError("features search needs the SAE's labels.json (written by `tinymorph train-sae`).")
-        return [(f, score, labels["features"][str(f)]["label"]) for f, score in search_labels(labels, query, limit)]
+        return [SearchHit(f, score, labels["features"][str(f)]["label"], sae.steerability(f))
+                for f, score in search_labels(labels, query, limit)]
 
     # -------------------------------------------------------------------------------------------- steering
     def residual(self, text: str) -> torch.Tensor:

@@ -252,7 +252,8 @@ def test_calibrate_stores_a_multiple_per_feature_and_keeps_the_others(capsys, ti
                                                                       tmp_path) -> None:
     import shutil
 
-    from steering.evaluation.calibrate import MULTIPLES
+    from steering.config import Guidance
+    from steering.evaluation.calibrate import FACTORS, default_multiple
     from steering.sae.layouts import FEATURE_STATS, load_sae
 
     folder = tmp_path / "copy"
@@ -265,10 +266,17 @@ def test_calibrate_stores_a_multiple_per_feature_and_keeps_the_others(capsys, ti
     data = run_json(capsys, "calibrate", "--features", ",".join(map(str, alive[:2])), "--reference", str(corpus),
                     *common)
     assert data["features"] == 2 and data["calibrated"] == data["carried_while_fluent"] <= 2
-    scale = load_sae(folder).stats["steer_scale"]
-    assert all(float(scale[f]) in (0.0, *MULTIPLES) for f in alive[:2])
-    assert int((scale > 0).sum()) == data["calibrated"] and not scale[[f for f in range(128) if f not in alive[:2]]].any()
-    data = run_json(capsys, "calibrate", "--features", str(alive[2]), *common)
+    sae = load_sae(folder)
+    scale, steerability = sae.stats["steer_scale"], sae.stats["steerability"]
+    for f in alive[:2]:  # the default strength, or a factor of it the guided continuations carried fluently at
+        allowed = [0.0] + [k * default_multiple(sae, f, Guidance()) for k in FACTORS]
+        assert min(abs(float(scale[f]) - a) for a in allowed) < 1e-5
+        assert 0.0 <= float(steerability[f]) <= 1.0 and (float(scale[f]) > 0) == (float(steerability[f]) >= 0.5)
+    others = [f for f in range(128) if f not in alive[:2]]
+    assert int((scale > 0).sum()) == data["calibrated"] and not scale[others].any()
+    assert bool((steerability[others] == -1).all()) and data["measured"] == 2  # the others: not measured
+    data = run_json(capsys, "calibrate", "--features", ",".join(map(str, alive[:3])), *common)
+    assert data["skipped"] == 2 and data["features"] == 1  # the first two measured already: resumed after them
     after = load_sae(folder).stats["steer_scale"]
     assert torch.equal(after[alive[:2]], scale[alive[:2]])  # the first two kept theirs
     before = (folder / FEATURE_STATS).read_bytes()

@@ -24,7 +24,9 @@ from .conftest import ByteTokenizer, tiny_lm
 from .test_annotate import random_sae
 
 PROMPT = "The lighthouse keeper climbed the stairs at dusk, and"
-GREEDY = SamplingConfig(max_tokens=24, stop_at_eos=False)
+GREEDY = SamplingConfig(max_tokens=24, stop_at_eos=False, guidance=None)
+"""Greedy, steering by vectors alone: what the transformers loop (the reference) does; guidance is the fast path's
+own (tests/test_guidance.py)."""
 
 
 def _qwen2() -> LoadedModel:
@@ -83,7 +85,7 @@ def test_greedy_tokens_equal_the_transformers_loop_in_float32(make, site: str) -
                  [Intervention("ablate", 7), Intervention("vector", vector=torch.randn(64), strength=0.5)]]
     for steering in steerings:
         for positions in ("all", "prompt", "generated"):
-            sampling = SamplingConfig(max_tokens=16, stop_at_eos=False, steer_positions=positions)
+            sampling = SamplingConfig(max_tokens=16, stop_at_eos=False, steer_positions=positions, guidance=None)
             hook = engine.steering_hook(steering)
             expected = _slow(lm, PROMPT, sampling, hook, engine.hook)
             assert _fast(fast, PrefixCache(fast), lm, PROMPT, sampling, engine.steering_hook(steering)) == expected
@@ -148,7 +150,7 @@ def test_steering_only_generated_positions_keeps_the_plain_prompt_cache(llama) -
     engine = Engine(llama, _sae(1))
     fast = engine.caches.fast
     cache = PrefixCache(fast)
-    sampling = SamplingConfig(max_tokens=12, stop_at_eos=False, steer_positions="generated")
+    sampling = SamplingConfig(max_tokens=12, stop_at_eos=False, steer_positions="generated", guidance=None)
     _fast(fast, cache, llama, PROMPT)
     counter = Counter(fast)
     steer = [Intervention("add", 4, strength=3.0)]

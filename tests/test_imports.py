@@ -35,7 +35,7 @@ ROOMS = {
     "fast": {"runtime", "sae"},
     "features": {"runtime", "sae"},
     "training": {"features", "runtime", "sae"},
-    "evaluation": {"training", "features", "runtime", "sae"},
+    "evaluation": {"training", "features", "fast", "runtime", "sae"},
 }
 """The engine's sub-packages and the rooms each may import (ARCHITECTURE.md draws them). All may import the shared
 top-level modules in `BASE`; the top-level facade (`engine`, `cli`, `demo`, `testing`, the package) may import

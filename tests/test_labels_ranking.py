@@ -184,3 +184,23 @@ def test_calibration_keeps_the_smallest_multiple_that_carries_while_fluent() -> 
     assert choose({1.0: [quiet, quiet], 2.0: [loud, loud], 3.0: [looping, looping]}, 3.0)[0] == 0.0
     assert choose({1.0: [quiet], 2.0: [loud]}, 6.0)[0] == 2.0
     assert choose({}, 3.0)[0] == 0.0
+
+
+def test_guided_calibration_tries_stronger_when_the_feature_does_not_show_and_weaker_when_it_breaks_the_text():
+    from steering.evaluation.calibrate import Run, choose_factor, next_factor
+
+    good = Run(0.4, 2.0, (1, 2, 3, 4), "The sea was calm and the boats came home.")
+    quiet = Run(0.05, 1.5, (1, 2, 3, 4), "It was a fine day in the town.")
+    salad = Run(0.6, 6.0, (1, 2, 3, 4), "sea boat ship ocean waves sail harbour")
+    bound = 4.0
+    assert next_factor({1.0: [good, good, quiet]}, bound) is None  # carried fluently on two of three: done
+    assert next_factor({1.0: [quiet, quiet, good]}, bound) == 4 / 3  # too weak: stronger
+    assert next_factor({1.0: [quiet] * 3, 4 / 3: [quiet] * 3}, bound) == 2.0
+    assert next_factor({1.0: [quiet] * 3, 4 / 3: [quiet] * 3, 2.0: [quiet] * 3}, bound) is None  # nothing left
+    assert next_factor({1.0: [salad, salad, good]}, bound) == 2 / 3  # carries but breaks the text: weaker
+    assert next_factor({1.0: [salad] * 3, 2 / 3: [salad] * 3}, bound) is None
+    chosen = choose_factor(7, {1.0: [quiet, quiet, good], 4 / 3: [good, good, quiet]}, bound, default=1.125)
+    assert chosen.multiple == 4 / 3 * 1.125 and chosen.steerability == 2 / 3
+    failed = choose_factor(7, {1.0: [quiet, salad, good], 4 / 3: [salad] * 3}, bound, default=1.125)
+    assert failed.multiple == 0.0 and failed.steerability == 1 / 3  # the best share seen, at the default
+    assert choose_factor(7, {1.0: [salad] * 3, 2 / 3: [quiet] * 3}, bound, default=1.0).steerability == 0.0

@@ -10,6 +10,7 @@ column. Each row's steering is a plan (`runtime.interventions.Plan`) or None; th
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -156,3 +157,31 @@ def distinct_2(tokens: Sequence[int]) -> float:
     pairs = list(itertools.pairwise(tokens))
     return len(set(pairs)) / len(pairs) if pairs else 1.0
 
+
+
+_FUNCTION_WORDS = """a an the and or but if of to in on at by for with from as into onto over under about
+after before than then so that this these those it its he she they we you i me him her them us my your his our their
+is are was were be been being am do does did have has had not no nor there here what which who whom whose when where
+why how all any each some such very just only also too again will would can could shall should may might must one up
+out off down while until because though although through during against between among without within across upon
+i'm it's don't can't i've i'd i'll you're we're they're that's there's"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+"""Words that hold a sentence together: a run of words without any of them (and without punctuation) is a list."""
+WORD_LIST_RUN = 5
+"""Content words in a row, with no function word or punctuation between, that make a continuation a word list."""
+_PIECE = re.compile(r"[A-Za-z][A-Za-z']*|[0-9]+|[^\sA-Za-z0-9]")
+
+
+def word_list(text: str, run: int = WORD_LIST_RUN) -> bool:
+    """Whether `text` reads as a list of words rather than a sentence: `run` content words in a row with no function
+    word, number or punctuation between them (`cow goat calf lamb chicken`). Four in a row happen in one human
+    passage of 18 words in seven (`the bright red sports car`); five in none of the benchmarks' paragraphs."""
+    count = 0
+    for piece in _PIECE.findall(text):
+        if piece[0].isalpha() and piece.lower() not in FUNCTION_WORDS:
+            count += 1
+            if count >= run:
+                return True
+        else:
+            count = 0
+    return False

@@ -21,6 +21,7 @@ import torch
 
 from steering.config import SamplingConfig
 from steering.runtime.decode import CancelToken, TextStream, penalise_repeats, pick_token, sampling_generator
+from steering.runtime.guidance import Guided, guided
 from steering.runtime.interventions import Plan, RowPlans
 from steering.sae.autoencoder import SAE
 
@@ -29,7 +30,7 @@ from .decode import phase_plan
 from .model import FastModel
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
     """One continuation: prompt token ids, how to sample, its steering, and what it produced so far."""
 
@@ -47,6 +48,9 @@ class Request:
     done: bool = False
     _stream: TextStream | None = None
     _generator: torch.Generator | None = None
+    _guide: Guided | None = None
+    _pending: torch.Tensor | None = None
+    """The residual at the hook point of the token taken last, when guidance computed its lower blocks already."""
 
     def steered(self, phase: str = "generated") -> Plan | None:
         """The steering of the `prompt` or `generated` positions (None where `steer_positions` leaves them
@@ -79,12 +83,13 @@ class BatchCache:
         self.v[:, row, :, :n] = cache.v[:, :, :n]
         self.lengths[row] = n
 
-    def move(self, src: int, dst: int) -> None:
-        """Row `src`'s sequence becomes row `dst`'s."""
-        n = int(self.lengths[src])
+    def move(self, src: list[int], dst: list[int]) -> None:
+        """Rows `src` become rows `dst` (in one go: a row may move where another one was), with one position more
+        than their length (a token's keys and values that guidance wrote ahead)."""
+        n = min(self.capacity, int(self.lengths[src].max()) + 1)
         self.k[:, dst, :, :n] = self.k[:, src, :, :n]
         self.v[:, dst, :, :n] = self.v[:, src, :, :n]
-        self.lengths[dst] = n
+        self.lengths[dst] = self.lengths[src]
 
     def resized(self, rows: int, capacity: int) -> BatchCache:
         """A copy with `rows` rows of `capacity` tokens (the first rows and positions kept)."""
@@ -97,24 +102,50 @@ class BatchCache:
 
 
 class BatchView:
-    """One decode step of the first `rows` rows of a `BatchCache` (`model.View`): each row's new token at its own
-    position, attending to the first `span` positions (all of them by default: a fixed shape, as a CUDA graph
-    needs)."""
+    """One decode step of rows `first` .. `first + rows` of a `BatchCache` (`model.View`): each row's new token at
+    its own position, attending to the first `span` positions (all of them by default: a fixed shape, as a CUDA
+    graph needs)."""
 
-    def __init__(self, fast: FastModel, cache: BatchCache, rows: int, span: int | None = None) -> None:
-        self.cache, self.rows, self.tokens, self.causal = cache, rows, 1, False
+    def __init__(self, fast: FastModel, cache: BatchCache, rows: int, span: int | None = None, first: int = 0) -> None:
+        self.cache, self.rows, self.tokens, self.causal, self.first = cache, rows, 1, False, first
         self.span = cache.capacity if span is None else span
-        self.positions = cache.lengths[:rows]
+        self.positions = cache.lengths[first:first + rows]
         cos, sin = fast.rope(cache.capacity)
         self.cos, self.sin = cos[self.positions][:, None, None], sin[self.positions][:, None, None]
-        self.visible: torch.Tensor | None = (torch.arange(self.span, device=cache.k.device)[None] <= self.positions[:, None])[:, None]
-        self.every = torch.arange(rows, device=cache.k.device)
+        self.visible: torch.Tensor | None = (
+            torch.arange(self.span, device=cache.k.device)[None] <= self.positions[:, None])[:, None]
+        self.every = torch.arange(first, first + rows, device=cache.k.device)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cache = self.cache
+        cache, end = self.cache, self.first + self.rows
         cache.k[layer, self.every, :, self.positions] = k[:, :, 0].to(cache.k.dtype)
         cache.v[layer, self.every, :, self.positions] = v[:, :, 0].to(cache.v.dtype)
-        return cache.k[layer, :self.rows, :, :self.span], cache.v[layer, :self.rows, :, :self.span]
+        return cache.k[layer, self.first:end, :, :self.span], cache.v[layer, self.first:end, :, :self.span]
+
+
+class CandidateView:
+    """Candidate next tokens of rows `first` .. `first + rows`, `count` per row, all at the row's next position,
+    each attending to its row's sequence and to itself alone (`model.View`): their keys and values go to the slots
+    after the row's sequence, and the one taken moves into the first (`Batcher._guide`)."""
+
+    def __init__(self, fast: FastModel, cache: BatchCache, rows: int, count: int, first: int = 0) -> None:
+        self.cache, self.rows, self.tokens, self.causal, self.first = cache, rows, count, False, first
+        device = cache.k.device
+        self.positions = cache.lengths[first:first + rows]
+        self.slots = self.positions[:, None] + torch.arange(count, device=device)[None]
+        self.span = int(self.positions.max()) + count
+        cos, sin = fast.rope(cache.capacity)
+        self.cos = cos[self.positions][:, None, None].expand(rows, 1, count, -1)
+        self.sin = sin[self.positions][:, None, None].expand(rows, 1, count, -1)
+        span = torch.arange(self.span, device=device)[None, None]
+        self.visible: torch.Tensor | None = (span < self.positions[:, None, None]) | (span == self.slots[:, :, None])
+        self.every = torch.arange(first, first + rows, device=device)[:, None]
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache, end = self.cache, self.first + self.rows
+        cache.k[layer, self.every, :, self.slots] = k.transpose(1, 2).to(cache.k.dtype)
+        cache.v[layer, self.every, :, self.slots] = v.transpose(1, 2).to(cache.v.dtype)
+        return cache.k[layer, self.first:end, :, :self.span], cache.v[layer, self.first:end, :, :self.span]
 
 
 def batch_step(fast: FastModel, cache: BatchCache, tokens: torch.Tensor, steering: RowPlans, *,
@@ -226,7 +257,7 @@ class Batcher:
         return pick_token(logits, request.sampling, request._generator)
 
     def _admit(self, row: int, request: Request) -> None:
-        """Read the request's prompt (under its prompt steering) and sample its first token; it takes `row` unless
+        """Read the request's prompt (under its prompt steering) and take its first token; it keeps `row` unless
         that token already ends it."""
         fast = self.fast
         request._stream = TextStream(self.tokenizer, request.ids, request.sampling.stop)
@@ -236,20 +267,70 @@ class Batcher:
             return
         cache = request.cache or PrefixCache(fast)
         cache.sync(request.ids)
-        logits = fast.upper(cache, request.steered("prompt"))
-        self._emit(request, self._pick(request, logits))
-        if request.done:
-            return
-        need = len(request.ids) + request.sampling.max_tokens
+        guide = request._guide = guided(request.steered(), request.sampling)
+        prompt = request.steered("prompt")
+        if guide is not None and prompt is not None:
+            prompt = guide.current()
+        logits = fast.upper(cache, prompt)
+        if guide is None:
+            self._emit(request, self._pick(request, logits))
+            if request.done:
+                return
+        need = len(request.ids) + request.sampling.max_tokens + (self._candidates(request) if guide else 0)
         if need > self.cache.capacity or row >= self.cache.rows:
             rows = min(self.rows, max(row + 1, 2 * self.cache.rows)) if row >= self.cache.rows else self.cache.rows
             capacity = max(self.cache.capacity, min(fast.max_positions, -(-need // GROW) * GROW))
             self.cache = self.cache.resized(rows, capacity)
             self._graph = None
         self.cache.load(row, cache)
-        self.steering.set(row, request.steered())
-        self.next_tokens[row] = request.tokens[-1]
         self.slots[row] = request
+        if guide is None:
+            self.steering.set(row, request.steered())
+            self.next_tokens[row] = request.tokens[-1]
+            return
+        self.steering.set(row, guide.current())
+        self._compact()  # guided rows first: the one just loaded may have moved
+        at = self.slots.index(request)
+        self._guide([at], logits[None])
+        if request.done:
+            self.slots[at] = None
+
+    def _candidates(self, request: Request) -> int:
+        guidance = request.sampling.guidance
+        return guidance.candidates if guidance is not None else 0
+
+    def _guide(self, rows: list[int], logits: torch.Tensor) -> None:
+        """Take the next token of the guided `rows` (consecutive, logits `[len(rows), vocab]`): their most likely
+        next tokens read through the lower blocks at once, each request's guide choosing one, whose keys, values and
+        residual then stand for it (the next step computes its upper blocks alone)."""
+        fast, requests, first = self.fast, [self.slots[row] for row in rows], rows[0]
+        assert rows == list(range(first, first + len(rows))) and all(
+            r is not None and r._guide is not None for r in requests)
+        count = max(self._candidates(r) for r in requests if r is not None)
+        count = min(count, fast.max_positions - int(self.cache.lengths[rows].max()), logits.shape[-1])
+        penalised = torch.stack([penalise_repeats(logits[i][None], [r.tokens], r.sampling.repetition_penalty)[0]
+                                 for i, r in enumerate(requests) if r is not None])
+        tokens = penalised.topk(count, dim=-1).indices
+        view = CandidateView(fast, self.cache, len(rows), count, first)
+        residuals = fast.blocks(fast.embedding(tokens.flatten()), view, 0, fast.split).view(len(rows), count, -1)
+        sae = self.sae
+        assert sae is not None
+        codes = sae.encode(residuals.to(sae.device, sae.dtype))
+        taken = []
+        for i, request in enumerate(requests):
+            assert request is not None and request._guide is not None
+            taken.append(request._guide.choose(penalised[i], tokens[i], codes[i], request.sampling, request._generator))
+        taken_t = torch.tensor(taken, device=self.cache.k.device)
+        every = torch.arange(first, first + len(rows), device=self.cache.k.device)
+        split = fast.split
+        self.cache.k[:split, every, :, view.positions] = self.cache.k[:split, every, :, view.positions + taken_t]
+        self.cache.v[:split, every, :, view.positions] = self.cache.v[:split, every, :, view.positions + taken_t]
+        for i, request in enumerate(requests):
+            assert request is not None and request._guide is not None
+            request._pending = residuals[i, taken[i]]
+            if request._guide.observe(codes[i, taken[i]]):
+                self.steering.set(rows[i], request._guide.current())
+            self._emit(request, int(tokens[i, taken[i]]))
 
     @property
     def running(self) -> int:
@@ -257,17 +338,49 @@ class Batcher:
         return sum(s is not None for s in self.slots)
 
     def _compact(self) -> None:
-        """Move the running requests to the first rows, so a step on the CPU computes only those."""
+        """Move the running requests to the first rows, guided ones first, so a step on the CPU computes only those
+        and guidance reads its candidates for the first rows."""
         live = [row for row, r in enumerate(self.slots) if r is not None]
-        for dst, src in enumerate(live):
-            if dst != src:
-                self.cache.move(src, dst)
-                self.steering.move(src, dst)
-                self.next_tokens[dst] = self.next_tokens[src]
-                self.slots[dst], self.slots[src] = self.slots[src], None
+        order = sorted(live, key=lambda row: self.slots[row]._guide is None)  # type: ignore[union-attr]
+        moves = [(src, dst) for dst, src in enumerate(order) if dst != src]
+        if moves:
+            src, dst = [m[0] for m in moves], [m[1] for m in moves]
+            self.cache.move(src, dst)
+            self.steering.move(src, dst)
+            self.next_tokens[dst] = self.next_tokens[src]
+            slots = [self.slots[i] for i in src]
+            for i in src:
+                self.slots[i] = None
+            for i, request in zip(dst, slots, strict=True):
+                self.slots[i] = request
         for row in range(len(live), self.rows):
             self.steering.set(row, None)
         self.cache.lengths[len(live):] = 0
+
+    def _forward(self, n: int) -> torch.Tensor:
+        """One decode step of the first `n` rows: the token each took last goes through the model (only its upper
+        blocks where guidance read its lower ones already); logits `[n, vocab]`."""
+        clamps, scaled = self.steering.any_clamps, self.steering.any_scaled
+        pending = [r._pending for r in self.slots[:n] if r is not None and r._pending is not None]
+        if not pending and self.graphs:  # every row, a fixed shape; the idle ones stay empty
+            if self._graph is None:
+                self._graph = GraphStep(self.fast, self.cache, self.steering)
+            logits = self._graph(self.next_tokens[:self.cache.rows], clamps, scaled)
+            self.cache.lengths[n:] = 0
+            return logits
+        span = int(self.cache.lengths[:n].max()) + 1
+        if not pending:
+            return batch_step(self.fast, self.cache, self.next_tokens[:n], self.steering, span=span, clamps=clamps,
+                              scaled=scaled)
+        fast, g = self.fast, len(pending)
+        x = torch.stack(pending)
+        if g < n:  # the unguided rows' lower blocks
+            low = BatchView(fast, self.cache, n - g, span, first=g)
+            x = torch.cat([x, fast.blocks(fast.embedding(self.next_tokens[g:n]), low, 0, fast.split)])
+        view = BatchView(fast, self.cache, n, span)
+        x = fast.blocks(self.steering(x, clamps=clamps, scaled=scaled), view, fast.split, fast.n_layers)
+        view.positions += 1
+        return fast.logits(x)
 
     def step(self) -> list[Request]:
         """Admit waiting requests into free rows, run one decode step for the running ones; returns the requests
@@ -284,23 +397,18 @@ class Batcher:
             n = self.running
             if not n:
                 return finished
-            clamps, scaled = self.steering.any_clamps, self.steering.any_scaled
-            if self.graphs:  # every row, a fixed shape; the idle ones stay empty
-                if self._graph is None:
-                    self._graph = GraphStep(self.fast, self.cache, self.steering)
-                logits = self._graph(self.next_tokens[:self.cache.rows], clamps, scaled)
-                self.cache.lengths[n:] = 0
-            else:
-                span = int(self.cache.lengths[:n].max()) + 1
-                logits = batch_step(self.fast, self.cache, self.next_tokens[:n], self.steering, span=span,
-                                    clamps=clamps, scaled=scaled)
+            logits = self._forward(n)
             self.steps += 1
+            guided_rows = [row for row in range(n) if self.slots[row]._guide is not None]  # type: ignore[union-attr]
+            if guided_rows:
+                self._guide(guided_rows, logits[:len(guided_rows)])
             for row in range(n):
                 running = self.slots[row]
                 assert running is not None
-                token = self._pick(running, logits[row])
-                self._emit(running, token)
-                self.next_tokens[row] = token
+                if running._guide is None:
+                    token = self._pick(running, logits[row])
+                    self._emit(running, token)
+                    self.next_tokens[row] = token
                 if running.done:
                     finished.append(running)
                     self.slots[row] = None

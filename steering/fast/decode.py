@@ -9,6 +9,7 @@ import torch
 
 from steering.config import SamplingConfig
 from steering.runtime.decode import CancelToken, penalise_repeats, pick_token, sampling_generator
+from steering.runtime.guidance import Guided, guided
 from steering.runtime.interventions import Plan
 
 from .cache import PrefixCache
@@ -51,6 +52,10 @@ def fast_token_ids(
     generator = sampling_generator(sampling, fast.device)
     if sampling.max_tokens == 0 or (cancel is not None and cancel.cancelled):
         return
+    guide = guided(phase_plan(plan, sampling.steer_positions, "generated"), sampling)
+    if guide is not None:
+        yield from guided_token_ids(fast, cache, input_ids, sampling, eos, guide, generator, cancel)
+        return
     steps = decode(fast, cache, input_ids, phase_plan(plan, sampling.steer_positions, "prompt"),
                    phase_plan(plan, sampling.steer_positions, "generated"))
     generated: list[int] = []
@@ -68,3 +73,37 @@ def fast_token_ids(
                 logits = steps.send(token)
     finally:
         steps.close()
+
+
+def guided_token_ids(fast: FastModel, cache: PrefixCache, input_ids: list[int], sampling: SamplingConfig,
+                     eos: set[int], guide: Guided, generator: torch.Generator | None,
+                     cancel: CancelToken | None) -> Iterator[int]:
+    """`fast_token_ids` under guidance (`runtime.guidance`): each step the most likely next tokens are read through
+    the lower blocks, the guide takes one, and only its upper blocks are computed after that."""
+    sae = guide.plan.sae
+    assert sae is not None and sampling.guidance is not None
+    cache.sync(input_ids)
+    prompt = guide.current() if phase_plan(guide.plan, sampling.steer_positions, "prompt") is not None else None
+    generated: list[int] = []
+    try:
+        with torch.inference_mode():
+            logits = fast.upper(cache, prompt)
+        for step in range(sampling.max_tokens):
+            with torch.inference_mode():
+                logits = penalise_repeats(logits[None], [generated], sampling.repetition_penalty)[0]
+                count = min(sampling.guidance.candidates, fast.max_positions - len(cache.ids), logits.shape[0])
+                tokens = logits.topk(count).indices
+                residuals = fast.candidates(cache, tokens)
+                codes = sae.encode(residuals.to(sae.device, sae.dtype))
+                index = guide.choose(logits, tokens, codes, sampling, generator)
+                fast.take(cache, tokens, index, residuals[index])
+                guide.observe(codes[index])
+            token = int(tokens[index])
+            generated.append(token)
+            yield token
+            if token in eos or step == sampling.max_tokens - 1 or (cancel is not None and cancel.cancelled):
+                return
+            with torch.inference_mode():
+                logits = fast.upper(cache, guide.current(), keep=True)
+    finally:
+        cache.high = min(cache.high, len(input_ids))  # the generated positions were steered as nothing else is

@@ -232,6 +232,23 @@ class FastModel:
             cache.high = stop
         return self.logits(h[-1:])[0]
 
+    def candidates(self, cache: PrefixCache, tokens: torch.Tensor) -> torch.Tensor:
+        """The residuals at the hook point `[k, d]` of each of `tokens` `[k]` as the next token of `cache.ids` (whose
+        lower blocks must be read): the lower blocks only, which steering never touches."""
+        return self.blocks(self.embedding(tokens), CandidateView(self, cache, len(tokens)), 0, self.split)
+
+    def take(self, cache: PrefixCache, tokens: torch.Tensor, index: int, residual: torch.Tensor) -> None:
+        """Append candidate `index` of `tokens` to `cache.ids` with what `candidates` computed for it (its keys and
+        values in the lower blocks, its residual): the next pass reads it in the upper blocks alone."""
+        pos = len(cache.ids)
+        assert cache.low == pos, "the candidates follow the whole sequence"
+        if index:
+            cache.k[:self.split, :, pos] = cache.k[:self.split, :, pos + index]
+            cache.v[:self.split, :, pos] = cache.v[:self.split, :, pos + index]
+        cache.resid[pos] = residual
+        cache.push(int(tokens[index]))
+        cache.low = pos + 1
+
 
 class PrefixView:
     """The tokens `start .. stop` of one cached sequence (`View`)."""
@@ -251,3 +268,26 @@ class PrefixView:
         cache.k[layer, :, start:stop] = k[0]
         cache.v[layer, :, start:stop] = v[0]
         return cache.k[layer, :, :stop][None], cache.v[layer, :, :stop][None]
+
+
+class CandidateView:
+    """Candidate next tokens of one cached sequence, all at its next position, each attending to the sequence and to
+    itself alone (`View`): their keys and values go to the slots after the sequence, which the taken one then
+    moves into (`FastModel.take`)."""
+
+    def __init__(self, fast: FastModel, cache: PrefixCache, count: int) -> None:
+        self.cache, self.pos = cache, len(cache.ids)
+        self.rows, self.tokens, self.causal = 1, count, False
+        cache.reserve(self.pos + count)
+        cos, sin = fast.rope(self.pos + 1)
+        self.cos = cos[self.pos:self.pos + 1].expand(count, -1)[None, None]
+        self.sin = sin[self.pos:self.pos + 1].expand(count, -1)[None, None]
+        span = torch.arange(self.pos + count, device=fast.device)
+        own = self.pos + torch.arange(count, device=fast.device)
+        self.visible: torch.Tensor | None = ((span[None] < self.pos) | (span[None] == own[:, None]))[None]
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache, pos, end = self.cache, self.pos, self.pos + self.tokens
+        cache.k[layer, :, pos:end] = k[0]
+        cache.v[layer, :, pos:end] = v[0]
+        return cache.k[layer, :, :end][None], cache.v[layer, :, :end][None]

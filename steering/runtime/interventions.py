@@ -127,6 +127,7 @@ class PlanBuilder:
         self.vector = torch.zeros(d_model)
         self.scaled = torch.zeros(d_model)
         self.clamps: dict[int, float] = {}
+        self.guides: list[Guide] = []
 
     def feature_sae(self, item: Intervention) -> tuple[SAE, int]:
         """The SAE a feature intervention needs, and its checked feature."""
@@ -164,11 +165,15 @@ def diffmean_unit(sae: SAE, feature: int) -> torch.Tensor | None:
 
 def _compile_add(plan: PlanBuilder, item: Intervention) -> None:
     sae, feature = plan.feature_sae(item)
+    vector, scaled = plan.vector.clone(), plan.scaled.clone()
     along = diffmean_unit(sae, feature)
     if along is not None:
         plan.vector += item.strength * along.cpu()
     else:
         plan.add_row(item, sae.steer_multiple(feature) or 1.0)
+    added = plan.scaled - scaled
+    plan.guides.append(Guide(feature, 1.0 if item.strength >= 0 else -1.0, plan.vector - vector,
+                             added if bool(added.any()) else None, sae.steer_multiple(feature) is not None))
 
 
 def _compile_clamp(plan: PlanBuilder, item: Intervention) -> None:
@@ -259,6 +264,21 @@ def vector_digest(vector: torch.Tensor) -> str:
 
 # ------------------------------------------------------------------------------------------------ plans
 @dataclass(frozen=True)
+class Guide:
+    """An `add` of a plan, which the decode loop can carry by guidance (`config.Guidance`): its feature, whether it
+    is amplified (+1) or suppressed (-1), and its share of the plan's vectors."""
+
+    feature: int
+    sign: float
+    vector: torch.Tensor
+    """`[d]`: what it adds to `Plan.vector`."""
+    scaled: torch.Tensor | None
+    """`[d]`: what it adds to `Plan.scaled`, if anything."""
+    calibrated: bool
+    """Its strength is the feature's own calibrated one (measured with guidance), kept whole."""
+
+
+@dataclass(frozen=True)
 class Plan:
     """A steering set compiled for one SAE and residual size: what `steer` applies at the hook point."""
 
@@ -271,6 +291,8 @@ class Plan:
     clamp_target: torch.Tensor
     """`[m]` float32: their target activations."""
     sae: SAE | None = field(default=None, compare=False, repr=False)
+    guides: tuple[Guide, ...] = field(default=(), compare=False, repr=False)
+    """The `add` interventions in it, for guided decoding."""
 
     @property
     def clamps(self) -> tuple[tuple[int, float], ...]:
@@ -294,7 +316,17 @@ class Plan:
         if self.vector.device == device:
             return self
         return Plan(self.vector.to(device), None if self.scaled is None else self.scaled.to(device),
-                    self.clamp_index.to(device), self.clamp_target.to(device), self.sae)
+                    self.clamp_index.to(device), self.clamp_target.to(device), self.sae, self.guides)
+
+    def with_shares(self, shares: Sequence[float]) -> Plan:
+        """The plan with each guide's vectors kept at its share (1: whole) and the rest as it is."""
+        vector = self.vector.clone()
+        scaled = None if self.scaled is None else self.scaled.clone()
+        for guide, share in zip(self.guides, shares, strict=True):
+            vector -= (1.0 - share) * guide.vector.to(vector.device)
+            if scaled is not None and guide.scaled is not None:
+                scaled -= (1.0 - share) * guide.scaled.to(scaled.device)
+        return Plan(vector, scaled, self.clamp_index, self.clamp_target, self.sae, self.guides)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """`h [..., d]` steered by this plan (the same shape, dtype and device)."""
@@ -312,7 +344,8 @@ def compile_plan(interventions: Sequence[Intervention], sae: SAE | None, d_model
     scaled = builder.scaled if bool(builder.scaled.any()) else None
     device = sae.device if sae is not None else torch.device("cpu")
     return Plan(builder.vector, scaled, torch.tensor(list(builder.clamps), dtype=torch.long, device=device),
-                torch.tensor(list(builder.clamps.values()), dtype=torch.float32, device=device), sae)
+                torch.tensor(list(builder.clamps.values()), dtype=torch.float32, device=device), sae,
+                tuple(builder.guides))
 
 
 @dataclass(frozen=True)
@@ -414,10 +447,13 @@ class RowPlans:
             self.targets[row, index] = plan.clamp_target.to(self.mask.device)
         self.kinds[row] = (plan.scaled is not None, bool(len(plan.clamp_index)))
 
-    def move(self, src: int, dst: int) -> None:
+    def move(self, src: list[int], dst: list[int]) -> None:
+        """Rows `src` become rows `dst` (in one go: a row may move where another one was)."""
         for t in (self.vectors, self.scaled, self.mask, self.targets):
             t[dst] = t[src]
-        self.kinds[dst] = self.kinds[src]
+        kinds = [self.kinds[i] for i in src]
+        for i, kind in zip(dst, kinds, strict=True):
+            self.kinds[i] = kind
 
     @property
     def any_clamps(self) -> bool:

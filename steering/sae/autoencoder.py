@@ -27,10 +27,13 @@ SAELENS_WEIGHTS = "sae_weights.safetensors"
 FEATURE_STATS = "feature_stats.safetensors"
 """Our per-feature statistics, beside the weights (`FEATURE_STAT_NAMES`, `FEATURE_DIRECTION_NAMES`)."""
 
-FEATURE_STAT_NAMES = ("max_act", "frequency", "mean_act", "punct_share", "early_share", "steer_scale")
+FEATURE_STAT_NAMES = ("max_act", "frequency", "mean_act", "punct_share", "early_share", "steer_scale",
+                      "steerability")
 """Per-feature numbers `[d_sae]` kept in feature_stats.safetensors: max activation; firing rate; mean activation
 where it fires; share of its activation on tokens of punctuation or white space alone; share on the first few
-positions of a text; calibrated `add` multiple (0: not calibrated). Other names in the file are ignored."""
+positions of a text; calibrated `add` multiple (0: not calibrated); steerability, the share of calibration prompts
+on which Amplify carried the feature while the text stayed fluent (-1: not measured). Other names in the file are
+ignored."""
 FEATURE_DIRECTION_NAMES = ("diffmean",)
 """Per-feature directions `[d_sae, d_in]` kept there too (in half precision)."""
 
@@ -154,6 +157,13 @@ class SAE(nn.Module):
         scale = self.stats.get("steer_scale")
         value = float(scale[feature]) if scale is not None else 0.0
         return value if value > 0 else None
+
+    def steerability(self, feature: int) -> float | None:
+        """The share of calibration prompts on which Amplify carried the feature fluently (`evaluation.calibrate`),
+        or None when it was not measured."""
+        measured = self.stats.get("steerability")
+        value = float(measured[feature]) if measured is not None else -1.0
+        return value if value >= 0 else None
 
     def calibrated_count(self) -> int:
         """How many features have a calibrated `add` multiple."""

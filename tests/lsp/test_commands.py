@@ -75,7 +75,8 @@ async def test_search_and_explain(client) -> None:
     found = await command(client, "tinymorph.features.search", {"query": "rain"})  # a word of the SAE's corpus
     assert found["query"] == "rain" and found["features"]
     for hit in found["features"]:
-        assert set(hit) == {"feature", "score", "label"} and hit["score"] > 0
+        assert set(hit) == {"feature", "score", "label", "steerability", "amplify"} and hit["score"] > 0
+        assert hit["steerability"] is None and hit["amplify"] == "not measured"  # this SAE was never calibrated
     with pytest.raises(Exception, match="'query' must not be empty"):
         await command(client, "tinymorph.features.search", {"query": "  "})
     with pytest.raises(Exception, match=r"does not exist|out of range|feature"):
