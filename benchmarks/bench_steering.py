@@ -29,7 +29,10 @@ Methods (`--methods`, strength `S` in the unit of `add`, what Amplify's strength
 - `best4`: four continuations (vectors at 0.5, 1, 1.5, 2) in one batch; the one that carries with the lowest NLL
   (or the lowest NLL);
 - `row:S`, `clamp:S`: the seeds' rule and the clamp at S x max_act, vectors alone; `prompt`: no steering, the
-  label written before the prompt.
+  label written before the prompt;
+- `server`: the editor's own way, through `python -m lsp_server`: Amplify (`tinymorph.steer.add` without a
+  strength), then a completion at the end of a document holding the prompt (a feature Amplify refuses counts as
+  refused, with no continuation).
 
 `suppress` (hint sets): each hint feature's own paragraph, cut in half, continued unsteered, with the vector at -1
 and guided at -1 (Suppress): the share of tokens the feature fires on, how often it fires on fewer than unsteered
@@ -200,10 +203,14 @@ def prompt_text(engine: Engine, feature: int) -> str:
 
 
 def run_method(engine: Engine, method: str, jobs: list[Job], prompts: list[str], tokens: int,
-               rows: int) -> list[list[int]]:
+               rows: int, args: argparse.Namespace | None = None) -> list[list[int]]:
     """The continuation of every job under `method`."""
     name, *params = method.split(":")
     value = [float(p) for p in params]
+    if name == "server":
+        assert args is not None
+        args.tokenize = lambda text: engine.lm.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return through_server(args, jobs, prompts)
     if name == "unsteered":
         return batched(engine, jobs, prompts, tokens, 0.0, None, rows)
     if name in ("vector", "guided", "guided8", "gated"):
@@ -287,6 +294,49 @@ def speed(engine: Engine, method: str, feature: int, prompts: list[str], tokens:
         made += sum(1 for _ in engine.generate(prompt, steering, config))
         seconds += time.perf_counter() - started
     return made / seconds if seconds else float("nan")
+
+
+def through_server(args: argparse.Namespace, jobs: list[Job], prompts: list[str]) -> list[list[int]]:
+    """The editor's way, through `python -m lsp_server`: for each feature, Amplify (`tinymorph.steer.add` with no
+    strength), then a completion at the end of a document holding each prompt; a feature Amplify refuses gives no
+    continuation. The texts come back as the model's tokens (for the re-reading)."""
+    import asyncio
+
+    from lsp_client import execute, start_editor
+    from lsprotocol import types
+
+    async def run() -> list[list[int]]:
+        client, _status = await start_editor(args, args.tokens)
+        out: dict[tuple[int, int], str] = {}
+        for feature in dict.fromkeys(j.feature.feature for j in jobs):
+            await execute(client, "tinymorph.steer.clear")
+            added = await execute(client, "tinymorph.steer.add", {"feature": feature})
+            for i, prompt in enumerate(prompts):
+                if added.get("refused"):
+                    out[(feature, i)] = ""
+                    continue
+                uri = f"file:///bench/steer-{feature}-{i}.md"
+                client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+                    uri=uri, language_id="markdown", version=1, text=prompt)))
+                got = await client.text_document_completion_async(types.CompletionParams(
+                    text_document=types.TextDocumentIdentifier(uri=uri),
+                    position=types.Position(line=prompt.count("\n"), character=len(prompt.rsplit("\n", 1)[-1]))))
+                items = got.items if isinstance(got, types.CompletionList) else (got or [])
+                text = ""
+                if items and items[0].text_edit is not None:
+                    edit = items[0].text_edit
+                    start = edit.range.start.character if isinstance(edit, types.TextEdit) else len(prompt)
+                    text = edit.new_text[len(prompt.rsplit("\n", 1)[-1]) - start:]
+                out[(feature, i)] = text
+                client.text_document_did_close(types.DidCloseTextDocumentParams(
+                    text_document=types.TextDocumentIdentifier(uri=uri)))
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+        return [list(engine_tokens(out[(j.feature.feature, j.prompt)])) for j in jobs]
+
+    engine_tokens = args.tokenize
+    return asyncio.run(run())
 
 
 SUPPRESS = ("unsteered", "vector:-1", "guided:-1")
@@ -414,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         table, texts = {}, defaultdict(dict)
         for method in methods:
             t0 = time.perf_counter()
-            outs = run_method(engine, method, jobs, prompts, args.tokens, args.rows)
+            outs = run_method(engine, method, jobs, prompts, args.tokens, args.rows, args)
             rows = measure(engine, jobs, prompts, outs)
             table[method] = {**summary(rows, human, refused), "seconds": round(time.perf_counter() - t0, 1)}
             for j, r in zip(jobs, rows, strict=True):
@@ -424,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         for f in features[:args.examples]:
             shown = texts[(f.feature, 0)]
             examples.append({"feature": f.feature, "label": f.label, "prompt": prompts[0],
-                             **{m: {"text": r["text"], "concept": round(r["concept"], 3), "nll": round(r["nll"], 3)}
-                                for m, r in shown.items()}})
+                             "texts": {m: {"text": r["text"], "concept": round(r["concept"], 3),
+                                           "nll": round(r["nll"], 3)} for m, r in shown.items()}})
         results[name] = {"features": [[f.feature, f.label, sae.steerability(f.feature)] for f in features],
                          "human_nll": round(human, 4),
                          "table": table, "examples": examples}

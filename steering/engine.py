@@ -208,7 +208,8 @@ class Engine:
         elif sae.diffmean is not None:
             scale = (f"add follows each feature's DiffMean direction; strength 1 = its norm x a calibrated multiple "
                      f"for {sae.calibrated_count()} features, x {DIFFMEAN_MULTIPLE:g} for the rest (row mode: the "
-                     "decoder row x max_act)")
+                     "decoder row x max_act); on the fast path add is guided: its vector at 0.75 of that for an uncalibrated "
+                     "feature, the decode loop preferring next tokens the feature fires on")
         elif sae.max_act is not None:
             scale = (f"max_act from the SAE's feature statistics (the seeds' rule), x a calibrated multiple for "
                      f"{sae.calibrated_count()} features")

@@ -71,3 +71,14 @@ def test_human_nll_and_distinct_2(llama) -> None:
     assert distinct_2([1, 2, 3, 4]) == 1.0
     assert distinct_2([1, 2, 1, 2, 1, 2]) == 0.4
     assert distinct_2([7]) == 1.0
+
+
+def test_word_lists_are_runs_of_content_words_without_the_words_that_make_a_sentence() -> None:
+    from steering.evaluation.continuations import word_list
+
+    assert word_list("and the cattle.eddies, and sheep in a horse to cow goat calf lamb chicken hen pi")
+    assert word_list(" cooking tabletop  food cook-ftenc dish dinner pasta dish salad")
+    assert not word_list("I'm on a ship in the Caribbean. It's called the MV LASER. We're sailing to Newhaven")
+    assert not word_list("then the old stone bridge fell")  # four in a row: prose does that
+    assert not word_list("cow, goat, calf, lamb and chicken")  # punctuation and a function word hold it together
+    assert not word_list("")
