@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tinymorph-installed
 
-.PHONY: setup demo test lint typecheck pytest bench clean default-sae default-sae-corpus sae-sweep
+.PHONY: setup demo test lint typecheck pytest bench clean default-sae default-sae-corpus default-sae-labels \
+        default-sae-report sae-sweep
 
 setup: $(STAMP)
 
@@ -52,14 +53,28 @@ SAE_COMMON   := --model default --dtype bfloat16 --site resid_post --arch topk -
                 --lr 6e-4 --seed 0 --half --corpus $(SAE_CORPUS)/train
 SAE_TRAIN    := $(SAE_COMMON) --layer $(SAE_LAYER) --tokens 4000000 --stats-tokens 200000
 
+# WordNet's files (from the same Debian package as the corpus' definitions) tell the labeller which words are nouns.
+WORDNET      := TINYMORPH_WORDNET=$(SAE_CORPUS)/wordnet
+
 default-sae-corpus: setup
 	$(BIN)/python -m steering.training.recipe fetch $(SAE_PACKAGES)
 	$(BIN)/python -m steering.training.recipe build $(SAE_PACKAGES) $(SAE_CORPUS)
+	mkdir -p $(SAE_CORPUS)/wordnet
+	dpkg-deb --fsys-tarfile $(SAE_PACKAGES)/wordnet-base_*.deb | tar -x -C $(SAE_CORPUS)/wordnet --strip-components=4 ./usr/share/wordnet
 
 default-sae: default-sae-corpus
-	$(BIN)/tinymorph train-sae $(SAE_TRAIN) --out steering/data/default_sae --overwrite --plot .cache/default-sae-curves.png
+	$(WORDNET) $(BIN)/tinymorph train-sae $(SAE_TRAIN) --out steering/data/default_sae --overwrite --plot .cache/default-sae-curves.png
 	$(BIN)/tinymorph calibrate --sae steering/data/default_sae --features all
+	$(MAKE) default-sae-report
+
+# Labels only (about 2 minutes): the statistics, and the steering calibrated on them, stay as they are.
+default-sae-labels: default-sae-corpus
+	$(WORDNET) $(BIN)/tinymorph sae-stats --sae steering/data/default_sae --corpus $(SAE_CORPUS)/train --labels-only
+	$(MAKE) default-sae-report
+
+default-sae-report:
 	$(BIN)/tinymorph eval-sae --sae steering/data/default_sae --corpus $(SAE_CORPUS)/heldout --tokens 20000 --json
+	$(BIN)/tinymorph eval-labels --sae steering/data/default_sae --corpus $(SAE_CORPUS)/heldout --json
 	$(BIN)/python benchmarks/bench_hints.py --sae steering/data/default_sae
 
 sae-sweep: default-sae-corpus

@@ -65,7 +65,7 @@ from steering.engine import Engine
 from steering.evaluation.continuations import distinct_2, greedy_batch, human_nll, reread, word_list
 from steering.fast.cache import PrefixCache
 from steering.features.annotate import annotate
-from steering.features.ranking import alive_and_sparse, pick_hints
+from steering.features.ranking import alive_and_sparse
 from steering.runtime.decode import penalise_repeats
 from steering.runtime.guidance import CANNOT_STEER
 from steering.runtime.interventions import Intervention, Plan
@@ -107,9 +107,7 @@ def hint_features(engine: Engine, paragraphs: list[dict[str, Any]]) -> list[Feat
         if not ann.paragraphs:
             continue
         span = ann.paragraphs[0]
-        ranked = [f.feature for f in span.features if f.hintable]
-        cards = engine.cards(ranked, lens_limit=len(ranked))
-        picked = pick_hints(span.features, {f: c.label for f, c in cards.items()}, 1)
+        picked = engine.hints(span.features, p["text"][span.start:span.end], 1)
         if picked:
             out.append(Feature(picked[0][0].feature, picked[0][1], tuple(p["accept"]), p["text"]))
     return out

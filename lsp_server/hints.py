@@ -46,7 +46,9 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
         # position features, stay in the tooltip
         if not lo <= end <= hi:
             continue
-        shown = pick_hints(span.features, {f.feature: card(server.cards, f.feature).label for f in span.features}, count)
+        cards = {f.feature: card(server.cards, f.feature) for f in span.features}
+        shown = pick_hints(span.features, {f: c.label for f, c in cards.items()}, count,
+                           names={f: c.names for f, c in cards.items()}, text=state.doc.text[at:end])
         if not shown:
             continue
         parts = [types.InlayHintLabelPart(value="⟨")]

@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
     s.add_argument("--tokens", type=int, default=200_000, help="tokens read (spread over the whole corpus)")
     s.add_argument("--context", type=int, default=128)
+    s.add_argument("--labels-only", action="store_true",
+                   help="rewrite labels.json only; keep the statistics (and the steering calibrated on them)")
+    s.add_argument("--wordnet", metavar="DIR",
+                   help="WordNet's files (index.noun, data.noun) for broader label words; default "
+                        "$TINYMORPH_WORDNET, then /usr/share/wordnet (Debian's wordnet-base); labels work without")
     _common(s)
     s.set_defaults(run=cmd_sae_stats)
 
@@ -139,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
     lv.add_argument("--tokens", type=int, default=50_000, help="held-out tokens read for the top contexts")
     lv.add_argument("--features", type=int, default=200, help="labelled features sampled (seeded)")
-    lv.add_argument("--contexts", type=int, default=5, help="contexts per feature on each side")
+    lv.add_argument("--contexts", type=int, default=20, help="contexts per feature on each side")
     lv.add_argument("--seed", type=int, default=0)
     lv.add_argument("--self", dest="self_explain", type=int, default=0, metavar="N",
                     help="also score the model's self-explanations of the first N sampled features beside their labels")
@@ -422,17 +427,22 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     """Statistics (for ranking and steering) and word labels of an SAE in the SAELens layout, written into its
     folder: what `train-sae` writes, for an SAE trained elsewhere or on other text."""
     from steering.features.labels import write_stats_and_labels
+    from steering.features.wordnet import WordNet
     from steering.training.corpus import load_corpus
 
+    wordnet = WordNet.find(args.wordnet)
+    if args.wordnet and wordnet is None:
+        raise TinymorphError(f"{args.wordnet} has no WordNet files (index.noun and data.noun).")
     engine = _engine(args)
     sae = engine.require_sae("sae-stats")
     stream = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id).tokens
-    done = write_stats_and_labels(engine.lm, sae, stream, tokens=args.tokens, context=args.context)
+    done = write_stats_and_labels(engine.lm, sae, stream, tokens=args.tokens, context=args.context, wordnet=wordnet,
+                                  labels_only=args.labels_only)
     if args.json:
         _emit(done.to_dict())
     else:
         print(f"{done.folder}: statistics over {done.tokens:,} tokens; {done.labelled_in_words:,} of "
-              f"{done.features:,} features have a label in words")
+              f"{done.features:,} features have a label in words, {done.hintable_labels:,} good enough to hint")
     return 0
 
 

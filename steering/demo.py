@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from steering.features.annotate import Annotation
-from steering.features.ranking import pick_hints
 from steering.runtime.interventions import Intervention
 
 from .config import STEERED_REPETITION_PENALTY, EngineConfig, SamplingConfig
@@ -40,9 +39,7 @@ def run(sae: str, model: str) -> None:
         for para in ann.paragraphs:
             snippet = text[para.start : para.end].replace("\n", " ")
             say(f"¶ {snippet[:70]}…")
-            hinted = [f.feature for f in para.features if f.hintable]
-            cards = engine.cards(hinted, lens_limit=len(hinted))
-            named = pick_hints(para.features, {f: c.label for f, c in cards.items()}, 3)
+            named = engine.hints(para.features, text[para.start:para.end], 3)
             say("    ⟨" + " · ".join(label for _, label in named) + "⟩   (features "
                 + ", ".join(f"#{f.feature}" for f, _ in named) + ")")
         prompt = "The afternoon in the town was"

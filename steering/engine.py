@@ -5,7 +5,7 @@ The engine keeps no per-user state: steering sets are passed in with each call.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,7 +20,7 @@ from steering.fast.model import FastModel
 from steering.features.annotate import Annotation, Codes, annotate, annotation_of, encode_document
 from steering.features.featuremap import FeatureMap, build_map
 from steering.features.labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
-from steering.features.ranking import Specificity, pick_hints, rank_passage
+from steering.features.ranking import H, Specificity, pick_hints, rank_passage
 from steering.features.selfexplain import SelfExplanation, self_explain
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids, text_pieces
 from steering.runtime.guidance import steers
@@ -85,6 +85,15 @@ class FeatureCard:
     label: str
     promoted: tuple[str, ...]
     steerability: float | None = None
+    names: tuple[str, ...] = ()
+    """The label's words that are names: a hint shows them only where its text mentions them."""
+    confidence: float | None = None
+    """How well the label separates where the feature fires from other text (balanced accuracy; None: unknown)."""
+
+
+def card_names(cards: Mapping[int, FeatureCard]) -> dict[int, tuple[str, ...]]:
+    """Per feature, its label's names (`pick_hints`' `names`)."""
+    return {f: c.names for f, c in cards.items() if c.names}
 
 
 @dataclass(frozen=True)
@@ -241,7 +250,8 @@ class Engine:
 
     def specificity(self) -> Specificity:
         if self._specificity is None:
-            self._specificity = Specificity(self.require_sae("ranking features"))
+            sae = self.require_sae("ranking features")
+            self._specificity = Specificity(sae, (self.labels() or {}).get("features"))
         return self._specificity
 
     def annotate(self, text: str, *, top_k: int = 5, paragraph_top: int = 8, granularity: str = "paragraph",
@@ -268,9 +278,18 @@ class Engine:
             inside[0] = False  # the first token's features are never reported
         ranked = rank_passage(feats, inside, self.specificity(), top=4 * top + 8)
         cards = self.cards([r.feature for r in ranked], lens_limit=len(ranked))
-        picked = pick_hints(ranked, {f: c.label for f, c in cards.items()}, top)
+        picked = pick_hints(ranked, {f: c.label for f, c in cards.items()}, top, names=card_names(cards),
+                            text=text[start:end])
         return [ExampleFeature(r.feature, label, r.score, r.share, r.peak, self.examples(r.feature),
                                cards[r.feature].promoted) for r, label in picked]
+
+    def hints(self, features: Sequence[H], text: str, count: int = 3) -> list[tuple[H, str]]:
+        """The hint of a span as an editor shows it: its first `count` hintable `features` (ranked, as
+        `annotate` gives them) with a label in words (`ranking.pick_hints`), names only where `text` (the span's
+        text) mentions them."""
+        hinted = [f.feature for f in features if f.hintable]
+        cards = self.cards(hinted, lens_limit=len(hinted))
+        return pick_hints(features, {f: c.label for f, c in cards.items()}, count, names=card_names(cards), text=text)
 
     def examples(self, feature: int, limit: int = EXAMPLES) -> tuple[str, ...]:
         """Where the feature fires most in the SAE's corpus (labels.json's top contexts), peak token in «»."""
@@ -295,7 +314,7 @@ class Engine:
         labels = {f: c.label for f, c in cards.items() if c.label}
         source = f"{self.lm.name} · SAE at {self.hook} ({sae.d_sae:,} features)"
         return build_map(title, source, annotation, feats, labels, {f: c.promoted for f, c in cards.items()},
-                         self.examples, per_paragraph=per_paragraph)
+                         self.examples, per_paragraph=per_paragraph, names=card_names(cards))
 
     def _codes(self, sae: SAE, session: str | None) -> Codes | None:
         """The SAE codes of a token list through the session's cache: only tokens after the first changed one are
@@ -365,7 +384,10 @@ class Engine:
             entry = self._entry(sae.check_feature(feature))
             steerability = sae.steerability(feature)
             if entry.get("label"):
-                cards[feature] = FeatureCard(entry["label"], tuple(entry.get("promoted", ())[:5]), steerability)
+                confidence = entry.get("confidence")
+                cards[feature] = FeatureCard(entry["label"], tuple(entry.get("promoted", ())[:5]), steerability,
+                                             tuple(entry.get("names", ())),
+                                             float(confidence) if confidence is not None else None)
             elif lens_limit > 0:
                 lens_limit -= 1
                 lens = logit_lens(self.lm, sae, feature, 5)

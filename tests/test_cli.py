@@ -241,11 +241,23 @@ def test_sae_stats_writes_statistics_and_word_labels_beside_the_sae(capsys, tiny
     assert set(sae.stats) == {"max_act", "frequency", "mean_act", "punct_share", "early_share", "diffmean"}
     assert sae.diffmean is not None and sae.diffmean.shape == (128, sae.d_in)
     labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
-    assert labels["version"] == 2 and len(labels["features"]) == 128
-    for entry in labels["features"].values():  # a label is words from the corpus, or nothing
-        assert all(w.isalpha() and w in "the rain fell on quiet harbour and boats rocked" for w in
-                   entry["label"].split(", ") if entry["label"])
+    assert labels["version"] == 3 and len(labels["features"]) == 128
+    for entry in labels["features"].values():
+        # a label is words of the corpus that separate (confidence above chance), else what its tokens are (never
+        # hinted), or nothing
+        if entry["confidence"] > 0:
+            assert entry["confidence"] > 0.5 and all(w.isalpha() and w in "the rain fell on quiet harbour and boats "
+                                                     "rocked" for w in entry["label"].split(", "))
+        assert set(entry) >= {"label", "confidence", "names", "noun", "common", "contexts", "promoted"}
     assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in sae_dir.iterdir()] + ["labels.json"])
+    # --labels-only rewrites the labels and leaves the statistics (and what was calibrated on them) alone
+    stats_file = folder / "feature_stats.safetensors"
+    before = stats_file.read_bytes()
+    (folder / "labels.json").write_text("{}", encoding="utf-8")
+    run_json(capsys, "sae-stats", "--corpus", str(corpus), "--tokens", "1000", "--labels-only", "--model",
+             str(tiny_model_dir), "--sae", str(folder))
+    assert stats_file.read_bytes() == before
+    assert len(json.loads((folder / "labels.json").read_text(encoding="utf-8"))["features"]) == 128
 
 
 def test_calibrate_stores_a_multiple_per_feature_and_keeps_the_others(capsys, tiny_model_dir, sae_dir,

@@ -3,39 +3,96 @@ text clean-up."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from steering.features.annotate import annotate
-from steering.features.labels import Context, context_at, feature_label, is_label_word, word_label
-from steering.features.ranking import Ranked, Specificity, Weight, pick_hints, rank
+from steering.features.labels import context_at, feature_label, token_label
+from steering.features.ranking import CONFIDENCE_FLOOR, Ranked, Specificity, Weight, pick_hints, rank
+from steering.features.separation import NO_LABEL, Background, Vocabulary, is_label_word, separating_label
 from steering.features.stats import EARLY_POSITIONS, feature_statistics, is_filler
+from steering.features.wordnet import WordNet
 from steering.sae.autoencoder import SAE, HookPoint
 from steering.training.corpus import Corpus
 from steering.training.recipe import paragraphs, without_gutenberg_frame
 from tests.conftest import ByteTokenizer
 
-COUNTS = {"rain": 20, "storm": 6, "storms": 3, "wind": 10, "the": 1000, "clouds": 5, "fell": 9, "roofs": 2,
-          "cold": 10, "heavy": 8, "and": 900, "coat": 2, "of": 800}
+
+def background(*texts: str) -> list[frozenset[str]]:
+    return [frozenset(t.split()) for t in texts]
 
 
-def test_label_names_the_word_at_the_peaks_weighted_against_common_words() -> None:
-    contexts = [Context("The clouds gathered and the ", "rain", " fell on the roofs", 5.0),
-                Context("a cold ", "rain", " and wind", 4.0),
-                Context("heavy ", "storm", " and rain", 3.0),
-                Context("the ", "rain", "coat of", 2.0),
-                Context("a ", "storm", " of the", 2.0)]
-    label = word_label(contexts, COUNTS)
-    words = label.split(", ")
-    assert words[0] == "rain" and "storm" in words and len(words) <= 3
-    assert not any(w in ("the", "and", "of") for w in words)  # stopwords never name a feature
+def test_the_label_is_the_word_that_separates_where_the_feature_fires_from_the_rest() -> None:
+    vocab = Vocabulary({w: 50 for w in ["rain", "storm", "wind", "cloud", "the", "coat", "harbour", "ship", "sea", "wet", "emma"]},
+                       {"emma": 50})
+    # the feature fires around storms and rain; "wet" is there too but as often in the background
+    positives = background("rain wet", "rain cloud wet", "storm wind wet", "storm", "rain emma", "storm cloud")
+    pool = Background(background("harbour ship", "sea wet", "ship wet", "coat wet", "sea ship", "harbour",
+                                 "rain cloud", "wind sea"))
+    silent = np.ones(pool.size, dtype=bool)
+    label = separating_label(positives, silent, pool, vocab)
+    # "storm" separates best; "rain" detects the firing contexts it misses, so it is added; "wet" never
+    assert label.words == ("storm", "rain")
+    assert 0.5 < label.confidence <= 1.0
+    # where the feature also fires in the background contexts holding "rain", those do not count against it
+    silent_where = np.array([True] * 6 + [False, True])
+    assert separating_label(positives, silent_where, pool, vocab).confidence > label.confidence
+    # a word the corpus hardly knows is no label a writer reads; nothing separates: no label
+    assert "emma" not in label.words
+    rare = Vocabulary({"rain": 2})
+    assert separating_label(positives, silent, pool, rare) == NO_LABEL
+    assert separating_label([], silent, pool, vocab) == NO_LABEL
 
 
-def test_no_label_when_no_real_word_stands_out() -> None:
-    contexts = [Context("x = ", "(", "a, b)", 3.0), Context("f", "(", ")", 2.0), Context("", "((", "", 1.0)]
-    assert word_label(contexts, COUNTS) == ""
-    assert word_label([], COUNTS) == ""
-    assert not is_label_word("ing") or is_label_word("ing")  # a fragment may look like a word: contexts decide
-    assert not is_label_word("a1") and not is_label_word("--") and not is_label_word("the")
+def test_names_are_marked_and_the_label_prefers_what_the_corpus_writes_in_lower_case() -> None:
+    vocab = Vocabulary.of_text(["Emma walked. Emma said yes. Then Emma ran, and Emma sat. " * 6,
+                                "the rain fell; rain again, and rains. Ships and a ship. Baked, bake. " * 6])
+    assert vocab.is_name("emma") and not vocab.is_name("rain") and not vocab.is_name("then")
+    assert vocab.lemma("ships") == "ship" and vocab.lemma("rains") == "rain" and vocab.lemma("baked") == "bake"
+    assert vocab.lemma("walked") == "walked"  # no "walk" in this corpus: the word stays as it is
+    positives = background("emma", "emma walked", "emma", "emma sat")
+    pool = Background(background("rain", "ship", "rain fell", "bake"))
+    named = separating_label(positives, np.ones(4, dtype=bool), pool,
+                             Vocabulary({"emma": 30, "walked": 30, "sat": 30}, {"emma": 30}))
+    assert named.words[0] == "emma" and named.names == ("emma",)
+
+
+def test_a_feature_no_word_separates_says_what_its_tokens_are() -> None:
+    assert token_label(["8", "9", "7"]) == "numbers"
+    assert token_label(["--", "++"]) == "punctuation"
+    assert token_label([" of", " in"]) == "“of”, “in”"
+    assert token_label(["  "]) == "spaces and layout" and token_label([]) == ""
+    assert is_label_word("storm") and not is_label_word("a1") and not is_label_word("--")
+    assert not is_label_word("the") and not is_label_word("genus")
+
+
+def test_wordnet_broader_words_and_parts_of_speech(tmp_path) -> None:
+    # a three-synset WordNet in its own file format: livestock > cattle, sheep; and the verb "graze"
+    head = "  1 This software and database is being provided to you, the LICENSEE, by Princeton University\n"
+    (tmp_path / "data.noun").write_text(head + (
+        "00000001 03 n 01 livestock 0 002 ~ 00000002 n 0000 ~ 00000003 n 0000 | farm animals\n"
+        "00000002 03 n 02 cattle 0 cows 0 001 @ 00000001 n 0000 | bovines\n"
+        "00000003 03 n 01 sheep 0 001 @ 00000001 n 0000 | woolly\n"), encoding="latin-1")
+    (tmp_path / "index.noun").write_text(head + "cattle n 1 1 @ 1 0 00000002\nlivestock n 1 1 ~ 1 0 00000001\n"
+                                         "sheep n 1 1 @ 1 0 00000003\ngraze n 1 0 1 0 00000003\n",
+                                         encoding="latin-1")
+    (tmp_path / "index.verb").write_text("graze v 1 0 1 0 00000009\n", encoding="latin-1")
+    (tmp_path / "index.adj").write_text("", encoding="latin-1")
+    (tmp_path / "index.adv").write_text("", encoding="latin-1")
+    (tmp_path / "cntlist.rev").write_text("graze%2:34:00:: 1 12\ngraze%1:04:00:: 1 1\n", encoding="latin-1")
+    wn = WordNet.find(tmp_path)
+    assert wn is not None and WordNet.find(tmp_path / "missing") is None
+    assert wn.broader("sheep") == ["livestock"] and wn.broader("cattle") == ["livestock"]
+    assert wn.covers("livestock") == {"livestock", "cattle", "cows", "sheep"}
+    assert wn.is_noun("sheep") is True and wn.is_noun("graze") is False and wn.is_noun("zzz") is None
+    # as a label: the broader word separates where neither narrow one alone does, when asked for
+    vocab = Vocabulary({w: 60 for w in ("cattle", "sheep", "livestock", "road")})
+    positives = background("cattle", "sheep", "cattle", "sheep")
+    pool = Background(background("road", "road", "road", "road"))
+    plain = separating_label(positives, np.ones(4, dtype=bool), pool, vocab, wordnet=wn)
+    broad = separating_label(positives, np.ones(4, dtype=bool), pool, vocab, wordnet=wn, broader=True)
+    assert plain.words == ("cattle", "sheep") and plain.noun is True
+    assert broad.words == ("livestock",) and broad.confidence == 1.0
 
 
 def test_context_never_crosses_a_document_separator() -> None:
@@ -74,6 +131,14 @@ def test_ranking_prefers_what_is_specific_and_keeps_dense_features_out_of_hints(
     assert [r.feature for r in ranked] == [1, 3, 2, 0] and [r.hintable for r in ranked] == [True, True, False, False]
     assert rank({5: 1.0, 6: 3.0}, {}, top=5) == [rank({6: 3.0}, {}, top=1)[0], rank({5: 1.0}, {}, top=1)[0]]
     assert Weight(1.0, True) == Specificity.neutral(sae).weight(0)
+    # with its labels: a feature whose label separates poorly is not hinted; a better label ranks higher; an
+    # everyday verb ranks lower than a noun of the same confidence
+    labels = {"1": {"confidence": CONFIDENCE_FLOOR - 0.01}, "3": {"confidence": 0.9, "noun": True, "common": 0.01},
+              "4": {"confidence": 0.9, "noun": False, "common": 0.01}, "5": {"confidence": 0.6, "noun": True}}
+    spec = Specificity(sae, labels)
+    assert not spec.weight(1).hintable and spec.weight(3).hintable and spec.weight(6).hintable  # 6: no label info
+    assert spec.weight(3).per_unit > spec.weight(5).per_unit > 0
+    assert abs(spec.weight(4).per_unit - 0.5 * spec.weight(3).per_unit) < 1e-6
 
 
 def test_statistics_of_a_pass_over_a_corpus(llama) -> None:
@@ -102,6 +167,18 @@ def test_statistics_of_a_pass_over_a_corpus(llama) -> None:
     assert stats.diffmean is not None
     torch.testing.assert_close(stats.diffmean[f], expected, atol=1e-3, rtol=1e-3)
     assert not stats.diffmean[~fired].any()
+    # for labels: a sample of where each feature fires, and a background pool with who fires there
+    labelled = feature_statistics(llama, sae, stream, context=32, tokens=10_000, top=4, sample=3, pool=40)
+    torch.testing.assert_close(labelled.max_act, stats.max_act)  # the other statistics do not change
+    assert labelled.sample_tokens is not None and labelled.pool_tokens is not None and labelled.pool_fired is not None
+    positions = torch.tensor([i * 32 + p for i in range(len(stream) // 32) for p in range(1, 32)])
+    act_at = dict(zip(positions.tolist(), acts, strict=True))
+    drawn = labelled.sample_tokens[f][labelled.sample_tokens[f] >= 0].tolist()
+    assert drawn and all(act_at[p][f] > 0 for p in drawn) and len(set(drawn)) == len(drawn)
+    assert not (labelled.sample_tokens[~fired] >= 0).any()
+    assert 30 <= len(labelled.pool_tokens) <= 50
+    for p, row in zip(labelled.pool_tokens.tolist(), labelled.pool_fired, strict=True):
+        assert torch.equal(row, act_at[p] > 0)
     # the statistics go with the SAE and rank the spans of an annotation
     sae.set_feature_stats(**stats.tensors())
     ann = annotate(llama, sae, "The rain fell.\n\nThen: silence...", paragraph_top=3)
@@ -157,12 +234,6 @@ def test_self_explanation_sweeps_scales_and_keeps_the_best(llama) -> None:
     assert isinstance(result.text, str) and result.to_dict()["feature"] == 3
 
 
-def test_a_feature_of_punctuation_gets_no_label_from_its_neighbours() -> None:
-    contexts = [Context("rain and ", "++", "++ storm", 3.0), Context("the rain", ";", " storm", 2.0),
-                Context("rain storm", "--", "", 2.0), Context("storm ", "rain", "", 1.0)]
-    assert word_label(contexts, COUNTS) == ""
-
-
 def test_hints_never_repeat_a_word_and_pass_the_slot_on() -> None:
     ranked = [Ranked(1, 9.0, True), Ranked(2, 8.0, False), Ranked(3, 7.0, True), Ranked(4, 6.0, True),
               Ranked(5, 5.0, True), Ranked(6, 4.0, True), Ranked(7, 3.0, True)]
@@ -172,6 +243,21 @@ def test_hints_never_repeat_a_word_and_pass_the_slot_on() -> None:
     assert [(r.feature, label) for r, label in shown] == [(1, "pay, money"), (5, "bank"), (6, "market")]
     assert pick_hints(ranked, labels, 0) == []
     assert [r.feature for r, _ in pick_hints(ranked, dict.fromkeys(labels, "Rain"), 3)] == [1]
+
+
+def test_a_hint_shows_a_name_only_where_the_text_mentions_it_and_the_sense_the_text_is_about() -> None:
+    ranked = [Ranked(1, 9.0, True), Ranked(2, 8.0, True), Ranked(3, 7.0, True)]
+    labels = {1: "knightley", 2: "cloud, file", 3: "sea"}
+    names = {1: ("knightley",)}
+    text = "Dark clouds rolled over the sea."
+    assert [label for _, label in pick_hints(ranked, labels, 3, names=names, text=text)] == ["cloud", "sea"]
+    about = "Mr. Knightley saved the files before the storm."
+    assert [label for _, label in pick_hints(ranked, labels, 3, names=names, text=about)] == ["knightley", "file",
+                                                                                           "sea"]
+    # a label of several words, none of them in the text: its first word, the one that tells most
+    assert pick_hints(ranked[1:2], labels, 1, text="A grey sky.")[0][1] == "cloud"
+    # without the text (no span to check against) names are never shown, every word of a label is
+    assert [label for _, label in pick_hints(ranked, labels, 3, names=names)] == ["cloud, file", "sea"]
 
 
 def test_calibration_keeps_the_smallest_multiple_that_carries_while_fluent() -> None:

@@ -1,15 +1,22 @@
 """How well labels describe their features, measured offline: `tinymorph eval-labels`.
 
 For a sample of labelled features, held-out contexts where the feature fires (its top activations on text the labels
-were not made from) and contexts where it does not (random positions, checked to be silent for it). A label detects
-its feature when the model's own embedding of the label (the mean residual over its tokens, at a middle layer) is
-closer (cosine) to the contexts where the feature fires than to the others: per feature, the balanced accuracy of
-"fires" = "similarity above the median of its contexts". The same with labels shuffled among the features is the
-baseline, in the same run. No external model judges anything.
+were not made from) and contexts where it does not (random positions, checked to be silent for it), `contexts` a
+side (20 by default). Two judges, neither of them the labeller (which counts label words in the labelling corpus):
+
+- **likelihood** (the main one): how much more likely the model finds the label after the context than after no
+  context: log P(label | context + "This passage is about") - log P(label | "This passage is about"), per label
+  token. It reads the whole context, so a label naming the topic counts even where the word itself is absent.
+- **embedding**: the cosine between the model's own embedding of the label (the mean residual over its tokens at a
+  middle layer) and that of the context.
+
+Per feature and judge, the balanced accuracy of "fires" = "score above the median of its contexts"; the same with
+labels shuffled among the features is the baseline, in the same run; and the share of features whose own label
+beats the shuffled one. No external model judges anything.
 
 Self-explanations (the model's own words for a feature, `selfexplain.py`) can be scored beside the context labels on
-the same features and contexts: their words stand in for the label, and an explanation without a real word scores
-chance (0.5), as a label a writer never sees would.
+the same features and contexts (by the embedding judge): their words stand in for the label, and an explanation
+without a real word scores chance (0.5), as a label a writer never sees would.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from typing import Any
 
 import torch
 
-from steering.features.labels import LABEL_WORDS, context_at, is_label_word, label_words
+from steering.features.labels import context_at
+from steering.features.separation import LABEL_WORDS, is_label_word, label_words
 from steering.features.stats import feature_statistics
 from steering.runtime.hooks import capture_residual
 from steering.runtime.models import LoadedModel
@@ -29,21 +37,39 @@ from steering.sae.autoencoder import SAE, HookPoint
 
 
 @dataclass(frozen=True)
-class LabelEval:
-    features: int
-    contexts_per_side: int
+class Judged:
+    """One judge's verdict over the sampled features."""
+
     balanced_accuracy: float
     """Mean over the features of the balanced accuracy of their labels."""
     shuffled_baseline: float
     """The same with every feature given another feature's label."""
     beats_baseline: float
     """Share of features whose own label scores higher than the shuffled one."""
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class LabelEval:
+    features: int
+    contexts_per_side: int
+    balanced_accuracy: float
+    """The main judge's (likelihood): mean over the features of the balanced accuracy of their labels."""
+    shuffled_baseline: float
+    """The same with every feature given another feature's label."""
+    beats_baseline: float
+    """Share of features whose own label scores higher than the shuffled one."""
     tokens: int
+    judges: dict[str, Judged] = field(default_factory=dict)
+    """Every judge's verdict (likelihood, embedding)."""
     self_explanation: SelfExplanationEval | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()
-               if k != "self_explanation"}
+        out: dict[str, Any] = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()
+                               if k not in ("self_explanation", "judges")}
+        out["judges"] = {name: j.to_dict() for name, j in self.judges.items()}
         if self.self_explanation is not None:
             out["self_explanation"] = self.self_explanation.to_dict()
         return out
@@ -90,6 +116,39 @@ def embed(lm: LoadedModel, texts: list[str], layer: int, batch: int = 32) -> tor
     return torch.cat(out)
 
 
+JUDGE_PROMPT = "\n\nThis passage is about"
+"""What follows a context before the label whose likelihood the likelihood judge reads."""
+
+
+@torch.inference_mode()
+def label_logprob(lm: LoadedModel, contexts: list[str], labels: list[str], batch: int = 32) -> torch.Tensor:
+    """Mean log-probability per token of `" " + labels[i]` after `contexts[i] + JUDGE_PROMPT`: `[n]`. Rows are
+    padded on the right (a causal model's real tokens never see the padding), and only the label's positions go
+    through the unembedding."""
+    last = HookPoint(lm.n_layers - 1)
+    out = []
+    for first in range(0, len(contexts), batch):
+        rows, spans = [], []
+        for context, label in zip(contexts[first:first + batch], labels[first:first + batch], strict=True):
+            head = list(lm.tokenizer(context + JUDGE_PROMPT)["input_ids"])[-96:]
+            tail = list(lm.tokenizer(" " + label)["input_ids"]) or [0]
+            rows.append(head + tail)
+            spans.append((len(head), len(head) + len(tail)))
+        ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+        resid = capture_residual(lm.model, lm.blocks, last, ids.to(lm.device))
+        h = torch.cat([resid[i, lo - 1:hi - 1] for i, (lo, hi) in enumerate(spans)])[None]
+        targets = torch.cat([ids[i, lo:hi] for i, (lo, hi) in enumerate(spans)]).to(lm.device)
+        logp = lm.unembed(lm.final_norm(h) if lm.final_norm is not None else h)[0].float().log_softmax(-1)
+        picked = logp.gather(1, targets[:, None])[:, 0].cpu()
+        at = 0
+        for lo, hi in spans:
+            out.append(float(picked[at:at + hi - lo].mean()))
+            at += hi - lo
+    return torch.tensor(out)
+
+
 def balanced_accuracy(pos: torch.Tensor, neg: torch.Tensor) -> float:
     """Balanced accuracy of `score > median of all scores` as the detector of the positive contexts."""
     threshold = torch.cat([pos, neg]).median()
@@ -98,7 +157,7 @@ def balanced_accuracy(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def evaluate_labels(lm: LoadedModel, sae: SAE, labels: dict[str, Any], stream: torch.Tensor, *, context: int = 128,
-                    tokens: int = 50_000, features: int = 200, per_side: int = 5, seed: int = 0,
+                    tokens: int = 50_000, features: int = 200, per_side: int = 20, seed: int = 0,
                     explain: Callable[[int], str] | None = None, explain_features: int = 0) -> LabelEval:
     """Detection scores of the labels in `labels` (labels.json) on the held-out token `stream`; with `explain`
     (feature -> the model's own words for it), also of the self-explanations of the first `explain_features`."""
@@ -121,49 +180,73 @@ def evaluate_labels(lm: LoadedModel, sae: SAE, labels: dict[str, Any], stream: t
     texts_pos: dict[int, list[str]] = {}
     texts_neg: dict[int, list[str]] = {}
     for f in chosen:
-        texts_pos[f] = [context_at(lm.tokenizer, stream, int(p), context, special).marked().replace("«", "")
+        texts_pos[f] = [context_at(lm.tokenizer, stream, int(p), context, special, before=24, after=8).marked().replace("«", "")
                         .replace("»", "") for p in stats.top_tokens[f].tolist() if p >= 0][:per_side]
         quiet = [p for p, acts in zip(pool, silent_acts, strict=True) if acts[f] <= 0]
         picks = rng.sample(quiet, min(per_side, len(quiet)))
-        texts_neg[f] = [context_at(lm.tokenizer, stream, p, context, special).marked().replace("«", "")
+        texts_neg[f] = [context_at(lm.tokenizer, stream, p, context, special, before=24, after=8).marked().replace("«", "")
                         .replace("»", "") for p in picks]
     all_texts = [t for f in chosen for t in texts_pos[f] + texts_neg[f]]
     vectors = embed(lm, all_texts, layer)
-    label_vectors = embed(lm, [entries[str(f)]["label"] for f in chosen], layer)
-    permutation = chosen[1:] + chosen[:1]  # every feature gets another feature's label
+    label_of = {f: entries[str(f)]["label"] for f in chosen}
+    label_vectors = embed(lm, [label_of[f] for f in chosen], layer)
+    other = dict(zip(chosen, chosen[1:] + chosen[:1], strict=True))  # every feature gets another feature's label
     index = {f: i for i, f in enumerate(chosen)}
-    blocks: dict[int, torch.Tensor] = {}
+    blocks: dict[int, slice] = {}
     at = 0
     for f in chosen:
         n = len(texts_pos[f]) + len(texts_neg[f])
         if texts_pos[f] and texts_neg[f]:
-            blocks[f] = vectors[at:at + n]
+            blocks[f] = slice(at, at + n)
         at += n
     if not blocks:
         raise ValueError("No labelled feature had contexts on both sides; give more text.")
 
-    def score(f: int, label: torch.Tensor) -> float:
-        sims = blocks[f] @ label
-        return balanced_accuracy(sims[:len(texts_pos[f])], sims[len(texts_pos[f]):])
+    def verdict(score: Callable[[int, int], torch.Tensor]) -> tuple[Judged, dict[int, float]]:
+        """`score(f, g)`: feature f's contexts scored against g's label."""
+        def accuracy(f: int, g: int) -> float:
+            values = score(f, g)
+            return balanced_accuracy(values[:len(texts_pos[f])], values[len(texts_pos[f]):])
 
-    own = {f: score(f, label_vectors[index[f]]) for f in blocks}
-    shuffled = {f: score(f, label_vectors[index[other]]) for f, other in zip(chosen, permutation, strict=True)
-                if f in blocks}
-    beats = sum(own[f] > shuffled[f] for f in blocks) / len(blocks)
+        own = {f: accuracy(f, f) for f in blocks}
+        shuffled = {f: accuracy(f, other[f]) for f in blocks}
+        return Judged(sum(own.values()) / len(own), sum(shuffled.values()) / len(shuffled),
+                      sum(own[f] > shuffled[f] for f in blocks) / len(blocks)), own
+
+    # likelihood: every context with its own feature's label and with the shuffled one, against no context
+    jobs = [(f, g) for f in blocks for g in (f, other[f])]
+    contexts = [t for f, _ in jobs for t in all_texts[blocks[f]]]
+    named = [label_of[g] for f, g in jobs for _ in all_texts[blocks[f]]]
+    after = label_logprob(lm, contexts, named)
+    prior = dict(zip(chosen, label_logprob(lm, [""] * len(chosen), [label_of[f] for f in chosen]).tolist(),
+                     strict=True))
+    pmi: dict[tuple[int, int], torch.Tensor] = {}
+    at = 0
+    for f, g in jobs:
+        n = blocks[f].stop - blocks[f].start
+        pmi[f, g] = after[at:at + n] - prior[g]
+        at += n
+    likelihood, _ = verdict(lambda f, g: pmi[f, g])
+    embedding, own = verdict(lambda f, g: vectors[blocks[f]] @ label_vectors[index[g]])
     selfeval = None
     if explain is not None and explain_features > 0:
         explained = {f: explain(f) for f in list(blocks)[:explain_features]}
         words = {f: explanation_label(text) for f, text in explained.items()}
         spoken = [f for f in explained if words[f]]
         said = dict(zip(spoken, embed(lm, [words[f] for f in spoken], layer), strict=True)) if spoken else {}
-        mine = {f: score(f, said[f]) if f in said else 0.5 for f in explained}
+        mine = {}
+        for f in explained:
+            sims = vectors[blocks[f]] @ said[f] if f in said else None
+            mine[f] = balanced_accuracy(sims[:len(texts_pos[f])], sims[len(texts_pos[f]):]) if sims is not None \
+                else 0.5
         selfeval = SelfExplanationEval(
             len(explained), sum(mine.values()) / len(mine), sum(own[f] for f in explained) / len(explained),
             sum(mine[f] > own[f] for f in explained) / len(explained),
             {f: {"explanation": explained[f], "words": words[f], "label": entries[str(f)]["label"]}
              for f in explained})
-    return LabelEval(len(blocks), per_side, sum(own.values()) / len(own), sum(shuffled.values()) / len(shuffled),
-                     beats, stats.tokens, selfeval)
+    return LabelEval(len(blocks), per_side, likelihood.balanced_accuracy, likelihood.shuffled_baseline,
+                     likelihood.beats_baseline, stats.tokens, {"likelihood": likelihood, "embedding": embedding},
+                     selfeval)
 
 
 def _activations_at(lm: LoadedModel, sae: SAE, stream: torch.Tensor, positions: list[int], context: int,

@@ -87,13 +87,14 @@ class FeatureMap:
 
 def build_map(title: str, source: str, annotation: Annotation, feats: torch.Tensor, labels: Mapping[int, str],
               promoted: Mapping[int, tuple[str, ...]], examples: Callable[[int], tuple[str, ...]], *,
-              per_paragraph: int = 4) -> FeatureMap:
+              per_paragraph: int = 4, names: Mapping[int, tuple[str, ...]] | None = None) -> FeatureMap:
     """The map of `annotation` (its spans are the paragraphs), with the codes `feats` `[n_tokens, d_sae]` it was
     made from and the features' labels (features without one are not shown)."""
     paragraphs = []
     shown: list[int] = []
     for span in annotation.paragraphs:
-        picked = pick_hints(span.features, labels, per_paragraph)
+        picked = pick_hints(span.features, labels, per_paragraph, names=names,
+                            text=annotation.text[span.start:span.end])
         paragraphs.append(MapParagraph(span.start, span.end, tuple((f.feature, label, f.score) for f, label in picked)))
         shown += [f.feature for f, _ in picked]
     features = {}

@@ -1,11 +1,9 @@
-"""Feature labels a writer reads: a few words from the feature's top activating contexts (the words at and around
-the peak tokens, weighted against how common they are), cross-checked with the logit lens of its decoder row."""
+"""Feature labels a writer reads (labels.json): per feature a few words chosen by how well they separate the contexts
+where it fires from the background (`separation.py`), its top contexts, and the logit lens of its decoder row."""
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,18 @@ from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE
 from steering.sae.layouts import FEATURE_STATS, saelens_folder
 
-from .stats import FeatureStats, is_filler
+from .ranking import CONFIDENCE_FLOOR
+from .separation import (
+    WINDOW_AFTER,
+    WINDOW_BEFORE,
+    Background,
+    Contexts,
+    Vocabulary,
+    is_label_word,
+    separating_label,
+)
+from .stats import FeatureStats
+from .wordnet import WordNet
 
 
 class TokenScore(NamedTuple):
@@ -54,41 +63,12 @@ def logit_lens(lm: LoadedModel, sae: SAE, feature: int, top: int = 10) -> LogitL
 
 # ------------------------------------------------------------------------------------------------ labels.json
 LABELS_FILE = "labels.json"
-LABEL_WORDS = 3
-"""Words at most in a label."""
-SUPPORT = 0.25
-"""A label word occurs in at least this share of the feature's top contexts (and in two of them)."""
 CONTEXTS_KEPT = 8
 """Top activating contexts kept per feature in labels.json (the examples a tooltip shows)."""
-
-_STOPWORD_TEXT = """
-a about above after again against all am an and any are as at be because been before being below between both but
-by can could did do does doing down during each few for from further had has have having he her here hers herself
-him himself his how i if in into is it its itself just me might more most must my myself no nor not now of off on
-once only or other ought our ours ourselves out over own same shall she should so some such than that the their
-theirs them themselves then there these they this those through to too under until up upon very was we were what
-when where which while who whom why will with would yet you your yours yourself yourselves also may much many one
-two three us said say says like well even still back get got go goes went gone make made let thus though ll ve re
-"""
-STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-"""Words too common to name what a feature is about."""
-
-_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
-_VOWEL = re.compile(r"[aeiouyàâäéèêëíîïóôöúùûü]", re.IGNORECASE)
-_NEAR = {0: 1.0, 1: 0.5, 2: 0.25, 3: 0.25}
-"""Weight of a word by its distance in words from the peak token."""
-
-
-def label_words(text: str) -> list[str]:
-    """The lower-cased words of `text`, in order."""
-    return [m.group(0).lower() for m in _WORD.finditer(text)]
-
-
-def is_label_word(word: str) -> bool:
-    """A word a writer reads: letters only (inner apostrophes and hyphens allowed), three or more with a vowel, not
-    a stopword."""
-    return len(word) >= 3 and bool(_WORD.fullmatch(word)) and bool(_VOWEL.search(word)) and \
-        word.lower() not in STOPWORDS
+SAMPLED = 24
+"""Positions per feature drawn where it usually fires (beside its top 32) for choosing its label."""
+BACKGROUND = 4000
+"""Background positions a label must separate the feature's contexts from."""
 
 
 @dataclass(frozen=True)
@@ -102,18 +82,6 @@ class Context:
 
     def marked(self) -> str:
         return f"{self.left}«{self.token}»{self.right}".replace("\n", "⏎")
-
-    def words(self) -> list[tuple[str, int]]:
-        """(lower-cased word, distance in words from the peak token) for every word of the context."""
-        text = self.left + self.token + self.right
-        lo, hi = len(self.left), len(self.left) + len(self.token)
-        spans = [(m.start(), m.end(), m.group(0).lower()) for m in _WORD.finditer(text)]
-        before = [w for a, b, w in spans if b <= lo]
-        after = [w for a, b, w in spans if a >= hi]
-        out = [(w, 0) for a, b, w in spans if a < hi and b > lo]
-        out += [(w, len(before) - i) for i, w in enumerate(before)]
-        out += [(w, i + 1) for i, w in enumerate(after)]
-        return out
 
 
 def context_at(tokenizer: Any, stream: torch.Tensor, position: int, context: int, separators: set[int], *,
@@ -135,55 +103,28 @@ def context_at(tokenizer: Any, stream: torch.Tensor, position: int, context: int
     return Context(text(ids[:peak]), text(ids[peak:peak + 1]), text(ids[peak + 1:]), activation)
 
 
-def word_counts(tokenizer: Any, stream: torch.Tensor, chunk: int = 4096) -> dict[str, int]:
-    """How often each (lower-cased) word occurs in the text of `stream`."""
-    counts: dict[str, int] = {}
-    for start in range(0, len(stream), chunk):
-        text = tokenizer.decode(stream[start:start + chunk].tolist(), skip_special_tokens=True)
-        for match in _WORD.finditer(text):
-            word = match.group(0).lower()
-            counts[word] = counts.get(word, 0) + 1
-    return counts
-
-
-def word_label(contexts: Sequence[Context], counts: dict[str, int], promoted: Sequence[str] = ()) -> str:
-    """One to `LABEL_WORDS` words naming what the contexts share: the words at and near the peak tokens, weighted
-    by activation and by how rare they are in the corpus, cross-checked with the logit lens (a word the feature also
-    promotes counts more). Empty when no real word stands out."""
-    if not contexts:
-        return ""
-    if sum(is_filler(c.token) for c in contexts) > len(contexts) / 2:
-        return ""  # the feature fires on punctuation or symbols: its neighbours' words do not name it
-    total = sum(counts.values()) or 1
-    top = max(c.activation for c in contexts) or 1.0
-    lens = {p.strip().lower() for p in promoted}
-    score: dict[str, float] = {}
-    support: dict[str, int] = {}
-    for c in contexts:
-        seen = set()
-        for word, distance in c.words():
-            if distance not in _NEAR or not is_label_word(word):
-                continue
-            rarity = math.log((total + 1) / (counts.get(word, 0) + 1))
-            score[word] = score.get(word, 0.0) + max(c.activation, 0.0) / top * _NEAR[distance] * rarity
-            if word not in seen:
-                support[word] = support.get(word, 0) + 1
-                seen.add(word)
-    needed = max(2, math.ceil(SUPPORT * len(contexts))) if len(contexts) >= 4 else 1
-    ranked = sorted(((value * (1.5 if word in lens else 1.0), word) for word, value in score.items()
-                     if support[word] >= needed), reverse=True)
-    if not ranked or ranked[0][0] <= 0:
-        return ""
-    best = ranked[0][0]
-    return ", ".join(word for value, word in ranked[:LABEL_WORDS] if value >= 0.4 * best)
+def vocabulary(tokenizer: Any, stream: torch.Tensor, chunk: int = 4096) -> Vocabulary:
+    """The words of the text of `stream`: counts, capitals, base forms."""
+    return Vocabulary.of_text(tokenizer.decode(stream[start:start + chunk].tolist(), skip_special_tokens=True)
+                              for start in range(0, len(stream), chunk))
 
 
 @torch.inference_mode()
 def build_labels(lm: LoadedModel, sae: SAE, stats: FeatureStats, stream: torch.Tensor, *, context: int = 128,
-                 lens_top: int = 8) -> dict[str, Any]:
-    """labels.json: per feature a label in words, its top contexts, activating tokens and logit-lens tokens."""
+                 lens_top: int = 8, wordnet: WordNet | None = None) -> dict[str, Any]:
+    """labels.json: per feature a label in words chosen by how well it separates the feature's contexts from the
+    background (`steering.features.separation`) with its confidence, its top contexts, activating tokens and
+    logit-lens tokens. `stats` must come with a sample and a background pool (`feature_statistics(sample=...,
+    pool=...)`)."""
     special = set(getattr(lm.tokenizer, "all_special_ids", None) or []) | lm.eos_token_ids
-    counts = word_counts(lm.tokenizer, stream)
+    words = vocabulary(lm.tokenizer, stream)
+    around = Contexts(lm.tokenizer, stream, context, special, words)
+    if stats.pool_tokens is not None and stats.pool_fired is not None and len(stats.pool_tokens):
+        pool, fired = stats.pool_tokens.tolist(), stats.pool_fired
+    else:
+        pool, fired = [], torch.zeros(0, sae.d_sae, dtype=torch.bool)
+    background = Background([around.words(p) for p in pool])
+    silent_all = (~fired).numpy()
     features: dict[str, Any] = {}
     for first in range(0, sae.d_sae, 256):
         rows = sae.W_dec[first : first + 256].to(lm.device, lm.dtype)[:, None, :]
@@ -197,28 +138,42 @@ def build_labels(lm: LoadedModel, sae: SAE, stats: FeatureStats, stream: torch.T
             contexts = [context_at(lm.tokenizer, stream, pos, context, special, activation=value)
                         for value, pos in zip(stats.top_values[f].tolist(), stats.top_tokens[f].tolist(), strict=True)
                         if pos >= 0 and int(stream[pos]) not in special]
+            where = [p for p in stats.top_tokens[f].tolist() if p >= 0]
+            if stats.sample_tokens is not None:
+                where += [p for p in stats.sample_tokens[f].tolist() if p >= 0 and p not in where]
+            label = separating_label([around.words(p) for p in where if int(stream[p]) not in special],
+                                     silent_all[:, f], background, words, promoted=promoted, wordnet=wordnet)
+            activating = _most_common([c.token for c in contexts], 5)
             features[str(f)] = {
-                "label": word_label(contexts, counts, promoted),
+                "label": label.text or token_label(activating),
+                "confidence": round(label.confidence, 3),
+                "names": list(label.names),
+                "noun": label.noun,
+                "common": round(label.common, 4),
                 "max_act": round(float(stats.max_act[f]), 4),
                 "frequency": float(stats.frequency[f]),
-                "activating": _most_common([c.token for c in contexts], 5),
+                "activating": activating,
                 "promoted": promoted,
                 "suppressed": suppressed,
                 "contexts": [{"text": c.marked(), "activation": round(c.activation, 3)}
                              for c in contexts[:CONTEXTS_KEPT]],
             }
-    return {"version": 2, "hook": sae.hook.name if sae.hook else None, "tokens": stats.tokens, "features": features}
+    return {"version": 3, "hook": sae.hook.name if sae.hook else None, "tokens": stats.tokens,
+            "labeller": {"window": [WINDOW_BEFORE, WINDOW_AFTER], "sampled": SAMPLED, "background": len(pool),
+                         "wordnet": wordnet is not None},
+            "features": features}
 
 
 def describe_sae(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, context: int = 128, tokens: int = 100_000,
-                 top: int = 32) -> dict[str, Any]:
+                 top: int = 32, wordnet: WordNet | None = None) -> dict[str, Any]:
     """One pass of `sae` over `stream`: sets its feature statistics (what ranking and steering need) and returns
     its labels.json."""
     from .stats import feature_statistics
 
-    stats = feature_statistics(lm, sae, stream, context=context, tokens=tokens, top=top)
+    stats = feature_statistics(lm, sae, stream, context=context, tokens=tokens, top=top, sample=SAMPLED,
+                               pool=BACKGROUND)
     sae.set_feature_stats(**stats.tensors())
-    return build_labels(lm, sae, stats, stream, context=context)
+    return build_labels(lm, sae, stats, stream, context=context, wordnet=wordnet)
 
 
 @dataclass(frozen=True)
@@ -230,27 +185,49 @@ class Described:
     """Corpus tokens read."""
     features: int
     labelled_in_words: int
-    """Features whose label has words (the others' label is empty)."""
+    """Features whose label was chosen from words that separate (the others say what their tokens are, or nothing)."""
+    hintable_labels: int = 0
+    """Features whose label separates well enough to be hinted (`ranking.CONFIDENCE_FLOOR`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"sae": str(self.folder), "tokens": self.tokens, "features": self.features,
-                "labelled_in_words": self.labelled_in_words}
+                "labelled_in_words": self.labelled_in_words, "hintable_labels": self.hintable_labels}
 
 
 def write_stats_and_labels(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, tokens: int = 200_000,
-                           context: int = 128) -> Described:
+                           context: int = 128, wordnet: WordNet | None = None,
+                           labels_only: bool = False) -> Described:
     """One pass of `sae` over a corpus' token `stream` (`describe_sae`), written into the SAE's folder: its feature
     statistics (feature_stats.safetensors) and labels.json, each file replaced atomically. That is what `train-sae`
-    writes, for an SAE trained elsewhere or on other text; the SAE must have been read from the SAELens layout."""
+    writes, for an SAE trained elsewhere or on other text; the SAE must have been read from the SAELens layout.
+    With `labels_only`, the statistics (and the steering calibrated on them) stay as they are."""
     folder = saelens_folder(sae)
     if folder is None:
         raise TinymorphError("sae-stats writes into an SAE folder in the SAELens layout (cfg.json + "
                              "sae_weights.safetensors); this SAE is not one.")
-    labels = describe_sae(lm, sae, stream, context=context, tokens=tokens)
-    write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
+    kept = dict(sae.stats)
+    labels = describe_sae(lm, sae, stream, context=context, tokens=tokens, wordnet=wordnet)
+    if labels_only:
+        sae.stats = kept
+    else:
+        write_bytes(folder / FEATURE_STATS, sae.stats_bytes())
     write_bytes(folder / LABELS_FILE, json.dumps(labels, ensure_ascii=False).encode())
-    named = sum(bool(e["label"]) for e in labels["features"].values())
-    return Described(folder, labels["tokens"], sae.d_sae, named)
+    entries = labels["features"].values()
+    return Described(folder, labels["tokens"], sae.d_sae, sum(e["confidence"] > 0 for e in entries),
+                     sum(e["confidence"] >= CONFIDENCE_FLOOR for e in entries))
+
+
+def token_label(activating: Sequence[str]) -> str:
+    """The label of a feature no word separates (confidence 0: never hinted, shown on hover): what its top tokens
+    are, in words: numbers, punctuation, or the word itself in quotes (`“of”`)."""
+    tokens = [t.strip() for t in activating if t.strip()]
+    if not tokens:
+        return "spaces and layout" if activating else ""
+    if all(t.replace(",", "").replace(".", "").isdigit() for t in tokens[:3]):
+        return "numbers"
+    if all(not any(ch.isalnum() for ch in t) for t in tokens[:3]):
+        return "punctuation"
+    return ", ".join(f"“{t}”" for t in tokens[:2])
 
 
 def _most_common(tokens: list[str], n: int) -> list[str]:

@@ -12,9 +12,9 @@ ranked (for tooltips and hover) but never hinted. Without statistics the summed 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -28,6 +28,11 @@ FILLER_SHARE = 0.5
 """A feature with more than this share of its activation on punctuation or white space alone is about form."""
 EARLY_SHARE = 0.5
 """A feature with more than this share of its activation on a text's first positions is about position."""
+CONFIDENCE_FLOOR = 0.6
+"""A feature whose label separates its contexts from the background no better than this balanced accuracy is not
+hinted (`steering.features.separation`)."""
+EVERYDAY = 0.002
+EVERYDAY_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,12 @@ def alive_and_sparse(frequency: torch.Tensor) -> torch.Tensor:
 
 
 class Specificity:
-    """Per-feature weights of one SAE, from its feature statistics."""
+    """Per-feature weights of one SAE, from its feature statistics and, when given, its labels (labels.json's
+    features): a feature whose label describes its contexts well ranks higher (weight times 0.5 + J, J = 2 *
+    confidence - 1), one below `CONFIDENCE_FLOOR` is not hinted, and one whose label is an everyday verb, adjective or
+    adverb (`used`, `near`: not a noun, in more than `EVERYDAY` of all contexts) ranks at `EVERYDAY_WEIGHT`."""
 
-    def __init__(self, sae: SAE) -> None:
+    def __init__(self, sae: SAE, labels: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         d, stats = sae.d_sae, sae.stats
         self.weights = torch.ones(d)
         self.hintable = torch.ones(d, dtype=torch.bool)
@@ -69,6 +77,15 @@ class Specificity:
             share = stats.get(name)
             if share is not None:
                 self.hintable &= share.float().cpu() <= limit
+        if labels:
+            entries = [labels.get(str(f), {}) for f in range(d)]
+            confidence = torch.tensor([float(e.get("confidence", -1.0)) for e in entries])
+            measured = confidence >= 0
+            self.hintable &= ~measured | (confidence >= CONFIDENCE_FLOOR)
+            self.weights = self.weights * torch.where(measured, 0.5 + (2 * confidence - 1).clamp(0, 1), 1.0)
+            everyday = torch.tensor([e.get("noun") is False and float(e.get("common", 0.0)) > EVERYDAY
+                                     for e in entries])
+            self.weights = torch.where(everyday, self.weights * EVERYDAY_WEIGHT, self.weights)
 
     @classmethod
     def neutral(cls, sae: SAE) -> Specificity:
@@ -159,21 +176,38 @@ class Hintable(Protocol):
 
 
 H = TypeVar("H", bound=Hintable)
+
+
+def _mentions(words: set[str], word: str) -> bool:
+    """Whether `words` (a text's, lower case) hold `word` or a form of it (plural, -ed, -ing, a longer word it
+    starts, when it has four letters or more)."""
+    return any(w == word or w in (word + "s", word + "es", word + "ed", word + "ing")
+               or (len(word) >= 4 and w.startswith(word)) for w in words)
 _LABEL_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 
 
-def pick_hints(ranked: Iterable[H], labels: Mapping[int, str], count: int) -> list[tuple[H, str]]:
+def pick_hints(ranked: Iterable[H], labels: Mapping[int, str], count: int, *,
+               names: Mapping[int, Sequence[str]] | None = None, text: str | None = None) -> list[tuple[H, str]]:
     """The hint of a span: its first `count` hintable features (in ranked order) that have a label in `labels`, each
     with the label shown for it. Words an earlier feature of the same hint already shows are left out of a later
-    label, and a feature with nothing new to say gives its slot to the next one (no ⟨pay, money · pay⟩)."""
+    label, and a feature with nothing new to say gives its slot to the next one (no ⟨pay, money · pay⟩). A label
+    word that is a name (`names`: per feature) is shown only where the span's `text` mentions it: a character's
+    name says nothing about a paragraph she is not in."""
     out: list[tuple[H, str]] = []
     said: set[str] = set()
+    mentioned = {w.lower() for w in _LABEL_WORD.findall(text)} if text is not None else set()
     for item in ranked:
         if len(out) >= count:
             break
         if not item.hintable:
             continue
-        words = [w.strip() for w in labels.get(item.feature, "").split(",") if w.strip()]
+        unnamed = {n.lower() for n in (names or {}).get(item.feature, ())} - mentioned
+        words = [w.strip() for w in labels.get(item.feature, "").split(",")
+                 if w.strip() and w.strip().lower() not in unnamed]
+        if text is not None and len(words) > 1:
+            # a label of several words names several things the feature fires on: show the ones this text
+            # mentions (the sense at work here), else the first, the one that tells most
+            words = [w for w in words if _mentions(mentioned, w.lower())] or words[:1]
         new = [w for w in words if w.lower() not in said]
         if not new:
             continue

@@ -42,6 +42,13 @@ class FeatureStats:
     diffmean: torch.Tensor | None = None
     """`[d_sae, d_in]` in the model's residual space: the activation-weighted mean residual where the feature fires
     minus the mean residual where it does not (zero for features that never fire)."""
+    sample_tokens: torch.Tensor | None = None
+    """`[d_sae, sample]` positions where the feature fires, drawn at random in proportion to its activation (-1:
+    none): where it usually fires, beside its top activations (labels are chosen on both)."""
+    pool_tokens: torch.Tensor | None = None
+    """`[pool]` positions drawn evenly from the tokens read: the background a label must separate from."""
+    pool_fired: torch.Tensor | None = None
+    """`[pool, d_sae]` whether each feature fires at each of `pool_tokens`."""
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-feature statistics an SAE keeps (`SAE.set_feature_stats`)."""
@@ -69,9 +76,11 @@ def filler_mask(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def feature_statistics(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, context: int = 128, tokens: int = 100_000,
-                       top: int = 32, batch: int = 8) -> FeatureStats:
+                       top: int = 32, batch: int = 8, sample: int = 0, pool: int = 0, seed: int = 0) -> FeatureStats:
     """Statistics of every feature over about `tokens` of `stream`, read in sequences of `context` tokens spread
-    evenly over the whole stream (so every part of a corpus counts, not its first files)."""
+    evenly over the whole stream (so every part of a corpus counts, not its first files). With `sample`, also that
+    many firing positions per feature drawn in proportion to activation; with `pool`, about that many background
+    positions and which features fire there (both for labels; neither changes the other statistics)."""
     assert sae.hook is not None
     available = len(stream) // context
     n_seq = max(1, min(available, math.ceil(tokens / max(1, context - 1))))
@@ -86,6 +95,12 @@ def feature_statistics(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, conte
     where_fired = torch.zeros(d, sae.d_in)  # plain sum of the residual where each feature fires
     resid_sum = torch.zeros(sae.d_in)
     seen = 0
+    generator = torch.Generator().manual_seed(seed)
+    sample_k = torch.full((d, sample), float("-inf"))
+    sample_i = torch.full((d, sample), -1, dtype=torch.long)
+    every = max(1, math.ceil(n_seq * (context - 1) / pool)) if pool else 0
+    pool_i: list[torch.Tensor] = []
+    pool_f: list[torch.Tensor] = []
     for first in range(0, len(chosen), batch):
         idx = chosen[first:first + batch]
         ids = torch.stack([stream[i * context : (i + 1) * context] for i in idx])
@@ -112,9 +127,24 @@ def feature_statistics(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, conte
         all_i = torch.cat([top_i, positions[bi].T], 1)
         keep = all_v.topk(top, dim=1).indices
         top_v, top_i = all_v.gather(1, keep), all_i.gather(1, keep)
+        if sample:
+            # weighted reservoir (Efraimidis-Spirakis): key log(u) / activation, the largest keys kept
+            u = torch.rand(acts.shape, generator=generator).clamp_min(1e-12)
+            keys = torch.where(acts > 0, u.log() / acts.clamp_min(1e-12), float("-inf"))
+            kv, ki = keys.topk(min(sample, len(acts)), dim=0)
+            all_k, all_s = torch.cat([sample_k, kv.T], 1), torch.cat([sample_i, positions[ki].T], 1)
+            keep = all_k.topk(sample, dim=1).indices
+            sample_k, sample_i = all_k.gather(1, keep), all_s.gather(1, keep)
+        if every:
+            rows = torch.arange(-(seen - len(acts)) % every, len(acts), every)  # every `every`-th token read
+            pool_i.append(positions[rows])
+            pool_f.append(acts[rows] > 0)
     top_i[top_v <= 0] = -1
+    sample_i[~torch.isfinite(sample_k)] = -1
     mass = total.clamp_min(1e-12)
     silent = (resid_sum - where_fired) / (seen - fired).clamp_min(1)[:, None].float()
     diffmean = torch.where((total > 0)[:, None], weighted / mass[:, None] - silent, torch.zeros(()))
     return FeatureStats(max_act, fired.float() / max(1, seen), total / fired.clamp_min(1), on_filler / mass,
-                        early / mass, top_v.clamp_min(0), top_i, seen, diffmean)
+                        early / mass, top_v.clamp_min(0), top_i, seen, diffmean,
+                        sample_i if sample else None, torch.cat(pool_i) if pool_i else None,
+                        torch.cat(pool_f) if pool_f else None)

@@ -196,6 +196,7 @@ def sha256(path: Path) -> str:
 
 
 def fetch(folder: Path) -> None:
+    folder = folder.resolve()  # the fetch commands run inside it: a relative destination would point elsewhere
     folder.mkdir(parents=True, exist_ok=True)
     for pkg in PACKAGES.values():
         try:

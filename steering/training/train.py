@@ -144,11 +144,12 @@ def train_sae(
     if rank != 0:
         return None
     from steering.features.labels import LABELS_FILE, describe_sae
+    from steering.features.wordnet import WordNet
 
     sae = result.sae.to(lm.device)
     say(f"feature statistics and labels over {cfg.stats_tokens:,} tokens")
     labels = describe_sae(lm, sae, corpus.tokens, context=cfg.context, tokens=cfg.stats_tokens,
-                          top=cfg.top_contexts)
+                          top=cfg.top_contexts, wordnet=WordNet.find())
     extra = {LABELS_FILE: json.dumps(labels, ensure_ascii=False).encode()}
     if plot is not None:
         from .plot import curves_png
