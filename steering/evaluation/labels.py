@@ -250,13 +250,25 @@ def evaluate_labels(lm: LoadedModel, sae: SAE, labels: dict[str, Any], stream: t
 
 
 def _activations_at(lm: LoadedModel, sae: SAE, stream: torch.Tensor, positions: list[int], context: int,
-                    ) -> list[torch.Tensor]:
-    """The SAE's activations `[d_sae]` at each stream position, read in its sequence."""
+                    batch: int = 16) -> list[torch.Tensor]:
+    """The SAE's activations `[d_sae]` at each stream position, read in its sequence: each sequence holding one of
+    the positions is read once (a causal model's position sees only the tokens before it), several at a time."""
     assert sae.hook is not None
-    out = []
-    for p in positions:
+    starts = sorted({p - p % context for p in positions})
+    at: dict[int, torch.Tensor] = {}
+    for first in range(0, len(starts), batch):
+        group = starts[first:first + batch]
+        width = min(context, min(len(stream) - s for s in group))
+        ids = torch.stack([stream[s:s + width] for s in group]).to(lm.device)
+        resid = capture_residual(lm.model, lm.blocks, sae.hook, ids)
+        for row, s in enumerate(group):
+            wanted = [p for p in positions if s <= p < s + width]
+            if wanted:
+                codes = sae.encode(resid[row, [p - s for p in wanted]].to(sae.device, sae.dtype)).float().cpu()
+                at.update(zip(wanted, codes, strict=True))
+    missing = [p for p in positions if p not in at]  # a short last sequence cut the group's width
+    for p in missing:
         start = p - p % context
-        ids = stream[start:p + 1][None].to(lm.device)
-        resid = capture_residual(lm.model, lm.blocks, sae.hook, ids)[0, -1]
-        out.append(sae.encode(resid.to(sae.device, sae.dtype)).float().cpu())
-    return out
+        resid1 = capture_residual(lm.model, lm.blocks, sae.hook, stream[start:p + 1][None].to(lm.device))[0, -1]
+        at[p] = sae.encode(resid1.to(sae.device, sae.dtype)).float().cpu()
+    return [at[p] for p in positions]
