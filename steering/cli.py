@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels-only", action="store_true",
                    help="rewrite labels.json only; keep the statistics (and the steering calibrated on them)")
     s.add_argument("--wordnet", metavar="DIR",
-                   help="WordNet's files (index.noun, data.noun) for broader label words; default "
+                   help="WordNet's files (index.*, data.noun, cntlist.rev): which label words are nouns; default "
                         "$TINYMORPH_WORDNET, then /usr/share/wordnet (Debian's wordnet-base); labels work without")
     _common(s)
     s.set_defaults(run=cmd_sae_stats)

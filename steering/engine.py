@@ -87,8 +87,6 @@ class FeatureCard:
     steerability: float | None = None
     names: tuple[str, ...] = ()
     """The label's words that are names: a hint shows them only where its text mentions them."""
-    confidence: float | None = None
-    """How well the label separates where the feature fires from other text (balanced accuracy; None: unknown)."""
 
 
 def card_names(cards: Mapping[int, FeatureCard]) -> dict[int, tuple[str, ...]]:
@@ -384,10 +382,8 @@ class Engine:
             entry = self._entry(sae.check_feature(feature))
             steerability = sae.steerability(feature)
             if entry.get("label"):
-                confidence = entry.get("confidence")
                 cards[feature] = FeatureCard(entry["label"], tuple(entry.get("promoted", ())[:5]), steerability,
-                                             tuple(entry.get("names", ())),
-                                             float(confidence) if confidence is not None else None)
+                                             tuple(entry.get("names", ())))
             elif lens_limit > 0:
                 lens_limit -= 1
                 lens = logit_lens(self.lm, sae, feature, 5)
