@@ -51,10 +51,20 @@ class Corpus:
     def n_tokens(self) -> int:
         return int(self.tokens.numel())
 
+    def shares(self) -> dict[str, float]:
+        """Each source's share of the tokens, a source being a file's folder (`train/gutenberg`: `gutenberg`)."""
+        counts: dict[str, int] = {}
+        for f in self.files:
+            source = Path(f.path).parent.name or "."
+            counts[source] = counts.get(source, 0) + f.tokens
+        total = max(1, sum(counts.values()))
+        return {k: round(v / total, 4) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
     def provenance(self) -> dict[str, Any]:
         return {
             "files": len(self.files),
             "tokens": self.n_tokens,
+            "shares": self.shares(),
             "sha256": hashlib.sha256("".join(f.sha256 for f in self.files).encode()).hexdigest(),
             "sources": [_portable(f.path) for f in self.files[:50]] + ([f"... {len(self.files) - 50} more"] if len(self.files) > 50
                                                              else []),

