@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="per-feature steering strength and steerability of an SAE, measured and "
                                          "saved beside it (resumes where an interrupted run stopped)")
     c.add_argument("--features", default="hintable", metavar="WHICH",
-                   help="`hintable` (features hints can show), `all` (every alive feature), `sample:N` (N alive "
-                        "features, seeded) or a comma-separated list of feature ids")
+                   help="`hintable` (features hints can show: their label is confident enough), `all` (every alive "
+                        "feature, the hintable ones first), `sample:N` (N alive features, seeded) or a comma-separated "
+                        "list of feature ids")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--reference", nargs="+", metavar="PATH",
                    help="human prose whose NLL is the fluency bound (default: a built-in paragraph, stricter)")

@@ -275,6 +275,22 @@ def test_calibrate_stores_a_multiple_per_feature_and_keeps_the_others(capsys, ti
     common = ["--model", str(tiny_model_dir), "--sae", str(folder)]
     run_json(capsys, "sae-stats", "--corpus", str(corpus), "--tokens", "1000", *common)
     alive = [int(f) for f in torch.nonzero(load_sae(folder).frequency > 0).flatten()[:3]]
+
+    from steering.evaluation.calibrate import select_features
+    from steering.features.ranking import CONFIDENCE_FLOOR
+
+    labels_path = folder / "labels.json"
+    kept = labels_path.read_text(encoding="utf-8")
+    labels = json.loads(kept)
+    hintable = select_features(load_sae(folder), "hintable")
+    doubtful = hintable[0]
+    labels["features"][str(doubtful)]["confidence"] = CONFIDENCE_FLOOR / 2  # hints never show it
+    labels_path.write_text(json.dumps(labels), encoding="utf-8")
+    assert doubtful not in select_features(load_sae(folder), "hintable")
+    everything = select_features(load_sae(folder), "all")
+    assert everything.index(doubtful) >= len(hintable) - 1  # after every feature a hint can show
+    labels_path.write_text(kept, encoding="utf-8")
+
     data = run_json(capsys, "calibrate", "--features", ",".join(map(str, alive[:2])), "--reference", str(corpus),
                     *common)
     assert data["features"] == 2 and data["calibrated"] == data["carried_while_fluent"] <= 2

@@ -94,6 +94,16 @@ def test_wordnet_broader_words_and_parts_of_speech(tmp_path) -> None:
     assert plain.words == ("cattle", "sheep") and plain.noun is True
     assert broad.words == ("livestock",) and broad.confidence == 1.0
 
+    # a label is an English word WordNet knows (inflected too) or a name: never an identifier such as `sklearn`
+    (tmp_path / "verb.exc").write_text("grazed graze\nfled flee\n", encoding="latin-1")
+    wn = WordNet.find(tmp_path)
+    assert wn is not None and wn.knows("sheep") and wn.knows("grazing") and wn.knows("grazes") and wn.knows("fled")
+    assert wn.knows("Cattle") and not wn.knows("sklearn") and not wn.knows("dev")
+    vocab = Vocabulary({w: 60 for w in ("sklearn", "sheep", "road")})
+    positives = background("sklearn sheep", "sklearn", "sklearn", "sklearn sheep")
+    assert separating_label(positives, np.ones(4, dtype=bool), pool, vocab).words[0] == "sklearn"
+    assert separating_label(positives, np.ones(4, dtype=bool), pool, vocab, wordnet=wn).words == ("sheep",)
+
 
 def test_context_never_crosses_a_document_separator() -> None:
     tok = ByteTokenizer()

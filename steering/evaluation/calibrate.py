@@ -34,6 +34,7 @@ from steering.config import STEERED_REPETITION_PENALTY, Guidance, SamplingConfig
 from steering.errors import TinymorphError
 from steering.fast.batched import Batcher, Request
 from steering.fast.model import FastModel
+from steering.features.labels import load_labels
 from steering.features.ranking import Specificity, alive_and_sparse
 from steering.runtime.interventions import CALIBRATION_TEXT, DIFFMEAN_MULTIPLE, Intervention, compile_plan
 from steering.runtime.models import LoadedModel
@@ -244,15 +245,17 @@ def calibrate(lm: LoadedModel, sae: SAE, features: Sequence[int], *, reference_n
 
 # ------------------------------------------------------------------------------------------------ stored
 def select_features(sae: SAE, which: str, seed: int = 0) -> list[int]:
-    """The features `which` names: `hintable` (the features hints can show), `all` (every alive feature), `sample:N`
-    (N alive features, drawn with `seed`) or comma-separated feature ids."""
+    """The features `which` names: `hintable` (the features hints can show: with labels.json beside the SAE, those
+    whose label is confident enough), `all` (every alive feature, the hintable ones first, so that an interrupted run
+    has measured what the writer sees), `sample:N` (N alive features, drawn with `seed`) or comma-separated ids."""
     if sae.frequency is None:
         raise TinymorphError("calibrate needs the SAE's feature statistics (run tinymorph sae-stats first).")
     alive = [int(f) for f in alive_and_sparse(sae.frequency).nonzero().flatten().tolist()]
+    labels = load_labels(sae.source) if sae.source else None
+    hintable = Specificity(sae, labels["features"] if labels else None).hintable
     if which == "all":
-        return alive
+        return sorted(alive, key=lambda f: not bool(hintable[f]))
     if which == "hintable":
-        hintable = Specificity(sae).hintable
         return [f for f in alive if bool(hintable[f])]
     if which.startswith("sample:") and which.removeprefix("sample:").isdigit():
         return sorted(random.Random(seed).sample(alive, min(int(which.removeprefix("sample:")), len(alive))))

@@ -231,11 +231,14 @@ def separating_label(positives: Sequence[frozenset[str]], silent: np.ndarray, ba
         return NO_LABEL
     support: Counter[str] = Counter(w for words in positives for w in words)
     needed = max(2, int(np.ceil(SUPPORT * len(positives))))
+    def readable(w: str) -> bool:  # an English word (WordNet knows it) or a name; not `sklearn`, `dev` or `foo`
+        return wordnet is None or wordnet.knows(w) or vocabulary.is_name(w)
+
     candidates: dict[str, frozenset[str]] = {w: frozenset((w,)) for w, n in support.items()
-                                             if n >= needed and vocabulary.familiar(w)}
+                                             if n >= needed and vocabulary.familiar(w) and readable(w)}
     for token in promoted:
         word = token.strip().lower()
-        if is_label_word(word) and vocabulary.familiar(vocabulary.lemma(word)):
+        if is_label_word(word) and vocabulary.familiar(vocabulary.lemma(word)) and readable(vocabulary.lemma(word)):
             candidates.setdefault(vocabulary.lemma(word), frozenset((vocabulary.lemma(word),)))
     if wordnet is not None and broader:
         plain = set(candidates)

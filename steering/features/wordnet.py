@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SEARCH = ("/usr/share/wordnet",)
+INFLECTIONS = (("ies", ("y",)), ("ied", ("y",)), ("es", ("", "e")), ("s", ("",)), ("ed", ("", "e")),
+               ("ing", ("", "e")), ("er", ("", "e")), ("est", ("", "e")), ("ly", ("",)))
+"""Regular endings and what the base form may end in instead."""
 """Where WordNet's files are looked for after $TINYMORPH_WORDNET."""
 SENSES = 2
 """Senses of a word whose hypernyms count (WordNet lists a word's senses most frequent first)."""
@@ -36,6 +39,8 @@ class WordNet:
     uses: dict[str, dict[str, int]] = field(default_factory=dict)
     """Word -> part of speech (n, v, a, r) -> how often it is used so in WordNet's tagged texts (cntlist.rev; a
     part of speech the word has but that was never tagged counts 0)."""
+    irregular: dict[str, str] = field(default_factory=dict)
+    """Inflected form -> base form, from WordNet's exception lists (`stood` -> `stand`, `mice` -> `mouse`)."""
     _covers: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
@@ -89,7 +94,26 @@ class WordNet:
                 pos = "nvaar"[int(sense[:1]) - 1] if sense[:1] in "12345" else ""
                 if pos and lemma in uses:
                     uses[lemma][pos] = uses[lemma].get(pos, 0) + int(rest.split()[-1])
-        return cls(senses, lemmas, up, down, uses)
+        irregular: dict[str, str] = {}
+        for name in ("noun", "verb", "adj", "adv"):
+            exceptions = folder / f"{name}.exc"
+            if exceptions.is_file():
+                for line in exceptions.read_text("latin-1").splitlines():
+                    parts = line.split()
+                    if len(parts) >= 2:
+                        irregular.setdefault(parts[0], parts[1])
+        return cls(senses, lemmas, up, down, uses, irregular)
+
+    def knows(self, word: str) -> bool:
+        """Whether `word` is an English word in WordNet, in its base form or an inflection of one (`ships`, `baked`,
+        `carrying`, `stood`): `sklearn`, `dev` or `foo` are not."""
+        word = word.lower()
+        if word in self.uses or word in self.irregular:
+            return True
+        stems = [word[:-len(end)] + add for end, adds in INFLECTIONS if word.endswith(end) and len(word) > len(end) + 2
+                 for add in adds]
+        stems += [w[:-1] for w in stems if len(w) > 3 and w[-1] == w[-2]]  # stopped -> stopp -> stop
+        return any(stem in self.uses for stem in stems)
 
     def is_noun(self, word: str) -> bool | None:
         """Whether `word` is mostly a noun (a thing or a category: `sea`, `war`, `bread`) rather than a verb,
