@@ -59,7 +59,7 @@ WORDNET      := TINYMORPH_WORDNET=$(SAE_CORPUS)/wordnet
 default-sae-corpus: setup
 	$(BIN)/python -m steering.training.recipe fetch $(SAE_PACKAGES)
 	$(BIN)/python -m steering.training.recipe build $(SAE_PACKAGES) $(SAE_CORPUS)
-	$(BIN)/python -m steering.training.recipe write $(SAE_CORPUS)
+	$(BIN)/tinymorph write-corpus $(SAE_CORPUS)
 	mkdir -p $(SAE_CORPUS)/wordnet
 	dpkg-deb --fsys-tarfile $(SAE_PACKAGES)/wordnet-base_*.deb | tar -x -C $(SAE_CORPUS)/wordnet --strip-components=4 ./usr/share/wordnet
 

@@ -152,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(lv)
     lv.set_defaults(run=cmd_eval_labels)
 
+    w = sub.add_parser("write-corpus", help="the model's own text on 280 everyday topics x 6 genres, a part of the "
+                                            "default SAE's corpus (OUT/train/written, OUT/heldout/written; resumes)")
+    w.add_argument("out", type=Path, metavar="OUT", help="the corpus folder (`make default-sae-corpus` uses "
+                                                         ".cache/default-sae-corpus)")
+    w.add_argument("--max-tokens", type=int, default=160, help="tokens written from each opening")
+    w.add_argument("--rows", type=int, default=16, help="openings decoded together")
+    _common(w, sae=False)
+    w.set_defaults(run=cmd_write_corpus)
+
     v = sub.add_parser("eval-sae", help="FVU, L0, dead latents and CE-loss recovered on held-out text")
     v.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
     v.add_argument("--tokens", type=int, default=20_000)
@@ -421,6 +430,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"saved {summary.out}: {summary.tokens_seen:,} tokens in {summary.seconds:.0f} s; final FVU "
               f"{summary.final.get('fvu', float('nan')):.3f}, L0 {summary.final.get('l0', float('nan')):.1f}")
+    return 0
+
+
+def cmd_write_corpus(args: argparse.Namespace) -> int:
+    from steering.training.recipe import write
+
+    args.sae = "none"
+    count = write(args.out, max_tokens=args.max_tokens, rows=args.rows, engine=_engine(args))
+    _say(f"{count} topics written into {args.out}")
     return 0
 
 

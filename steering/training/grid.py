@@ -5,7 +5,7 @@ default model itself writes when it starts a diary entry, an email, a news repor
 on a few hundred everyday topics. The topics are chosen here and kept apart from the hint benchmarks' topics (a test
 checks); one topic in ten is held out, whole, for `eval-sae`.
 
-    python -m steering.training.recipe write OUT      # OUT/train/written/*.txt and OUT/heldout/written/*.txt
+    tinymorph write-corpus OUT                        # OUT/train/written/*.txt and OUT/heldout/written/*.txt
 """
 
 from __future__ import annotations

