@@ -1,11 +1,11 @@
 """What the writer sees: do the hints name what each paragraph is about? One JSON object on stdout.
 
 On sets of paragraphs on distinct everyday topics (`--topics FILE ...`; by default `hint_topics.json`, the set the
-ranking was first tuned on, `steering_topics.json`, and two held-out sets, `hint_topics_heldout.json` and
-`hint_topics_final.json`), each paragraph is annotated on its own and gets the hints the language server would
-show: its top `--slots` features that may be hinted and have a label in words. Reported per set, for the ranking the
-server uses and, in the same run, for ranking by summed activation with every feature allowed (what the server did
-first):
+ranking was first tuned on, `steering_topics.json`, and three held-out sets: `hint_topics_heldout.json`,
+`hint_topics_final.json` and `hint_topics_unseen.json`, each written after the one before had been looked at), each
+paragraph is annotated on its own and gets the hints the language server would show: its top `--slots` features that
+may be hinted and have a label in words. Reported per set, for the ranking the server uses and, in the same run, for
+ranking by summed activation with every feature allowed (what the server did first):
 
 - `topic_share`: the share of paragraphs with a hint label naming the topic (a label word and an accepted topic word
   match when they are equal, or when one starts with the other and both have four letters at least; goal >= 3/4);
@@ -57,7 +57,8 @@ def shown(hinted: list[tuple[int, str]]) -> str:
 
 
 DEFAULT_TOPICS = [TOPICS, *(TOPICS.with_name(n) for n in ("steering_topics.json", "hint_topics_heldout.json",
-                                                           "hint_topics_final.json"))]
+                                                           "hint_topics_final.json",
+                                                           "hint_topics_unseen.json"))]
 
 
 def parser() -> argparse.ArgumentParser:
