@@ -1,7 +1,8 @@
 """A writer typing at the end of a long document, as an editor with ghost text sees the server.
 
     python benchmarks/bench_typing.py [--model default] [--sae default] [--doc-tokens 2000] [--rounds 20]
-                                      [--word-interval 0.15] [--max-tokens 16] [--amplify F] [--out FILE] [--tiny]
+                                      [--word-interval 0.15] [--max-tokens 16] [--places middle paste]
+                                      [--amplify F] [--out FILE] [--tiny]
 
 The client announces inline completion and inlay-hint refresh (as Neovim 0.12 does), opens a document of
 `--doc-tokens` tokens and waits for its first annotation. Then, `--rounds` times: it types 1 to 4 words (seeded)
@@ -13,6 +14,9 @@ debounce applies. One JSON object:
 - `hint_refresh_after_pause`: from the round's last change to the server's `workspace/inlayHint/refresh` for a
   finished annotation of that version;
 - `server_memory_mb` at the start and the end (the server's own resident memory).
+Then (`--places`) the same rounds, with the same figures, at the end of a line in the middle of the document
+(`middle`: everything after the cursor stays, as when a writer revises) and at the end again after 500 words were
+pasted at the top (`after_paste`: an edit far above the cursor).
 With `--amplify F`, the rounds run again after Amplify on feature F (`tinymorph.steer.add`, the editor's strength),
 typing on from where they stopped, and `amplified` holds the same figures, with `amplified_vs_unsteered`, the ratio
 of the inline completions' median latencies (the goal is at most 1.5).
@@ -52,7 +56,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     memory_start = (await execute(client, "tinymorph.status"))["memoryMb"]
 
     rng = random.Random(0)
-    where = {"version": 1, "line": text.count("\n"), "column": len(text.rsplit("\n", 1)[-1])}
+    lines = text.split("\n")
+    where = {"version": 1, "line": len(lines) - 1, "column": len(lines[-1])}
+
+    def change(at: types.Position, new_text: str) -> None:
+        where["version"] += 1
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=where["version"]),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at),
+                                                                    text=new_text)]))
 
     async def rounds() -> dict[str, Any]:
         at_pause, stale, refresh = [], [], []
@@ -61,13 +73,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             pending: list[tuple[float, asyncio.Future[Any]]] = []
             for _ in range(rng.randint(1, 4)):
                 word = " " + rng.choice(WORDS)
-                at = types.Position(line=where["line"], character=where["column"])
-                where["version"] += 1
                 client.refreshed.clear()
-                client.text_document_did_change(types.DidChangeTextDocumentParams(
-                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=where["version"]),
-                    content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at),
-                                                                            text=word)]))
+                change(types.Position(line=where["line"], character=where["column"]), word)
                 changed = time.perf_counter()
                 where["column"] += len(word)
                 request = asyncio.ensure_future(client.text_document_inline_completion_async(
@@ -99,6 +106,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "stale_requests": latency(stale), "hint_refresh_after_pause": latency(refresh)}
 
     plain = await rounds()
+    elsewhere: dict[str, Any] = {}
+    end = {"line": where["line"], "column": where["column"]}
+    if "middle" in args.places:  # the end of a line in the middle of the document
+        middle = min((i for i, line in enumerate(lines) if line.strip()), key=lambda i: abs(i - len(lines) // 2))
+        where.update(line=middle, column=len(lines[middle]))
+        elsewhere["middle"] = await rounds()
+        where.update(end)
+    if "paste" in args.places:  # 500 words pasted at the top, then typing on at the end
+        pasted = " ".join(rng.choice(WORDS) for _ in range(500)) + ".\n\n"
+        change(types.Position(line=0, character=0), pasted)
+        where["line"] += pasted.count("\n")
+        elsewhere["after_paste"] = await rounds()
     amplified = None
     if args.amplify is not None:
         added = await execute(client, "tinymorph.steer.add", {"feature": args.amplify})
@@ -117,6 +136,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "document_tokens": n_tokens, "rounds": args.rounds, "word_interval_s": args.word_interval,
         "max_tokens": args.max_tokens, "first_annotation_s": round(first_annotation_s, 3),
         **plain,
+        **elsewhere,
         "amplified": amplified,
         "amplified_vs_unsteered": None if amplified is None else round(
             amplified["inline_completion_at_pause"]["p50_ms"] / plain["inline_completion_at_pause"]["p50_ms"], 3),
@@ -130,6 +150,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--word-interval", type=float, default=0.15)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--places", nargs="*", default=["middle", "paste"], choices=["middle", "paste"],
+                    help="after the rounds at the end, the same rounds at the end of a line in the middle, and at the "
+                         "end again after 500 words were pasted at the top")
     ap.add_argument("--amplify", type=int, default=None, metavar="F",
                     help="then the same rounds again with feature F amplified (e.g. 367, the sea in the default SAE)")
     return ap

@@ -19,7 +19,7 @@ from steering.runtime.guidance import steers
 from steering.runtime.interventions import Intervention
 
 from .cards import card
-from .generation import OutOfMemory, Superseded, generate, prompt_before, prompt_limit
+from .generation import OutOfMemory, Superseded, generate, prompt_at
 from .hints import short
 from .state import DocState
 from .text import PositionError
@@ -76,7 +76,7 @@ async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: 
     `suppress` steered away from, as the Suppress action does, instead of whatever the set does with it)."""
     state, lo, hi = selected(server, uri, version, rng)
     selection = state.doc.text[lo:hi]
-    prompt = prompt_before(state.doc.text, lo, prompt_limit(server))
+    prompt = prompt_at(server, state, lo, keep=False)
     stop = ("\n\n",) if "\n\n" not in selection else ()
     extra = () if suppress is None else (
         Intervention("add", suppress, strength=-server.settings.amplify_strength),)

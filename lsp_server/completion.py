@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from .generation import OutOfMemory, Superseded, generate, prompt_before, prompt_limit
+from .generation import OutOfMemory, Superseded, generate, prompt_at
 from .hints import short
 from .text import PositionError
 from .worker import EngineUnavailable
@@ -31,7 +31,7 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
         offset = state.doc.index.offset(position, strict=True)
     except PositionError as exc:
         raise JsonRpcInvalidParams(str(exc)) from None
-    prompt = prompt_before(state.doc.text, offset, prompt_limit(ls))
+    prompt = prompt_at(ls, state, offset)
     word = _WORD_BEFORE.search(prompt)
     start = offset - (len(word.group(0)) if word else 0)
     try:

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 
 from . import findings
-from .generation import drop_stale
+from .generation import drop_stale, prompt_session
 from .pipeline import schedule, typed
 from .state import DocState
 from .text import Document
-from .worker import ANNOTATE
+from .worker import ANNOTATE, EngineAPI
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -63,4 +63,10 @@ async def forget(server: TinymorphServer, uri: str) -> None:
     """Free what the engine keeps for a closed document."""
     if server.worker.engine is not None:
         with contextlib.suppress(Exception):
-            await server.run_engine("forget", lambda e: e.forget(uri), ANNOTATE)
+            await server.run_engine("forget", lambda e: _forget_all(e, uri), ANNOTATE)
+
+
+def _forget_all(engine: EngineAPI, uri: str) -> None:
+    """The document's own cache and its continuations' (`generation.prompt_session`)."""
+    engine.forget(uri)
+    engine.forget(prompt_session(uri))

@@ -22,7 +22,7 @@ from steering.features.annotate import Annotation
 from . import findings
 from .cards import cards_for
 from .config import Settings
-from .generation import OutOfMemory, Superseded, generate, prompt_before, prompt_limit
+from .generation import OutOfMemory, Superseded, generate, prompt_at
 from .incremental import Plan, merge, plan, rereads
 from .state import Annotated, DocState, Suggestion
 from .worker import ANNOTATE, SUGGEST, EngineAPI, EngineUnavailable
@@ -225,7 +225,7 @@ async def suggest(server: TinymorphServer, state: DocState) -> None:
     version, offset = doc.version, state.last_edit
     if offset is None:
         return
-    prompt = prompt_before(doc.text, offset, prompt_limit(server))
+    prompt = prompt_at(server, state, offset)
     if not prompt.strip():
         return
     try:

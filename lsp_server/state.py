@@ -98,6 +98,8 @@ class DocState:
     """When the last change arrived (monotonic seconds)."""
     typing_interval: float | None = None
     """Smoothed time between changes while the writer types (pauses longer than 2 s left out)."""
+    window_head: str = ""
+    """The first characters of the last continuation's prompt window (`generation.prompt_window`)."""
     running: Running | None = None
     """The document's generation (running or last): a request for another continuation cancels it."""
     findings: list[Finding] = field(default_factory=list)

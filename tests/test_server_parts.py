@@ -127,18 +127,34 @@ def test_debounce_follows_the_typing_rhythm_within_bounds() -> None:
     assert debounce(settings, state) == pytest.approx(0.15)
 
 
-def test_prompt_start_stays_put_while_typing_in_a_long_document() -> None:
-    from lsp_server.generation import PROMPT_STEP, prompt_before
+def test_the_prompt_window_keeps_its_start_while_typing_and_after_edits_outside_it() -> None:
+    from lsp_server.generation import prompt_window
 
-    text = " ".join(f"w{i}" for i in range(4000))
-    starts = set()
-    for offset in range(5000, 5000 + PROMPT_STEP - 300, 7):  # typing moves the cursor on within one step
-        prompt = prompt_before(text, offset, 2000)
-        assert text[:offset].endswith(prompt) and 1800 <= len(prompt) <= 2000 + PROMPT_STEP
-        assert prompt[:1] != " " and text[offset - len(prompt) - 1] == " ", "the prompt starts at a word"
-        starts.add(offset - len(prompt))
-    assert len(starts) == 1
-    assert prompt_before(text, 1500, 2000) == text[:1500]
+    sentences = [f"Sentence {i} is about the harbour and word{i}." for i in range(600)]
+    text = "\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 600, 5))
+    size = 2000
+    assert prompt_window(text, 2500, size) == (text[:2500], ""), "a short text is read whole"
+
+    offset = 20_000
+    prompt, head = prompt_window(text, offset, size)
+    start = offset - len(prompt)
+    assert text[:offset].endswith(prompt) and size * 3 // 4 <= len(prompt) <= size
+    assert text[start - 2 : start] == "\n\n" or text[start - 2 : start] == ". ", "it starts a paragraph or sentence"
+    assert text.startswith(head, start)
+
+    for typed in range(0, size // 2, 37):  # typing on at the cursor: the same start
+        more = text[:offset] + "x" * typed
+        assert prompt_window(more, offset + typed, size, head)[0] == prompt + "x" * typed
+
+    above = "A new paragraph written far above. " * 20
+    edited = text[:500] + above + text[500:]  # an edit above the window moves it, not its text
+    assert prompt_window(edited, offset + len(above), size, head) == (prompt, head)
+    inside = text[: start + 300] + "CHANGED" + text[start + 300 : offset]  # an edit inside keeps the start
+    assert prompt_window(inside, offset + 7, size, head)[0] == inside[start:]
+
+    far, far_head = prompt_window(text, 9_000, size, head)  # the cursor jumped up: a new window there
+    assert far_head != head and text[:9_000].endswith(far) and size * 3 // 4 <= len(far) <= size
+    assert prompt_window(text, offset + size, size, head)[1] != head, "typed on too far: the window moves on"
 
 
 async def test_out_of_memory_in_a_generation_is_said_once_and_the_next_one_works() -> None:
