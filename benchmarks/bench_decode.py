@@ -15,7 +15,9 @@ Steering: a random direction of the mean residual norm at the SAE's hook, added 
 `vector` intervention; transformers: a forward hook; llama.cpp: `llama_set_adapter_cvec` on the same layer).
 
 `quality`: cross-entropy of held-out prose (benchmarks/hint_topics.json) token by token through the fast path's
-decode step, in float32, bfloat16 and bfloat16 with int8 decode weights (the default on CPUs with native bf16).
+decode step, in float32, bfloat16, bfloat16 with int8 decode weights, and bfloat16 with 4-bit decode weights where
+the model stored them so, int8 elsewhere (the default on CPUs with native bf16). `tinymorph_steered_int8_only`:
+steered decoding with int8 weights only, in the same run.
 `annotate`: a 2,048-token document read cold, then again after a word is typed at its end (the session's cache).
 Install llama.cpp for the comparison: `pip install llama-cpp-python` (builds from source where no wheel fits).
 """
@@ -44,10 +46,11 @@ from steering.runtime.models import load_model
 log = logger("bench_decode")
 
 
-def cross_entropy(model: str, dtype: str, int8: bool, text: str, n_tokens: int) -> dict[str, Any]:
+def cross_entropy(model: str, dtype: str, int8: bool, text: str, n_tokens: int, int4: bool = False,
+                  ) -> dict[str, Any]:
     """Mean next-token CE over `text` through the fast path's one-token step (what decoding runs)."""
     lm = load_model(model, "cpu", dtype)
-    fast = FastModel(lm.model, Engine(lm, fast=False).hook, int8=int8)
+    fast = FastModel(lm.model, Engine(lm, fast=False).hook, int8=int8, int4=int4)
     ids = list(lm.tokenizer(text)["input_ids"])[:n_tokens]
     cache = PrefixCache(fast)
     nll = []
@@ -60,6 +63,7 @@ def cross_entropy(model: str, dtype: str, int8: bool, text: str, n_tokens: int) 
     seconds = time.perf_counter() - t0
     scored = nll[1:]  # the first position has no context
     return {"ce": round(sum(scored) / len(scored), 5), "tokens": len(scored), "int8_decode": fast.int8,
+            "int4_weights": fast.int4,
             "ms_per_step": round(1000 * seconds / len(nll), 2)}
 
 
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
 
     engine = Engine.load(EngineConfig(model=args.model, sae="none"), progress=log)
     slow = Engine(engine.lm, fast=False)
+    int8_only = Engine(engine.lm, int4=False)  # what decoding was before 4-bit copies, in the same run
     lm, T = engine.lm, args.tokens
     assert engine.caches is not None, f"no fast path for this model: {engine.slow_reason}"
     scale = engine.fallback_scale()
@@ -158,11 +163,14 @@ def main(argv: list[str] | None = None) -> None:
                  ) -> str:
             return "".join(e.generate(p, steer, sampling, session=session))
 
-        for name, steer in (("unsteered", []), ("steered", steering)):
+        for name, steer, e in (("unsteered", [], engine), ("steered", steering, engine),
+                               ("steered_int8_only", steering, int8_only)):
             session = f"bench-{context}-{name}"
-            ours(steer, session)  # the prompt is now in the session's cache
-            seconds = median_of(lambda s=steer, k=session: ours(s, k), args.repeats)
+            ours(steer, session, e)  # the prompt is now in the session's cache
+            seconds = median_of(lambda s=steer, k=session, e=e: ours(s, k, e), args.repeats)
             row[f"tinymorph_{name}"] = {"decode_tok_s": round(T / seconds, 2)}
+            if name == "steered_int8_only":
+                continue
             prefill = median_of(lambda s=steer: "".join(engine.generate(
                 prompt, s, SamplingConfig(max_tokens=1), session=None)), args.repeats)  # noqa: B023
             row[f"tinymorph_{name}"]["prefill_s"] = round(prefill, 3)
@@ -199,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
             llama.steer(None, engine.hook.layer)
             base = row["llama_cpp_unsteered"]["decode_tok_s"]
             row["tinymorph_steered_vs_llama_cpp_unsteered"] = round(row["tinymorph_steered"]["decode_tok_s"] / base, 3)
+        row["tinymorph_steered_vs_int8_only"] = round(
+            row["tinymorph_steered"]["decode_tok_s"] / row["tinymorph_steered_int8_only"]["decode_tok_s"], 3)
         row["tinymorph_steered_vs_unsteered"] = round(
             row["tinymorph_steered"]["decode_tok_s"] / row["tinymorph_unsteered"]["decode_tok_s"], 3)
         row["tinymorph_vs_transformers_generate"] = round(
@@ -222,17 +232,20 @@ def main(argv: list[str] | None = None) -> None:
     quality = {}
     if args.ce_tokens:
         text = held_out_text()
-        for name, dtype, int8 in (("float32", "float32", False), ("bfloat16", "bfloat16", False),
-                                  ("bfloat16_int8", "bfloat16", True)):
+        for name, dtype, int8, int4 in (("float32", "float32", False, False), ("bfloat16", "bfloat16", False, False),
+                                        ("bfloat16_int8", "bfloat16", True, False),
+                                        ("bfloat16_int4", "bfloat16", True, True)):
             log(f"held-out CE, {name}")
-            quality[name] = cross_entropy(args.model, dtype, int8, text, args.ce_tokens)
-        quality["int8_minus_float32"] = round(quality["bfloat16_int8"]["ce"] - quality["float32"]["ce"], 5)
+            quality[name] = cross_entropy(args.model, dtype, int8, text, args.ce_tokens, int4)
+        for name in ("int8", "int4"):
+            quality[f"{name}_minus_float32"] = round(quality[f"bfloat16_{name}"]["ce"] - quality["float32"]["ce"], 5)
 
     result = {
         "benchmark": "decode_side_by_side",
         "model": lm.name,
         "model_source": lm.source.location,
         "int8_decode": engine.fast is not None and engine.fast.int8,
+        "int4_weights": engine.fast.int4 if engine.fast is not None else 0,
         "hook": engine.hook.name,
         "steering": f"vector at {engine.hook}: random direction, norm {scale:.3g} (mean residual norm), every position",
         "tokens": T,

@@ -26,7 +26,7 @@ from .errors import TinymorphError
 EXIT_USAGE = 2
 
 
-NOT_FOR_TRAINING = ("sae", "sae_layer", "layer", "fast", "int8", "cache_mb")
+NOT_FOR_TRAINING = ("sae", "sae_layer", "layer", "fast", "int8", "int4", "cache_mb")
 """EngineConfig fields `train-sae` has no flag for: it loads the model without an SAE or the fast path, and its
 `--layer` is TrainConfig's (the block the new SAE reads)."""
 

@@ -76,6 +76,11 @@ class EngineConfig:
     """On the fast path on a CPU in bfloat16, decode with int8 copies of the weights (per-channel scales): twice the
     speed, held-out CE within 0.001 nats (`benchmarks/bench_engine.py`)."""
 
+    int4: bool = True
+    """With `int8`, weights the model stored in 4-bit blocks (a Q4 GGUF's, such as the default model's) decode from
+    4-bit copies, which hold them exactly: 15 % faster steps on the default model, held-out CE +0.002 nats
+    (`benchmarks/bench_decode.py`); other weights keep their int8 copies."""
+
     cache_mb: int = 768
     """Memory for the fast path's cache of open documents, in MiB (least recently used dropped first); what lets a
     completion read only what was typed since the last one. A 2,000-token document of the default model on a CPU

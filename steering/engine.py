@@ -72,6 +72,8 @@ class EngineInfo:
     steering_scale: str
     fast_path: bool = False
     int8_decode: bool = False
+    int4_weights: int = 0
+    """Decode weights held in 4 bits (the rest of a quantised decode is int8)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,7 +163,7 @@ class Engine:
     """A loaded model and SAE. Not thread-safe: one worker thread should own it."""
 
     def __init__(self, lm: LoadedModel, sae: SAE | None = None, *, layer: int | None = None, fast: bool = True,
-                 int8: bool = True, cache_mb: int = 256) -> None:
+                 int8: bool = True, int4: bool = True, cache_mb: int = 256) -> None:
         self.lm = lm
         self.sae = sae
         if sae is not None:
@@ -184,7 +186,7 @@ class Engine:
             self.hook = HookPoint(chosen, "resid_post")
         self.slow_reason = "switched off" if not fast else unsupported_reason(lm.model, self.hook)
         """Why generation and annotation use the transformers forward, or None on the fast path."""
-        self.fast = None if self.slow_reason else FastModel(lm.model, self.hook, int8=int8)
+        self.fast = None if self.slow_reason else FastModel(lm.model, self.hook, int8=int8, int4=int4)
         self.caches = None if self.fast is None else SessionCaches(self.fast, cache_mb << 20)
         """The fast path's prefix caches, one per session (a document)."""
         self._batcher: Batcher | None = None
@@ -204,7 +206,7 @@ class Engine:
             sae = load_sae(sae_path, layer=config.sae_layer)
             if config.sae_layer is not None and sae.hook is not None and sae.hook.layer != config.sae_layer:
                 sae.hook = HookPoint(config.sae_layer, sae.hook.site)
-        return cls(lm, sae, layer=config.layer, fast=config.fast, int8=config.int8,
+        return cls(lm, sae, layer=config.layer, fast=config.fast, int8=config.int8, int4=config.int4,
                    cache_mb=config.cache_mb)
 
     # -------------------------------------------------------------------------------------------- queries
@@ -239,6 +241,7 @@ class Engine:
             steering_scale=scale,
             fast_path=self.slow_reason is None,
             int8_decode=self.fast is not None and self.fast.int8,
+            int4_weights=self.fast.int4 if self.fast is not None else 0,
         )
 
     def require_sae(self, what: str) -> SAE:

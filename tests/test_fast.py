@@ -12,7 +12,15 @@ from steering.engine import Engine
 from steering.fast.cache import PrefixCache, SessionCaches, SparseCodes
 from steering.fast.decode import fast_token_ids
 from steering.fast.family import unsupported_reason
-from steering.fast.linear import Linear, int8_available, quantize_int8, row_bucket
+from steering.fast.linear import (
+    INT4_GROUP,
+    Linear,
+    int4_available,
+    int8_available,
+    quantize_int4,
+    quantize_int8,
+    row_bucket,
+)
 from steering.fast.model import FastModel, View
 from steering.features.annotate import annotate
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids
@@ -306,6 +314,54 @@ def test_int8_weights_round_trip_within_half_a_step() -> None:
     assert q.dtype == torch.int8 and scales.shape == (48,)
     error = (q.float() * scales[:, None] - weight).abs()
     assert bool((error <= scales[:, None] / 2 + 1e-6).all())
+
+
+def _four_bit(out_f: int, in_f: int, seed: int = 0) -> torch.Tensor:
+    """A weight whose groups of INT4_GROUP input columns each hold values on 16 evenly spaced levels from the group's
+    minimum to its maximum (as a Q4_1 GGUF stores them)."""
+    g = torch.Generator().manual_seed(seed)
+    groups = in_f // INT4_GROUP
+    scale = torch.rand(out_f, groups, 1, generator=g) * 0.01 + 0.001
+    low = -8 * scale + torch.randn(out_f, groups, 1, generator=g) * 0.001
+    q = torch.randint(0, 16, (out_f, groups, INT4_GROUP), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15  # each block spans its whole range, as Q4_1's min and scale make it
+    return (q * scale + low).reshape(out_f, in_f).to(torch.bfloat16)
+
+
+@pytest.mark.skipif(not int4_available(torch.bfloat16, torch.device("cpu")), reason="no 4-bit matmul kernel")
+def test_four_bit_copies_only_for_weights_stored_in_four_bits_and_they_compute_the_same() -> None:
+    weight = _four_bit(64, 96)
+    packed = quantize_int4(weight)
+    assert packed is not None
+    x = torch.randn(3, 96, dtype=torch.bfloat16)
+    exact = x.float() @ weight.float().T
+    out = Linear(weight, int4=packed)(x).float()
+    assert float((out - exact).norm() / exact.norm()) < 0.01
+    assert quantize_int4(torch.randn(64, 96, dtype=torch.bfloat16)) is None, "full precision keeps its int8 copy"
+    assert quantize_int4(weight[:, :80]) is None, "columns not in whole groups"
+
+
+@pytest.mark.skipif(not int4_available(torch.bfloat16, torch.device("cpu")), reason="no 4-bit matmul kernel")
+def test_a_model_stored_in_four_bits_decodes_from_four_bit_copies_with_the_same_tokens() -> None:
+    lm = tiny_lm("llama")
+    lm.model.to(torch.bfloat16)
+    with torch.no_grad():
+        for i, module in enumerate(lm.model.model.layers.modules()):
+            if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % INT4_GROUP == 0:
+                module.weight.copy_(_four_bit(*module.weight.shape, seed=i) * 4)
+    plain = FastModel(lm.model, HookPoint(1, "resid_post"))
+    quick = FastModel(lm.model, HookPoint(1, "resid_post"), int8=True)
+    assert quick.int4 > 0 and plain.int4 == 0
+    ids = prompt_ids(lm, PROMPT)[0].tolist()
+    with torch.inference_mode():
+        logits = []
+        for fast in (plain, quick):
+            cache = PrefixCache(fast)
+            cache.sync(ids)
+            fast.upper(cache)
+            cache.push(5)
+            logits.append(fast.upper(cache, keep=True))
+    assert F.cosine_similarity(logits[0], logits[1], dim=0) > 0.999
 
 
 @pytest.mark.skipif(not int8_available(torch.bfloat16, torch.device("cpu")), reason="no int8 matmul kernel")

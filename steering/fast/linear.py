@@ -1,5 +1,5 @@
-"""The fast path's linear layers: the model's own weights (fused where several layers read one input), int8 copies
-for decode steps on a CPU, and row counts padded to a few buckets in reduced precision.
+"""The fast path's linear layers: the model's own weights (fused where several layers read one input), 4-bit or int8
+copies for decode steps on a CPU, and row counts padded to a few buckets in reduced precision.
 
 Quantisation is a weight transform applied once when the fast model is built (gpt-fast's `quantize.py`); a
 `Linear` then picks per call which weights a pass of its size computes fastest with.
@@ -20,6 +20,15 @@ INT8_ROWS = 4
 
 Int8 = tuple[torch.Tensor, torch.Tensor]
 """A weight as int8 `[out, in]` and its per-output-channel scales."""
+Int4 = tuple[torch.Tensor, torch.Tensor]
+"""A weight as 4-bit groups packed for `_weight_int4pack_mm_for_cpu`, and each group's scale and mid-point value
+`[in / INT4_GROUP, out, 2]`."""
+INT4_GROUP = 32
+"""Input columns per 4-bit group: a GGUF's Q4_0 / Q4_1 block."""
+INT4_EXACT = 0.01
+"""A weight is kept in 4 bits only when they hold it to this relative error: a weight that was stored in 4-bit blocks
+(the default model's blocks, from its Q4_1 GGUF, round-trip within 0.14 %, bfloat16's own rounding) loses nothing,
+while a weight trained in full precision (9 % error in 4 bits) keeps its int8 copy."""
 
 
 def quantize_int8(weight: torch.Tensor) -> Int8:
@@ -28,6 +37,31 @@ def quantize_int8(weight: torch.Tensor) -> Int8:
     scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
     q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
     return q, scales.to(weight.dtype)
+
+
+def quantize_int4(weight: torch.Tensor) -> Int4 | None:
+    """The weight `[out, in]` in 4-bit groups of `INT4_GROUP` input columns (each with a scale and an offset, as
+    Q4_1 stores them), or None when that is not exact (`INT4_EXACT`) or the shape does not fit the kernel."""
+    out_f, in_f = weight.shape
+    if in_f % INT4_GROUP or out_f % 16:
+        return None
+    w = weight.detach().float().reshape(out_f, in_f // INT4_GROUP, INT4_GROUP)
+    lo, hi = w.amin(-1), w.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-12)
+    q = ((w - lo[..., None]) / scale[..., None]).round().clamp(0, 15)
+    if float((q * scale[..., None] + lo[..., None] - w).norm()) > INT4_EXACT * float(w.norm()):
+        return None
+    mid = lo + 8 * scale  # the kernel computes (q - 8) * scale + mid
+    scales = torch.stack([scale, mid], dim=-1).transpose(0, 1).contiguous().to(weight.dtype)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(out_f, in_f).to(torch.int32), 1)
+    return packed, scales
+
+
+def int4_available(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether decode steps can use 4-bit weight-only matmuls here (bfloat16 on a CPU whose torch has the kernel)."""
+    return dtype == torch.bfloat16 and device.type == "cpu" and \
+        hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and \
+        hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
 
 
 def int8_available(dtype: torch.dtype, device: torch.device) -> bool:
@@ -53,16 +87,20 @@ def row_bucket(n: int) -> int:
 
 @dataclass
 class Linear:
-    """`x @ weight.T + bias` over rows `[n, in]`, from the int8 copy for a few rows when there is one."""
+    """`x @ weight.T + bias` over rows `[n, in]`, from the 4-bit or int8 copy for a few rows when there is one."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
     int8: Int8 | None = None
+    int4: Int4 | None = None
     bucket: bool = False
     """Pad the rows to `row_bucket` (reduced precision on a CPU)."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
+        if self.int4 is not None and n <= INT8_ROWS:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.int4[0], INT4_GROUP, self.int4[1])
+            return out if self.bias is None else out + self.bias
         if self.int8 is not None and n <= INT8_ROWS:
             out = torch._weight_int8pack_mm(x, *self.int8)
             return out if self.bias is None else out + self.bias
@@ -74,14 +112,17 @@ class Linear:
         return F.linear(x, self.weight, self.bias)
 
 
-def linear_maker(dtype: torch.dtype, device: torch.device, int8: bool) -> Callable[..., Linear]:
-    """How the fast model makes its linears here: with int8 copies when asked and available, padded to row buckets
-    in reduced precision on a CPU."""
+def linear_maker(dtype: torch.dtype, device: torch.device, int8: bool, int4: bool = True) -> Callable[..., Linear]:
+    """How the fast model makes its linears here: with decode copies when asked and available (4-bit where that is
+    exact, `quantize_int4`, else int8), padded to row buckets in reduced precision on a CPU."""
     quantize = int8 and int8_available(dtype, device)
+    four = quantize and int4 and int4_available(dtype, device)
     bucket = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
 
     def make(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
-        return Linear(weight, bias, quantize_int8(weight) if quantize else None, bucket=bucket)
+        q4 = quantize_int4(weight) if four else None
+        q8 = quantize_int8(weight) if quantize and q4 is None else None
+        return Linear(weight, bias, q8, q4, bucket=bucket)
 
     return make
 

@@ -96,7 +96,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View
 class FastModel:
     """The fused weights of a supported model, split at `hook` (see the module docstring)."""
 
-    def __init__(self, model: Any, hook: HookPoint, *, int8: bool = False) -> None:
+    def __init__(self, model: Any, hook: HookPoint, *, int8: bool = False, int4: bool = True) -> None:
         family = family_of(model, hook)
         if isinstance(family, str):
             raise ValueError(f"The fast path cannot run this model: {family}.")
@@ -124,7 +124,7 @@ class FastModel:
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         """Keys and values are kept in float32 on a CPU: a decode step's attention reads them three times faster
         than bfloat16 there (and they are exact copies of what the blocks computed)."""
-        make = linear_maker(self.dtype, self.device, int8)
+        make = linear_maker(self.dtype, self.device, int8, int4)
         self.int8 = int8 and int8_available(self.dtype, self.device)
         """Whether decode steps use int8 copies of the weights (`linear.int8_available`)."""
         self.unembed = make(model.get_output_embeddings().weight.detach())
@@ -137,6 +137,10 @@ class FastModel:
                 qkv=make(qkv, bias), o=make(attn.o_proj.weight.detach()), gate_up=make(gate_up),
                 down=make(mlp.down_proj.weight.detach()), norm1=self._norm_weight(block.input_layernorm),
                 norm2=self._norm_weight(block.post_attention_layernorm)))
+        linears = [self.unembed, *(lin for la in self.layers for lin in (la.qkv, la.o, la.gate_up, la.down))]
+        self.int4 = sum(lin.int4 is not None for lin in linears)
+        """How many decode weights are 4-bit (`linear.quantize_int4`: those the model stored that way; the others
+        decode from int8)."""
         self.scale = self.head_dim ** -0.5
         self._cos = self._sin = torch.empty(0)
         self.unsteered = compile_plan([], None, self.d_model)
