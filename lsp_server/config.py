@@ -60,7 +60,8 @@ class Settings:
                                    default=1.0)
     repetition_penalty: float = _doc("Penalty on tokens a suggestion already used (1 is off); keeps steered text "
                                      "from looping.", default=STEERED_REPETITION_PENALTY)
-    max_chars: int = _doc("Longer documents are annotated only around the visible range, in a window this big.",
+    max_chars: int = _doc("Longer documents are annotated only from a little above the visible range, in a window "
+                          "this big.",
                           default=12000)
     cache_mb: int = _engine("cache_mb")
 

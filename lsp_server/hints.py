@@ -107,6 +107,8 @@ def register(server: TinymorphServer) -> None:
         if annotated is not None and len(state.doc.text) > ls.settings.max_chars:
             covered = (annotated.base, annotated.base + len(annotated.annotation.text))
             fits = hi - lo <= ls.settings.max_chars
-            if fits and (lo < covered[0] or hi > covered[1]) and (state.pending is None or state.pending.done()):
-                schedule(ls, state, 0.05)  # the editor scrolled out of the annotated window
+            running = state.pending is not None and not state.pending.done()
+            reading = state.reading if running and state.reading is not None else covered
+            if fits and (lo < covered[0] or hi > covered[1]) and (not running or lo < reading[0] or hi > reading[1]):
+                schedule(ls, state, 0.05)  # the editor scrolled out of the window annotated (or being read)
         return feature_hints(ls, state, lo, hi) + suggestion_hint(ls, state, lo, hi)

@@ -67,25 +67,48 @@ def schedule(server: TinymorphServer, state: DocState, delay: float | None = Non
     if not server.handles(state.doc.language_id):
         return
     wait = debounce(server.settings, state) if delay is None else delay
+    state.reading = window(server.settings, state)
     state.pending = server.spawn(_annotate_later(server, state, wait), f"annotate {state.doc.uri}")
 
 
-def window(settings: Settings, state: DocState) -> tuple[int, int]:
-    """The part of the document to annotate: all of it, or for long documents a window of `maxChars` around the
-    visible range (or the last edit), cut at paragraph breaks."""
+FIRST_SCREEN = 3000
+"""Characters a long document's first reading covers when the editor has not said what it shows yet: a screen."""
+
+
+def window(settings: Settings, state: DocState, until: int | None = None) -> tuple[int, int]:
+    """The part of the document to annotate: all of it, or for long documents a window of `maxChars` from a little
+    before the visible range (or the last edit), cut at paragraph breaks. With `until`, the window ends at the
+    first paragraph break after that offset instead (the visible part, read first)."""
     text, limit = state.doc.text, settings.max_chars
     if len(text) <= limit:
         return 0, len(text)
-    focus = (state.visible[0] + state.visible[1]) // 2 if state.visible is not None else state.last_edit or 0
-    lo = max(0, min(focus - limit // 2, len(text) - limit))
+    focus = state.visible[0] if state.visible is not None else state.last_edit or 0
+    lo = max(0, focus - limit // 4)  # near the end too: the visible part is read first from here
     hi = min(len(text), lo + limit)
     cut = text.find("\n\n", lo, focus)
     if lo > 0 and cut != -1:
         lo = cut + 2
+    if until is not None and until < hi:
+        cut = text.find("\n\n", until, hi)
+        return lo, hi if cut == -1 else cut
     cut = text.rfind("\n\n", max(focus, lo), hi)
     if hi < len(text) and cut != -1:
         hi = cut
     return lo, hi
+
+
+def visible_first(settings: Settings, state: DocState) -> int | None:
+    """Where a first, shorter reading of a long document should end so that the visible range gets its hints
+    before the rest of the window is read (`window`'s `until`); None when the document is read whole or the last
+    annotation already covers the visible range."""
+    text = state.doc.text
+    if len(text) <= settings.max_chars:
+        return None
+    lo, hi = state.visible if state.visible is not None else (0, FIRST_SCREEN)
+    annotated = state.annotated
+    if annotated is not None and annotated.base <= lo and hi <= annotated.base + len(annotated.annotation.text):
+        return None
+    return hi
 
 
 def read(engine: EngineAPI, settings: Settings, text: str, granularity: str, session: str | None = None,
@@ -120,7 +143,16 @@ def read_job(settings: Settings, text: str, step: Plan | None, old: Annotation |
 
 async def _annotate_later(server: TinymorphServer, state: DocState, wait: float) -> None:
     await asyncio.sleep(wait)
+    seen = state.visible
+    if server.on_fast_path() and (until := visible_first(server.settings, state)) is not None:
+        await annotate(server, state, until=until)  # the visible part first; the window's rest reuses its cache
     partial = await annotate(server, state)
+    if state.visible != seen and server.docs.get(state.doc.uri) is state and state.visible is not None and \
+            state.visible[1] - state.visible[0] <= server.settings.max_chars and \
+            visible_first(server.settings, state) is not None:
+        state.pending = None  # the editor scrolled out of the window while it was read: follow it
+        schedule(server, state, 0)
+        return
     if server.settings.suggestion and state.last_edit is not None and state.annotated is not None:
         await suggest(server, state)
     if partial and server.on_fast_path():
@@ -130,15 +162,17 @@ async def _annotate_later(server: TinymorphServer, state: DocState, wait: float)
         await reread(server, state)
 
 
-async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = False) -> bool:
+async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = False, until: int | None = None,
+                   ) -> bool:
     """Annotate the document's current version, reading only the edited spans where the previous annotation
     allows it; True when it did (the rest is read later). On the fast path the document's cache makes a whole
     read exact and cheap after an edit near the end; after an edit further up, the text up to the edited spans is
-    read first (exact, the later spans kept from before) unless `whole`."""
+    read first (exact, the later spans kept from before) unless `whole`. `until`: read a long document's window
+    only to the paragraph break after that offset (`visible_first`)."""
     doc = state.doc
     if server.docs.get(doc.uri) is not state or server.worker.engine is None:
         return False
-    version, (base, end) = doc.version, window(server.settings, state)
+    version, (base, end) = doc.version, window(server.settings, state, until)
     text, doc_length = doc.text[base:end], len(doc.text)
     granularity = server.settings.hint_granularity
     watch = findings.watched_features(server, doc.uri)

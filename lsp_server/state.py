@@ -94,6 +94,8 @@ class DocState:
     """The range the editor last asked hints for (string offsets)."""
     pending: asyncio.Task[Any] | None = None
     """The debounced annotation task."""
+    reading: tuple[int, int] | None = None
+    """The part of the document the annotation task reads (`pipeline.window` when it was scheduled)."""
     last_change: float | None = None
     """When the last change arrived (monotonic seconds)."""
     typing_interval: float | None = None

@@ -127,6 +127,35 @@ def test_debounce_follows_the_typing_rhythm_within_bounds() -> None:
     assert debounce(settings, state) == pytest.approx(0.15)
 
 
+def test_a_long_document_is_read_from_just_above_the_view_and_its_visible_part_first() -> None:
+    from lsp_server.config import Settings
+    from lsp_server.pipeline import FIRST_SCREEN, visible_first, window
+    from lsp_server.state import Annotated, DocState
+    from lsp_server.text import Document
+    from steering.features.annotate import Annotation
+
+    text = "\n\n".join(f"{i}. The rain fell on the quiet harbour and the gulls cried." for i in range(800))
+    settings = Settings(max_chars=12_000)
+    state = DocState(Document("file:///long.md", "markdown", 1, text, "utf-16"))
+    until = visible_first(settings, state)
+    assert until == FIRST_SCREEN, "nothing shown yet: the first screen"
+    lo, hi = window(settings, state, until)
+    assert lo == 0 and FIRST_SCREEN <= hi < FIRST_SCREEN + 80 and text[hi : hi + 2] == "\n\n"
+    assert window(settings, state) == (0, text.rfind("\n\n", 0, 12_000))
+
+    state.visible = (20_000, 22_000)
+    until = visible_first(settings, state)
+    assert until == 22_000
+    lo, hi = window(settings, state, until)
+    assert text[lo - 2 : lo] == "\n\n" and 20_000 - 12_000 // 4 <= lo <= 20_000 and 22_000 <= hi < 22_080
+    full = window(settings, state)
+    assert full[0] == lo and full[1] - lo <= 12_000, "the rest of the window starts where the first part did"
+
+    state.annotated = Annotated(1, full[0], len(text), Annotation(text[full[0] : full[1]], "blocks.1", (), ()))
+    assert visible_first(settings, state) is None, "already read there"
+    assert visible_first(Settings(max_chars=len(text)), state) is None, "read whole"
+
+
 def test_the_prompt_window_keeps_its_start_while_typing_and_after_edits_outside_it() -> None:
     from lsp_server.generation import prompt_window
 
