@@ -94,7 +94,11 @@ Loader = Callable[[EngineConfig, Callable[[str], None]], EngineAPI]
 def load_engine(config: EngineConfig, progress: Callable[[str], None]) -> EngineAPI:
     from steering.engine import Engine
 
-    return Engine.load(config, progress=progress)
+    engine = Engine.load(config, progress=progress)
+    if engine.sae is not None:
+        progress("reading the SAE's labels")
+        engine.specificity()  # now, not inside the first annotation that a completion would wait behind
+    return engine
 
 
 _STOP = "stop"

@@ -5,7 +5,7 @@ The engine keeps no per-user state: steering sets are passed in with each call.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -157,6 +157,11 @@ class ExampleFeature:
 
 EXAMPLES = 3
 """Corpus examples shown per feature."""
+
+
+def _encoder(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The SAE's encoder over residuals in the model's dtype and device."""
+    return lambda r: sae.encode(r.to(sae.device, sae.dtype))
 
 
 class Engine:
@@ -329,17 +334,24 @@ class Engine:
             if got is None:
                 return None
             with torch.inference_mode():
-                return got[0].codes_for(len(ids), sae.d_sae, lambda r: sae.encode(r.to(sae.device, sae.dtype)))
+                return got[0].codes_for(len(ids), sae.d_sae, _encoder(sae))
 
         return read
 
     def read_ahead(self, text: str, session: str, tokens: int = 128) -> bool:
-        """Read up to `tokens` more tokens of `text` into the session's cache (the slow part of `annotate`, in
-        pieces a completion can wait for); True once all of it is read (or there is no fast path)."""
+        """Read up to `tokens` more tokens of `text` into the session's cache and encode their SAE codes (the slow
+        part of `annotate`, in pieces a completion can wait for); True once all of it is read (or there is no fast
+        path)."""
         if self.caches is None or not text:
             return True
         got = self.caches.read(session, list(self.lm.tokenizer(text)["input_ids"]), tokens)
-        return got is None or got[1]
+        if got is None:
+            return True
+        cache, done = got
+        if self.sae is not None:
+            with torch.inference_mode():
+                cache.encode(cache.low, self.sae.d_sae, _encoder(self.sae))
+        return done
 
     def forget(self, session: str) -> None:
         """Drop what the fast path keeps for `session` (a closed document)."""

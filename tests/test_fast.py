@@ -217,6 +217,21 @@ def test_annotation_of_an_edited_document_equals_a_fresh_one(llama) -> None:
            [[(f.feature, round(f.activation, 3)) for f in t.features] for t in fresh.tokens]
 
 
+def test_reading_ahead_in_pieces_encodes_as_it_goes_and_annotates_as_a_whole_reading(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    text = " ".join(f"Sentence {i} about the harbour." for i in range(6))  # about 190 tokens of 512
+    pieces = 0
+    while not engine.read_ahead(text, "doc", 16):
+        cache = engine.caches.get("doc")
+        assert cache.coded == cache.low > 0, "each piece read is encoded with it"
+        pieces += 1
+    assert pieces >= 3
+    got = engine.annotate(text, session="doc")
+    fresh = annotate(llama, engine.sae, text)
+    assert [[(f.feature, round(f.activation, 3)) for f in t.features] for t in got.tokens] == \
+           [[(f.feature, round(f.activation, 3)) for f in t.features] for t in fresh.tokens]
+
+
 def test_caches_stay_within_their_budget_least_recently_used_first(llama) -> None:
     fast = FastModel(llama.model, HookPoint(1, "resid_post"))
     caches = SessionCaches(fast, budget_bytes=2 * PrefixCache(fast).nbytes)

@@ -67,12 +67,18 @@ class PrefixCache:
     def codes_for(self, n: int, width: int, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The SAE codes `[n, width]` (float32, CPU) of the first `n` tokens (whose residuals are read), encoding
         with `encode` only the rows not kept from an earlier call."""
+        codes = self.encode(n, width, encode)
+        return codes.dense(n)
+
+    def encode(self, n: int, width: int, encode: Callable[[torch.Tensor], torch.Tensor]) -> SparseCodes:
+        """Encode the SAE codes of the first `n` tokens that are not kept yet (reading a document in pieces encodes
+        each piece as it goes, so the annotation after it has only its spans to rank)."""
         if self.codes is None or self.codes.width != width:
             self.codes, self.coded = SparseCodes(width), 0
         if self.coded < n:
             self.codes.put(self.coded, encode(self.resid[self.coded:n]).float().cpu())
             self.coded = n
-        return self.codes.dense(n)
+        return self.codes
 
     def reserve(self, tokens: int) -> None:
         """Room for at least `tokens` tokens (kept contents stay)."""
