@@ -67,9 +67,15 @@ async def test_only_clients_that_pull_with_refresh_are_offered_pulling(client) -
 async def test_a_watched_feature_flags_its_sentences_and_follows_edits(client) -> None:
     uri = f"file:///watch-{client.spec}.md"
     open_doc(client, uri, TEXT)
-    await wait_annotated(client, uri, 1)
+    annotations = (await wait_annotated(client, uri, 1))["annotations"]
     refreshes = client.diagnostic_refresh_count
     listed = await watch_first_feature(client, uri, threshold=0.001, severity="warning", message="too much weather")
+
+    async def read_with_the_watch() -> Any:  # the watch makes the server read the text again, keeping the feature
+        got = await command(client, "tinymorph.document", {"uri": uri})
+        return got if got["annotations"] > annotations else None
+
+    await wait_for(read_with_the_watch, what="the text read with the watch")
     [entry] = listed["watch"]
     feature = entry["feature"]
     assert entry["threshold"] == 0.001 and entry["severity"] == "warning" and entry["label"]
