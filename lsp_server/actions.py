@@ -9,6 +9,7 @@ compute one for a version it no longer has.
 
 from __future__ import annotations
 
+import bisect
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
@@ -47,19 +48,20 @@ def versioned_edit(state: DocState, version: int, start: int, end: int, text: st
 def selection_features(state: DocState, lo: int, hi: int) -> list[int]:
     """The hintable features of the annotated tokens in `[lo, hi)` (or of the span at the cursor), most specific
     first, ranked as the hints are."""
-    annotated = state.annotated
-    if annotated is None:
+    found = state.reading_at(lo)
+    if found is None:
         return []
+    annotated, _, span = found
     if lo == hi:
-        for at, span in annotated.spans(state.doc.text):
-            if at <= lo <= at + span.end - span.start:
-                return [f.feature for f in span.features if f.hintable]
-        return []
+        return [f.feature for f in span.features if f.hintable]
     totals: dict[int, float] = {}
+    tokens = annotated.annotation.tokens
+    starts = [t.start for t in tokens]
     for at, span in annotated.spans(state.doc.text):
-        for tok in annotated.annotation.tokens:
-            start = at + tok.start - span.start
-            if span.start <= tok.start < span.end and lo <= start < hi:
+        if at + span.end - span.start <= lo or at >= hi:
+            continue
+        for tok in tokens[bisect.bisect_left(starts, span.start):bisect.bisect_left(starts, span.end)]:
+            if lo <= at + tok.start - span.start < hi:
                 for f in tok.features:
                     totals[f.feature] = totals.get(f.feature, 0.0) + f.activation
     return [r.feature for r in rank(totals, annotated.annotation.weights, top=TOP_FEATURES, also=0)]

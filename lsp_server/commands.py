@@ -252,6 +252,7 @@ def register(server: TinymorphServer) -> None:
                 "annotatedVersion": a.version if a else None,
                 "annotatedRange": [a.base, a.base + len(a.annotation.text)] if a else None,
                 "annotations": state.annotations,
+                "wholeVersion": state.whole.version if state.whole else None, "piecesRead": state.pieces_read,
                 "suggestion": None if state.suggestion is None else {
                     "version": state.suggestion.version, "offset": state.suggestion.offset,
                     "text": state.suggestion.text}}

@@ -107,12 +107,25 @@ def changed(server: TinymorphServer, state: DocState, findings: list[Finding], *
 
 def update(server: TinymorphServer, state: DocState, *, force: bool = False) -> None:
     """The findings of the document's annotation (after each annotation, and when the watch list changes)."""
-    if state.annotated is None or state.annotated.version != state.doc.version:
+    watches = server.steering_for(state.doc.uri).watches
+    watched = {w.feature for w in watches}
+    window, whole = state.annotated, state.whole
+    fresh = window is not None and window.version == state.doc.version
+    if not fresh and (whole is None or whole.version != state.doc.version):
         if force:  # a removed watch must not wait for the next annotation to disappear
-            watched = {w.feature for w in server.steering_for(state.doc.uri).watches}
             changed(server, state, [x for x in state.findings if x.feature in watched], force=True)
         return
-    changed(server, state, find(state.annotated, server.steering_for(state.doc.uri).watches), force=force)
+    lo = hi = -1
+    found: list[Finding] = []
+    if fresh and window is not None:
+        lo, hi = window.base, window.base + len(window.annotation.text)
+        found = find(window, watches)
+    if whole is not None and whole.version == state.doc.version:
+        rest = find(whole, watches)  # a long document's findings outside its window
+    else:  # those found before, moved by the edits since
+        rest = [x for x in state.findings if x.feature in watched]
+    found += [x for x in rest if not (lo <= x.start and x.end <= hi)]
+    changed(server, state, sorted(found, key=lambda x: (x.start, x.feature)), force=force)
 
 
 def closed(server: TinymorphServer, state: DocState) -> None:

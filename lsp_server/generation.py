@@ -20,6 +20,7 @@ from steering.runtime.interventions import Intervention
 
 from .config import Settings
 from .state import DocState, Running
+from .text import common_prefix
 from .worker import INTERACTIVE, EngineAPI
 
 if TYPE_CHECKING:
@@ -28,9 +29,12 @@ if TYPE_CHECKING:
 PROMPT_CHARS = 2000
 """Characters of text before the cursor that a continuation reads through the transformers forward."""
 WINDOW_CHARS = 4000
-"""... and on the fast path: about 1,000 tokens of prose, where the held-out CE of a continuation is within 0.002
-nats of a 2,048-token window and a cold read takes a second on a 2-core CPU, 0.47 s at half the size for 0.05 nats
-more (`benchmarks/bench_window.py`)."""
+"""... and on the fast path, where a window's cache is kept while the writer types: a window grows from
+`FRESH_CHARS` to 1.5 times this (about 1,400 tokens of prose) before it moves on. Held-out CE of a continuation
+after 1,024 tokens is within 0.002 nats of 2,048 (`benchmarks/bench_window.py`)."""
+FRESH_CHARS = 2000
+"""The fast path's new window: about 450 tokens, a cold read of 0.47 s on a 2-core CPU against 0.95 s at twice
+the size, for 0.05 nats more CE on the first continuations there (`bench_window.py`); typing on, it grows."""
 HEAD_CHARS = 80
 """The window's start is remembered by its first characters, found again after edits above it."""
 
@@ -57,22 +61,25 @@ def out_of_memory(server: TinymorphServer, exc: BaseException) -> OutOfMemory:
     return OutOfMemory(str(exc) or type(exc).__name__)
 
 
-def prompt_window(text: str, offset: int, size: int = PROMPT_CHARS, head: str | None = None) -> tuple[str, str]:
+def prompt_window(text: str, offset: int, size: int = PROMPT_CHARS, head: str | None = None,
+                  fresh: int | None = None) -> tuple[str, str]:
     """The prompt of a continuation at `offset`, and the head that keeps its start: all the text before `offset`
-    when that is at most 1.5 `size` characters, else a window from the start `head` marks (the first characters of
-    the last window, searched for again so that an edit above the window does not move it) while it lies between
-    `size` / 2 and 1.5 `size` characters before the cursor, else from a new start about `size` characters before it
-    (a paragraph's or a sentence's start where there is one near). Typing on, and editing anywhere but inside the
-    window, keep the prompt's tokens so far and with them the prefix cache of the window."""
-    if offset <= size + size // 2:
+    when that is at most 1.5 `fresh` characters (`fresh` defaults to `size`), else a window from the start `head`
+    marks (the first characters of the last window, searched for again so that an edit above the window does not
+    move it) while it lies between `fresh` / 2 and 1.5 `size` characters before the cursor, else from a new start
+    about `fresh` characters before it (a paragraph's or a sentence's start where there is one near). Typing on, and
+    editing anywhere but inside the window, keep the prompt's tokens so far and with them the prefix cache of the
+    window."""
+    fresh = size if fresh is None else min(fresh, size)
+    if offset <= fresh + fresh // 2:
         return text[:offset], ""
     if head:
-        at = text.rfind(head, offset - size - size // 2, offset)
-        if at != -1 and offset - at >= size // 2:
+        at = text.rfind(head, max(0, offset - size - size // 2), offset)
+        if at != -1 and offset - at >= fresh // 2:
             return text[at:offset], head
-    lo = offset - size
+    lo = offset - fresh
     for mark in ("\n\n", ". ", "\n", " "):
-        cut = text.find(mark, lo, lo + size // 4)
+        cut = text.find(mark, lo, lo + fresh // 4)
         if cut != -1:
             lo = cut + len(mark)
             break
@@ -82,10 +89,19 @@ def prompt_window(text: str, offset: int, size: int = PROMPT_CHARS, head: str | 
 def prompt_at(server: TinymorphServer, state: DocState, offset: int, *, keep: bool = True) -> str:
     """The prompt of a continuation at `offset` in the document (`prompt_window`), the window's start kept for the
     next one unless `keep` is False (a rewrite elsewhere leaves the writer's window where it is)."""
-    size = WINDOW_CHARS if server.on_fast_path() else PROMPT_CHARS
-    prompt, head = prompt_window(state.doc.text, offset, size, state.window_head)
+    fast = server.on_fast_path()
+    size, fresh = (WINDOW_CHARS, FRESH_CHARS) if fast else (PROMPT_CHARS, None)
+    text = state.doc.text
+    prompt, head = prompt_window(text, offset, size, state.window_head, fresh)
+    if fast and head and head == state.window_head:
+        # after an edit inside the window far above the cursor, a new window reads less than the kept one would
+        # again: take it where it reads less than two thirds as much
+        unread = len(prompt) - common_prefix(prompt, state.window_text)
+        other, other_head = prompt_window(text, offset, size, None, fresh)
+        if 3 * len(other) < 2 * unread:
+            prompt, head = other, other_head
     if keep:
-        state.window_head = head
+        state.window_head, state.window_text = head, prompt
     return prompt
 
 

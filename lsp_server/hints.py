@@ -35,12 +35,12 @@ def steer_command(server: TinymorphServer, feature: int, uri: str) -> types.Comm
 
 
 def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) -> list[types.InlayHint]:
-    annotated, count = state.annotated, server.settings.hint_count
-    if annotated is None or count == 0:
+    count = server.settings.hint_count
+    if count == 0:
         return []
     index, uri = state.doc.index, state.doc.uri
     hints = []
-    for at, span in annotated.spans(state.doc.text):
+    for _, at, span in state.readings():
         end = at + span.end - span.start
         # a hint names what the span is about in words: features without a word label, and dense, punctuation and
         # position features, stay in the tooltip

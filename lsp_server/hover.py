@@ -27,9 +27,10 @@ NEIGHBOURHOOD = 16
 
 def token_at(state: DocState, offset: int) -> tuple[TokenFeatures, int] | None:
     """The annotated token covering `offset` and where it starts in the current text."""
-    annotated = state.annotated
-    if annotated is None:
+    found = state.reading_at(offset)
+    if found is None:
         return None
+    annotated = found[0]
     tokens = annotated.annotation.tokens
     starts = [t.start for t in tokens]
     text = state.doc.text

@@ -62,10 +62,10 @@ def plan(old: Annotation, new_text: str, granularity: str) -> Plan | None:
     dirty += [(s, e) for s, e, _ in reused if first <= s <= last]
     dirty.sort()
     reused = [r for r in reused if not first <= r[0] <= last]
-    return Plan(_context_start(new_text, first), first, dirty[-1][1], tuple(dirty), tuple(reused))
+    return Plan(context_start(new_text, first), first, dirty[-1][1], tuple(dirty), tuple(reused))
 
 
-def _context_start(text: str, first: int) -> int:
+def context_start(text: str, first: int) -> int:
     """Where the context read with a span starting at `first` begins: up to `CONTEXT_CHARS` before it, at the
     start of a line, so the tokenizer sees a clean boundary."""
     context = max(0, first - CONTEXT_CHARS)
@@ -87,7 +87,7 @@ def rereads(old: Annotation, budget: int = 4000) -> list[Plan]:
         first, last = spans[i][0], spans[j - 1][1]
         dirty = tuple(spans[i:j])
         reused = tuple((s, e, 0) for s, e in spans[:i] + spans[j:])
-        plans.append(Plan(_context_start(old.text, first), first, last, dirty, reused))
+        plans.append(Plan(context_start(old.text, first), first, last, dirty, reused))
         i = j
     return plans
 

@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
 from .config import Settings, parse_settings
 from .pipeline import schedule
+from .progress import begin
 
-PROGRESS_TIMEOUT = 5.0
-"""Seconds to wait for the client to accept a progress token (`window/workDoneProgress/create`)."""
 TRUST_TIMEOUT = 300.0
 """Seconds to wait for the writer's answer to "run this model's own code?" (no answer: no)."""
 RUN_CODE = "Run its code"
@@ -77,18 +75,8 @@ async def remote_code_allowed(server: TinymorphServer, model: str) -> bool:
 async def _load(server: TinymorphServer, settings: Settings) -> None:
     trust = settings.trust_remote_code and await remote_code_allowed(server, settings.model)
     config = dataclasses.replace(settings.engine_config(), trust_remote_code=trust)
-    token: str | None = None
     loop = asyncio.get_running_loop()
-    if server.supports("window.work_done_progress"):
-        token = f"tinymorph-load-{uuid.uuid4()}"
-        try:
-            # a client that never answers must not hold up the model (then there is no progress bar)
-            await asyncio.wait_for(server.work_done_progress.create_async(token), PROGRESS_TIMEOUT)
-            server.work_done_progress.begin(token, types.WorkDoneProgressBegin(
-                title="tinymorph", message=f"loading {settings.model}", cancellable=False))
-        except Exception as exc:  # TimeoutError included
-            log.debug("no progress: %s", exc or type(exc).__name__)
-            token = None
+    token = await begin(server, f"loading {settings.model}")
 
     def progress(stage: str) -> None:
         log.info("load: %s", stage)
@@ -108,5 +96,6 @@ async def _load(server: TinymorphServer, settings: Settings) -> None:
     server.cards.clear()
     log.info("engine ready: %s", info.to_dict())
     for state in server.docs.values():
-        state.annotated = None
+        state.annotated = state.whole = None
+        state.pieces = {}
         schedule(server, state, 0)

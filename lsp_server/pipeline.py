@@ -13,19 +13,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from steering.engine import FeatureCard
-from steering.features.annotate import Annotation
-
 from . import findings
-from .cards import cards_for
 from .config import Settings
 from .generation import OutOfMemory, Superseded, generate, prompt_at
-from .incremental import Plan, merge, plan, rereads
+from .incremental import plan, rereads
+from .reading import read_job
 from .state import Annotated, DocState, Suggestion
-from .worker import ANNOTATE, SUGGEST, EngineAPI, EngineUnavailable
+from .whole import read_whole
+from .worker import ANNOTATE, SUGGEST, EngineUnavailable
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -36,9 +33,6 @@ FULL_REREAD_DELAY = 2.0
 """Seconds of quiet after an incremental annotation before the whole document is read again."""
 READ_CHUNK = 96
 """Tokens per background engine job when the fast path reads a document: a completion waits for one at most."""
-
-ReadResult = tuple[Annotation, dict[int, FeatureCard]]
-
 
 TYPING_GAP = 2.0
 """Changes further apart than this many seconds are pauses, not typing."""
@@ -111,36 +105,6 @@ def visible_first(settings: Settings, state: DocState) -> int | None:
     return hi
 
 
-def read(engine: EngineAPI, settings: Settings, text: str, granularity: str, session: str | None = None,
-         watch: tuple[int, ...] = ()) -> Annotation:
-    """The one annotate call of the server (runs on the worker): enough span features for hints and tooltips, and
-    the watched features wherever they fire."""
-    return engine.annotate(text, top_k=5, paragraph_top=max(8, settings.hint_count + 5), granularity=granularity,
-                           session=session, watch=watch)
-
-
-def read_job(settings: Settings, text: str, step: Plan | None, old: Annotation | None, granularity: str,
-             known: set[int], session: str | None = None, watch: tuple[int, ...] = (),
-             ) -> Callable[[EngineAPI], ReadResult]:
-    """The engine job that annotates `text` (all of it without `step`, through the fast path's cache of
-    `session`; else only `text[step.start:step.end]`, merged into `old`), with the cards of the features not in
-    `known`."""
-
-    def job(engine: EngineAPI) -> ReadResult:
-        fresh = None
-        if step is None or step.dirty:
-            fresh = read(engine, settings, text if step is None else text[step.start:step.end], granularity,
-                         session if step is None or step.start == 0 else None, watch)
-        cards = cards_for(engine, fresh, known)
-        if step is None:
-            assert fresh is not None
-            return fresh, cards
-        assert old is not None
-        return merge(old, text, step, fresh), cards
-
-    return job
-
-
 async def _annotate_later(server: TinymorphServer, state: DocState, wait: float) -> None:
     await asyncio.sleep(wait)
     seen = state.visible
@@ -160,6 +124,8 @@ async def _annotate_later(server: TinymorphServer, state: DocState, wait: float)
     elif partial:
         await asyncio.sleep(FULL_REREAD_DELAY)
         await reread(server, state)
+    if server.on_fast_path() and len(state.doc.text) > server.settings.max_chars:
+        await read_whole(server, state)
 
 
 async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = False, until: int | None = None,

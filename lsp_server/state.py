@@ -102,6 +102,8 @@ class DocState:
     """Smoothed time between changes while the writer types (pauses longer than 2 s left out)."""
     window_head: str = ""
     """The first characters of the last continuation's prompt window (`generation.prompt_window`)."""
+    window_text: str = ""
+    """That prompt: what the continuation cache holds, as far as the next prompt shares it (`generation.prompt_at`)."""
     running: Running | None = None
     """The document's generation (running or last): a request for another continuation cancels it."""
     findings: list[Finding] = field(default_factory=list)
@@ -111,3 +113,32 @@ class DocState:
     annotations: int = 0
     """Annotations made of the document (read whole or its edited spans; the re-read of the rest after an
     incremental one completes it and is not counted)."""
+    whole: Annotated | None = None
+    """A long document's annotation as a whole, read in pieces after its window (`whole`); None for a short one."""
+    pieces: dict[str, Annotation] = field(default_factory=dict)
+    """The whole's pieces by their text (with their overlap): an unchanged piece is not read again."""
+    whole_key: tuple[str, tuple[int, ...]] | None = None
+    """The granularity and watched features the pieces were read with."""
+    pieces_read: int = 0
+    """Pieces of the whole read so far (those kept from the pass before are not counted)."""
+
+    def readings(self) -> Iterator[tuple[Annotated, int, SpanFeatures]]:
+        """(reading, where the span starts in the current text, span) for every span read and still there: the
+        window's (`annotated`), then the whole's outside the window."""
+        current = self.doc.text
+        lo = hi = -1
+        if self.annotated is not None:
+            for at, span in self.annotated.spans(current):
+                lo, hi = (at, at + span.end - span.start) if lo < 0 else (lo, at + span.end - span.start)
+                yield self.annotated, at, span
+        if self.whole is not None:
+            for at, span in self.whole.spans(current):
+                if not lo <= at < hi:
+                    yield self.whole, at, span
+
+    def reading_at(self, offset: int) -> tuple[Annotated, int, SpanFeatures] | None:
+        """The span read that covers `offset` (its end included), from the window first."""
+        for reading, at, span in self.readings():
+            if at <= offset <= at + span.end - span.start:
+                return reading, at, span
+        return None

@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Lower runs first.
-LOAD, INTERACTIVE, SUGGEST, ANNOTATE = 0, 1, 2, 3
+# Lower runs first. WHOLE: reading the rest of a long document (`whole`), after every other document's annotation.
+LOAD, INTERACTIVE, SUGGEST, ANNOTATE, WHOLE = 0, 1, 2, 3, 4
 
 
 class EngineAPI(Protocol):

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("steering", "lsp_server")
 
 PLUMBING = {"server", "protocol", "transport", "worker", "config", "text", "state", "workspace", "capabilities",
-            "memory", "cards", "incremental"}
+            "memory", "cards", "incremental", "reading", "progress"}
 """Modules of `lsp_server` every feature may use; they import no feature module."""
 FEATURES = {"actions", "commands", "completion", "documents", "hints", "hover", "lifecycle", "presets", "watch",
-            "examples", "maps", "findings", "pipeline", "generation", "loading"}
+            "examples", "maps", "findings", "pipeline", "generation", "loading", "whole"}
 """Modules of `lsp_server` that do one part of the server's work; they import the server type only for type
 checking."""
 ENTRY = {"", "__main__", "cli"}

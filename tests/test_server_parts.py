@@ -4,6 +4,7 @@ engine thread."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -185,6 +186,15 @@ def test_the_prompt_window_keeps_its_start_while_typing_and_after_edits_outside_
     assert far_head != head and text[:9_000].endswith(far) and size * 3 // 4 <= len(far) <= size
     assert prompt_window(text, offset + size, size, head)[1] != head, "typed on too far: the window moves on"
 
+    # the fast path: a new window is smaller and grows as the writer types, up to 1.5 times the size
+    prompt, head = prompt_window(text, offset, 2 * size, None, size)
+    assert size * 3 // 4 <= len(prompt) <= size and text[:offset].endswith(prompt)
+    for typed in (0, size, 2 * size - len(prompt)):
+        assert prompt_window(text, offset + typed, 2 * size, head, size) == (text[offset - len(prompt):offset + typed],
+                                                                          head)
+    assert prompt_window(text, offset + 3 * size, 2 * size, head, size)[1] != head, "then it moves on"
+    assert prompt_window(text, 2 * size, 2 * size, None, size)[1] != "", "a window where 1.5 fresh ones are before"
+
 
 async def test_out_of_memory_in_a_generation_is_said_once_and_the_next_one_works() -> None:
     import torch
@@ -243,3 +253,93 @@ def test_the_allocator_is_tuned_unless_the_user_chose() -> None:
     assert applied() == {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 1 << 20}
     assert applied(MALLOC_ARENA_MAX="8") == {"MALLOC_MMAP_THRESHOLD_": 1 << 20}
     assert applied(TINYMORPH_ALLOCATOR="system") == {}
+
+
+def _story(paragraphs: int, seed: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    words = ["the", "rain", "boat", "harbour", "letter", "she", "read", "cried", "gulls", "over", "storm", "sail"]
+    return "\n\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(8, 120))).capitalize() + "."
+                       for _ in range(paragraphs))
+
+
+def test_a_long_document_is_cut_into_pieces_that_an_edit_changes_only_where_it_falls() -> None:
+    from lsp_server.incremental import CONTEXT_CHARS
+    from lsp_server.whole import LONGEST_PIECE, PIECE_CHARS, pieces
+
+    for seed in range(5):
+        text = _story(400, seed)
+        cut = pieces(text)
+        assert cut[0].start == 0 and cut[-1].end == len(text)
+        for before, after in itertools.pairwise(cut):
+            assert before.end == after.start and text[after.start - 2:after.start] == "\n\n"
+        for p in cut:
+            assert p.end - p.start <= LONGEST_PIECE and p.context <= p.start
+            assert p.start - p.context >= min(p.start, CONTEXT_CHARS), "an overlap of the text before"
+            assert p.context == 0 or text[p.context - 1] == "\n"
+        assert len(text) / len(cut) > PIECE_CHARS / 2
+        # an edit inside one piece: the pieces before it and from two after it on keep their text
+        k = len(cut) // 2
+        at = (cut[k].start + cut[k].end) // 2
+        edited = text[:at] + " and the sea rose" + text[at:]
+        old = [text[p.context:p.end] for p in cut]
+        new = [edited[p.context:p.end] for p in pieces(edited)]
+        assert new[:k] == old[:k] and new[-(len(cut) - k - 2):] == old[-(len(cut) - k - 2):]
+    one = " ".join(["word"] * 10_000)  # no paragraph break at all
+    assert all(p.end - p.start <= LONGEST_PIECE for p in pieces(one)) and pieces(one)[-1].end == len(one)
+    assert pieces("") == [] and [(p.start, p.end) for p in pieces("Short.")] == [(0, 6)]
+
+
+def test_the_pieces_annotations_compose_into_the_whole_at_document_offsets() -> None:
+    from lsp_server.whole import Piece, compose
+    from steering.features.annotate import Annotation, SpanFeatures, TokenFeatures
+
+    text = "Alpha beta.\n\nGamma delta.\n\nEpsilon."
+
+    def tok(start: int, end: int, local: str) -> TokenFeatures:
+        return TokenFeatures(0, 0, local[start:end], start, end, ())
+
+    def read(piece: Piece) -> Annotation:
+        local = text[piece.context:piece.end]
+        tokens = tuple(tok(i, i + 5, local) for i in range(0, len(local) - 4, 6))
+        return Annotation(local, "h", tokens, (SpanFeatures(0, len(local), ()),) if piece.context == piece.start
+                          else (SpanFeatures(0, piece.start - piece.context, ()),
+                                SpanFeatures(piece.start - piece.context, len(local), ())))
+
+    parts = [Piece(0, 0, 13), Piece(0, 13, 27), Piece(13, 27, len(text))]
+    whole = compose(text, [(p, read(p)) for p in parts])
+    assert [(s.start, s.end) for s in whole.paragraphs] == [(0, 13), (13, 27), (27, len(text))]
+    assert all(text[t.start:t.end] == t.text for t in whole.tokens)
+    assert [t.index for t in whole.tokens] == list(range(len(whole.tokens)))
+    starts = [t.start for t in whole.tokens]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts), "no token twice from the overlaps"
+
+
+def test_an_edit_far_up_inside_the_prompt_window_starts_a_smaller_window_than_reading_it_again() -> None:
+    from types import SimpleNamespace
+
+    from lsp_server.generation import FRESH_CHARS, WINDOW_CHARS, prompt_at
+    from lsp_server.state import DocState
+    from lsp_server.text import Document
+
+    sentences = [f"Sentence {i} is about the harbour and word{i}." for i in range(600)]
+    text = "\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 600, 5))
+    server: Any = SimpleNamespace(on_fast_path=lambda: True)
+    state = DocState(Document("file:///w.md", "markdown", 1, text, "utf-16"))
+
+    def at(new_text: str, offset: int) -> str:
+        state.doc = Document("file:///w.md", "markdown", state.doc.version + 1, new_text, "utf-16")
+        return prompt_at(server, state, offset)
+
+    offset = 20_000
+    first = at(text, offset)
+    assert len(first) <= FRESH_CHARS
+    typed = text[:offset] + "y" * (WINDOW_CHARS - len(first))  # typing on: the window grows past a fresh one
+    grown = at(typed, len(typed))
+    assert grown == first + "y" * (WINDOW_CHARS - len(first))
+    near = typed[:-500] + "CHANGED" + typed[-500:]  # an edit near the cursor: the window stays
+    assert at(near, len(near)).startswith(first[:200])
+    far = near[: len(near) - len(grown) + 100] + "CHANGED" + near[len(near) - len(grown) + 100:]
+    moved = at(far, len(far))
+    assert not moved.startswith(first[:200]) and len(moved) <= FRESH_CHARS and far.endswith(moved)
