@@ -65,6 +65,8 @@ def render(server: TinymorphServer, tok: TokenFeatures, steering: SteeringSet) -
             if c.steerability is not None and c.label]
     if said:
         lines += ["", "Amplify " + "; ".join(said) + "."]
+    for feature, c in [(x, c) for x, c in measured if c.explanation][:3]:
+        lines += ["", f"**{feature}**: {c.explanation}" + (f" *({c.source})*" if c.source else "")]
     lines += ["", "*Code actions here amplify, suppress or watch these features.*"]
     return "\n".join(lines)
 

@@ -127,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.set_defaults(run=cmd_sae_stats)
 
+    il = sub.add_parser("import-labels", help="labels from a Neuronpedia explanation export (JSON or JSON lines, "
+                                              "gzipped or not) into the SAE's labels.json")
+    il.add_argument("export", nargs="+", help="the export file(s)")
+    il.add_argument("--sae", required=True, help="the SAE the explanations are for (a folder or file)")
+    il.add_argument("--sae-layer", type=int, default=None, help="the layer, for a file holding several")
+    il.add_argument("--sae-id", default=None,
+                    help="which SAE's explanations to take from an export holding several (e.g. 20-gemmascope-res-16k)")
+    il.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    il.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    il.set_defaults(run=cmd_import_labels)
+
     c = sub.add_parser("calibrate", help="per-feature steering strength and steerability of an SAE, measured and "
                                          "saved beside it (resumes where an interrupted run stopped)")
     c.add_argument("--features", default="hintable", metavar="WHICH",
@@ -462,6 +473,32 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     else:
         print(f"{done.folder}: statistics over {done.tokens:,} tokens; {done.labelled_in_words:,} of "
               f"{done.features:,} features have a label in words, {done.hintable_labels:,} good enough to hint")
+    return 0
+
+
+def cmd_import_labels(args: argparse.Namespace) -> int:
+    """Neuronpedia's written explanations of an SAE's features as its labels (`steering.features.neuronpedia`),
+    merged into the labels.json beside it (replaced atomically; nothing is written when the export is for another
+    SAE)."""
+    from steering.atomic import write_bytes
+    from steering.engine import resolve_sae_path
+    from steering.features.labels import LABELS_FILE, load_labels
+    from steering.features.neuronpedia import check_matches, merge_labels, read_export
+    from steering.sae.layouts import load_sae
+
+    path = resolve_sae_path(args.sae)
+    if path is None:
+        raise TinymorphError("import-labels needs an SAE: pass --sae PATH.")
+    sae = load_sae(path, layer=args.sae_layer)
+    export = read_export(args.export, args.sae_id)
+    check_matches(export, sae.d_sae, sae.hook.layer if sae.hook is not None else None)
+    merged, count = merge_labels(load_labels(path), export)
+    target = (path if path.is_dir() else path.parent) / LABELS_FILE
+    write_bytes(target, json.dumps(merged, ensure_ascii=False).encode())
+    if args.json:
+        _emit({"labels": str(target), "features": count, "source": merged["imported"]["source"]})
+    else:
+        print(f"{target}: {count:,} features labelled from {merged['imported']['source']}")
     return 0
 
 

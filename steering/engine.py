@@ -89,6 +89,9 @@ class FeatureCard:
     steerability: float | None = None
     names: tuple[str, ...] = ()
     """The label's words that are names: a hint shows them only where its text mentions them."""
+    explanation: str = ""
+    """A written explanation the label was shortened from (imported from Neuronpedia), and `source`: whose."""
+    source: str = ""
 
 
 def card_names(cards: Mapping[int, FeatureCard]) -> dict[int, tuple[str, ...]]:
@@ -398,7 +401,8 @@ class Engine:
             steerability = sae.steerability(feature)
             if entry.get("label"):
                 cards[feature] = FeatureCard(entry["label"], tuple(entry.get("promoted", ())[:5]), steerability,
-                                             tuple(entry.get("names", ())))
+                                             tuple(entry.get("names", ())), str(entry.get("explanation", "")),
+                                             str(entry.get("source", "")))
             elif lens_limit > 0:
                 lens_limit -= 1
                 lens = logit_lens(self.lm, sae, feature, 5)
