@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     il = sub.add_parser("import-labels", help="labels from a Neuronpedia explanation export (JSON or JSON lines, "
                                               "gzipped or not) into the SAE's labels.json")
     il.add_argument("export", nargs="+", help="the export file(s)")
-    il.add_argument("--sae", required=True, help="the SAE the explanations are for (a folder or file)")
+    il.add_argument("--sae", required=True,
+                    help="the SAE the explanations are for: a folder or file, or a SAELens name RELEASE/ID (then the "
+                         "export's entries for its Neuronpedia id are taken)")
     il.add_argument("--sae-layer", type=int, default=None, help="the layer, for a file holding several")
     il.add_argument("--sae-id", default=None,
                     help="which SAE's explanations to take from an export holding several (e.g. 20-gemmascope-res-16k)")
@@ -485,12 +487,19 @@ def cmd_import_labels(args: argparse.Namespace) -> int:
     from steering.features.labels import LABELS_FILE, load_labels
     from steering.features.neuronpedia import check_matches, merge_labels, read_export
     from steering.sae.layouts import load_sae
+    from steering.sae.releases import lookup
 
     path = resolve_sae_path(args.sae)
     if path is None:
         raise TinymorphError("import-labels needs an SAE: pass --sae PATH.")
     sae = load_sae(path, layer=args.sae_layer)
-    export = read_export(args.export, args.sae_id)
+    named = None if Path(args.sae).expanduser().exists() else lookup(args.sae)
+    on_neuronpedia = named.neuronpedia or "" if named is not None else ""
+    model, _, sae_id = on_neuronpedia.partition("/")
+    export = read_export(args.export, args.sae_id or sae_id or None)
+    if model and export.model_id != model:
+        raise TinymorphError(f"the export is for {export.model_id}/{export.sae_id}; {args.sae} is {on_neuronpedia} "
+                             "on Neuronpedia. Nothing was written.")
     check_matches(export, sae.d_sae, sae.hook.layer if sae.hook is not None else None)
     merged, count = merge_labels(load_labels(path), export)
     target = (path if path.is_dir() else path.parent) / LABELS_FILE

@@ -40,7 +40,7 @@ class EngineConfig:
 
     sae: str = "default"
     """`default` (the SAE shipped for the default model), an SAE folder or file (SAELens, sparsify or Gemma Scope),
-    or `none`."""
+    a SAELens name `RELEASE/ID` found in the local Hugging Face cache, or `none`."""
 
     device: Device = "auto"
     """`auto` (CUDA when available, else the CPU), `cpu` or `cuda`; the command line and the Python API also take

@@ -37,6 +37,7 @@ from steering.runtime.models import LoadedModel, Progress, _no_progress, load_mo
 from steering.runtime.presets import StyleVector, style_vector
 from steering.sae.autoencoder import SAE, HookPoint
 from steering.sae.layouts import load_sae
+from steering.sae.releases import resolve as resolve_release
 
 from .config import EngineConfig, SamplingConfig
 from .errors import NoSAEError, SAELoadError, ShapeMismatchError, TinymorphError
@@ -44,7 +45,8 @@ from .errors import NoSAEError, SAELoadError, ShapeMismatchError, TinymorphError
 DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
 
 def resolve_sae_path(spec: str) -> Path | None:
-    """`none` gives None; `default` the SAE shipped for the default model; anything else a path."""
+    """`none` gives None; `default` the SAE shipped for the default model; a path that exists, itself; a SAELens
+    name `RELEASE/ID` its folder in the local Hugging Face cache (`sae.releases`); anything else a path."""
     if spec in ("none", ""):
         return None
     if spec == "default":
@@ -52,7 +54,10 @@ def resolve_sae_path(spec: str) -> Path | None:
             raise SAELoadError(f"The default SAE is missing from this installation (expected in {DEFAULT_SAE_DIR}): "
                                "reinstall tinymorph, or pass --sae PATH (or --sae none).")
         return DEFAULT_SAE_DIR
-    return Path(spec).expanduser()
+    path = Path(spec).expanduser()
+    if not path.exists() and (found := resolve_release(spec)) is not None:
+        return found[0]
+    return path
 
 
 @dataclass(frozen=True)
