@@ -95,6 +95,12 @@ async def _load(server: TinymorphServer, settings: Settings) -> None:
         server.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
     server.cards.clear()
     log.info("engine ready: %s", info.to_dict())
+    if info.sae is not None and not (info.feature_stats and info.labels):
+        missing = " and ".join(x for x, have in (("feature statistics", info.feature_stats), ("labels", info.labels))
+                               if not have)
+        server.tell(f"the SAE {settings.sae} has no {missing} yet: hints show no words and Amplify uses a fallback "
+                    f"scale until it has. Prepare it once over your own writing (it resumes if stopped): "
+                    f"tinymorph prepare --sae {settings.sae} --corpus FILES", types.MessageType.Info)
     for state in server.docs.values():
         state.annotated = state.whole = None
         state.pieces = {}

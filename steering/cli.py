@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     il.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     il.set_defaults(run=cmd_import_labels)
 
+    pr = sub.add_parser("prepare", help="everything the editor needs of an SAE trained elsewhere, over your own text: "
+                                        "feature statistics, DiffMean directions, labels, steerability (resumes)")
+    pr.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help="your own text files")
+    pr.add_argument("--tokens", type=int, default=200_000, help="tokens read for statistics and labels")
+    pr.add_argument("--redo", action="store_true", help="compute again what an earlier run computed")
+    _common(pr)
+    pr.set_defaults(run=cmd_prepare)
+
     c = sub.add_parser("calibrate", help="per-feature steering strength and steerability of an SAE, measured and "
                                          "saved beside it (resumes where an interrupted run stopped)")
     c.add_argument("--features", default="hintable", metavar="WHICH",
@@ -508,6 +516,63 @@ def cmd_import_labels(args: argparse.Namespace) -> int:
         _emit({"labels": str(target), "features": count, "source": merged["imported"]["source"]})
     else:
         print(f"{target}: {count:,} features labelled from {merged['imported']['source']}")
+    return 0
+
+
+PREPARE_MIN_TOKENS = 20_000
+"""Corpus tokens `prepare` needs at least: below that, most features never fire in it and stay without words."""
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """`sae-stats` (statistics, DiffMean directions, labels) then `calibrate --features hintable`, each step skipped
+    when an earlier run did it (calibration resumes block by block), with an estimate of the first step's time."""
+    import time
+
+    from steering.evaluation.calibrate import calibrate_folder
+    from steering.features.labels import load_labels, write_stats_and_labels
+    from steering.sae.layouts import saelens_folder
+    from steering.training.corpus import load_corpus
+
+    engine = _engine(args)
+    sae = engine.require_sae("prepare")
+    folder = saelens_folder(sae)
+    if folder is None:
+        raise TinymorphError(f"prepare writes beside an SAE in the SAELens layout (cfg.json + sae_weights.safetensors); "
+                             f"{sae.source} is a {sae.layout} SAE. Nothing was written.")
+    say = (lambda _m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    summary: dict[str, Any] = {"sae": str(folder)}
+    if args.redo or sae.max_act is None or load_labels(folder) is None:
+        stream = load_corpus(engine.lm.tokenizer, args.corpus, separator=engine.lm.first_eos_id).tokens
+        if len(stream) < PREPARE_MIN_TOKENS:
+            raise TinymorphError(f"the corpus has {len(stream):,} tokens; prepare needs at least "
+                                 f"{PREPARE_MIN_TOKENS:,} (about {PREPARE_MIN_TOKENS * 3 // 4:,} words) for features to "
+                                 "fire often enough to be described. Nothing was written.")
+        tokens = min(args.tokens, len(stream))
+        t0 = time.perf_counter()
+        engine.annotate(engine.lm.tokenizer.decode(stream[:512].tolist()))
+        estimate = (time.perf_counter() - t0) * tokens / 512 * 1.5
+        say(f"tinymorph: statistics and labels over {tokens:,} tokens, about {estimate / 60:.0f} min here; then "
+            "the steerability of the features hints can show (it resumes if stopped)")
+        done = write_stats_and_labels(engine.lm, sae, stream, tokens=tokens)
+        summary.update(statistics="computed", **{k: v for k, v in done.to_dict().items() if k != "sae"})
+    else:
+        summary["statistics"] = "kept (computed before; --redo computes them again)"
+    update, close = _progress_bar(not args.json and sys.stderr.isatty())
+    try:
+        calibrated = calibrate_folder(engine.lm, sae, "hintable", fast=engine.fast, redo=args.redo,
+                                      progress=lambda n, total: update(f"steerability: {n:,}/{total:,} features"))
+    except TinymorphError as exc:
+        if "No features" not in str(exc):
+            raise
+        summary["steerability"] = "no feature is labelled well enough to be hinted"
+    else:
+        summary["steerability"] = {"features": calibrated.measured, "kept_from_before": calibrated.skipped}
+    finally:
+        close()
+    if args.json:
+        _emit(summary)
+    else:
+        print(f"{folder}: ready for the editor ({summary['statistics']}; steerability {summary['steerability']})")
     return 0
 
 

@@ -79,6 +79,8 @@ class EngineInfo:
     int8_decode: bool = False
     int4_weights: int = 0
     """Decode weights held in 4 bits (the rest of a quantised decode is int8)."""
+    labels: bool = False
+    """The SAE has a labels.json (words for its features)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,6 +257,7 @@ class Engine:
             fast_path=self.slow_reason is None,
             int8_decode=self.fast is not None and self.fast.int8,
             int4_weights=self.fast.int4 if self.fast is not None else 0,
+            labels=bool(sae is not None and (self.labels() or {}).get("features")),
         )
 
     def require_sae(self, what: str) -> SAE:

@@ -353,3 +353,37 @@ def test_explanation_label_keeps_real_words_in_order() -> None:
     assert explanation_label('"the" in Latin, referring to the Latin') == "latin, referring"
     assert explanation_label("Rain falls; storms, rain and thunder.") == "rain, falls, storms"
     assert explanation_label('? "?"?') == ""
+
+
+def test_prepare_computes_what_the_editor_needs_and_a_second_run_keeps_it(capsys, tiny_model_dir,
+                                                                         tmp_path) -> None:
+    torch.manual_seed(1)
+    sae = SAE(64, 128, "topk", k=8, hook=HookPoint(2, "resid_post"))
+    sae.W_enc.data.normal_(0, 0.3)
+    sae.W_dec.data.normal_(0, 0.1)
+    folder = sae.save(tmp_path / "bare-sae")
+    small = tmp_path / "small.md"
+    small.write_text("The rain fell on the quiet harbour.\n\n" * 40, encoding="utf-8")
+    assert main(["prepare", "--corpus", str(small), "--model", str(tiny_model_dir), "--sae", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "prepare needs at least 20,000" in err and "Nothing was written" in err and "Traceback" not in err
+    assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+
+    corpus = tmp_path / "corpus.md"
+    sentences = ["The rain fell on the quiet harbour and the boats rocked.", "She read the letter twice and cried.",
+                 "The bread rose slowly in the warm kitchen.", "Storm clouds gathered over the grey sea."]
+    corpus.write_text("\n\n".join(sentences * 500), encoding="utf-8")
+    args = ["prepare", "--corpus", str(corpus), "--tokens", "2000", "--model", str(tiny_model_dir), "--sae",
+            str(folder)]
+    first = run_json(capsys, *args)
+    assert first["statistics"] == "computed" and first["features"] == 128
+    assert (folder / "labels.json").is_file() and (folder / "feature_stats.safetensors").is_file()
+    from steering.sae.layouts import load_sae
+
+    assert load_sae(folder).diffmean is not None
+    again = run_json(capsys, *args)
+    assert again["statistics"].startswith("kept")
+    if isinstance(first["steerability"], dict):
+        assert first["steerability"]["kept_from_before"] == 0
+        assert again["steerability"] == {"features": first["steerability"]["features"],
+                                         "kept_from_before": first["steerability"]["features"]}

@@ -103,3 +103,36 @@ def test_engine_settings_are_the_engine_config_fields() -> None:
                                          "cacheMb": 64, "hintCount": 5})
     assert not problems
     assert settings.engine_config() == EngineConfig(model="/m", sae="none", device="cpu", dtype="float32", cache_mb=64)
+
+
+async def test_an_sae_without_statistics_or_labels_is_said_once_with_the_command(fresh: Client, assets,
+                                                                                  tmp_path: Path) -> None:
+    import torch
+
+    from steering.sae.autoencoder import SAE, HookPoint
+
+    torch.manual_seed(0)
+    bare = SAE(64, 128, "topk", k=8, hook=HookPoint(2, "resid_post")).save(tmp_path / "bare-sae")
+    await start(fresh, fresh.spec, init_options(assets, sae=str(bare)), tmp_path)
+    await wait_ready(fresh)
+
+    def told() -> list[str]:
+        return [m.message for m in fresh.messages if "tinymorph prepare" in m.message]
+
+    await wait_for(lambda: _now(told() or None), what="the notice")
+    [notice] = told()
+    assert "no feature statistics and labels yet" in notice and f"--sae {bare} --corpus FILES" in notice
+    # the shipped test SAE has both: no notice for it
+    fresh.set_configuration({"sae": assets["sae"]}, section="tinymorph")
+    fresh.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+
+    async def reloaded():
+        status = await command(fresh, "tinymorph.status")
+        return status if status.get("engine", {}).get("sae") == assets["sae"] else None
+
+    await wait_for(reloaded, what="the other SAE loaded")
+    assert len(told()) == 1
+
+
+async def _now(value):
+    return value
