@@ -464,8 +464,8 @@ def cmd_write_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_sae_stats(args: argparse.Namespace) -> int:
-    """Statistics (for ranking and steering) and word labels of an SAE in the SAELens layout, written into its
-    folder: what `train-sae` writes, for an SAE trained elsewhere or on other text."""
+    """Statistics (for ranking and steering) and word labels of an SAE, written beside its weights: what `train-sae`
+    writes, for an SAE trained elsewhere or on other text."""
     from steering.features.labels import write_stats_and_labels
     from steering.features.wordnet import WordNet
     from steering.training.corpus import load_corpus
@@ -530,15 +530,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     from steering.evaluation.calibrate import calibrate_folder
     from steering.features.labels import load_labels, write_stats_and_labels
-    from steering.sae.layouts import saelens_folder
+    from steering.sae.layouts import stats_folder
     from steering.training.corpus import load_corpus
 
     engine = _engine(args)
     sae = engine.require_sae("prepare")
-    folder = saelens_folder(sae)
+    folder = stats_folder(sae)
     if folder is None:
-        raise TinymorphError(f"prepare writes beside an SAE in the SAELens layout (cfg.json + sae_weights.safetensors); "
-                             f"{sae.source} is a {sae.layout} SAE. Nothing was written.")
+        raise TinymorphError("prepare writes beside an SAE's files; this SAE was not read from files.")
     say = (lambda _m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     summary: dict[str, Any] = {"sae": str(folder)}
     if args.redo or sae.max_act is None or load_labels(folder) is None:

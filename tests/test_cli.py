@@ -213,15 +213,15 @@ def test_engine_flags_come_from_the_config_fields() -> None:
         {f.name for f in dataclasses.fields(EngineConfig)} - train)
 
 
-def test_stats_and_calibration_write_only_into_a_saelens_folder() -> None:
+def test_stats_and_calibration_write_only_beside_an_sae_read_from_files() -> None:
     from steering.errors import TinymorphError
     from steering.evaluation.calibrate import calibrate_folder
     from steering.features.labels import write_stats_and_labels
 
     made_here = SAE(64, 128, "topk", k=8)  # in memory: no folder to write into, refused before the model is used
-    with pytest.raises(TinymorphError, match="SAELens layout"):
+    with pytest.raises(TinymorphError, match="not read from files"):
         write_stats_and_labels(None, made_here, torch.zeros(0, dtype=torch.long))  # type: ignore[arg-type]
-    with pytest.raises(TinymorphError, match="SAELens layout"):
+    with pytest.raises(TinymorphError, match="read from files"):
         calibrate_folder(None, made_here)  # type: ignore[arg-type]
 
 
@@ -387,3 +387,26 @@ def test_prepare_computes_what_the_editor_needs_and_a_second_run_keeps_it(capsys
         assert first["steerability"]["kept_from_before"] == 0
         assert again["steerability"] == {"features": first["steerability"]["features"],
                                          "kept_from_before": first["steerability"]["features"]}
+
+
+def test_prepare_writes_beside_a_gemma_scope_npz_and_loading_reads_it_back(capsys, tiny_model_dir, tmp_path) -> None:
+    import numpy as np
+
+    from steering.sae.layouts import load_sae
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "layer_2" / "width_16k" / "average_l0_10" / "params.npz"
+    npz.parent.mkdir(parents=True)
+    np.savez(npz, W_enc=rng.normal(0, 0.3, (64, 128)).astype(np.float32),
+             W_dec=rng.normal(0, 0.1, (128, 64)).astype(np.float32), b_enc=np.zeros(128, np.float32),
+             b_dec=np.zeros(64, np.float32), threshold=np.full(128, 0.05, np.float32))
+    assert load_sae(npz).max_act is None
+    corpus = tmp_path / "corpus.md"
+    corpus.write_text("\n\n".join(["The bread rose slowly in the warm kitchen.", "Storm clouds gathered over the sea."]
+                                  * 1000), encoding="utf-8")
+    got = run_json(capsys, "prepare", "--corpus", str(corpus), "--tokens", "2000", "--model", str(tiny_model_dir),
+                   "--sae", str(npz))
+    assert got["statistics"] == "computed" and got["sae"] == str(npz.parent)
+    assert sorted(p.name for p in npz.parent.iterdir()) == ["feature_stats.safetensors", "labels.json", "params.npz"]
+    again = load_sae(npz)
+    assert again.max_act is not None and again.diffmean is not None

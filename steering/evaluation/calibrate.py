@@ -39,7 +39,7 @@ from steering.features.ranking import Specificity, alive_and_sparse
 from steering.runtime.interventions import CALIBRATION_TEXT, DIFFMEAN_MULTIPLE, Intervention, compile_plan
 from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE
-from steering.sae.layouts import FEATURE_STATS, saelens_folder
+from steering.sae.layouts import FEATURE_STATS, stats_folder
 from steering.training.corpus import load_corpus
 
 from .continuations import distinct_2, greedy_batch, human_nll, reread, word_list
@@ -294,12 +294,12 @@ def calibrate_folder(lm: LoadedModel, sae: SAE, which: str = "hintable", *, fast
     steerability in the SAE's feature_stats.safetensors, replaced atomically after every `BLOCK` features (so an
     interrupted run resumes: features already measured are left as they are unless `redo`); other features keep
     theirs. Guided, as the editor steers, on the fast path `fast`; by vectors alone without it. The SAE must have
-    been read from the SAELens layout and have feature statistics. `reference`: files of human prose whose NLL is
+    been read from files and have feature statistics. `reference`: files of human prose whose NLL is
     the fluency bound (default: `REFERENCE_TEXT`, stricter)."""
-    folder = saelens_folder(sae)
+    folder = stats_folder(sae)
     if folder is None or sae.max_act is None:
-        raise TinymorphError("calibrate writes into an SAE folder in the SAELens layout that has feature statistics "
-                             "(run tinymorph sae-stats first).")
+        raise TinymorphError("calibrate writes beside an SAE read from files that has feature statistics (run "
+                             "tinymorph prepare, or sae-stats, first).")
     features = select_features(sae, which, seed)
     if not features:
         raise TinymorphError("No features to calibrate.")

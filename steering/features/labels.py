@@ -15,7 +15,7 @@ from steering.atomic import write_bytes
 from steering.errors import TinymorphError
 from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE
-from steering.sae.layouts import FEATURE_STATS, saelens_folder
+from steering.sae.layouts import FEATURE_STATS, stats_folder
 
 from .ranking import CONFIDENCE_FLOOR
 from .separation import (
@@ -199,12 +199,12 @@ def write_stats_and_labels(lm: LoadedModel, sae: SAE, stream: torch.Tensor, *, t
                            labels_only: bool = False) -> Described:
     """One pass of `sae` over a corpus' token `stream` (`describe_sae`), written into the SAE's folder: its feature
     statistics (feature_stats.safetensors) and labels.json, each file replaced atomically. That is what `train-sae`
-    writes, for an SAE trained elsewhere or on other text; the SAE must have been read from the SAELens layout.
+    writes, for an SAE trained elsewhere or on other text; the SAE must have been read from files (any layout: they go
+beside its weights, where `load_sae` reads them).
     With `labels_only`, the statistics (and the steering calibrated on them) stay as they are."""
-    folder = saelens_folder(sae)
+    folder = stats_folder(sae)
     if folder is None:
-        raise TinymorphError("sae-stats writes into an SAE folder in the SAELens layout (cfg.json + "
-                             "sae_weights.safetensors); this SAE is not one.")
+        raise TinymorphError("sae-stats writes beside an SAE's files; this SAE was not read from files.")
     kept = dict(sae.stats)
     labels = describe_sae(lm, sae, stream, context=context, tokens=tokens, wordnet=wordnet)
     if labels_only:

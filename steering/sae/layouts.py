@@ -30,7 +30,7 @@ from steering.errors import SAELoadError
 from .autoencoder import FEATURE_STATS, SAE, SAELENS_CFG, SAELENS_WEIGHTS, HookPoint
 
 __all__ = ["FEATURE_STATS", "GEMMASCOPE_PARAMS", "LAYOUTS", "SAELENS_CFG", "SAELENS_WEIGHTS", "SPARSIFY_WEIGHTS",
-           "Layout", "load_sae", "saelens_folder"]
+           "Layout", "load_sae", "saelens_folder", "stats_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,19 @@ def _either(items: Sequence[str]) -> str:
 
 
 def saelens_folder(sae: SAE) -> Path | None:
-    """The folder `sae` was read from when it is in the SAELens layout (where statistics and labels are written
-    beside it), else None."""
+    """The folder `sae` was read from when it is in the SAELens layout, else None."""
     folder = Path(sae.source or "")
     return folder if sae.layout == "saelens" and (folder / SAELENS_CFG).is_file() else None
+
+
+def stats_folder(sae: SAE) -> Path | None:
+    """Where the statistics and labels of `sae` are kept, beside its weights: its SAELens or sparsify folder, the
+    folder of a Gemma Scope `params.npz`; None for an SAE that was not read from files."""
+    if not sae.source:
+        return None
+    path = Path(sae.source)
+    folder = path.parent if path.is_file() else path
+    return folder if folder.is_dir() else None
 
 
 # --------------------------------------------------------------------------------------------------- detecting
@@ -202,11 +211,16 @@ def _load_saelens(folder: Path, layer: int | None, device: torch.device | str, d
         device=device,
     )
     sae.load_weights(weights, str(folder / SAELENS_WEIGHTS))
+    _read_stats(sae, folder)
+    sae.layout, sae.source = "saelens", str(folder)
+    return sae
+
+
+def _read_stats(sae: SAE, folder: Path) -> None:
+    """The feature statistics kept beside the SAE's weights (`tinymorph sae-stats` / `prepare`), if any."""
     stats_path = folder / FEATURE_STATS
     if stats_path.is_file():
         sae.set_feature_stats(**_read_safetensors(stats_path))
-    sae.layout, sae.source = "saelens", str(folder)
-    return sae
 
 
 def _load_sparsify(folder: Path, layer: int | None, device: torch.device | str, dtype: torch.dtype) -> SAE:
@@ -249,6 +263,7 @@ def _load_sparsify(folder: Path, layer: int | None, device: torch.device | str, 
               metadata={"sparsify_cfg": cfg}, dtype=dtype, device=device)
     sae.load_weights(tensors, str(folder / SPARSIFY_WEIGHTS))
     sae.layout, sae.source = "sparsify", str(folder)
+    _read_stats(sae, folder)
     return sae
 
 
@@ -268,6 +283,7 @@ def _load_gemmascope(path: Path, layer: int | None, device: torch.device | str, 
     sae = SAE(d_in, d_sae, "jumprelu", hook=hook, apply_b_dec_to_input=False, dtype=dtype, device=device)
     sae.load_weights(arrays, str(path))
     sae.layout, sae.source = "gemmascope", str(path)
+    _read_stats(sae, path.parent)
     return sae
 
 
