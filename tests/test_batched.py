@@ -18,6 +18,7 @@ from steering.runtime.models import LoadedModel, from_modules
 
 from .conftest import ByteTokenizer, _llama, tiny_lm
 from .test_fast import _qwen2, _sae
+from .test_fast_families import _lm as _family_lm
 
 PROMPTS = ["The lighthouse keeper climbed the stairs at dusk, and", "Rain", "Once upon a time in a small town",
            "She opened the letter slowly."]
@@ -36,7 +37,8 @@ def _steerings(d_model: int) -> list[list[Intervention]]:
             Intervention("vector", vector=torch.randn(d_model), strength=2.0)], [Intervention("ablate", 7)]]
 
 
-@pytest.mark.parametrize("make", [lambda: tiny_lm("llama"), _qwen2], ids=["llama", "qwen2"])
+@pytest.mark.parametrize("make", [lambda: tiny_lm("llama"), _qwen2, lambda: _family_lm("gemma2")],
+                         ids=["llama", "qwen2", "gemma2"])
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
 def test_each_row_decodes_what_it_would_alone(make, positions: str) -> None:
     lm: LoadedModel = make()

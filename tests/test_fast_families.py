@@ -54,7 +54,23 @@ def _gemma() -> Any:
     return model
 
 
-CASES: dict[str, Callable[[], Any]] = {"llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "gemma": _gemma}
+def _gemma2() -> Any:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    # soft caps small enough to bite on random weights; the eager attention is the one that applies them
+    config = Gemma2Config(**COMMON, head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+                          final_logit_softcapping=3.0, sliding_window=128)
+    config._attn_implementation = "eager"
+    model = Gemma2ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.2)
+    return model
+
+
+CASES: dict[str, Callable[[], Any]] = {"llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "gemma": _gemma,
+                                       "gemma2": _gemma2}
 PROMPT = "The ferry left the harbour before dawn, and"
 
 

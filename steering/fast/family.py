@@ -5,8 +5,8 @@ Every family here has the Llama layout (RMSNorm before attention and before a ga
 query attention, the modules `model.layers[i].self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`,
 `input_layernorm`, `post_attention_layernorm`); a family differs in the fields below. Adding one that fits: an entry
 in `FAMILIES` and its case in tests/test_fast_families.py (greedy output equal to the transformers forward in
-float32). A family with another structure (Gemma 2's extra norms and soft-capping, GPT-2's learned positions and
-LayerNorm) needs new fields, read by `model.FastModel`.
+float32). A family with more to it has fields for it, read by `model.FastModel` (Gemma 2's sandwich norms and soft caps); one
+with another structure (GPT-2's learned positions and LayerNorm) needs new ones.
 """
 
 from __future__ import annotations
@@ -43,9 +43,20 @@ class Family:
     """The query/key/value projections may carry biases (Qwen2)."""
     activations: tuple[str, ...] = ("silu",)
     """The `hidden_act` values the family uses (each in `ACTIVATIONS`)."""
+    sandwich_norms: bool = False
+    """Norms after attention and around the MLP too (Gemma 2): `post_attention_layernorm` normalises the attention's
+    output, `pre_feedforward_layernorm` the MLP's input and `post_feedforward_layernorm` its output."""
+    soft_caps: bool = False
+    """Attention scores and final logits are soft-capped, `cap * tanh(x / cap)`, by the config's
+    `attn_logit_softcapping` and `final_logit_softcapping` (Gemma 2); queries scaled by `query_pre_attn_scalar`."""
 
     def embedding_scale(self, config: Any) -> float:
         return math.sqrt(config.hidden_size) if self.embed_scale else 1.0
+
+
+def activation_name(config: Any) -> str:
+    """The MLP's activation: `hidden_act`, or Gemma 2's `hidden_activation`."""
+    return str(getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None) or "silu")
 
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -53,6 +64,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("mistral"),
     Family("qwen2", attention_bias=True),
     Family("gemma", norm_offset=1.0, embed_scale=True, activations=("gelu_pytorch_tanh",)),
+    Family("gemma2", norm_offset=1.0, embed_scale=True, activations=("gelu_pytorch_tanh",), sandwich_norms=True,
+           soft_caps=True),
 )}
 """The families the fast path runs."""
 
@@ -73,7 +86,7 @@ def family_of(model: Any, hook: HookPoint) -> Family | str:
     family = FAMILIES.get(str(kind))
     if family is None:
         return f"model type {kind!r} is not one of {', '.join(FAMILIES)}"
-    act = getattr(config, "hidden_act", "silu")
+    act = activation_name(config)
     if act not in family.activations:
         return f"activation {act!r}"
     if getattr(config, "mlp_bias", False) or (not family.attention_bias and getattr(config, "attention_bias", False)):

@@ -30,7 +30,7 @@ from steering.runtime.interventions import Plan, compile_plan
 from steering.sae.autoencoder import HookPoint
 
 from .cache import GROW, PrefixCache
-from .family import ACTIVATIONS, family_of, window
+from .family import ACTIVATIONS, activation_name, family_of, window
 from .linear import Linear, fuse, int8_available, linear_maker
 
 SDPA_SPAN = 1536
@@ -49,6 +49,9 @@ class Layer:
     down: Linear
     norm1: torch.Tensor
     norm2: torch.Tensor
+    post_attention: torch.Tensor | None = None
+    """Gemma 2's sandwich norms (`family.Family.sandwich_norms`): after attention, and after the MLP."""
+    post_mlp: torch.Tensor | None = None
 
 
 class View(Protocol):
@@ -75,6 +78,25 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """Rotary position embedding of queries or keys `[..., head_dim]`."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def attend_capped(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View, scale: float,
+                  cap: float) -> torch.Tensor:
+    """`attend` with the scores soft-capped before the softmax (`cap * tanh(s / cap)`, Gemma 2), in float32: no
+    fused kernel applies a cap."""
+    rows, heads, tokens, hd = q.shape
+    kv, span = keys.shape[1], keys.shape[2]
+    group = heads // kv
+    scores = torch.matmul(q.float().reshape(rows, kv, group * tokens, hd), keys.float().transpose(2, 3)) * scale
+    scores = torch.tanh(scores / cap) * cap
+    visible = view.visible
+    if visible is None and view.causal and tokens > 1:
+        visible = torch.ones(tokens, span, dtype=torch.bool, device=q.device).tril(span - tokens)[None]
+    if visible is not None:
+        mask = visible[:, None, None].expand(rows, 1, group, tokens, span).reshape(rows, 1, group * tokens, span)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), values.float())
+    return out.reshape(rows, heads, tokens, hd).to(q.dtype)
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View, scale: float) -> torch.Tensor:
@@ -122,7 +144,9 @@ class FastModel:
         self.max_positions = int(getattr(config, "max_position_embeddings", 2048))
         if (size := window(config)) is not None:
             self.max_positions = min(self.max_positions, size)
-        self.activation = ACTIVATIONS[config.hidden_act]
+        self.activation = ACTIVATIONS[activation_name(config)]
+        self.attention_cap = float(config.attn_logit_softcapping or 0) if family.soft_caps else 0.0
+        self.logit_cap = float(config.final_logit_softcapping or 0) if family.soft_caps else 0.0
         self.embed = inner.embed_tokens.weight.detach()
         self.embed_scale = family.embedding_scale(config)
         self.rotary = inner.rotary_emb
@@ -141,15 +165,19 @@ class FastModel:
             attn, mlp = block.self_attn, block.mlp
             qkv, bias = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
             gate_up, _ = fuse([mlp.gate_proj, mlp.up_proj])
+            sandwich = family.sandwich_norms
             self.layers.append(Layer(
                 qkv=make(qkv, bias), o=make(attn.o_proj.weight.detach()), gate_up=make(gate_up),
                 down=make(mlp.down_proj.weight.detach()), norm1=self._norm_weight(block.input_layernorm),
-                norm2=self._norm_weight(block.post_attention_layernorm)))
+                norm2=self._norm_weight(block.pre_feedforward_layernorm if sandwich else block.post_attention_layernorm),
+                post_attention=self._norm_weight(block.post_attention_layernorm) if sandwich else None,
+                post_mlp=self._norm_weight(block.post_feedforward_layernorm) if sandwich else None))
         linears = [self.unembed, *(lin for la in self.layers for lin in (la.qkv, la.o, la.gate_up, la.down))]
         self.int4 = sum(lin.int4 is not None for lin in linears)
         """How many decode weights are 4-bit (`linear.quantize_int4`: those the model stored that way; the others
         decode from int8)."""
-        self.scale = self.head_dim ** -0.5
+        query_scalar = getattr(config, "query_pre_attn_scalar", None) if family.soft_caps else None
+        self.scale = float(query_scalar or self.head_dim) ** -0.5
         self._cos = self._sin = torch.empty(0)
         self.unsteered = compile_plan([], None, self.d_model)
         """What the upper blocks apply without steering (a zero vector: steered and unsteered passes run the same
@@ -196,10 +224,15 @@ class FastModel:
         v = qkv[:, nq + nk:].view(rows, tokens, self.n_kv, hd).transpose(1, 2)
         q, k = rotate(q, view.cos, view.sin), rotate(k, view.cos, view.sin)
         keys, values = view.store(i, k, v)
-        attended = attend(q, keys, values, view, self.scale).transpose(1, 2).reshape(rows * tokens, nq)
-        x = x + layer.o(attended.to(x.dtype))
+        if self.attention_cap:
+            attended = attend_capped(q, keys, values, view, self.scale, self.attention_cap)
+        else:
+            attended = attend(q, keys, values, view, self.scale)
+        out = layer.o(attended.transpose(1, 2).reshape(rows * tokens, nq).to(x.dtype))
+        x = x + (out if layer.post_attention is None else self.norm(out, layer.post_attention))
         gate, up = layer.gate_up(self.norm(x, layer.norm2)).chunk(2, dim=-1)
-        return x + layer.down(self.activation(gate) * up)
+        out = layer.down(self.activation(gate) * up)
+        return x + (out if layer.post_mlp is None else self.norm(out, layer.post_mlp))
 
     def blocks(self, x: torch.Tensor, view: View, first: int, last: int) -> torch.Tensor:
         for i in range(first, last):
@@ -208,7 +241,8 @@ class FastModel:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Float logits `[rows, vocab]` of the final residual rows `h`."""
-        return self.unembed(self.norm(h, self.final_norm)).float()
+        logits = self.unembed(self.norm(h, self.final_norm)).float()
+        return torch.tanh(logits / self.logit_cap) * self.logit_cap if self.logit_cap else logits
 
     # ------------------------------------------------------------------------------------------- passes
     def lower(self, cache: PrefixCache, limit: int | None = None) -> bool:
