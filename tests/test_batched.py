@@ -37,8 +37,8 @@ def _steerings(d_model: int) -> list[list[Intervention]]:
             Intervention("vector", vector=torch.randn(d_model), strength=2.0)], [Intervention("ablate", 7)]]
 
 
-@pytest.mark.parametrize("make", [lambda: tiny_lm("llama"), _qwen2, lambda: _family_lm("gemma2")],
-                         ids=["llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("make", [lambda: tiny_lm("llama"), _qwen2, lambda: _family_lm("gemma2"),
+                                  lambda: _family_lm("gpt2")], ids=["llama", "qwen2", "gemma2", "gpt2"])
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
 def test_each_row_decodes_what_it_would_alone(make, positions: str) -> None:
     lm: LoadedModel = make()

@@ -304,15 +304,23 @@ def test_reduced_precision_passes_run_on_a_few_row_counts_with_the_same_result()
 
 
 def test_models_without_a_fast_path_use_the_transformers_loop() -> None:
-    gpt2 = tiny_lm("gpt2")
-    reason = unsupported_reason(gpt2.model, HookPoint(1, "resid_post"))
-    assert reason is not None and "gpt2" in reason
-    engine = Engine(gpt2)
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from steering.runtime.models import from_modules
+    from steering.testing import ByteTokenizer
+
+    torch.manual_seed(0)
+    neox = from_modules(GPTNeoXForCausalLM(GPTNeoXConfig(
+        vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=512, bos_token_id=1, eos_token_id=2)).eval(), ByteTokenizer(), name="tiny-neox")
+    reason = unsupported_reason(neox.model, HookPoint(1, "resid_post"))
+    assert reason is not None and "gpt_neox" in reason
+    engine = Engine(neox)
     assert engine.caches is None and engine.slow_reason == reason
     out = "".join(engine.generate("abc", sampling=SamplingConfig(max_tokens=5, stop_at_eos=False), session="x"))
-    assert out == gpt2.tokenizer.decode(_slow(gpt2, "abc", SamplingConfig(max_tokens=5, stop_at_eos=False)))
+    assert out == neox.tokenizer.decode(_slow(neox, "abc", SamplingConfig(max_tokens=5, stop_at_eos=False)))
     with pytest.raises(ValueError, match="cannot run"):
-        FastModel(gpt2.model, HookPoint(1, "resid_post"))
+        FastModel(neox.model, HookPoint(1, "resid_post"))
 
 
 def test_a_prompt_beyond_the_models_positions_falls_back(llama) -> None:

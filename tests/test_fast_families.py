@@ -69,8 +69,20 @@ def _gemma2() -> Any:
     return model
 
 
+def _gpt2() -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=259, n_embd=64, n_inner=128, n_layer=3, n_head=4, n_positions=1024,
+                                       bos_token_id=1, eos_token_id=2))
+    with torch.no_grad():  # LayerNorm starts at 1 and 0: make its weights and biases matter
+        for name, p in model.named_parameters():
+            if ".ln_" in name:
+                p.normal_(0.5 if name.endswith("weight") else 0.0, 0.2)
+    return model
+
+
 CASES: dict[str, Callable[[], Any]] = {"llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "gemma": _gemma,
-                                       "gemma2": _gemma2}
+                                       "gemma2": _gemma2, "gpt2": _gpt2}
 PROMPT = "The ferry left the harbour before dawn, and"
 
 

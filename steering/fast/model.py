@@ -49,6 +49,9 @@ class Layer:
     down: Linear
     norm1: torch.Tensor
     norm2: torch.Tensor
+    norm1_bias: torch.Tensor | None = None
+    """LayerNorm biases (GPT-2); None: RMSNorm."""
+    norm2_bias: torch.Tensor | None = None
     post_attention: torch.Tensor | None = None
     """Gemma 2's sandwich norms (`family.Family.sandwich_norms`): after attention, and after the MLP."""
     post_mlp: torch.Tensor | None = None
@@ -131,7 +134,6 @@ class FastModel:
         if isinstance(family, str):
             raise ValueError(f"The fast path cannot run this model: {family}.")
         config = model.config
-        inner = model.model
         self.family = family
         self.hook = hook
         self.split = hook.layer + 1 if hook.site == "resid_post" else hook.layer
@@ -140,19 +142,23 @@ class FastModel:
         self.n_kv = getattr(config, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.d_model = config.hidden_size
-        self.eps = float(config.rms_norm_eps)
+        self.eps = float(config.layer_norm_epsilon if family.gpt2 else config.rms_norm_eps)
         self.max_positions = int(getattr(config, "max_position_embeddings", 2048))
         if (size := window(config)) is not None:
             self.max_positions = min(self.max_positions, size)
         self.activation = ACTIVATIONS[activation_name(config)]
         self.attention_cap = float(config.attn_logit_softcapping or 0) if family.soft_caps else 0.0
         self.logit_cap = float(config.final_logit_softcapping or 0) if family.soft_caps else 0.0
-        self.embed = inner.embed_tokens.weight.detach()
+        inner = model.transformer if family.gpt2 else model.model
+        self.embed = (inner.wte if family.gpt2 else inner.embed_tokens).weight.detach()
         self.embed_scale = family.embedding_scale(config)
-        self.rotary = inner.rotary_emb
+        self.rotary = None if family.gpt2 else inner.rotary_emb
+        self.positions = inner.wpe.weight.detach() if family.gpt2 else None
+        """GPT-2's learned position embeddings: views carry them as their `cos` rows, the first block adds them."""
         self.dtype = self.embed.dtype
         self.device = self.embed.device
-        self.final_norm = self._norm_weight(inner.norm)
+        self.final_norm = self._norm_weight(inner.ln_f if family.gpt2 else inner.norm)
+        self.final_norm_bias = inner.ln_f.bias.detach() if family.gpt2 else None
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         """Keys and values are kept in float32 on a CPU: a decode step's attention reads them three times faster
         than bfloat16 there (and they are exact copies of what the blocks computed)."""
@@ -161,7 +167,17 @@ class FastModel:
         """Whether decode steps use int8 copies of the weights (`linear.int8_available`)."""
         self.unembed = make(model.get_output_embeddings().weight.detach())
         self.layers: list[Layer] = []
-        for block in inner.layers:
+        for block in inner.h if family.gpt2 else []:
+            attn, mlp = block.attn, block.mlp
+
+            def conv(module: Any) -> Linear:  # GPT-2's Conv1D keeps its weight as (in, out)
+                return make(module.weight.detach().t().contiguous(), module.bias.detach())
+
+            self.layers.append(Layer(
+                qkv=conv(attn.c_attn), o=conv(attn.c_proj), gate_up=conv(mlp.c_fc), down=conv(mlp.c_proj),
+                norm1=block.ln_1.weight.detach(), norm2=block.ln_2.weight.detach(),
+                norm1_bias=block.ln_1.bias.detach(), norm2_bias=block.ln_2.bias.detach()))
+        for block in [] if family.gpt2 else inner.layers:
             attn, mlp = block.self_attn, block.mlp
             qkv, bias = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
             gate_up, _ = fuse([mlp.gate_proj, mlp.up_proj])
@@ -195,16 +211,22 @@ class FastModel:
         return kv * 2 * self.n_layers * self.n_kv * self.head_dim + resid * self.d_model
 
     def rope(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary cosines and sines `[positions, head_dim]` of at least the first `end` positions."""
+        """Rotary cosines and sines `[positions, head_dim]` of at least the first `end` positions; for learned
+        positions (GPT-2) their embeddings `[positions, d_model]`, twice."""
+        if self.positions is not None:
+            return self.positions, self.positions
         if self._cos.shape[0] < end:
             size = min(self.max_positions, max(end, 2 * self._cos.shape[0], GROW))
             positions = torch.arange(size, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+            assert self.rotary is not None
             cos, sin = self.rotary(probe, positions)
             self._cos, self._sin = cos[0], sin[0]
         return self._cos, self._sin
 
-    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if bias is not None:
+            return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
@@ -217,12 +239,15 @@ class FastModel:
         """Block `i` over the residual `x` `[rows * tokens, d]` of the new tokens `view` describes."""
         layer = self.layers[i]
         rows, tokens, hd = view.rows, view.tokens, self.head_dim
-        qkv = layer.qkv(self.norm(x, layer.norm1))
+        if i == 0 and self.positions is not None:
+            x = x + view.cos.reshape(rows * tokens, -1).to(x.dtype)
+        qkv = layer.qkv(self.norm(x, layer.norm1, layer.norm1_bias))
         nq, nk = self.n_heads * hd, self.n_kv * hd
         q = qkv[:, :nq].view(rows, tokens, self.n_heads, hd).transpose(1, 2)
         k = qkv[:, nq:nq + nk].view(rows, tokens, self.n_kv, hd).transpose(1, 2)
         v = qkv[:, nq + nk:].view(rows, tokens, self.n_kv, hd).transpose(1, 2)
-        q, k = rotate(q, view.cos, view.sin), rotate(k, view.cos, view.sin)
+        if self.positions is None:
+            q, k = rotate(q, view.cos, view.sin), rotate(k, view.cos, view.sin)
         keys, values = view.store(i, k, v)
         if self.attention_cap:
             attended = attend_capped(q, keys, values, view, self.scale, self.attention_cap)
@@ -230,6 +255,9 @@ class FastModel:
             attended = attend(q, keys, values, view, self.scale)
         out = layer.o(attended.transpose(1, 2).reshape(rows * tokens, nq).to(x.dtype))
         x = x + (out if layer.post_attention is None else self.norm(out, layer.post_attention))
+        if self.family.gpt2:
+            out = layer.down(self.activation(layer.gate_up(self.norm(x, layer.norm2, layer.norm2_bias))))
+            return x + out
         gate, up = layer.gate_up(self.norm(x, layer.norm2)).chunk(2, dim=-1)
         out = layer.down(self.activation(gate) * up)
         return x + (out if layer.post_mlp is None else self.norm(out, layer.post_mlp))
@@ -241,7 +269,7 @@ class FastModel:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Float logits `[rows, vocab]` of the final residual rows `h`."""
-        logits = self.unembed(self.norm(h, self.final_norm)).float()
+        logits = self.unembed(self.norm(h, self.final_norm, self.final_norm_bias)).float()
         return torch.tanh(logits / self.logit_cap) * self.logit_cap if self.logit_cap else logits
 
     # ------------------------------------------------------------------------------------------- passes
