@@ -2,7 +2,7 @@
 transformers-forward loop, `transformers.generate`, and llama.cpp on the same GGUF file (llama-cpp-python, when
 installed; its control vectors as the steered peer). One JSON object on stdout.
 
-    python benchmarks/bench_decode.py [--model default] [--contexts 512 2048] [--tokens 64] [--repeats 3]
+    python benchmarks/bench_decode.py [--model default] [--sae default] [--contexts 512 2048] [--tokens 64] [--repeats 3]
                                       [--ce-tokens 600] [--out FILE]
 
 For each context length C (a prompt of exactly C tokens of prose):
@@ -124,6 +124,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ce-tokens", type=int, default=600, help="held-out tokens for the quality check (0: skip)")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--sae", default="default",
+                    help="the SAE of the annotation timing (`none` skips it: another model's shape, random weights)")
     ap.add_argument("--out")
     return ap
 
@@ -216,18 +218,20 @@ def main(argv: list[str] | None = None) -> None:
         log(json.dumps(row))
         results[str(context)] = row
 
-    doc, count = build_document(lm.tokenizer, 2048)
-    sae_engine = Engine.load(EngineConfig(model=args.model, sae="default"), progress=log)
-    cold = median_of(lambda: sae_engine.annotate(doc, session=None), args.repeats)
-    sae_engine.annotate(doc, session="doc")
-    typed = [doc + " and" * (i + 1) for i in range(args.repeats + 1)]
-    warm_times = []
-    for text in typed:
-        t0 = time.perf_counter()
-        sae_engine.annotate(text, session="doc")
-        warm_times.append(time.perf_counter() - t0)
-    annotate = {"doc_tokens": count, "cold_s": round(cold, 3),
-                "after_typing_at_the_end_s": round(statistics.median(warm_times[1:]), 3)}
+    annotate: dict[str, Any] | None = None
+    if args.sae != "none":
+        doc, count = build_document(lm.tokenizer, 2048)
+        sae_engine = Engine.load(EngineConfig(model=args.model, sae=args.sae), progress=log)
+        cold = median_of(lambda: sae_engine.annotate(doc, session=None), args.repeats)
+        sae_engine.annotate(doc, session="doc")
+        typed = [doc + " and" * (i + 1) for i in range(args.repeats + 1)]
+        warm_times = []
+        for text in typed:
+            t0 = time.perf_counter()
+            sae_engine.annotate(text, session="doc")
+            warm_times.append(time.perf_counter() - t0)
+        annotate = {"doc_tokens": count, "cold_s": round(cold, 3),
+                    "after_typing_at_the_end_s": round(statistics.median(warm_times[1:]), 3)}
 
     quality = {}
     if args.ce_tokens:
