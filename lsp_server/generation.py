@@ -97,9 +97,10 @@ def prompt_at(server: TinymorphServer, state: DocState, offset: int, *, keep: bo
         # after an edit inside the window far above the cursor, a new window reads less than the kept one would
         # again: take it where it reads less than two thirds as much
         unread = len(prompt) - common_prefix(prompt, state.window_text)
-        other, other_head = prompt_window(text, offset, size, None, fresh)
-        if 3 * len(other) < 2 * unread:
-            prompt, head = other, other_head
+        if unread > FRESH_CHARS:  # a new window is at least 3/4 of FRESH_CHARS: below this it never reads less
+            other, other_head = prompt_window(text, offset, size, None, fresh)
+            if 3 * len(other) < 2 * unread:
+                prompt, head = other, other_head
     if keep:
         state.window_head, state.window_text = head, prompt
     return prompt

@@ -20,6 +20,7 @@ again, and a change of steering recomputes only the upper blocks, from the kept 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -166,28 +167,9 @@ class FastModel:
         self.int8 = int8 and int8_available(self.dtype, self.device)
         """Whether decode steps use int8 copies of the weights (`linear.int8_available`)."""
         self.unembed = make(model.get_output_embeddings().weight.detach())
-        self.layers: list[Layer] = []
-        for block in inner.h if family.gpt2 else []:
-            attn, mlp = block.attn, block.mlp
-
-            def conv(module: Any) -> Linear:  # GPT-2's Conv1D keeps its weight as (in, out)
-                return make(module.weight.detach().t().contiguous(), module.bias.detach())
-
-            self.layers.append(Layer(
-                qkv=conv(attn.c_attn), o=conv(attn.c_proj), gate_up=conv(mlp.c_fc), down=conv(mlp.c_proj),
-                norm1=block.ln_1.weight.detach(), norm2=block.ln_2.weight.detach(),
-                norm1_bias=block.ln_1.bias.detach(), norm2_bias=block.ln_2.bias.detach()))
-        for block in [] if family.gpt2 else inner.layers:
-            attn, mlp = block.self_attn, block.mlp
-            qkv, bias = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up, _ = fuse([mlp.gate_proj, mlp.up_proj])
-            sandwich = family.sandwich_norms
-            self.layers.append(Layer(
-                qkv=make(qkv, bias), o=make(attn.o_proj.weight.detach()), gate_up=make(gate_up),
-                down=make(mlp.down_proj.weight.detach()), norm1=self._norm_weight(block.input_layernorm),
-                norm2=self._norm_weight(block.pre_feedforward_layernorm if sandwich else block.post_attention_layernorm),
-                post_attention=self._norm_weight(block.post_attention_layernorm) if sandwich else None,
-                post_mlp=self._norm_weight(block.post_feedforward_layernorm) if sandwich else None))
+        build = _gpt2_layer if family.gpt2 else _llama_layer
+        self.layers: list[Layer] = [build(block, make, self._norm_weight, family.sandwich_norms)
+                                    for block in (inner.h if family.gpt2 else inner.layers)]
         linears = [self.unembed, *(lin for la in self.layers for lin in (la.qkv, la.o, la.gate_up, la.down))]
         self.int4 = sum(lin.int4 is not None for lin in linears)
         """How many decode weights are 4-bit (`linear.quantize_int4`: those the model stored that way; the others
@@ -322,6 +304,33 @@ class FastModel:
         cache.resid[pos] = residual
         cache.push(int(tokens[index]))
         cache.low = pos + 1
+
+
+def _llama_layer(block: Any, make: Callable[..., Linear], norm: Callable[[Any], torch.Tensor],
+                 sandwich: bool) -> Layer:
+    """A block of the Llama layout: q/k/v and gate/up fused; Gemma 2's sandwich norms where `sandwich`."""
+    attn, mlp = block.self_attn, block.mlp
+    qkv, bias = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+    gate_up, _ = fuse([mlp.gate_proj, mlp.up_proj])
+    return Layer(
+        qkv=make(qkv, bias), o=make(attn.o_proj.weight.detach()), gate_up=make(gate_up),
+        down=make(mlp.down_proj.weight.detach()), norm1=norm(block.input_layernorm),
+        norm2=norm(block.pre_feedforward_layernorm if sandwich else block.post_attention_layernorm),
+        post_attention=norm(block.post_attention_layernorm) if sandwich else None,
+        post_mlp=norm(block.post_feedforward_layernorm) if sandwich else None)
+
+
+def _gpt2_layer(block: Any, make: Callable[..., Linear], norm: Callable[[Any], torch.Tensor],
+                sandwich: bool) -> Layer:
+    """A GPT-2 block: its Conv1D weights, kept as (in, out), transposed once; LayerNorm weights and biases."""
+
+    def conv(module: Any) -> Linear:
+        return make(module.weight.detach().t().contiguous(), module.bias.detach())
+
+    attn, mlp = block.attn, block.mlp
+    return Layer(qkv=conv(attn.c_attn), o=conv(attn.c_proj), gate_up=conv(mlp.c_fc), down=conv(mlp.c_proj),
+                 norm1=block.ln_1.weight.detach(), norm2=block.ln_2.weight.detach(),
+                 norm1_bias=block.ln_1.bias.detach(), norm2_bias=block.ln_2.bias.detach())
 
 
 class PrefixView:
