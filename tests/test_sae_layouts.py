@@ -1,4 +1,4 @@
-"""SAE layouts on disk (SAELens v6 and pre-6, sparsify, Gemma Scope), `SAE.save` round trips and bad input.
+"""SAE layouts on disk (SAELens v6 and pre-6, sparsify, Gemma Scope, Llama Scope), `SAE.save` round trips and bad input.
 
 Every SAE here is written by the test in the exact on-disk format with random weights, loaded with `load_sae`, and
 checked against a reference written from the published formulas (never against the SAE's own methods).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,6 +164,40 @@ def gemmascope_path(root: Path) -> Path:
     return root / "layer_5" / "width_16k" / "average_l0_10" / "params.npz"
 
 
+NORM_IN = 7.5
+"""A Llama Scope SAE's `dataset_average_activation_norm.in`: far from sqrt(D_IN), so a missed scaling shows."""
+
+
+def llamascope_weights() -> Weights:
+    return {"encoder.weight": torch.randn(D_SAE, D_IN) * 0.5, "encoder.bias": torch.randn(D_SAE) * 0.3,
+            "decoder.weight": torch.randn(D_IN, D_SAE), "decoder.bias": torch.randn(D_IN)}
+
+
+def llamascope_cfg(layer: int = 15, **overrides) -> dict:
+    """`hyperparams.json` as Llama Scope publishes it (the keys tinymorph reads and a few it does not)."""
+    hook = f"blocks.{layer}.hook_resid_post"
+    return {"d_model": D_IN, "d_sae": D_SAE, "hook_point_in": hook, "hook_point_out": hook, "act_fn": "jumprelu",
+            "jump_relu_threshold": 0.4, "norm_activation": "dataset-wise", "top_k": 50,
+            "sparsity_include_decoder_norm": True,
+            "dataset_average_activation_norm": {"in": NORM_IN, "out": NORM_IN}} | overrides
+
+
+def write_llamascope(folder: Path, w: Weights, cfg: dict) -> Path:
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_file({name: t.contiguous() for name, t in w.items()}, str(folder / "checkpoints" / "final.safetensors"))
+    (folder / "hyperparams.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def ref_llamascope(w: Weights, cfg: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama Scope's published maths: inputs scaled to norm sqrt(d_model) by the dataset-wide factor, one JumpReLU
+    threshold, the decoder's output scaled back. Returns (features, reconstruction in the model's space)."""
+    scale = math.sqrt(cfg["d_model"]) / cfg["dataset_average_activation_norm"]["in"]
+    pre = (x * scale) @ w["encoder.weight"].T + w["encoder.bias"]
+    features = pre * (pre > cfg["jump_relu_threshold"])
+    return features, (features @ w["decoder.weight"].T + w["decoder.bias"]) / scale
+
+
 def snapshot(root: Path) -> list[tuple[str, int, int]]:
     """Every file and folder under `root`, with size and modification time: to show nothing was written."""
     return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
@@ -298,9 +333,69 @@ def test_gemmascope_layer_argument_for_unnamed_path(tmp_path: Path) -> None:
     assert load_sae(path, layer=7).hook == HookPoint(7, "resid_post")
 
 
+# =========================================================================================== Llama Scope
+@pytest.mark.parametrize("target", ["folder", "hyperparams", "weights", "repository"])
+def test_llamascope(tmp_path: Path, target: str) -> None:
+    w, cfg = llamascope_weights(), llamascope_cfg()
+    folder = write_llamascope(tmp_path / "Llama3_1-8B-Base-L15R-8x", w, cfg)
+    path = {"folder": folder, "hyperparams": folder / "hyperparams.json", "repository": tmp_path,
+            "weights": folder / "checkpoints" / "final.safetensors"}[target]
+    sae = load_sae(path)
+    assert (sae.layout, sae.architecture, sae.d_in, sae.d_sae) == ("llamascope", "jumprelu", D_IN, D_SAE)
+    assert (sae.hook, sae.apply_b_dec_to_input, sae.source) == (HookPoint(15, "resid_post"), False, str(folder))
+    x = inputs()
+    features, reconstruction = ref_llamascope(w, cfg, x)
+    assert_sparse_but_alive(features)
+    torch.testing.assert_close(sae.encode(x), features)
+    torch.testing.assert_close(sae.reconstruct(x), reconstruction)
+    # the scaling matters: without it other features fire
+    unscaled = ref_llamascope(w, cfg | {"dataset_average_activation_norm": {"in": math.sqrt(D_IN)}}, x)[0]
+    assert not torch.allclose(unscaled, features)
+
+
+def test_llamascope_repository_of_several_layers_needs_a_layer(tmp_path: Path) -> None:
+    for layer in (3, 15):
+        write_llamascope(tmp_path / f"Llama3_1-8B-Base-L{layer}R-8x", llamascope_weights(), llamascope_cfg(layer))
+    with pytest.raises(SAELoadError, match=r"several hook points \(L3, L15\); choose one with a layer"):
+        load_sae(tmp_path)
+    assert load_sae(tmp_path, layer=3).hook == HookPoint(3, "resid_post")
+
+
+def test_llamascope_saved_as_saelens_computes_the_same(tmp_path: Path) -> None:
+    original = load_sae(write_llamascope(tmp_path / "ls", llamascope_weights(), llamascope_cfg()))
+    loaded = load_sae(original.save(tmp_path / "saved"))
+    x = inputs()
+    torch.testing.assert_close(loaded.encode(x), original.encode(x))
+    torch.testing.assert_close(loaded.reconstruct(x), original.reconstruct(x))
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"hook_point_in": "blocks.15.hook_attn_out", "hook_point_out": "blocks.15.hook_attn_out"}, "residual stream"),
+    ({"hook_point_out": "blocks.15.hook_mlp_out"}, "transcoder"),
+    ({"act_fn": "topk"}, "act_fn 'topk'"),
+    ({"jump_relu_threshold": "high"}, "jump_relu_threshold"),
+    ({"dataset_average_activation_norm": {"in": 0}}, "dataset_average_activation_norm"),
+    ({"norm_activation": "token-wise"}, "norm_activation 'token-wise'"),
+    ({"d_sae": D_SAE * 2}, "encoder.weight has shape"),
+])
+def test_llamascope_bad_input_is_refused_clearly(tmp_path: Path, change: dict, fragment: str) -> None:
+    folder = write_llamascope(tmp_path / "Llama3_1-8B-Base-L15R-8x", llamascope_weights(), llamascope_cfg() | change)
+    before = snapshot(tmp_path)
+    with pytest.raises(SAELoadError, match=re.escape(fragment)):
+        load_sae(folder)
+    assert snapshot(tmp_path) == before
+
+
+def test_llamascope_without_weights_is_refused(tmp_path: Path) -> None:
+    folder = write_llamascope(tmp_path / "x", llamascope_weights(), llamascope_cfg())
+    (folder / "checkpoints" / "final.safetensors").unlink()
+    with pytest.raises(SAELoadError, match=r"final\.safetensors is missing"):
+        load_sae(folder)
+
+
 # =========================================================================================== the table
 def test_load_sae_walks_the_layout_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert [layout.name for layout in LAYOUTS] == ["saelens", "sparsify", "gemmascope"]
+    assert [layout.name for layout in LAYOUTS] == ["saelens", "sparsify", "gemmascope", "llamascope"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(SAELoadError) as info:
         load_sae(tmp_path / "empty")

@@ -3,12 +3,14 @@ names the registry lacks and SAEs not downloaded are one clear error, at once (n
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from steering.cli import main
 from steering.engine import resolve_sae_path
@@ -69,6 +71,20 @@ def test_a_release_name_finds_its_folder_in_the_cache(cache: Path) -> None:
              b_enc=np.zeros(128, np.float32), b_dec=np.zeros(64, np.float32), threshold=np.full(128, 0.1, np.float32))
     sae = load_sae(resolve_sae_path(GEMMA))
     assert sae.d_sae == 128 and sae.hook is not None and sae.hook.layer == 20
+
+    # Llama Scope: one repository per sublayer and width, a folder per layer inside it
+    ls = snapshot(cache, "fnlp/Llama3_1-8B-Base-LXR-8x", "3" * 40) / "Llama3_1-8B-Base-L20R-8x"
+    (ls / "checkpoints").mkdir(parents=True)
+    hook = "blocks.20.hook_resid_post"
+    (ls / "hyperparams.json").write_text(json.dumps({
+        "d_model": 64, "d_sae": 512, "hook_point_in": hook, "hook_point_out": hook, "act_fn": "jumprelu",
+        "jump_relu_threshold": 0.5, "norm_activation": "dataset-wise",
+        "dataset_average_activation_norm": {"in": 12.0, "out": 12.0}}))
+    save_file({"encoder.weight": torch.randn(512, 64), "encoder.bias": torch.zeros(512),
+               "decoder.weight": torch.randn(64, 512), "decoder.bias": torch.zeros(64)},
+              str(ls / "checkpoints" / "final.safetensors"))
+    sae = load_sae(resolve_sae_path("llama_scope_lxr_8x/l20r_8x"))
+    assert (sae.layout, sae.d_sae, sae.hook) == ("llamascope", 512, HookPoint(20, "resid_post"))
 
 
 def test_an_sae_not_downloaded_is_one_clear_error_at_once(cache: Path, capsys, tiny_model_dir) -> None:

@@ -2,7 +2,9 @@
 
 - SAELens: `cfg.json` + `sae_weights.safetensors` (v6 and pre-6 config keys);
 - sparsify (EleutherAI): `cfg.json` + `sae.safetensors` in a `layers.L` folder (output of block L);
-- Gemma Scope: `params.npz` (JumpReLU, no `b_dec` subtraction on the input), read with `allow_pickle=False`.
+- Gemma Scope: `params.npz` (JumpReLU, no `b_dec` subtraction on the input), read with `allow_pickle=False`;
+- Llama Scope (OpenMOSS): `hyperparams.json` + `checkpoints/final.safetensors` in a `…-L{layer}R-…` folder
+  (JumpReLU with one threshold for all features, inputs scaled to norm sqrt(d_model) by a dataset-wide factor).
 
 `load_sae` walks `LAYOUTS` in order and reads the first that recognises the path: a new layout is one `Layout` entry
 (and its test). The file names of each layout are here; the SAELens ones come from `steering.sae.autoencoder`, whose
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -29,13 +32,15 @@ from steering.errors import SAELoadError
 
 from .autoencoder import FEATURE_STATS, SAE, SAELENS_CFG, SAELENS_WEIGHTS, HookPoint
 
-__all__ = ["FEATURE_STATS", "GEMMASCOPE_PARAMS", "LAYOUTS", "SAELENS_CFG", "SAELENS_WEIGHTS", "SPARSIFY_WEIGHTS",
-           "Layout", "load_sae", "saelens_folder", "stats_folder"]
+__all__ = ["FEATURE_STATS", "GEMMASCOPE_PARAMS", "LAYOUTS", "LLAMASCOPE_CFG", "LLAMASCOPE_WEIGHTS", "SAELENS_CFG",
+           "SAELENS_WEIGHTS", "SPARSIFY_WEIGHTS", "Layout", "load_sae", "saelens_folder", "stats_folder"]
 
 log = logging.getLogger(__name__)
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMASCOPE_PARAMS = "params.npz"
+LLAMASCOPE_CFG = "hyperparams.json"
+LLAMASCOPE_WEIGHTS = "checkpoints/final.safetensors"
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,8 @@ def load_sae(
 ) -> SAE:
     """Load an SAE from a SAELens, sparsify or Gemma Scope folder or file, detecting the layout (`LAYOUTS`).
 
-    `layer` picks one hook point in a sparsify folder holding several, and sets the layer of a Gemma Scope file
-    whose path does not say it.
+    `layer` picks one hook point in a sparsify or Llama Scope folder holding several, and sets the layer of a Gemma
+    Scope file whose path does not say it.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -91,8 +96,8 @@ def saelens_folder(sae: SAE) -> Path | None:
 
 
 def stats_folder(sae: SAE) -> Path | None:
-    """Where the statistics and labels of `sae` are kept, beside its weights: its SAELens or sparsify folder, the
-    folder of a Gemma Scope `params.npz`; None for an SAE that was not read from files."""
+    """Where the statistics and labels of `sae` are kept, beside its weights: its SAELens, sparsify or Llama Scope
+    folder, the folder of a Gemma Scope `params.npz`; None for an SAE that was not read from files."""
     if not sae.source:
         return None
     path = Path(sae.source)
@@ -118,17 +123,22 @@ def _detect_sparsify(path: Path, layer: int | None) -> Path | None:
         return folder
     if not folder.is_dir():
         return None
-    hookpoints = sorted(
+    hookpoints = [
         (int(m.group(1)), d) for d in folder.iterdir()
         if d.is_dir() and (m := re.fullmatch(r"layers\.(\d+)", d.name)) and (d / SPARSIFY_WEIGHTS).is_file()
-    )
-    if not hookpoints:
+    ]
+    return _pick_layer(folder, hookpoints, layer, "layers.{}")
+
+
+def _pick_layer(folder: Path, found: list[tuple[int, Path]], layer: int | None, what: str) -> Path | None:
+    """The one of several per-layer folders `layer` picks (the only one when `layer` is None and there is one)."""
+    if not found:
         return None
-    if layer is None and len(hookpoints) == 1:
-        return hookpoints[0][1]
-    chosen = [d for n, d in hookpoints if n == layer]
+    if layer is None and len(found) == 1:
+        return found[0][1]
+    chosen = [d for n, d in sorted(found) if n == layer]
     if not chosen:
-        names = ", ".join(f"layers.{n}" for n, _ in hookpoints)
+        names = ", ".join(what.format(n) for n, _ in sorted(found))
         raise SAELoadError(f"{folder} holds SAEs for several hook points ({names}); choose one with a layer.")
     return chosen[0]
 
@@ -137,6 +147,29 @@ def _detect_gemmascope(path: Path, layer: int | None) -> Path | None:
     if path.is_file():
         return path if path.suffix == ".npz" else None
     return path / GEMMASCOPE_PARAMS if (path / GEMMASCOPE_PARAMS).is_file() else None
+
+
+_LLAMASCOPE_FOLDER = re.compile(r".*-L(\d+)([A-Z]+)-.*")
+"""A Llama Scope SAE's folder name, e.g. `Llama3_1-8B-Base-L15R-8x`: layer 15, residual stream (R)."""
+
+
+def _detect_llamascope(path: Path, layer: int | None) -> Path | None:
+    """A Llama Scope SAE's folder (or its `hyperparams.json` / `final.safetensors`), or the `…-L{layer}R-…` folder
+    `layer` picks in a folder of several (a whole Llama Scope repository)."""
+    if path.is_file():
+        if path.name == LLAMASCOPE_CFG:
+            path = path.parent
+        elif path.name == Path(LLAMASCOPE_WEIGHTS).name and path.parent.name == Path(LLAMASCOPE_WEIGHTS).parent.name:
+            path = path.parent.parent
+        else:
+            return None
+    if (path / LLAMASCOPE_CFG).is_file():
+        return path
+    if not path.is_dir():
+        return None
+    found = [(int(m.group(1)), d) for d in path.iterdir()
+             if d.is_dir() and (m := _LLAMASCOPE_FOLDER.fullmatch(d.name)) and (d / LLAMASCOPE_CFG).is_file()]
+    return _pick_layer(path, found, layer, "L{}")
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -287,11 +320,66 @@ def _load_gemmascope(path: Path, layer: int | None, device: torch.device | str, 
     return sae
 
 
+def _load_llamascope(folder: Path, layer: int | None, device: torch.device | str, dtype: torch.dtype) -> SAE:
+    """Llama Scope: the encoder reads `x * sqrt(d_model) / norm_in` (`dataset_average_activation_norm`), a JumpReLU
+    with one `jump_relu_threshold` for all features, no `b_dec` subtraction; `decode(..., scale)` divides back."""
+    cfg_path = folder / LLAMASCOPE_CFG
+    cfg = _read_json(cfg_path)
+    d_in, d_sae = _int(cfg, "d_model", cfg_path), _int(cfg, "d_sae", cfg_path)
+    hook_in, hook_out = cfg.get("hook_point_in"), cfg.get("hook_point_out", cfg.get("hook_point_in"))
+    if not isinstance(hook_in, str):
+        raise SAELoadError(f"{cfg_path}: 'hook_point_in' must name the hook the SAE reads, got {hook_in!r}.")
+    if hook_out != hook_in:
+        raise SAELoadError(f"{cfg_path}: reads {hook_in} but writes {hook_out}; that is a transcoder, and tinymorph "
+                           "needs an SAE of one residual-stream hook.")
+    hook = HookPoint.parse(hook_in)
+    act = cfg.get("act_fn", "jumprelu")
+    if act != "jumprelu":
+        raise SAELoadError(f"{cfg_path}: act_fn {act!r} is not supported (Llama Scope's JumpReLU only).")
+    threshold = cfg.get("jump_relu_threshold")
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
+        raise SAELoadError(f"{cfg_path}: 'jump_relu_threshold' must be a number, got {threshold!r}.")
+    norms = cfg.get("dataset_average_activation_norm")
+    mode = cfg.get("norm_activation", "dataset-wise")
+    factor: float | None = None
+    if mode == "dataset-wise":
+        norm_in = norms.get("in") if isinstance(norms, dict) else None
+        if not isinstance(norm_in, (int, float)) or isinstance(norm_in, bool) or not norm_in > 0:
+            raise SAELoadError(f"{cfg_path}: dataset-wise normalisation needs dataset_average_activation_norm.in > 0, "
+                               f"got {norms!r}.")
+        factor = math.sqrt(d_in) / float(norm_in)
+    elif mode not in ("none", None):
+        raise SAELoadError(f"{cfg_path}: norm_activation {mode!r} is not supported (dataset-wise or none).")
+    weights_path = folder / LLAMASCOPE_WEIGHTS
+    if not weights_path.is_file():
+        raise SAELoadError(f"{weights_path} is missing.")
+    weights = _read_safetensors(weights_path)
+    rename = {"encoder.weight": "W_enc", "encoder.bias": "b_enc", "decoder.weight": "W_dec", "decoder.bias": "b_dec"}
+    for name in rename:
+        if name not in weights:
+            raise SAELoadError(f"{weights_path} has no tensor {name!r}.")
+    for name, shape in (("encoder.weight", (d_sae, d_in)), ("decoder.weight", (d_in, d_sae))):
+        if tuple(weights[name].shape) != shape:
+            raise SAELoadError(f"{weights_path}: {name} has shape {list(weights[name].shape)}, expected {list(shape)}.")
+    tensors = {new: weights[old] for old, new in rename.items()}
+    tensors["W_enc"], tensors["W_dec"] = tensors["W_enc"].T, tensors["W_dec"].T
+    tensors["threshold"] = torch.full((d_sae,), float(threshold))
+    sae = SAE(d_in, d_sae, "jumprelu", hook=hook, apply_b_dec_to_input=False,
+              normalize_activations="expected_average_only_in" if factor else "none", norm_scaling_factor=factor,
+              metadata={"llamascope_cfg": cfg}, dtype=dtype, device=device)
+    sae.load_weights(tensors, str(weights_path))
+    sae.layout, sae.source = "llamascope", str(folder)
+    _read_stats(sae, folder)
+    return sae
+
+
 LAYOUTS: tuple[Layout, ...] = (
     Layout("saelens", f"{SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens)", (SAELENS_WEIGHTS, SAELENS_CFG),
            _detect_saelens, _load_saelens),
     Layout("sparsify", f"{SAELENS_CFG} + {SPARSIFY_WEIGHTS} (sparsify)", (SPARSIFY_WEIGHTS, SAELENS_CFG),
            _detect_sparsify, _load_sparsify),
     Layout("gemmascope", f"{GEMMASCOPE_PARAMS} (Gemma Scope)", ("a .npz",), _detect_gemmascope, _load_gemmascope),
+    Layout("llamascope", f"{LLAMASCOPE_CFG} + {LLAMASCOPE_WEIGHTS} (Llama Scope)", (LLAMASCOPE_CFG,),
+           _detect_llamascope, _load_llamascope),
 )
 """The layouts `load_sae` reads, in the order it tries them."""
