@@ -10,18 +10,28 @@ compute one for a version it no longer has.
 from __future__ import annotations
 
 import bisect
+import itertools
+import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams, JsonRpcRequestCancelled
+from pygls.exceptions import (
+    JsonRpcContentModified,
+    JsonRpcInvalidParams,
+    JsonRpcInvalidRequest,
+    JsonRpcRequestCancelled,
+)
 
+from steering.evaluation.calibrate import DISTINCT_2
+from steering.evaluation.continuations import word_list
 from steering.features.ranking import rank
 from steering.runtime.guidance import steers
 from steering.runtime.interventions import Intervention
 
 from .cards import card
 from .generation import OutOfMemory, Superseded, generate, prompt_at
-from .hints import short
+from .hints import short, span_hint
 from .state import DocState
 from .text import PositionError
 from .worker import EngineUnavailable
@@ -36,6 +46,8 @@ MAP = "tinymorph.map"
 WATCH_ADD, WATCH_REMOVE = "tinymorph.watch.add", "tinymorph.watch.remove"
 TOP_FEATURES = 3
 KIND_STEER = "refactor.tinymorph"
+KIND_AMPLIFY, KIND_SUPPRESS, KIND_WATCH = f"{KIND_STEER}.amplify", f"{KIND_STEER}.suppress", f"{KIND_STEER}.watch"
+"""What clients pick the steering actions by (Neovim's keys, the tests): their titles are the writer's words."""
 KIND_REWRITE = types.CodeActionKind.RefactorRewrite
 
 
@@ -67,9 +79,88 @@ def selection_features(state: DocState, lo: int, hi: int) -> list[int]:
     return [r.feature for r in rank(totals, annotated.annotation.weights, top=TOP_FEATURES, also=0)]
 
 
+def offered_features(server: TinymorphServer, state: DocState, lo: int, hi: int) -> list[tuple[int, str]]:
+    """(feature, the words shown for it) the steering actions offer at `[lo, hi)`: first what the hints of the spans
+    there show, by the same words; then the selection's other features that have words; a feature without words only
+    when nothing there has any. At most `TOP_FEATURES` (or the hints' count, when larger)."""
+    offered: dict[int, str] = {}
+    if hi == lo:
+        found = state.reading_at(lo)
+        spans = [] if found is None else [found[1:]]
+    else:
+        spans = [(at, span) for _, at, span in state.readings() if at < hi and lo < at + span.end - span.start]
+    for at, span in spans:
+        for f, words in span_hint(server, state, at, span):
+            offered.setdefault(f.feature, words)
+    limit = max(TOP_FEATURES, len(offered))
+    unworded: list[int] = []
+    for feature in selection_features(state, lo, hi):
+        label = short(card(server.cards, feature).label.split(",")[0].strip(), 30)
+        if feature in offered:
+            continue
+        if label:
+            offered[feature] = label
+        else:
+            unworded.append(feature)
+    if not offered:
+        offered = {f: "" for f in unworded}
+    return list(offered.items())[:limit]
+
+
 def rewrite_budget(selection: str) -> int:
-    """Tokens to generate for a rewrite: about as many as the selection has (4 characters a token), 8 to 256."""
-    return max(8, min(256, len(selection) // 3 + 4))
+    """Tokens to generate for a rewrite: room for about twice the selection (4 characters a token), 12 to 256; the
+    rewrite is cut at the selection's number of sentences."""
+    return max(12, min(256, len(selection) // 2 + 8))
+
+
+_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s|$)")
+"""The end of a sentence: its stops, then closing quotes or brackets, before a space or the end."""
+REWRITE_NLL_MARGIN = 1.0
+"""Nats per token a rewrite may read less fluently than the text it replaces (re-read by the unsteered model)."""
+
+
+class RewriteRefused(Exception):
+    """A rewrite not worth offering: the reason is for the writer."""
+
+
+def fit_rewrite(selection: str, text: str, before: str) -> str:
+    """`text` shaped to replace `selection`: as many sentences as it has when it ends one (cut after the last, so it
+    never runs into the next sentence), its leading capital, and its spacing on both sides (`before`: the character
+    before the selection). RewriteRefused when there is no complete sentence to offer for one."""
+    core = selection.strip()
+    lead, trail = selection[: len(selection) - len(selection.lstrip())], selection[len(selection.rstrip()):]
+    glued = not lead and before and not before.isspace()  # right after a word or a quote: keep the text's own space
+    body = text.rstrip() if glued else text.strip()
+    last = list(_SENTENCE_END.finditer(core))
+    if not last:  # a phrase: the rewrite stays one, without a stop the phrase did not have
+        stop = _SENTENCE_END.search(body)
+        body = body[: stop.start()] if stop else body
+    elif last[-1].end() == len(core):
+        ends = [m.end() for m in _SENTENCE_END.finditer(body)]
+        if not ends:
+            raise RewriteRefused("the model did not finish a sentence, and half a sentence would run into the next "
+                                 "one.")
+        body = body[: ends[min(len(last), len(ends)) - 1]]
+    first = len(body) - len(body.lstrip())
+    if core[:1].isupper() and body[first:first + 1].islower():
+        body = body[:first] + body[first].upper() + body[first + 1:]
+    if not body.strip():
+        raise RewriteRefused("the model wrote nothing for it.")
+    return lead + body + trail
+
+
+def check_fluent(rewrite: str, original: str, nll: tuple[float, float]) -> None:
+    """RewriteRefused when `rewrite` is a list of words, loops, or reads much less fluently than `original` (`nll`:
+    the unsteered model's NLL per token of each after the same text)."""
+    if word_list(rewrite):
+        raise RewriteRefused("the steered text came out as a list of words, not a sentence.")
+    words = rewrite.lower().split()
+    if len(words) >= 8 and len(set(itertools.pairwise(words))) / (len(words) - 1) < DISTINCT_2:
+        raise RewriteRefused("the steered text repeats itself.")
+    new, old = nll
+    if not math.isfinite(new) or new > old + REWRITE_NLL_MARGIN:
+        raise RewriteRefused(f"the steered text reads much less fluently than yours ({new:.1f} against {old:.1f} "
+                             "nats a token); try a smaller strength.")
 
 
 async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: types.Range,
@@ -91,10 +182,16 @@ async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: 
         raise JsonRpcContentModified(str(exc)) from None
     if state.doc.version != version or server.docs.get(uri) is not state:
         raise JsonRpcContentModified(f"{uri} changed while the rewrite ran; nothing was applied.")
-    before = state.doc.text[lo - 1] if lo else "\n"
-    if not selection[:1].isspace() and before.isspace():
-        text = text.lstrip()
-    text = text.rstrip() + selection[len(selection.rstrip()):]
+    try:
+        text = fit_rewrite(selection, text, state.doc.text[lo - 1] if lo else "\n")
+        nll = await server.run_engine("rewrite", lambda e: e.nll(prompt, [text.strip(), selection.strip()]))
+        check_fluent(text, selection, (nll[0], nll[1]))
+    except RewriteRefused as exc:
+        raise JsonRpcInvalidRequest(f"No rewrite: {exc} Nothing was changed.") from None
+    except EngineUnavailable as exc:
+        raise JsonRpcContentModified(str(exc)) from None
+    if state.doc.version != version or server.docs.get(uri) is not state:
+        raise JsonRpcContentModified(f"{uri} changed while the rewrite ran; nothing was applied.")
     return versioned_edit(state, version, lo, hi, text)
 
 
@@ -116,23 +213,22 @@ def register(server: TinymorphServer) -> None:
             actions.append(types.CodeAction(
                 title=f"Accept suggestion: {short(s.text.strip(), 50)}", kind=types.CodeActionKind.QuickFix,
                 is_preferred=True, edit=versioned_edit(state, version, s.offset, s.offset, s.text)))
-        for feature in selection_features(state, lo, hi)[:TOP_FEATURES]:
+        for feature, words in offered_features(ls, state, lo, hi):
+            named = f"\u201c{short(words, 30)}\u201d" if words else f"feature {feature} (no words for it yet)"
             shown = card(ls.cards, feature)
-            label = short(shown.label, 30)
-            label = f" ({label})" if label else ""
             strength = ls.settings.amplify_strength
             carries = "" if shown.steerability is None else f" \u00b7 {steers(shown.steerability)}"
             actions.append(types.CodeAction(
-                title=f"Amplify feature {feature}{label}{carries}", kind=f"{KIND_STEER}.amplify",
+                title=f"Amplify {named}{carries}", kind=KIND_AMPLIFY,
                 command=types.Command(title="Amplify", command="tinymorph.steer.add", arguments=[
                     {"feature": feature, "strength": strength, "mode": "add", "uri": uri}])))
             actions.append(types.CodeAction(
-                title=f"Suppress feature {feature}{label}", kind=f"{KIND_STEER}.suppress",
+                title=f"Suppress {named}", kind=KIND_SUPPRESS,
                 command=types.Command(title="Suppress", command="tinymorph.steer.add", arguments=[
                     {"feature": feature, "strength": -strength, "mode": "add", "uri": uri}])))
             if ls.steering_for(uri).watched(feature) is None:
                 actions.append(types.CodeAction(
-                    title=f"Watch feature {feature}{label} (flag where it is strong)", kind=f"{KIND_STEER}.watch",
+                    title=f"Watch {named} (flag where it is strong)", kind=KIND_WATCH,
                     command=types.Command(title="Watch", command=WATCH_ADD, arguments=[
                         {"feature": feature, "uri": uri}])))
         actions = watched_actions(ls, state, lo, hi) + actions
@@ -209,16 +305,19 @@ def watched_actions(server: TinymorphServer, state: DocState, lo: int, hi: int) 
     return out
 
 
-def parse_rewrite_args(server: TinymorphServer, data: Any) -> tuple[str, int, types.Range]:
+def parse_rewrite_args(server: TinymorphServer, data: Any, command: str = "") -> tuple[str, int, types.Range]:
+    """`uri`, `version` and `range` of a request about a selection; a bad one is InvalidParams (naming `command`)."""
+    said = f"{command}: " if command else ""
     if not isinstance(data, dict):
-        raise JsonRpcInvalidParams("expected {uri, version, range}")
+        raise JsonRpcInvalidParams(f"{said}expected {{uri, version, range}}")
     uri, version = data.get("uri"), data.get("version")
     if not isinstance(uri, str) or not isinstance(version, int) or isinstance(version, bool):
-        raise JsonRpcInvalidParams("expected {uri: string, version: integer, range}")
+        raise JsonRpcInvalidParams(f"{said}expected {{uri: string, version: integer, range}}")
     try:
         rng = server.protocol._converter.structure(data.get("range"), types.Range)
     except Exception:
-        raise JsonRpcInvalidParams("range must be an LSP range {start: {line, character}, end: {...}}") from None
+        raise JsonRpcInvalidParams(f"{said}range must be an LSP range {{start: {{line, character}}, end: {{...}}}}"
+                                   ) from None
     return uri, version, rng
 
 

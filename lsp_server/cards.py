@@ -34,6 +34,10 @@ def card(cards: dict[int, FeatureCard], feature: int) -> FeatureCard:
     return cards.get(feature) or FeatureCard("", ())
 
 
-def promoted(c: FeatureCard) -> str:
-    """The promoted tokens as Markdown code spans."""
-    return ", ".join(f"`{t.strip() or repr(t)}`" for t in c.promoted[:5]) or "—"
+def promoted(c: FeatureCard, markdown: bool = True, limit: int = 5) -> str:
+    """The words a feature leads to (the engine keeps only promoted tokens that are whole words of the corpus), as
+    Markdown code spans or plain, comma-separated."""
+    words = [t.strip() for t in c.promoted if t.strip()][:limit]
+    if not markdown:
+        return ", ".join(words)
+    return ", ".join(f"`{w}`" for w in words) or "—"

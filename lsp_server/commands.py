@@ -25,7 +25,7 @@ from .actions import REWRITE, compute_rewrite, parse_rewrite_args, parse_suppres
 from .config import to_wire
 from .pipeline import resuggest
 from .worker import EngineAPI, EngineUnavailable
-from .workspace import SaveError, Steer, SteeringError, intervention_from
+from .workspace import MAX_ACTIVATION, MAX_STRENGTH, SaveError, Steer, SteeringError, intervention_from
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -43,7 +43,9 @@ def the_object(args: tuple[Any, ...], command: str, examples: Mapping[str, str] 
 
 
 def field_of(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], command: str, default: Any = ...,
-             examples: Mapping[str, str] | None = None) -> Any:
+             examples: Mapping[str, str] | None = None, within: tuple[float, float] | None = None) -> Any:
+    """`obj[name]`, checked: of `kind`, finite, and inside `within` (inclusive) when given; `default` when absent
+    (required when there is none). A bad value is InvalidParams naming the command once and the field."""
     if name not in obj:
         if default is ...:
             raise JsonRpcInvalidParams(f"{command}: missing {name!r} (e.g. {(examples or EXAMPLES).get(command, '{}')})")
@@ -55,6 +57,8 @@ def field_of(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], comm
     if not ok:
         names = {int: "a whole number", str: "a string", (int, float): "a finite number", bool: "true or false"}
         raise JsonRpcInvalidParams(f"{command}: {name!r} must be {names.get(kind, kind)}, not {value!r}")
+    if within is not None and not within[0] <= value <= within[1]:
+        raise JsonRpcInvalidParams(f"{command}: {name!r} must be between {within[0]:g} and {within[1]:g}, not {value!r}")
     return value
 
 
@@ -71,7 +75,7 @@ def changing(command: str) -> Iterator[None]:
 
 
 EXAMPLES = {
-    "tinymorph.steer.add": '{"feature": 123, "strength": 1, "mode": "add"}',
+    "tinymorph.steer.add": '{"feature": 123, "strength": 1, "mode": "add"} (mode: add, suppress, row, clamp, ablate)',
     "tinymorph.steer.remove": '{"feature": 123}',
     "tinymorph.features.search": '{"query": "weather"}',
     "tinymorph.features.explain": '{"feature": 123, "self": false}',
@@ -86,17 +90,41 @@ def parse_steer_add(ls: TinymorphServer, args: tuple[Any, ...]) -> tuple[Interve
     obj = the_object(args, cmd)
     described: dict[str, Any] = {"mode": field_of(obj, "mode", str, cmd, "add"),
                                  "feature": field_of(obj, "feature", int, cmd)}
-    for name in ("strength", "value"):
+    suppress = described["mode"] == "suppress"  # what the Suppress action does: add at minus Amplify's strength
+    if suppress:
+        described["mode"] = "add"
+    for name, within in (("strength", (-MAX_STRENGTH, MAX_STRENGTH)), ("value", (-MAX_ACTIVATION, MAX_ACTIVATION))):
         if name in obj:
-            described[name] = float(field_of(obj, name, (int, float), cmd))
+            described[name] = float(field_of(obj, name, (int, float), cmd, within=within))
     mode = MODE_TABLE.get(described["mode"])
     if mode is not None and "strength" in mode.numbers:  # Amplify's strength unless the command gives one
         described.setdefault("strength", ls.settings.amplify_strength)
+    if suppress:
+        described["strength"] = -abs(described["strength"])
     try:
         intervention = intervention_from(described)
     except SteeringError as exc:
         raise JsonRpcInvalidParams(f"{cmd}: {exc}") from None
     return intervention, field_of(obj, "uri", str, cmd, None)
+
+
+def named(feature: int, label: str) -> str:
+    """A feature as the writer knows it: its words in quotes, else its number."""
+    words = " ".join(label.split())
+    return f"\u201c{words}\u201d" if words else f"feature {feature}"
+
+
+def confirmation(intervention: Intervention, label: str) -> str:
+    """What a steering change did, in the writer's words (`Amplifying “sea” (+4)…`)."""
+    assert intervention.feature is not None
+    name = named(intervention.feature, label)
+    if intervention.mode == "ablate":
+        return f"{name} is now switched off in suggestions."
+    if intervention.mode == "clamp":
+        return f"{name} is now held at {intervention.value:g} in suggestions."
+    if intervention.strength >= 0:
+        return f"Amplifying {name} ({intervention.strength:+g}): suggestions now lean toward it."
+    return f"Suppressing {name} ({intervention.strength:+g}): suggestions now steer away from it."
 
 
 def resident_mb() -> float | None:
@@ -176,19 +204,25 @@ def register(server: TinymorphServer) -> None:
         with changing("tinymorph.steer.add"):
             ls.steering_for(uri).put(Steer(intervention, label))
         after_steering_change(ls)
-        return steering_list(ls, uri)
+        said = confirmation(intervention, label)
+        ls.tell(said, types.MessageType.Info)
+        return {**steering_list(ls, uri), "said": said}
 
     @server.command("tinymorph.steer.remove")
     def steer_remove(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
         cmd = "tinymorph.steer.remove"
         obj = the_object(args, cmd)
         feature, uri = field_of(obj, "feature", int, cmd), field_of(obj, "uri", str, cmd, None)
+        steering = ls.steering_for(uri)
+        label = next((e.label for e in steering.entries if e.feature == feature), "")
         with changing(cmd):
-            removed = ls.steering_for(uri).remove(feature)
+            removed = steering.remove(feature)
         if not removed:
             raise JsonRpcInvalidParams(f"{cmd}: feature {feature} is not in the steering set.")
         after_steering_change(ls)
-        return steering_list(ls, uri)
+        said = f"No longer steering {named(feature, label)}."
+        ls.tell(said, types.MessageType.Info)
+        return {**steering_list(ls, uri), "said": said}
 
     @server.command("tinymorph.steer.clear")
     def steer_clear(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
@@ -208,7 +242,7 @@ def register(server: TinymorphServer) -> None:
         cmd = "tinymorph.features.search"
         obj = the_object(args, cmd)
         query = field_of(obj, "query", str, cmd).strip()
-        limit = field_of(obj, "limit", int, cmd, 20)
+        limit = field_of(obj, "limit", int, cmd, 20, within=(1, 200))
         if not query:
             raise JsonRpcInvalidParams(f"{cmd}: 'query' must not be empty")
         if not 1 <= limit <= 200:
@@ -272,6 +306,6 @@ def register(server: TinymorphServer) -> None:
     @server.command(REWRITE)
     async def rewrite(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
         obj = the_object(args, REWRITE)
-        uri, version, rng = parse_rewrite_args(ls, obj)
+        uri, version, rng = parse_rewrite_args(ls, obj, REWRITE)
         edit = await compute_rewrite(ls, uri, version, rng, parse_suppress(obj))
         return await apply_edit(ls, edit, "tinymorph rewrite")

@@ -140,8 +140,8 @@ def _check(name: str, value: Any) -> str | None:
         return f"{key} must be between 0 and 5"
     if name == "debounce_ms" and not 0 <= value <= 10_000:
         return f"{key} must be between 0 and 10000"
-    if name == "amplify_strength" and not 0 < value <= 100:
-        return f"{key} must be above 0 and at most 100"
+    if name == "amplify_strength" and not 0 < value <= 10:
+        return f"{key} must be above 0 and at most 10"
     if name == "repetition_penalty" and not 1 <= value <= 3:
         return f"{key} must be between 1 and 3"
     if name == "max_chars" and not 200 <= value <= 1_000_000:

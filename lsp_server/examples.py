@@ -73,11 +73,9 @@ def register(server: TinymorphServer) -> None:
     @server.command(BY_EXAMPLE)
     async def by_example(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
         obj = the_object(args, BY_EXAMPLE, EXAMPLES)
-        uri, version, rng = parse_rewrite_args(ls, obj)
-        limit = field_of(obj, "limit", int, BY_EXAMPLE, 8, EXAMPLES)
+        uri, version, rng = parse_rewrite_args(ls, obj, BY_EXAMPLE)
+        limit = field_of(obj, "limit", int, BY_EXAMPLE, 8, EXAMPLES, within=(1, 50))
         show = field_of(obj, "show", bool, BY_EXAMPLE, False, EXAMPLES)
-        if not 1 <= limit <= 50:
-            raise JsonRpcInvalidParams(f"{BY_EXAMPLE}: 'limit' must be between 1 and 50")
         state, lo, hi = selected(ls, uri, version, rng)
         text = state.doc.text
         if not text[lo:hi].strip():

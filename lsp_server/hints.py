@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
+from steering.features.annotate import SpanFeature, SpanFeatures
 from steering.features.ranking import pick_hints
 
 from .cards import card, promoted
@@ -34,6 +35,17 @@ def steer_command(server: TinymorphServer, feature: int, uri: str) -> types.Comm
                          arguments=[{"feature": feature, "strength": strength, "mode": "add", "uri": uri}])
 
 
+def span_hint(server: TinymorphServer, state: DocState, at: int, span: SpanFeatures,
+              count: int | None = None) -> list[tuple[SpanFeature, str]]:
+    """The features the hint of `span` (starting at `at` in the current text) shows, with the words it shows for
+    each: what the code actions there offer first, by the same words."""
+    cards = {f.feature: card(server.cards, f.feature) for f in span.features}
+    return pick_hints(span.features, {f: c.label for f, c in cards.items()},
+                      server.settings.hint_count if count is None else count,
+                      names={f: c.names for f, c in cards.items()},
+                      text=state.doc.text[at:at + span.end - span.start])
+
+
 def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) -> list[types.InlayHint]:
     count = server.settings.hint_count
     if count == 0:
@@ -46,9 +58,7 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
         # position features, stay in the tooltip
         if not lo <= end <= hi:
             continue
-        cards = {f.feature: card(server.cards, f.feature) for f in span.features}
-        shown = pick_hints(span.features, {f: c.label for f, c in cards.items()}, count,
-                           names={f: c.names for f, c in cards.items()}, text=state.doc.text[at:end])
+        shown = span_hint(server, state, at, span)
         if not shown:
             continue
         parts = [types.InlayHintLabelPart(value="⟨")]

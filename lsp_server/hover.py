@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from steering.features.annotate import TokenFeatures
+from steering.engine import FeatureCard
+from steering.features.annotate import FeatureValue, TokenFeatures
 from steering.runtime.guidance import steers
 
 from .cards import card, promoted
@@ -48,25 +49,42 @@ def token_at(state: DocState, offset: int) -> tuple[TokenFeatures, int] | None:
     return None
 
 
+FOLDED_NUMBERS = 6
+"""Feature numbers listed in the folded line of features without words."""
+
+
 def render(server: TinymorphServer, tok: TokenFeatures, steering: SteeringSet) -> str:
-    shown = tok.text.replace("\n", "⏎")
-    lines = [f"**tinymorph** · token `{shown}` (#{tok.index}, id {tok.token_id})", ""]
+    """The features at a token for a writer: those with words first, strongest first, one line each (its words,
+    activation, the words it leads to, how well Amplify carries it, watched); those without words folded into one
+    line; written explanations below. Lists, not tables: every editor shows them as text."""
+    shown = tok.text.replace("\n", "⏎").strip() or repr(tok.text)
+    lines = [f"**tinymorph** · `{shown}`", ""]
     if not tok.features:
         lines.append("No feature fires here.")
         return "\n".join(lines)
-    lines += ["| feature | activation | label | promotes |", "|---:|---:|---|---|"]
-    for f in tok.features:
+    worded: list[tuple[FeatureValue, FeatureCard]] = []
+    unworded: list[tuple[FeatureValue, FeatureCard]] = []
+    for f in sorted(tok.features, key=lambda f: -f.activation):
         c = card(server.cards, f.feature)
+        (worded if c.label else unworded).append((f, c))
+    for f, c in worded:
+        parts = [f"**{short(c.label, 40)}** {f.activation:.2f}"]
+        leads = promoted(c, markdown=False)
+        if leads:
+            parts.append(f"leads to *{leads}*")
+        if c.steerability is not None:
+            parts.append(f"amplify {steers(c.steerability)}")
         watch = steering.watched(f.feature)
-        watched = f" · *watched above {watch.threshold:.3g}*" if watch is not None else ""
-        lines.append(f"| {f.feature} | {f.activation:.2f} | {short(c.label, 40) or '—'}{watched} | {promoted(c)} |")
-    measured = [(f.feature, card(server.cards, f.feature)) for f in tok.features]
-    said = [f"\u201c{short(c.label, 30)}\u201d: {steers(c.steerability)}" for _, c in measured
-            if c.steerability is not None and c.label]
-    if said:
-        lines += ["", "Amplify " + "; ".join(said) + "."]
-    for feature, c in [(x, c) for x, c in measured if c.explanation][:3]:
-        lines += ["", f"**{feature}**: {c.explanation}" + (f" *({c.source})*" if c.source else "")]
+        if watch is not None:
+            parts.append(f"*watched above {watch.threshold:.3g}*")
+        lines.append("- " + " · ".join(parts))
+    if unworded:
+        numbers = ", ".join(str(f.feature) for f, _ in unworded[:FOLDED_NUMBERS])
+        more = "…" if len(unworded) > FOLDED_NUMBERS else ""
+        lines += ["", f"*{'and ' if worded else ''}{len(unworded)} feature{'s' if len(unworded) > 1 else ''} without "
+                      f"words yet ({numbers}{more})*"]
+    for c in [c for _, c in worded if c.explanation][:3]:
+        lines += ["", f"**{short(c.label, 40)}**: {c.explanation}" + (f" *({c.source})*" if c.source else "")]
     lines += ["", "*Code actions here amplify, suppress or watch these features.*"]
     return "\n".join(lines)
 

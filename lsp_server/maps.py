@@ -85,6 +85,8 @@ def register(server: TinymorphServer) -> None:
             try:
                 answer = await ls.window_show_document_async(types.ShowDocumentParams(uri=address, external=True))
                 shown_in_editor = bool(answer and answer.success)
+                if not shown_in_editor:
+                    ls.tell(f"The editor could not open the feature map; it is at {where}.", types.MessageType.Info)
             except Exception as exc:  # the map is written either way; the path is in the answer
                 ls.tell(f"The editor could not open the feature map ({exc}); it is at {where}.",
                         types.MessageType.Info)

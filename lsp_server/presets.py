@@ -16,7 +16,7 @@ from .actions import PRESET_CREATE as CREATE
 from .actions import parse_rewrite_args, selected
 from .commands import after_steering_change, changing, engine_call, field_of, the_object
 from .hints import short
-from .workspace import Preset, SteeringSet, check_name
+from .workspace import MAX_STRENGTH, Preset, SteeringSet, check_name
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -53,9 +53,10 @@ def register(server: TinymorphServer) -> None:
     @server.command(CREATE)
     async def create(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
         obj = the_object(args, CREATE, EXAMPLES)
-        uri, version, rng = parse_rewrite_args(ls, obj)
+        uri, version, rng = parse_rewrite_args(ls, obj, CREATE)
         name = field_of(obj, "name", str, CREATE, None, EXAMPLES)
-        strength = float(field_of(obj, "strength", (int, float), CREATE, 1.0, EXAMPLES))
+        strength = float(field_of(obj, "strength", (int, float), CREATE, 1.0, EXAMPLES,
+                                  within=(-MAX_STRENGTH, MAX_STRENGTH)))
         with changing(CREATE):
             name = None if name is None else check_name(name)
         state, lo, hi = selected(ls, uri, version, rng, "no preset was made")

@@ -13,7 +13,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 
 from .cards import card
-from .commands import changing, engine_call, field_of, the_object
+from .commands import changing, engine_call, field_of, named, the_object
 from .findings import SOURCE, diagnostics, update
 from .pipeline import schedule
 from .workspace import SEVERITIES, Watch
@@ -90,7 +90,9 @@ def register(server: TinymorphServer) -> None:
         with changing(ADD):
             ls.steering_for(uri).watch(Watch(feature, float(threshold), severity, text.strip(), label))
         after_watch_change(ls)
-        return listing(ls, uri)
+        said = f"Watching {named(feature, label)}: sentences where it is strong are flagged."
+        ls.tell(said, types.MessageType.Info)
+        return {**listing(ls, uri), "said": said}
 
     @server.command(REMOVE)
     def watch_remove(ls: TinymorphServer, *args: Any) -> dict[str, Any]:
@@ -102,7 +104,9 @@ def register(server: TinymorphServer) -> None:
         if not removed:
             raise JsonRpcInvalidParams(f"{REMOVE}: feature {feature} is not watched.")
         after_watch_change(ls)
-        return listing(ls, uri)
+        said = f"No longer watching {named(feature, card(ls.cards, feature).label)}."
+        ls.tell(said, types.MessageType.Info)
+        return {**listing(ls, uri), "said": said}
 
     @server.command(LIST)
     def watch_list(ls: TinymorphServer, *args: Any) -> dict[str, Any]:

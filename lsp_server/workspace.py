@@ -40,6 +40,13 @@ NAME_LIMIT = 60
 _ID = re.compile(r"^[0-9a-f]{16}$")
 
 
+MAX_STRENGTH = 10.0
+"""The largest |strength| the server accepts (commands, actions, presets, settings): 10 times a feature's strongest
+activation already turns any text into one repeated word."""
+MAX_ACTIVATION = 10_000.0
+"""The largest |value| of a clamp and the largest watch threshold, in the SAE's activation units."""
+
+
 class SteeringError(ValueError):
     """A steering entry that cannot be used."""
 
@@ -58,9 +65,15 @@ def intervention_from(data: dict[str, Any]) -> Intervention:
         data = {**data, "value": data["strength"]}
         del data["strength"]
     try:
-        return Intervention.from_dict(data)
+        intervention = Intervention.from_dict(data)
     except TinymorphError as exc:
         raise SteeringError(str(exc)) from None
+    if intervention.kind.numbers == ("strength",):
+        check_strength(intervention.strength)
+    if abs(intervention.value) > MAX_ACTIVATION:
+        raise SteeringError(f"value must be between {-MAX_ACTIVATION:g} and {MAX_ACTIVATION:g}, not "
+                            f"{intervention.value!r}")
+    return intervention
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ def check_name(name: str) -> str:
 def check_strength(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise SteeringError(f"strength must be a finite number, not {value!r}")
+    if abs(value) > MAX_STRENGTH:
+        raise SteeringError(f"strength must be between {-MAX_STRENGTH:g} and {MAX_STRENGTH:g}, not {value!r}")
     return float(value)
 
 
@@ -156,6 +171,8 @@ MESSAGE_LIMIT = 200
 def check_threshold(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise SteeringError(f"threshold must be a positive finite number, not {value!r}")
+    if value > MAX_ACTIVATION:
+        raise SteeringError(f"threshold must be at most {MAX_ACTIVATION:g} (an activation), not {value!r}")
     return float(value)
 
 

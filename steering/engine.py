@@ -19,7 +19,15 @@ from steering.fast.family import unsupported_reason
 from steering.fast.model import FastModel
 from steering.features.annotate import Annotation, Codes, annotate, annotation_of, encode_document
 from steering.features.featuremap import FeatureMap, build_map
-from steering.features.labels import LogitLens, feature_label, load_labels, logit_lens, search_labels
+from steering.features.labels import (
+    LogitLens,
+    corpus_words,
+    feature_label,
+    is_word_token,
+    load_labels,
+    logit_lens,
+    search_labels,
+)
 from steering.features.ranking import H, Specificity, pick_hints, rank_passage
 from steering.features.selfexplain import SelfExplanation, self_explain
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids, text_pieces
@@ -207,6 +215,7 @@ class Engine:
         self._batcher: Batcher | None = None
         self._fallback_scale: float | None = None
         self._specificity: Specificity | None = None
+        self._corpus_words: frozenset[str] | None = None
         self._labels: dict[str, Any] | None = None
 
     @classmethod
@@ -395,6 +404,12 @@ class Engine:
             self._labels = load_labels(self.sae.source) or {}
         return self._labels or None
 
+    def corpus_words(self) -> frozenset[str]:
+        """The words of the texts the SAE's labels quote (what a promoted token must be to be shown as a word)."""
+        if self._corpus_words is None:
+            self._corpus_words = corpus_words(self.labels())
+        return self._corpus_words
+
     def _entry(self, feature: int) -> dict[str, Any]:
         entry = (self.labels() or {}).get("features", {}).get(str(feature))
         return entry if isinstance(entry, dict) else {}
@@ -408,14 +423,15 @@ class Engine:
             entry = self._entry(sae.check_feature(feature))
             steerability = sae.steerability(feature)
             if entry.get("label"):
-                cards[feature] = FeatureCard(entry["label"], tuple(entry.get("promoted", ())[:5]), steerability,
+                promoted = tuple(t for t in entry.get("promoted", ()) if is_word_token(t, self.corpus_words()))[:5]
+                cards[feature] = FeatureCard(entry["label"], promoted, steerability,
                                              tuple(entry.get("names", ())), str(entry.get("explanation", "")),
                                              str(entry.get("source", "")))
             elif lens_limit > 0:
                 lens_limit -= 1
                 lens = logit_lens(self.lm, sae, feature, 5)
-                cards[feature] = FeatureCard(feature_label(entry, lens), tuple(t.token for t in lens.promoted),
-                                             steerability)
+                cards[feature] = FeatureCard(feature_label(entry, lens), tuple(
+                    t.token for t in lens.promoted if is_word_token(t.token, self.corpus_words())), steerability)
         return cards
 
     def label(self, feature: int) -> str:
@@ -432,6 +448,27 @@ class Engine:
                 for f, score in search_labels(labels, query, limit)]
 
     # -------------------------------------------------------------------------------------------- steering
+    def nll(self, prompt: str, texts: Sequence[str]) -> list[float]:
+        """Per text, the unsteered model's mean NLL per token (nats) of `prompt + text` over the text's tokens: how
+        fluently each reads after the same prompt (a rewrite against the sentence it replaces)."""
+        head = prompt_ids(self.lm, prompt)[0].tolist()
+        out = []
+        with torch.inference_mode():
+            for text in texts:
+                ids = prompt_ids(self.lm, prompt + text)[0].tolist()
+                common = 0
+                while common < min(len(head), len(ids)) and head[common] == ids[common]:
+                    common += 1
+                common = max(1, min(common, len(head)))
+                if common >= len(ids):
+                    out.append(float("inf"))
+                    continue
+                batch = torch.tensor([ids], device=self.lm.device)
+                logits = self.lm.model(input_ids=batch).logits[0, common - 1 : -1].float()
+                logp = torch.log_softmax(logits, -1).gather(1, batch[0, common:, None])
+                out.append(float(-logp.mean()))
+        return out
+
     def residual(self, text: str) -> torch.Tensor:
         """The residual `[seq, d]` of `text` at the engine's hook point."""
         with torch.inference_mode():

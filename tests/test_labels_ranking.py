@@ -300,3 +300,17 @@ def test_guided_calibration_tries_stronger_when_the_feature_does_not_show_and_we
     failed = choose_factor(7, {1.0: [quiet, salad, good], 4 / 3: [salad] * 3}, bound, default=1.125)
     assert failed.multiple == 0.0 and failed.steerability == 1 / 3  # the best share seen, at the default
     assert choose_factor(7, {1.0: [salad] * 3, 2 / 3: [quiet] * 3}, bound, default=1.0).steerability == 0.0
+
+
+def test_promoted_tokens_shown_are_whole_words_of_the_corpus() -> None:
+    from steering.features.labels import corpus_words, is_word_token
+
+    labels = {"features": {"1": {"label": "sea", "contexts": [{"text": "the «sea» was calm", "activation": 2.0}]},
+                           "2": {"label": "ship", "contexts": [{"text": "a ship sailed from Buenos Aires"}]}}}
+    words = corpus_words(labels)
+    assert {"sea", "calm", "ship", "aires"} <= words and "«sea»" not in words
+    shown = [t for t in (" sea", " sailed", " incorpor", " sphinct", "ship", " Aires", " 2018", " se") if
+             is_word_token(t, words)]
+    assert shown == [" sea", " sailed", " Aires"]
+    # without a corpus: lower-case word starts of three letters or more
+    assert [t for t in (" sea", " Sea", " pathlib", "x", " ab") if is_word_token(t, frozenset())] == [" sea", " pathlib"]

@@ -343,3 +343,44 @@ def test_an_edit_far_up_inside_the_prompt_window_starts_a_smaller_window_than_re
     far = near[: len(near) - len(grown) + 100] + "CHANGED" + near[len(near) - len(grown) + 100:]
     moved = at(far, len(far))
     assert not moved.startswith(first[:200]) and len(moved) <= FRESH_CHARS and far.endswith(moved)
+
+
+@pytest.mark.parametrize(("selection", "generated", "before", "expected"), [
+    # a sentence is replaced by as many sentences, never running into the next one
+    ("The sea was calm.", " the waves rose high. Then a ship came and", " ", "The waves rose high."),
+    ("The sea was calm. It was late.", " The waves rose. It grew dark. Then", " ", "The waves rose. It grew dark."),
+    # its spacing on both sides is the selection's
+    ("The sea was calm. ", " The waves rose high. Then", " ", "The waves rose high. "),
+    (" The sea was calm.\n", "  The waves, “rose.” Then", "x", " The waves, “rose.”\n"),
+    # a phrase stays a phrase
+    ("the sea", " the ocean blue. It", " ", "the ocean blue"),
+    # right after a word or a quote the model's own space is kept
+    ("sea was calm", " wind rose", "e", " wind rose"),
+])
+def test_a_rewrite_keeps_the_sentence_boundaries(selection: str, generated: str, before: str, expected: str) -> None:
+    from lsp_server.actions import fit_rewrite
+
+    assert fit_rewrite(selection, generated, before) == expected
+
+
+@pytest.mark.parametrize(("selection", "generated", "nll", "reason"), [
+    ("The sea was calm.", " The 2018, the 35 years I was able to have a different way", (2.0, 2.0),
+     "did not finish a sentence"),
+    ("The sea was calm.", " Cow goat calf lamb chicken sheep.", (2.0, 2.0), "a list of words"),
+    ("The sea was calm.", " The sea the sea the sea the sea the sea the sea.", (1.0, 2.0), "repeats itself"),
+    ("The sea was calm.", " The ship sailed away at dawn.", (6.0, 3.0), "much less fluently than yours"),
+])
+def test_a_rewrite_that_is_not_fluent_is_refused_with_the_reason(selection: str, generated: str,
+                                                                  nll: tuple[float, float], reason: str) -> None:
+    from lsp_server.actions import RewriteRefused, check_fluent, fit_rewrite
+
+    with pytest.raises(RewriteRefused, match=reason):
+        check_fluent(fit_rewrite(selection, generated, " "), selection, nll)
+
+
+def test_a_fluent_rewrite_passes() -> None:
+    from lsp_server.actions import check_fluent, fit_rewrite
+
+    text = fit_rewrite("The sea was calm.", " The ship sailed away at dawn. And", " ")
+    check_fluent(text, "The sea was calm.", (3.2, 3.0))
+    assert text == "The ship sailed away at dawn."

@@ -93,6 +93,12 @@ tinymorph checkout and set `tinymorph-command' to (\"<checkout>/.venv/bin/tinymo
                                                    `(:feature ,feature :strength ,strength :mode "add")))))
 
 (defun tinymorph-suppress (feature)
+  "Steer suggestions away from FEATURE, as the Suppress code action does."
+  (interactive (list (read-number "Feature: ")))
+  (message "tinymorph steering: %s"
+           (tinymorph--describe (tinymorph-command "tinymorph.steer.add" `(:feature ,feature :mode "suppress")))))
+
+(defun tinymorph-off (feature)
   "Switch FEATURE off in suggestions."
   (interactive (list (read-number "Feature: ")))
   (message "tinymorph steering: %s"

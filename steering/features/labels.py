@@ -4,6 +4,7 @@ where it fires from the background (`separation.py`), its top contexts, and the 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,6 +262,34 @@ def load_labels(folder: str | Path | None) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("features"), dict) else None
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def corpus_words(labels: dict[str, Any] | None) -> frozenset[str]:
+    """The whole words (lower case) of the texts labels.json quotes (every feature's contexts): the words of the
+    corpus the SAE was described on. Empty without labels."""
+    words: set[str] = set()
+    for entry in (labels or {}).get("features", {}).values():
+        contexts = entry.get("contexts") if isinstance(entry, dict) else None
+        for context in contexts if isinstance(contexts, list) else ():
+            text = context.get("text") if isinstance(context, dict) else None
+            if isinstance(text, str):
+                words.update(w.lower() for w in _WORD.findall(text.replace("«", "").replace("»", "")))
+    return frozenset(words)
+
+
+def is_word_token(token: str, words: frozenset[str]) -> bool:
+    """Whether a promoted token reads as a word to a writer: it starts a word (a leading space), is letters only, 3 or
+    more, and is a whole word of the corpus (`corpus_words`), so no fragments (`sphinct`, `incorpor`); without a
+    corpus, lower-case letters only (a start of a word may still slip through)."""
+    if token[:1] != " ":
+        return False
+    word = token[1:]
+    if len(word) < 3 or not word.isalpha():
+        return False
+    return word.lower() in words if words else word.islower()
 
 
 def search_labels(labels: dict[str, Any], query: str, limit: int = 20) -> list[tuple[int, float]]:

@@ -52,7 +52,7 @@
                                 nil))
                (titles (mapcar (lambda (a) (plist-get a :title)) actions))
                (rewrite (cl-find-if (lambda (a) (string-prefix-p "Rewrite selection" (plist-get a :title))) actions))
-               (amplify (cl-find-if (lambda (a) (string-prefix-p "Amplify feature" (plist-get a :title))) actions)))
+               (amplify (cl-find-if (lambda (a) (equal "refactor.tinymorph.amplify" (plist-get a :kind))) actions)))
           (tm-put :titles (vconcat titles))
           (let ((cmd (plist-get rewrite :command)))
             (eglot-execute-command server (intern (plist-get cmd :command)) (plist-get cmd :arguments)))

@@ -129,7 +129,7 @@ local function run()
   out.example_prompts = picked
 
   -- watching it with a low threshold: diagnostics in vim.diagnostic, shown as virtual text
-  vim.diagnostic.config({ virtual_text = true })
+  -- virtual text: on by default for tinymorph's namespaces (setup does it)
   local watched
   tm.watch(feature, { threshold = 0.001, severity = 'warning', message = 'watch this' }, function(r) watched = r end)
   out.diagnostics_arrived = wait(30000, function()

@@ -8,7 +8,9 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +52,7 @@ def test_neovim_attaches_hints_hover_actions_inline(assets, tmp_path: Path) -> N
     assert out["inlay_enabled"] and out["hints_arrived"]
     feature_hints = [h for h in out["hints"] if h["label"].startswith("⟨")]
     assert {h["line"] for h in feature_hints} == {0, 2}
-    assert "| feature | activation | label | promotes |" in out["hover"]
+    assert out["hover"].startswith("**tinymorph** · `")
     assert out["inline_enabled"] and out["inline_items"] == 1
     assert out["rewrite_applied"], out["rewritten"]
     assert out["steered"] == 1
@@ -92,3 +94,77 @@ vim.cmd('qa!')
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["ok"] is False and out["clients"] == 0
     assert len(out["messages"]) == 1 and "not an executable" in out["messages"][0]
+
+
+class Remote:
+    """A writer at a headless Neovim: keys sent over its --listen socket are typed as from a keyboard."""
+
+    def __init__(self, binary: Path, socket: Path) -> None:
+        self.binary, self.socket = binary, socket
+
+    def keys(self, keys: str) -> None:
+        subprocess.run([str(self.binary), "--server", str(self.socket), "--remote-send", keys], check=True,
+                       capture_output=True, timeout=30)
+
+    def lua(self, expression: str) -> Any:
+        done = subprocess.run([str(self.binary), "--server", str(self.socket), "--remote-expr",
+                               f"json_encode(luaeval('{expression}'))"], capture_output=True, text=True, timeout=30)
+        return json.loads(done.stdout or "null")
+
+    def wait(self, expression: str, seconds: float) -> tuple[Any, float]:
+        """The first truthy value of `expression` within `seconds`, and how long it took."""
+        start = time.monotonic()
+        while True:
+            value = self.lua(expression)
+            if value or time.monotonic() - start > seconds:
+                return value, time.monotonic() - start
+            time.sleep(0.05)
+
+
+def test_ghost_text_comes_after_every_pause_at_a_human_pace(assets, tmp_path: Path) -> None:  # noqa: F811
+    """Typing as a writer does (three characters every quarter second, then a pause): ghost text after every pause,
+    on entering Insert mode at the end of a line, gone at the next keystroke (never glued to the new letters);
+    Ctrl-L with nothing to accept inserts nothing."""
+    doc = tmp_path / "pace.md"
+    doc.write_text("The rain fell on the quiet harbour while she read the letter again\n", encoding="utf-8")
+    (tmp_path / ".tinymorph").mkdir()
+    socket = tmp_path / "nvim.sock"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data"),
+           "TINYMORPH_NVIM_TEST": json.dumps({
+               "config": str(ROOT / "editor-configs" / "neovim"), "python": sys.executable, "doc": str(doc),
+               "model": assets["model"], "sae": assets["sae"]})}
+    binary = nvim_binary()
+    proc = subprocess.Popen([str(binary), "--headless", "--listen", str(socket), "-u", "NONE", "-i", "NONE", "-n",
+                             "-c", f"luafile {Path(__file__).with_name('nvim_typing.lua')}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nvim = Remote(binary, socket)
+        assert nvim.wait("_G.tm_ready()", 90)[0], "the server did not get ready"
+        nvim.keys("A")  # Insert mode at the end of the line
+        assert nvim.wait("_G.tm_ghost()", 10)[0], "no ghost text on entering Insert mode at the end of a line"
+        pauses = []
+        for word in (" and", " the", " gul", "ls c", "ried", " ove"):
+            for chunk in (word[:2], word[2:]):
+                if chunk:
+                    nvim.keys(chunk)
+                    # the ghost text asked for before this keystroke is gone at once (never glued to new letters)
+                    assert nvim.wait("_G.tm_ghost() == \"\"", 0.15)[0], "stale ghost text stayed after a keystroke"
+                    time.sleep(0.25)
+            ghost, waited = nvim.wait("_G.tm_ghost()", 10)
+            pauses.append(round(waited, 2))
+            assert ghost, f"no ghost text {waited:.1f} s after the pause following {word!r} (pauses so far {pauses})"
+        nvim.keys("<Esc>o")  # a new empty line: nothing to accept yet
+        nvim.keys("<C-l>")
+        time.sleep(0.2)
+        state = nvim.lua("_G.tm_state()")
+        assert "\x0c" not in state["text"], "Ctrl-L inserted a control character"
+        nvim.keys("<Esc>")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    (tmp_path / "pauses.json").write_text(json.dumps(pauses))
+

@@ -38,8 +38,8 @@ async def test_amplify_and_suppress_steer_the_workspace(client) -> None:
     await wait_annotated(client, uri, 1)
     await command(client, "tinymorph.steer.clear")
     got = await actions(client, uri, rng(0, 0, 0, 20))
-    amplify = [a for a in got if a.title.startswith("Amplify feature")]
-    suppress = [a for a in got if a.title.startswith("Suppress feature")]
+    amplify = [a for a in got if a.kind == "refactor.tinymorph.amplify"]
+    suppress = [a for a in got if a.kind == "refactor.tinymorph.suppress"]
     assert 1 <= len(amplify) <= 3 and len(suppress) == len(amplify)
     assert not any(a.title == "Clear steering" for a in got)
     cmd = amplify[0].command
@@ -55,6 +55,31 @@ async def test_amplify_and_suppress_steer_the_workspace(client) -> None:
     assert len(clear) == 1
     result = await command(client, clear[0].command.command, *clear[0].command.arguments)
     assert result["steering"] == []
+
+
+async def test_the_actions_offer_what_the_hint_shows_by_its_words_and_confirm(client) -> None:
+    uri = "file:///actions-hint.md"
+    open_doc(client, uri, TEXT)
+    await wait_annotated(client, uri, 1)
+    await command(client, "tinymorph.steer.clear")
+    hints = await client.text_document_inlay_hint_async(types.InlayHintParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=rng(0, 0, 3, 0)))
+    first = [h for h in hints if h.position.line == 0]
+    assert first, hints
+    shown = [(p.command.arguments[0]["feature"], p.value) for p in first[0].label if p.command is not None]
+    got = await actions(client, uri, rng(0, 5, 0, 5))  # the cursor in the first paragraph
+    amplify = [a for a in got if a.kind == "refactor.tinymorph.amplify"]
+    offered = [(a.command.arguments[0]["feature"], a.title) for a in amplify]
+    assert [f for f, _ in offered[:len(shown)]] == [f for f, _ in shown]
+    for (_, words), (_, title) in zip(shown, offered[:len(shown)], strict=True):
+        assert title.startswith(f"Amplify \u201c{words.rstrip('…')}"), (title, words)
+    result = await command(client, "tinymorph.steer.add", amplify[0].command.arguments[0])
+    assert result["said"].startswith("Amplifying \u201c") and "suggestions now lean toward it" in result["said"]
+    suppress = [a for a in got if a.kind == "refactor.tinymorph.suppress"]
+    result = await command(client, "tinymorph.steer.add", suppress[0].command.arguments[0])
+    assert result["said"].startswith("Suppressing \u201c") and "(-" in result["said"]
+    result = await command(client, "tinymorph.steer.remove", {"feature": shown[0][0]})
+    assert result["said"].startswith("No longer steering \u201c")
 
 
 async def test_rewrite_replaces_the_selection_on_its_version(client) -> None:
@@ -148,7 +173,7 @@ async def test_write_more_like_this_makes_a_preset_that_steers_completions(clien
     assert "like \u201cShe read" in (await completion(client, uri)).detail
     # a strong preset changes the continuation; switched off, the continuation is the unsteered one again
     strong = await command(client, "tinymorph.preset.create", {**more.command.arguments[0], "name": "strong",
-                                                                 "strength": 40})
+                                                                 "strength": 10})
     assert [p["name"] for p in strong["presets"]] == [preset["name"], "strong"]
     assert (await completion(client, uri)).text_edit.new_text != plain.text_edit.new_text
     stop = [a for a in await actions(client, uri, rng(0, 0, 0, 0)) if a.title.startswith("Stop writing like")]

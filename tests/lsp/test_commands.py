@@ -96,3 +96,49 @@ async def test_status(client) -> None:
 async def test_unknown_command_is_an_error(client) -> None:
     with pytest.raises(Exception, match="not defined"):
         await command(client, "tinymorph.nope")
+
+
+RANGE = {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}}
+BAD_ARGUMENTS = [
+    ("tinymorph.steer.add", {"feature": 3, "strength": 1e9}, "'strength' must be between -10 and 10, not 1000000000.0"),
+    ("tinymorph.steer.add", {"feature": 3, "strength": "abc"}, "'strength' must be a finite number, not 'abc'"),
+    ("tinymorph.steer.add", {"feature": 3, "mode": "clamp", "value": -1e7}, "'value' must be between -10000 and 10000"),
+    ("tinymorph.steer.add", {"feature": 99_999}, "feature 99999 does not exist"),
+    ("tinymorph.steer.remove", {"feature": "x"}, "'feature' must be a whole number, not 'x'"),
+    ("tinymorph.features.search", {"query": "rain", "limit": 10_000}, "'limit' must be between 1 and 200"),
+    ("tinymorph.features.explain", {"feature": -4}, "Feature -4 is out of range: this SAE has features 0 to"),
+    ("tinymorph.watch.add", {"feature": 3, "threshold": 1e12}, "threshold must be at most 10000"),
+    ("tinymorph.watch.add", {"feature": 3, "threshold": -1}, "threshold must be a positive finite number"),
+    ("tinymorph.preset.create", {"uri": "file:///x.md", "version": 1, "range": RANGE, "strength": 50},
+     "'strength' must be between -10 and 10"),
+    ("tinymorph.preset.create", {"uri": "file:///x.md", "version": 1, "range": {}},
+     "tinymorph.preset.create: range must be an LSP range"),
+    ("tinymorph.features.byExample", {"uri": "file:///x.md", "version": 1, "range": RANGE, "limit": 0},
+     "'limit' must be between 1 and 50"),
+    ("tinymorph.rewrite", {"uri": "file:///x.md", "version": "1", "range": RANGE},
+     "tinymorph.rewrite: expected {uri: string, version: integer, range}"),
+]
+
+
+@pytest.mark.parametrize(("name", "argument", "message"), BAD_ARGUMENTS, ids=[b[0] + "-" + str(i) for i, b in
+                                                                               enumerate(BAD_ARGUMENTS)])
+async def test_bad_arguments_get_one_clear_message(client, name, argument, message) -> None:
+    await command(client, "tinymorph.steer.clear")
+    with pytest.raises(Exception) as info:
+        await command(client, name, argument)
+    text = str(info.value)
+    assert message in text
+    assert text.count("tinymorph.") <= 1 + message.count("tinymorph."), f"the command named more than once: {text}"
+    assert "Traceback" not in text and "\n" not in text.strip()
+    assert (await command(client, "tinymorph.steer.list"))["steering"] == []
+
+
+async def test_every_command_refuses_a_non_object_argument_clearly(client) -> None:
+    commands = client.init_result.capabilities.execute_command_provider.commands
+    assert len(commands) >= 15
+    for name in commands:
+        with pytest.raises(Exception) as info:
+            await command(client, name, "feature=1", 2)
+        text = str(info.value)
+        assert f"{name} takes one object argument" in text, text
+        assert text.count(name) == 1 and "Traceback" not in text, text

@@ -27,10 +27,13 @@ async def test_hover_shows_the_token_features(client) -> None:
     got = await hover(client, uri, 0, character)
     assert got is not None
     body = got.contents.value
-    assert "token `a`" in body and "| feature | activation | label | promotes |" in body
-    rows = [r for r in body.splitlines() if r.startswith("| ") and r[2].isdigit()]
-    assert rows, body
-    assert all(float(r.split("|")[2]) > 0 for r in rows)
+    assert body.startswith("**tinymorph** · `a`") and "|" not in body  # a list, not a table
+    rows = [r for r in body.splitlines() if r.startswith("- **")]
+    folded = [r for r in body.splitlines() if "without words yet" in r]
+    assert rows or folded, body
+    activations = [float(r.split("** ")[1].split()[0]) for r in rows]
+    assert all(a > 0 for a in activations) and activations == sorted(activations, reverse=True)
+    assert len(folded) <= 1
     assert got.range == types.Range(start=types.Position(line=0, character=character),
                                     end=types.Position(line=0, character=character + 1))
 

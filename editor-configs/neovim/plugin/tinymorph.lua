@@ -3,17 +3,42 @@ local function tm()
   return require('tinymorph')
 end
 
-vim.api.nvim_create_user_command('TinymorphSteer', function(a)
-  local feature, strength = tonumber(a.fargs[1]), tonumber(a.fargs[2])
+-- Arguments are checked here (`abc is not a number`, a strength past the server's bound) before anything is sent.
+local function usage(text)
+  vim.notify('tinymorph: ' .. text, vim.log.levels.ERROR)
+end
+
+local function feature_and_strength(a, name)
+  local feature, why = tm().feature(a.fargs[1])
   if not feature then
-    vim.notify('tinymorph: usage :TinymorphSteer FEATURE [STRENGTH]', vim.log.levels.ERROR)
-    return
+    return nil, nil, why .. '. Usage: :' .. name .. ' FEATURE [STRENGTH]'
   end
+  local strength
+  if a.fargs[2] then
+    strength, why = tm().number(a.fargs[2], 'strength', tm().max_strength)
+    if not strength then return nil, nil, why end
+  end
+  if a.fargs[3] then
+    return nil, nil, 'usage: :' .. name .. ' FEATURE [STRENGTH]'
+  end
+  return feature, strength
+end
+
+vim.api.nvim_create_user_command('TinymorphSteer', function(a)
+  local feature, strength, why = feature_and_strength(a, 'TinymorphSteer')
+  if not feature then return usage(why) end
   tm().steer(feature, strength)
-end, { nargs = '+', desc = 'tinymorph: steer toward a feature' })
+end, { nargs = '+', desc = 'tinymorph: steer toward a feature (Amplify)' })
 vim.api.nvim_create_user_command('TinymorphSuppress', function(a)
-  tm().steer(tonumber(a.fargs[1]), 0, 'ablate')
-end, { nargs = 1, desc = 'tinymorph: switch a feature off' })
+  local feature, strength, why = feature_and_strength(a, 'TinymorphSuppress')
+  if not feature then return usage(why) end
+  tm().steer(feature, strength and math.abs(strength) or nil, 'suppress')
+end, { nargs = '+', desc = 'tinymorph: steer away from a feature (as the Suppress action)' })
+vim.api.nvim_create_user_command('TinymorphOff', function(a)
+  local feature, why = tm().feature(a.fargs[1])
+  if not feature then return usage(why .. '. Usage: :TinymorphOff FEATURE') end
+  tm().steer(feature, nil, 'ablate')
+end, { nargs = 1, desc = 'tinymorph: switch a feature off in suggestions' })
 vim.api.nvim_create_user_command('TinymorphClear', function() tm().clear() end, { desc = 'tinymorph: clear steering' })
 vim.api.nvim_create_user_command('TinymorphList', function() tm().list() end, { desc = 'tinymorph: list steering' })
 vim.api.nvim_create_user_command('TinymorphSearch', function(a)
@@ -37,19 +62,19 @@ vim.api.nvim_create_user_command('TinymorphByExample', function(a)
   tm().by_example(first, last)
 end, { range = true, desc = 'tinymorph: the features most specific to the selection' })
 vim.api.nvim_create_user_command('TinymorphWatch', function(a)
-  local feature, threshold = tonumber(a.fargs[1]), a.fargs[2] and tonumber(a.fargs[2])
-  if not feature or (a.fargs[2] and not threshold) then
-    vim.notify('tinymorph: usage :TinymorphWatch FEATURE [THRESHOLD]', vim.log.levels.ERROR)
-    return
+  local feature, why = tm().feature(a.fargs[1])
+  if not feature then return usage(why .. '. Usage: :TinymorphWatch FEATURE [THRESHOLD]') end
+  local threshold
+  if a.fargs[2] then
+    threshold, why = tm().number(a.fargs[2], 'threshold', 10000)
+    if not threshold then return usage(why) end
+    if threshold <= 0 then return usage('threshold: ' .. a.fargs[2] .. ' must be above 0') end
   end
   tm().watch(feature, { threshold = threshold })
 end, { nargs = '+', desc = 'tinymorph: flag sentences where a feature is strong' })
 vim.api.nvim_create_user_command('TinymorphUnwatch', function(a)
-  local feature = tonumber(a.fargs[1])
-  if not feature then
-    vim.notify('tinymorph: usage :TinymorphUnwatch FEATURE', vim.log.levels.ERROR)
-    return
-  end
+  local feature, why = tm().feature(a.fargs[1])
+  if not feature then return usage(why .. '. Usage: :TinymorphUnwatch FEATURE') end
   tm().unwatch(feature)
 end, { nargs = 1, desc = 'tinymorph: stop watching a feature' })
 vim.api.nvim_create_user_command('TinymorphWatches', function() tm().watches() end,

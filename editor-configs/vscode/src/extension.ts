@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import {
   checkPresetName, contributedKeys, describePreset, describeSteering, describeWatches, documentSelector,
   ExampleFeature, exampleItems, initializationOptions, Launch, launchOptions, parseFeature, parseThreshold, Preset,
-  presetChoices, serverDownMessage, SteerEntry, Watch,
+  presetChoices, serverDownMessage, SteerEntry, strengthProblem, Watch,
 } from './settings';
 
 let client: LanguageClient | undefined;
@@ -134,8 +134,10 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   register('tinymorph.ui.steer', async () => {
     const feature = await askFeature('Feature to steer toward');
     if (feature === undefined) { return; }
-    const strength = Number(await vscode.window.showInputBox({ prompt: 'Strength (1 = the calibrated strength of the feature)', value: '1' }));
-    if (Number.isFinite(strength)) { await steer(feature, strength); }
+    const text = await vscode.window.showInputBox({
+      prompt: 'Strength (1 = the calibrated strength of the feature; -10 to 10)', value: '1',
+      validateInput: (value) => strengthProblem(value) });
+    if (text !== undefined && strengthProblem(text) === undefined) { await steer(feature, Number(text)); }
   });
   register('tinymorph.ui.suppress', async () => {
     const feature = await askFeature('Feature to switch off');

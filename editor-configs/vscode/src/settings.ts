@@ -120,6 +120,19 @@ export function parseFeature(text: string | undefined): number | string {
   return Number.isInteger(value) && value >= 0 && (text ?? '').trim() !== '' ? value : 'a feature is a whole number >= 0';
 }
 
+/** The largest |strength| the server accepts. */
+export const MAX_STRENGTH = 10;
+
+/** Why a typed strength cannot be sent (`abc is not a number`), or undefined when it can. */
+export function strengthProblem(text: string): string | undefined {
+  const raw = text.trim();
+  const value = Number(raw);
+  if (raw === '' || !Number.isFinite(value)) {
+    return `${raw || 'an empty strength'} is not a number`;
+  }
+  return Math.abs(value) > MAX_STRENGTH ? `${raw} is too large: a strength is between -10 and 10` : undefined;
+}
+
 /** The message shown, once, when the server cannot start or stops: the client never restarts it by itself. */
 export function serverDownMessage(launch: Launch, detail: string): string {
   return `tinymorph: the server (${[launch.command, ...launch.args].join(' ')}) ${detail}. ` +
@@ -152,7 +165,8 @@ export function parseThreshold(text: string | undefined): number | undefined | {
     return undefined;
   }
   const value = Number(raw);
-  return Number.isFinite(value) && value > 0 ? value : { error: 'a threshold is a positive number' };
+  return Number.isFinite(value) && value > 0 && value <= 10000 ? value
+    : { error: 'a threshold is a positive number, at most 10000' };
 }
 
 /** A command the server offers with a feature (steer toward, suppress, watch). */

@@ -4,6 +4,8 @@
 --     cmd = { vim.fn.expand('~/tinymorph/.venv/bin/tinymorph'), 'serve' },  -- where `make demo` installed it
 --     init_options = { model = 'default' },                                 -- any key of the README's table
 --     keys = true,                                                          -- false: no key mappings
+--     virtual_text = true,          -- false: watched features only in the sign column and :lua vim.diagnostic
+--     pause_ms = 400,               -- ghost text after a pause in typing this long
 --   })
 local M = {}
 
@@ -27,7 +29,9 @@ function M.command(name, arg, on_result, bufnr)
   client:request('workspace/executeCommand', { command = name, arguments = { arg or vim.empty_dict() } },
     function(err, result)
       if err then
-        notify(name .. ': ' .. (err.message or tostring(err)), vim.log.levels.ERROR)
+        -- the server's message names the command already where it matters: say it once
+        local message = err.message or tostring(err)
+        notify(message:find(name, 1, true) and message or (name .. ': ' .. message), vim.log.levels.ERROR)
       elseif on_result then
         on_result(result)
       end
@@ -47,9 +51,38 @@ local function describe(steering)
   return table.concat(parts, ', ')
 end
 
-function M.steer(feature, strength, mode)
+-- The largest |strength| the server accepts.
+M.max_strength = 10
+
+-- A number from a command's argument, or nil and why not (`what`: its name in the message).
+function M.number(text, what, limit)
+  local n = tonumber(text)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then
+    return nil, string.format('%s: %s is not a number', what, text)
+  end
+  if limit and math.abs(n) > limit then
+    return nil, string.format('%s: %s is too large (at most %g either way)', what, text, limit)
+  end
+  return n
+end
+
+-- A feature number from a command's argument, or nil and why not.
+function M.feature(text)
+  local n = tonumber(text)
+  if n == nil or n < 0 or n ~= math.floor(n) then
+    return nil, string.format('feature: %s is not a feature number (a whole number, 0 or more)', text)
+  end
+  return n
+end
+
+-- Steer: `mode` 'add' (Amplify; strength default: the server's amplifyStrength), 'suppress' (the same as the
+-- Suppress action: minus that strength), 'ablate' (switch the feature off) or 'clamp'. The server confirms it.
+function M.steer(feature, strength, mode, on_done)
   M.command('tinymorph.steer.add', { feature = feature, strength = strength, mode = mode or 'add' }, function(r)
-    notify('steering: ' .. describe(r.steering))
+    if r.refused == nil and r.said == nil then
+      notify('steering: ' .. describe(r.steering))
+    end
+    if on_done then on_done(r) end
   end)
 end
 
@@ -65,13 +98,13 @@ function M.list()
   end)
 end
 
--- Apply the first code action at the cursor whose title starts with `prefix`.
-local function first_action(prefix)
+-- Apply the first code action at the cursor of `kind` (the server's steering actions: refactor.tinymorph.*).
+local function first_action(kind)
   local applied = false
   vim.lsp.buf.code_action({
     apply = true,
     filter = function(action)
-      if applied or action.title:sub(1, #prefix) ~= prefix then
+      if applied or action.kind ~= kind then
         return false
       end
       applied = true
@@ -80,9 +113,9 @@ local function first_action(prefix)
   })
 end
 
--- Steer toward the strongest feature at the cursor: the first "Amplify" code action there.
+-- Steer toward what the hint at the cursor shows first: the first "Amplify" code action there.
 function M.steer_here()
-  first_action('Amplify feature')
+  first_action('refactor.tinymorph.amplify')
 end
 
 function M.search(query)
@@ -225,14 +258,14 @@ function M.watch(feature, opts, on_done)
   opts = opts or {}
   M.command('tinymorph.watch.add', { feature = feature, threshold = opts.threshold, severity = opts.severity,
     message = opts.message, uri = vim.uri_from_bufnr(0) }, function(r)
-    notify('watching: ' .. describe_watches(r.watch))
+    if r.said == nil then notify('watching: ' .. describe_watches(r.watch)) end  -- the server said it
     if on_done then on_done(r) end
   end)
 end
 
 function M.unwatch(feature, on_done)
   M.command('tinymorph.watch.remove', { feature = feature, uri = vim.uri_from_bufnr(0) }, function(r)
-    notify('watching: ' .. describe_watches(r.watch))
+    if r.said == nil then notify('watching: ' .. describe_watches(r.watch)) end
     if on_done then on_done(r) end
   end)
 end
@@ -255,9 +288,9 @@ function M.watches()
   end)
 end
 
--- Watch the strongest feature at the cursor: the first "Watch feature" code action there.
+-- Watch what the hint at the cursor shows first: the first "Watch" code action there.
 function M.watch_here()
-  first_action('Watch feature')
+  first_action('refactor.tinymorph.watch')
 end
 
 -- Pick one of the features `result.features` (from tinymorph.features.byExample), then what to do with it.
@@ -299,10 +332,22 @@ function M.by_example(first, last, on_done)
 end
 
 -- The feature map of this buffer: a page that colours the text by any feature you click, opened in the browser
--- (the server asks Neovim to open it: vim.ui.open).
+-- (the server asks Neovim to open it: vim.ui.open; when that failed, the system opener is tried here once more).
 function M.map(on_done)
   M.command('tinymorph.map', { uri = vim.uri_from_bufnr(0) }, function(r)
-    notify('feature map: ' .. r.path)
+    if r.opened then
+      notify('feature map opened: ' .. r.path)
+    else
+      local ok, cmd = pcall(vim.ui.open, r.uri)
+      local opened = ok and cmd ~= nil
+      if opened and cmd.wait then
+        local done = cmd:wait(3000)
+        opened = done ~= nil and done.code == 0
+      end
+      notify(opened and ('feature map opened: ' .. r.path) or
+        ('no browser could be opened; the feature map is at ' .. r.path), opened and vim.log.levels.INFO or
+        vim.log.levels.WARN)
+    end
     if on_done then on_done(r) end
   end)
 end
@@ -315,12 +360,51 @@ function M.status()
   end)
 end
 
+-- Ghost text at the cursor, now (as Neovim asks after a pause; also on entering Insert mode at the end of a line and
+-- after any pause in typing, not only after a whole word).
+local function ask_ghost_text(bufnr)
+  if vim.api.nvim_get_current_buf() ~= bufnr or not vim.api.nvim_get_mode().mode:match('^i') then
+    return
+  end
+  local client = client_for(bufnr)
+  if not client then return end
+  local ok, inline = pcall(require, 'vim.lsp.inline_completion')
+  if ok and inline.is_enabled({ bufnr = bufnr }) then
+    -- the same request Neovim's own automatic trigger sends: its handler shows the answer as ghost text
+    vim.api.nvim_exec_autocmds('CursorMovedI', { buffer = bufnr, modeline = false })
+  end
+end
+
 local function on_attach(client, bufnr, opts)
   if vim.lsp.inlay_hint then
     vim.lsp.inlay_hint.enable(true, { bufnr = bufnr })
   end
   if vim.lsp.inline_completion and client:supports_method('textDocument/inlineCompletion') then
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
+    local group = vim.api.nvim_create_augroup('tinymorph.ghost.' .. bufnr, { clear = true })
+    local pause = opts.pause_ms or 400
+    local timer = vim.uv.new_timer()
+    local ghost_ns = vim.api.nvim_create_namespace('nvim.lsp.inline_completion')
+    -- typing: the ghost text of the text before the keystroke is wrong now (it would stay glued to the new
+    -- letters); hide it at once, and ask again once the writer pauses
+    vim.api.nvim_create_autocmd('TextChangedI', {
+      group = group, buffer = bufnr,
+      callback = function()
+        vim.api.nvim_buf_clear_namespace(bufnr, ghost_ns, 0, -1)
+        timer:stop()
+        timer:start(pause, 0, vim.schedule_wrap(function() ask_ghost_text(bufnr) end))
+      end,
+    })
+    vim.api.nvim_create_autocmd({ 'InsertLeave', 'BufDelete' }, {
+      group = group, buffer = bufnr, callback = function() timer:stop() end,
+    })
+  end
+  -- watched features as virtual text by default (Neovim 0.12 has it off), in tinymorph's namespaces only
+  if opts.virtual_text ~= false then
+    for _, pull in ipairs({ false, true }) do
+      vim.diagnostic.config({ virtual_text = { source = false, spacing = 2 } },
+        vim.lsp.diagnostic.get_namespace(client.id, pull))
+    end
   end
   if opts.keys == false then
     return
@@ -344,11 +428,12 @@ local function on_attach(client, bufnr, opts)
     { buffer = bufnr, silent = true, desc = 'tinymorph: write more like the selection' })
   vim.keymap.set('x', '<leader>tr', vim.lsp.buf.code_action, { buffer = bufnr, desc = 'tinymorph: rewrite selection' })
   if vim.lsp.inline_completion then
+    -- accept the ghost text; with none shown, ask for it (never a literal ^L in the prose)
     vim.keymap.set('i', '<C-l>', function()
       if not vim.lsp.inline_completion.get() then
-        return '<C-l>'
+        ask_ghost_text(bufnr)
       end
-    end, { buffer = bufnr, expr = true, desc = 'tinymorph: accept ghost text' })
+    end, { buffer = bufnr, desc = 'tinymorph: accept ghost text' })
   end
 end
 

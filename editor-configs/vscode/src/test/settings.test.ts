@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   checkPresetName, contributedKeys, describePreset, describeSteering, describeWatches, documentSelector,
-  exampleItems, initializationOptions, launchOptions, parseFeature, parseThreshold, presetChoices, serverDownMessage,
+  exampleItems, initializationOptions, launchOptions, parseFeature, parseThreshold, presetChoices, serverDownMessage, strengthProblem,
   Settings,
 } from '../settings';
 
@@ -105,8 +105,8 @@ test('watches: described, thresholds checked as the server does', () => {
     { feature: 3, threshold: 1, severity: 'hint', message: 'x', label: '' }]), '12 (rain) above 2.5, 3 above 1');
   assert.equal(parseThreshold(''), undefined);
   assert.equal(parseThreshold(' 0.75 '), 0.75);
-  for (const bad of ['0', '-1', 'high', 'Infinity', 'NaN']) {
-    assert.deepEqual(parseThreshold(bad), { error: 'a threshold is a positive number' });
+  for (const bad of ['0', '-1', 'high', 'Infinity', 'NaN', '1e9']) {
+    assert.deepEqual(parseThreshold(bad), { error: 'a threshold is a positive number, at most 10000' });
   }
 });
 
@@ -117,4 +117,13 @@ test('features by example become quick pick items with their first example', () 
     { feature: 9, label: 'sea', examples: [], watched: true, actions: [] }]);
   assert.deepEqual(items.map((i) => [i.label, i.detail]), [['rain, storms', 'the rain fell'], ['sea (watched)', '']]);
   assert.equal(items[0].feature.actions[0].command, 'tinymorph.watch.add');
+});
+
+test('strengthProblem: a number between -10 and 10, else the reason in words', () => {
+  assert.equal(strengthProblem('1.5'), undefined);
+  assert.equal(strengthProblem('-10'), undefined);
+  assert.equal(strengthProblem('abc'), 'abc is not a number');
+  assert.equal(strengthProblem(''), 'an empty strength is not a number');
+  assert.equal(strengthProblem('1e9'), '1e9 is too large: a strength is between -10 and 10');
+  assert.equal(strengthProblem('Infinity'), 'Infinity is not a number');
 });
