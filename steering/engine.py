@@ -26,6 +26,7 @@ from steering.features.labels import (
     is_word_token,
     load_labels,
     logit_lens,
+    readable_label,
     search_labels,
 )
 from steering.features.ranking import H, Specificity, pick_hints, rank_passage
@@ -424,9 +425,9 @@ class Engine:
             steerability = sae.steerability(feature)
             if entry.get("label"):
                 promoted = tuple(t for t in entry.get("promoted", ()) if is_word_token(t, self.corpus_words()))[:5]
-                cards[feature] = FeatureCard(entry["label"], promoted, steerability,
-                                             tuple(entry.get("names", ())), str(entry.get("explanation", "")),
-                                             str(entry.get("source", "")))
+                label = readable_label(entry["label"], self.corpus_words())
+                cards[feature] = FeatureCard(label, promoted, steerability, tuple(entry.get("names", ())),
+                                             str(entry.get("explanation", "")), str(entry.get("source", "")))
             elif lens_limit > 0:
                 lens_limit -= 1
                 lens = logit_lens(self.lm, sae, feature, 5)

@@ -303,14 +303,19 @@ def test_guided_calibration_tries_stronger_when_the_feature_does_not_show_and_we
 
 
 def test_promoted_tokens_shown_are_whole_words_of_the_corpus() -> None:
-    from steering.features.labels import corpus_words, is_word_token
+    from steering.features.labels import corpus_words, is_word_token, readable_label
 
-    labels = {"features": {"1": {"label": "sea", "contexts": [{"text": "the «sea» was calm", "activation": 2.0}]},
-                           "2": {"label": "ship", "contexts": [{"text": "a ship sailed from Buenos Aires"}]}}}
+    labels = {"features": {"1": {"label": "sea", "contexts": [{"text": "ean the «sea» was calm to", "activation": 2.0}]},
+                           "2": {"label": "ship", "contexts": [{"text": "pean a ship sailed from Buenos Aires today"}]}}}
     words = corpus_words(labels)
     assert {"sea", "calm", "ship", "aires"} <= words and "«sea»" not in words
-    shown = [t for t in (" sea", " sailed", " incorpor", " sphinct", "ship", " Aires", " 2018", " se") if
+    assert not {"ean", "pean", "to", "today"} & words, "a context's first and last words may be cut: not words"
+    shown = [t for t in (" sea", " sailed", " incorpor", " pean", "ship", " Aires", " 2018", " se") if
              is_word_token(t, words)]
-    assert shown == [" sea", " sailed", " Aires"]
+    assert shown == [" sea", " sailed"]
     # without a corpus: lower-case word starts of three letters or more
     assert [t for t in (" sea", " Sea", " pathlib", "x", " ab") if is_word_token(t, frozenset())] == [" sea", " pathlib"]
+    # a label quoting the tokens a feature fires on keeps the ones that are words
+    assert readable_label("\u201cship\u201d, \u201car\u201d", words) == "\u201cship\u201d"
+    assert readable_label("\u201cchers\u201d, \u201cges\u201d", words) == ""
+    assert readable_label("sea, ship", words) == "sea, ship"

@@ -275,21 +275,31 @@ def corpus_words(labels: dict[str, Any] | None) -> frozenset[str]:
         contexts = entry.get("contexts") if isinstance(entry, dict) else None
         for context in contexts if isinstance(contexts, list) else ():
             text = context.get("text") if isinstance(context, dict) else None
-            if isinstance(text, str):
-                words.update(w.lower() for w in _WORD.findall(text.replace("«", "").replace("»", "")))
+            if isinstance(text, str):  # a context is a window of tokens: its first and last words may be cut
+                words.update(w.lower() for w in _WORD.findall(text.replace("«", "").replace("»", "").strip())[1:-1])
     return frozenset(words)
 
 
 def is_word_token(token: str, words: frozenset[str]) -> bool:
-    """Whether a promoted token reads as a word to a writer: it starts a word (a leading space), is letters only, 3 or
-    more, and is a whole word of the corpus (`corpus_words`), so no fragments (`sphinct`, `incorpor`); without a
-    corpus, lower-case letters only (a start of a word may still slip through)."""
+    """Whether a promoted token reads as a word to a writer: it starts a word (a leading space), is lower-case
+    letters only, 3 or more, and is a whole word of the corpus (`corpus_words`), so no fragments (`sphinct`,
+    `incorpor`); without a corpus the first checks only (a start of a word may still slip through)."""
     if token[:1] != " ":
         return False
     word = token[1:]
-    if len(word) < 3 or not word.isalpha():
+    if len(word) < 3 or not word.isalpha() or not word.islower():
         return False
-    return word.lower() in words if words else word.islower()
+    return word in words if words else True
+
+
+def readable_label(label: str, words: frozenset[str]) -> str:
+    """A label as a writer reads it: of a label that quotes the tokens a feature fires on (`“man”, “ar”`), the
+    quoted tokens that are whole words of the corpus (`“man”`); "" when none is (`“chers”, “ges”`: a feature
+    without words). Labels in words are as they are; without a corpus, too."""
+    parts = [p.strip() for p in label.split(",")]
+    if not words or not parts or not all(p[:1] == "“" and p[-1:] == "”" for p in parts):
+        return label
+    return ", ".join(p for p in parts if p[1:-1].lower() in words and p[1:-1].isalpha())
 
 
 def search_labels(labels: dict[str, Any], query: str, limit: int = 20) -> list[tuple[int, float]]:
