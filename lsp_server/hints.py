@@ -58,6 +58,9 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
         # position features, stay in the tooltip
         if not lo <= end <= hi:
             continue
+        typed = state.last_edit
+        if typed is not None and end < typed and "\n" not in state.doc.text[end:typed]:
+            continue  # the writer is typing past the span's end: its hint would sit between old and new text
         shown = span_hint(server, state, at, span)
         if not shown:
             continue

@@ -68,6 +68,24 @@ async def test_changed_paragraph_loses_its_hint_until_reannotated(client) -> Non
     assert sorted(h.position.line for h in got) == [0, 2]
 
 
+async def test_the_hint_steps_aside_while_the_writer_types_past_it(client) -> None:
+    uri = "file:///typing-past.md"
+    open_doc(client, uri, TEXT)
+    await wait_annotated(client, uri, 1)
+    end = len("The rain fell on the quiet harbour.")
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2), content_changes=[
+            types.TextDocumentContentChangePartial(range=types.Range(
+                start=types.Position(line=0, character=end), end=types.Position(line=0, character=end)),
+                text=" The boats")]))
+    got = [h for h in await hints(client, uri, TEXT) if h.label[0].value == "⟨"]
+    # no hint left between "harbour." and the words typed after it; the other paragraph keeps its own
+    assert [h.position.line for h in got] == [2]
+    await wait_annotated(client, uri, 2)
+    got = [h for h in await hints(client, uri, TEXT) if h.label[0].value == "⟨"]
+    assert sorted((h.position.line, h.position.character) for h in got)[0] == (0, end + len(" The boats"))
+
+
 async def test_suggestion_hint_after_the_last_edit(client) -> None:
     uri = "file:///suggest.md"
     text = "The rain fell on the quiet harbour and"
