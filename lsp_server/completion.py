@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from .generation import OutOfMemory, Superseded, generate, prompt_at
+from .generation import OutOfMemory, Superseded, generate, prompt_at, prompt_session
 from .hints import short
 from .text import PositionError
 from .worker import EngineUnavailable
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .server import TinymorphServer
 
 _WORD_BEFORE = re.compile(r"\w+$")
+_LETTERS_BEFORE = re.compile(r"(?<![\w'’-])[A-Za-z]{1,24}$")
+"""The letters of a word the cursor ends (the whole word: none after a digit, an apostrophe or a hyphen)."""
 
 
 async def continuation(ls: TinymorphServer, uri: str, position: types.Position, kind: str,
@@ -34,11 +36,27 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
     prompt = prompt_at(ls, state, offset)
     word = _WORD_BEFORE.search(prompt)
     start = offset - (len(word.group(0)) if word else 0)
+    text = state.doc.text
+    partial = _LETTERS_BEFORE.search(prompt)
+    healed = ""
+    state.asked = prompt
+    running = state.running
+    asked_before = str(running.key[0]) if running is not None else ""
+    if running is not None and not (asked_before.startswith(prompt) and
+                                    (asked_before[len(prompt):].isalpha() or asked_before == prompt)):
+        running.cancel.cancel()  # a continuation of another place: stop it now, not after this word is completed
     try:
-        out = await generate(ls, uri, prompt, kind=kind, stop=("\n\n",))
+        if partial and not text[offset:offset + 1].isalpha():  # the cursor ends a word: maybe half of one
+            healed = await ls.run_engine(kind, lambda e: e.complete_word(prompt, partial.group(0),
+                                                                         session=prompt_session(uri)))
+            if state.asked != prompt:
+                return None  # a request for another place came while the word was completed: it answers
+        out = await generate(ls, uri, prompt + healed, kind=kind, stop=("\n\n",))
     except (Superseded, EngineUnavailable, OutOfMemory):  # a newer request took over, the model is not loaded
         return None                                         # (yet), or the device ran out of memory (user told)
-    return out, start, offset
+    if state.doc.text is not text and state.doc.text != text:
+        return None  # the writer typed on while it ran: a newer request answers for the text as it is
+    return healed + out, start, offset
 
 
 def register(server: TinymorphServer) -> None:

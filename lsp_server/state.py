@@ -104,6 +104,8 @@ class DocState:
     """The first characters of the last continuation's prompt window (`generation.prompt_window`)."""
     window_text: str = ""
     """That prompt: what the continuation cache holds, as far as the next prompt shares it (`generation.prompt_at`)."""
+    asked: str = ""
+    """The prompt of the latest completion request (an older one still completing a word gives way to it)."""
     running: Running | None = None
     """The document's generation (running or last): a request for another continuation cancels it."""
     findings: list[Finding] = field(default_factory=list)

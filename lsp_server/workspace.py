@@ -337,7 +337,9 @@ class SteeringSet:
                                 f"nothing changed") from None
 
     def put(self, entry: Steer) -> None:
-        """Add `entry`, replacing any entry for the same feature."""
+        """Add `entry`, replacing any entry for the same feature; SteeringError for one outside the bounds a steering
+        file is read with (so what is saved is always read back)."""
+        intervention_from(entry.intervention.to_dict())
         self._commit([e for e in self.entries if e.feature != entry.feature] + [entry], self.presets)
 
     def remove(self, feature: int) -> bool:

@@ -14,7 +14,7 @@ import torch
 
 from steering.fast.batched import Batcher, Request
 from steering.fast.cache import SessionCaches
-from steering.fast.decode import fast_token_ids
+from steering.fast.decode import decode, fast_token_ids
 from steering.fast.family import unsupported_reason
 from steering.fast.model import FastModel
 from steering.features.annotate import Annotation, Codes, annotate, annotation_of, encode_document
@@ -217,6 +217,7 @@ class Engine:
         self._fallback_scale: float | None = None
         self._specificity: Specificity | None = None
         self._corpus_words: frozenset[str] | None = None
+        self._texts: list[str] | None = None
         self._labels: dict[str, Any] | None = None
 
     @classmethod
@@ -531,6 +532,60 @@ class Engine:
             hook = None if plan is None else SteeringHook.from_plan(plan)
             tokens = decode_token_ids(self.lm, ids, sampling, steering=hook, hook=self.hook, cancel=cancel)
         return text_pieces(self.lm.tokenizer, ids[0].tolist(), tokens, sampling, self.lm.eos_token_ids)
+
+    def complete_word(self, prompt: str, partial: str, session: str | None = None, steps: int = 4) -> str:
+        """The letters that finish the word `partial` at the end of `prompt`, as the unsteered model would write it
+        (token healing: the prompt is read without the partial word, and the next tokens must spell it out, so a
+        pause in `thun` gives `der`, not a new token glued on, `thunbergers`). "" when the word is complete as it
+        stands or the model spells no word from it."""
+        if not partial or not prompt.endswith(partial):
+            return ""
+        base = prompt[: len(prompt) - len(partial)].rstrip(" ")
+        target = prompt[len(base):]  # the partial word with the spaces before it: how its tokens begin
+        texts = self._token_texts()
+        ids = prompt_ids(self.lm, base)[0].tolist()
+        written = ""
+        with torch.inference_mode():
+            if self.fast is not None and self.caches is not None and len(ids) + steps <= self.fast.max_positions:
+                cache = self.caches.get(session)
+                self.caches.trim()
+                read = decode(self.fast, cache, ids, None, None)
+                logits = next(read)
+                advance = read.send
+            else:
+                read = None
+                context = list(ids)
+
+                def advance(token: int) -> torch.Tensor:
+                    context.append(token)
+                    return self.lm.model(input_ids=torch.tensor([context], device=self.lm.device)).logits[0, -1]
+
+                logits = self.lm.model(input_ids=torch.tensor([context], device=self.lm.device)).logits[0, -1]
+            try:
+                for _ in range(steps):
+                    left = target[len(written):]
+                    allowed = [i for i, t in enumerate(texts) if t and (t.startswith(left) or left.startswith(t))]
+                    if not allowed:
+                        return ""
+                    choice = torch.tensor(allowed, device=logits.device)
+                    token = int(choice[logits[choice].float().argmax()])
+                    written += texts[token]
+                    if len(written) >= len(target):
+                        extra = written[len(target):]
+                        return extra if extra.isalpha() else ""
+                    logits = advance(token)
+            finally:
+                if read is not None:
+                    read.close()
+        return ""
+
+    def _token_texts(self) -> list[str]:
+        """Each token id's text as it reads after other text (its leading space included)."""
+        if self._texts is None:
+            tokenizer = self.lm.tokenizer
+            size = len(tokenizer)
+            self._texts = [tokenizer.decode([i]) for i in range(size)]
+        return self._texts
 
     def start(self, prompt: str, steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None,
               cancel: CancelToken | None = None, session: str | None = None) -> Request | None:

@@ -69,3 +69,15 @@ def test_default_sae_ships_with_labels_and_annotates_real_text() -> None:
                                       SamplingConfig(max_tokens=12)))
     plain = "".join(engine.generate("The weather today", (), SamplingConfig(max_tokens=12)))
     assert steered != plain
+
+
+def test_a_pause_inside_a_word_is_completed_as_that_word() -> None:
+    """Token healing: the prompt is read without the half word, and the next tokens must spell it out."""
+    from steering.config import EngineConfig
+
+    engine = Engine.load(EngineConfig(model="default", sae="default"))
+    assert engine.complete_word("The crew held the ropes while thun", "thun") == "der"
+    assert engine.complete_word("He moved his bishop across the bo", "bo") == "ard"
+    assert engine.complete_word("She kneaded the dough twice before shap", "shap") == "ing"
+    assert engine.complete_word("The storm came in from the sea", "sea") == ""  # a whole word stays as it is
+    assert engine.complete_word("The storm came in", "xyz") == ""  # not the end of the prompt

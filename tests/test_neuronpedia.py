@@ -144,7 +144,7 @@ def test_hover_shows_the_whole_explanation_and_its_source() -> None:
              9: FeatureCard("boats", ("sail",))}
     tok = TokenFeatures(4, 11, " rain", 20, 25, (FeatureValue(7, 3.5), FeatureValue(9, 1.0)))
     text = render(SimpleNamespace(cards=cards), tok, SimpleNamespace(watched=lambda feature: None))  # type: ignore[arg-type]
-    assert "| 7 | 3.50 | weather conditions |" in text
-    assert "**7**: mentions of weather conditions, especially rain *(Neuronpedia gpt2-small/2-res-jb (written by " \
-           "gpt-4o-mini))*" in text
-    assert "**9**:" not in text, "no explanation, no line"
+    assert "- **weather conditions** 3.50 · leads to *rain*" in text
+    assert "**weather conditions**: mentions of weather conditions, especially rain *(Neuronpedia gpt2-small/2-res-jb " \
+           "(written by gpt-4o-mini))*" in text
+    assert "**boats**:" not in text, "no explanation, no line"

@@ -159,8 +159,17 @@ print("ready", flush=True)
 n = 0
 while True:
     n += 1
-    steering.put(Steer(Intervention("add", n % 50, strength=float(n)), "x" * (n % 4000)))
+    steering.put(Steer(Intervention("add", n % 50, strength=float(1 + n % 9)), "x" * (n % 4000)))
 """
+
+
+def test_a_strength_outside_the_bounds_is_not_saved(tmp_path: Path) -> None:
+    from lsp_server.workspace import SteeringError
+
+    steering = SteeringSet(tmp_path)
+    with pytest.raises(SteeringError, match="between -10 and 10"):
+        steering.put(Steer(Intervention("add", 1, strength=181.0), "loud"))
+    assert steering.entries == [] and not (tmp_path / ".tinymorph" / "steering.json").exists()
 
 
 def test_a_save_killed_midway_leaves_a_whole_steering_file(tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ async def test_explain_hover_and_actions_say_how_amplify_does(client: Client) ->
             text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=0, character=character)))
         if hover is not None:
             hovers.append(hover.contents.value)
-    assert any("Amplify \u201c" in h and "carries it well" in h for h in hovers), hovers
+    assert any("amplify carries it well" in h for h in hovers), hovers
     actions = await client.text_document_code_action_async(types.CodeActionParams(
         text_document=types.TextDocumentIdentifier(uri=uri),
         range=types.Range(start=types.Position(line=0, character=0), end=types.Position(line=0, character=40)),
