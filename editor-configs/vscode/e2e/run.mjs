@@ -50,6 +50,8 @@ fs.writeFileSync(path.join(dirs.data, 'User', 'settings.json'), JSON.stringify({
   'editor.inlineSuggest.enabled': true,
   'chat.commandCenter.enabled': false,
   'update.mode': 'none',
+  'extensions.autoCheckUpdates': false,
+  'extensions.autoUpdate': false,
 }, null, 2));
 
 // code-server keeps logs under XDG_DATA_HOME; keep those in WORK too
@@ -59,7 +61,7 @@ const install = spawnSync(CODE_SERVER, [...common, '--install-extension', VSIX],
 if (install.status !== 0) { throw new Error(`--install-extension failed: ${install.stdout}${install.stderr}`); }
 const server = spawn(CODE_SERVER, [...common, '--bind-addr', `127.0.0.1:${PORT}`, '--auth', 'none',
   '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust', '--disable-getting-started-override'],
-{ env: childEnv, stdio: ['ignore', fs.openSync(path.join(WORK, 'code-server.log'), 'w'), 'inherit'] });
+{ env: childEnv, detached: true, stdio: ['ignore', fs.openSync(path.join(WORK, 'code-server.log'), 'w'), 'inherit'] });
 for (let i = 0; ; i++) {
   try { if ((await fetch(URL)).ok) { break; } } catch { /* not listening yet */ }
   if (i > 60) { throw new Error(`code-server did not answer on ${URL}`); }
@@ -85,7 +87,7 @@ async function step(name, fn, { essential = false } = {}) {
 
 const texts = (selector) => page.$$eval(selector, (els) => els.map((e) => e.innerText.trim()).filter(Boolean));
 const lines = () => page.$$eval('.monaco-editor .view-lines .view-line', (els) => els
-  .sort((a, b) => parseFloat(a.style.top) - parseFloat(b.style.top)).map((e) => e.innerText));
+  .sort((a, b) => parseFloat(a.style.top) - parseFloat(b.style.top)).map((e) => e.innerText.replace(/\s/g, ' ')));
 const toasts = () => texts('.notifications-toasts .notification-toast');
 const waitFor = (fn, arg, timeout = 60000) => page.waitForFunction(fn, arg, { timeout, polling: 250 });
 const waitText = (selector, pattern, timeout) => waitFor(([s, p]) => [...document.querySelectorAll(s)]
@@ -208,11 +210,11 @@ try {
   });
 
   await step('ghost-text-accepted', async () => {
-    const before = (await lines()).find((l) => l.includes('straight rows'));
+    const paragraphEnd = async () => (await lines()).join('').match(/straight rows\..*/)?.[0];
+    const before = await paragraphEnd();
     await page.keyboard.press('Tab');
     await page.waitForTimeout(800);
-    const after = (await lines()).filter((l) => l.includes('straight rows') || l.includes('The'));
-    return { before, after: after.slice(-2) };
+    return { before, after: await paragraphEnd() };
   });
 
   await step('more-like-this', async () => {
@@ -235,13 +237,12 @@ try {
   await step('preset-actions', async () => {
     await page.keyboard.press('Enter');
     await page.waitForTimeout(500);
-    const picks = await quickPick();
-    await page.keyboard.press('Escape');
-    return { picks };
+    return { picks: await quickPick() };
   });
 
   let feature;
   await step('search-features', async () => {
+    await page.keyboard.press('Escape'); // leave the preset as it is
     await palette('tinymorph: Search features');
     await answer('Search features', 'sea');
     await waitText(`${quickInput} .monaco-list-row`, '\\d', 30000);
@@ -263,13 +264,12 @@ try {
     await clearToasts();
     await palette('tinymorph: Watched features');
     await waitText(`${quickInput} .monaco-list-row`, feature, 30000);
-    const picks = await quickPick();
-    await page.keyboard.press('Escape');
     await page.waitForTimeout(2000); // the watch flags the document: diagnostics in the Problems count
-    return { picks, statusBar: await texts('.statusbar-item[id*="problems"], #status\\.problems') };
+    return { picks: await quickPick(), statusBar: await texts('#status\\.problems') };
   });
 
   await step('list-steering', async () => {
+    await page.keyboard.press('Escape'); // keep watching
     await palette('tinymorph: List steering');
     await waitToast('tinymorph steering', 30000);
     return { notifications: await toasts() };
@@ -294,7 +294,7 @@ try {
 } finally {
   fs.writeFileSync(path.join(OUT, 'observed.json'), JSON.stringify(observed, null, 2) + '\n');
   await browser.close();
-  server.kill();
+  process.kill(-server.pid); // code-server's process group: its extension host and the language server with it
 }
 const failed = observed.filter((o) => !o.ok).length;
 console.log(`${observed.length - failed}/${observed.length} steps ok; screenshots and observed.json in ${OUT}`);
