@@ -10,7 +10,6 @@ compute one for a version it no longer has.
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 import re
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from pygls.exceptions import (
 )
 
 from steering.evaluation.calibrate import DISTINCT_2
-from steering.evaluation.continuations import word_list
+from steering.evaluation.continuations import distinct_2, word_list
 from steering.features.ranking import rank
 from steering.runtime.guidance import steers
 from steering.runtime.interventions import Intervention
@@ -155,7 +154,7 @@ def check_fluent(rewrite: str, original: str, nll: tuple[float, float]) -> None:
     if word_list(rewrite):
         raise RewriteRefused("the steered text came out as a list of words, not a sentence.")
     words = rewrite.lower().split()
-    if len(words) >= 8 and len(set(itertools.pairwise(words))) / (len(words) - 1) < DISTINCT_2:
+    if len(words) >= 8 and distinct_2(words) < DISTINCT_2:
         raise RewriteRefused("the steered text repeats itself.")
     new, old = nll
     if not math.isfinite(new) or new > old + REWRITE_NLL_MARGIN:

@@ -36,7 +36,7 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
     prompt = prompt_at(ls, state, offset)
     word = _WORD_BEFORE.search(prompt)
     start = offset - (len(word.group(0)) if word else 0)
-    text = state.doc.text
+    text, version = state.doc.text, state.doc.version
     partial = _LETTERS_BEFORE.search(prompt)
     healed = ""
     state.asked = prompt
@@ -54,7 +54,7 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
         out = await generate(ls, uri, prompt + healed, kind=kind, stop=("\n\n",))
     except (Superseded, EngineUnavailable, OutOfMemory):  # a newer request took over, the model is not loaded
         return None                                         # (yet), or the device ran out of memory (user told)
-    if state.doc.text is not text and state.doc.text != text:
+    if state.doc.version != version:
         return None  # the writer typed on while it ran: a newer request answers for the text as it is
     return healed + out, start, offset
 

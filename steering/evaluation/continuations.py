@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -152,8 +152,8 @@ def human_nll(lm: LoadedModel, stream: torch.Tensor, *, spans: int = 64, prefix:
     return total / (len(starts) * length)
 
 
-def distinct_2(tokens: Sequence[int]) -> float:
-    """Distinct bigrams over all bigrams of a continuation (1: no repeats; low values flag loops)."""
+def distinct_2(tokens: Sequence[Hashable]) -> float:
+    """Distinct bigrams over all bigrams of a continuation, of tokens or words (1: no repeats; low values flag loops)."""
     pairs = list(itertools.pairwise(tokens))
     return len(set(pairs)) / len(pairs) if pairs else 1.0
 
