@@ -59,8 +59,10 @@ def feature_hints(server: TinymorphServer, state: DocState, lo: int, hi: int) ->
         if not lo <= end <= hi:
             continue
         typed = state.last_edit
-        if typed is not None and end < typed and "\n" not in state.doc.text[end:typed]:
-            continue  # the writer is typing past the span's end: its hint would sit between old and new text
+        if typed is not None and end <= typed and "\n" not in state.doc.text[end:typed]:
+            # the writer is typing at or past the span's end: its hint would sit between old and new text, or where
+            # the ghost text of a suggestion starts; it comes back once the writer starts another paragraph
+            continue
         shown = span_hint(server, state, at, span)
         if not shown:
             continue

@@ -1,6 +1,6 @@
 """The VS Code extension: its settings schema mirrors the server's, and it builds (tsc), passes its node tests and
-packages to a .vsix (@vscode/vsce) from npm packages alone. VS Code itself cannot be downloaded here, so the
-extension is not run inside the editor."""
+packages to a .vsix (@vscode/vsce) from npm packages alone. The run inside VS Code for the web is
+editor-configs/vscode/e2e (by hand: code-server and Chromium are large), so this suite does not start the editor."""
 
 from __future__ import annotations
 

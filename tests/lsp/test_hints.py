@@ -83,7 +83,18 @@ async def test_the_hint_steps_aside_while_the_writer_types_past_it(client) -> No
     assert [h.position.line for h in got] == [2]
     await wait_annotated(client, uri, 2)
     got = [h for h in await hints(client, uri, TEXT) if h.label[0].value == "⟨"]
-    assert sorted((h.position.line, h.position.character) for h in got)[0] == (0, end + len(" The boats"))
+    # read again, it still stays out of the way at the cursor, where the ghost text of a suggestion would start
+    assert [h.position.line for h in got] == [2]
+    typed = end + len(" The boats")
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=3), content_changes=[
+            types.TextDocumentContentChangePartial(range=types.Range(
+                start=types.Position(line=0, character=typed), end=types.Position(line=0, character=typed)),
+                text="\n\nNight")]))
+    await wait_annotated(client, uri, 3)
+    got = [h for h in await hints(client, uri, TEXT) if h.label[0].value == "⟨"]
+    # the writer went on to a new paragraph: the finished one shows its hint at its end again
+    assert (0, typed) in {(h.position.line, h.position.character) for h in got}
 
 
 async def test_suggestion_hint_after_the_last_edit(client) -> None:

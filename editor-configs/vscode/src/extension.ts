@@ -6,7 +6,7 @@ import {
 } from 'vscode-languageclient/node';
 import * as fs from 'node:fs';
 import {
-  checkPresetName, contributedKeys, describePreset, describeSteering, describeWatches, documentSelector,
+  checkPresetName, contributedKeys, describePreset, presetState, describeSteering, describeWatches, documentSelector,
   ExampleFeature, exampleItems, initializationOptions, Launch, launchOptions, parseFeature, parseThreshold, Preset,
   presetChoices, serverDownMessage, SteerEntry, strengthProblem, Watch,
 } from './settings';
@@ -187,7 +187,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       return;
     }
     const preset = await vscode.window.showQuickPick(
-      listed.presets.map((p) => ({ label: p.name, description: describePreset(p), preset: p })), { placeHolder: 'Preset' });
+      listed.presets.map((p) => ({ label: p.name, description: presetState(p), preset: p })), { placeHolder: 'Preset' });
     if (!preset) { return; }
     const choice = await vscode.window.showQuickPick(presetChoices(preset.preset), { placeHolder: preset.label });
     if (!choice) { return; }

@@ -92,10 +92,20 @@ export interface Preset {
   error?: string;
 }
 
-/** A preset as one line of a quick pick or notification. */
+/** A preset as one line of a notification: its state, name and strength. */
 export function describePreset(p: Preset): string {
-  const strength = p.strength >= 0 ? `+${p.strength}` : `${p.strength}`;
-  return `${p.enabled ? 'on' : 'off'} · ${p.name} (${strength})${p.error ? ` · cannot be used: ${p.error}` : ''}`;
+  return `${p.enabled ? 'on' : 'off'} · ${p.name} (${signed(p.strength)})${p.error ? ` · cannot be used: ${p.error}` : ''}`;
+}
+
+/** A preset's quick-pick description beside its name (so the name is not said twice): state, strength, excerpt. */
+export function presetState(p: Preset): string {
+  const excerpt = p.excerpt.trim().replace(/\s+/g, ' ');
+  const quoted = excerpt === '' ? '' : ` · “${excerpt.length > 40 ? `${excerpt.slice(0, 39).trimEnd()}…` : excerpt}”`;
+  return `${p.enabled ? 'on' : 'off'} (${signed(p.strength)})${quoted}${p.error ? ` · cannot be used: ${p.error}` : ''}`;
+}
+
+function signed(value: number): string {
+  return value >= 0 ? `+${value}` : `${value}`;
 }
 
 /** What can be done with a preset: the server command and its argument for each choice (rename asks for `to`). */

@@ -3,7 +3,7 @@ import * as assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  checkPresetName, contributedKeys, describePreset, describeSteering, describeWatches, documentSelector,
+  checkPresetName, contributedKeys, describePreset, presetState, describeSteering, describeWatches, documentSelector,
   exampleItems, initializationOptions, launchOptions, parseFeature, parseThreshold, presetChoices, serverDownMessage, strengthProblem,
   Settings,
 } from '../settings';
@@ -90,6 +90,12 @@ test('presets: described, their choices name the server commands, names checked 
   assert.equal(describePreset(on), 'on · storm scenes (+1)');
   assert.equal(describePreset({ ...on, enabled: false, error: 'file missing' }),
     'off · storm scenes (+1) · cannot be used: file missing');
+  // Beside the name in the picker: no second name; the excerpt, cut at 40 characters.
+  assert.equal(presetState(on), 'on (+1) · “Thunder rolled”');
+  assert.equal(presetState({ ...on, strength: -2, excerpt: `A ${'very '.repeat(20)}long\nexcerpt` }),
+    'on (-2) · “A very very very very very very very ve…”');
+  assert.equal(presetState({ ...on, enabled: false, excerpt: ' ', error: 'file missing' }),
+    'off (+1) · cannot be used: file missing');
   assert.deepEqual(presetChoices(on).map((c) => [c.label, c.command]), [
     ['Switch off', 'tinymorph.preset.toggle'], ['Rename…', 'tinymorph.preset.rename'],
     ['Remove', 'tinymorph.preset.remove']]);
