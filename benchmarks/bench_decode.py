@@ -8,7 +8,8 @@ installed; its control vectors as the steered peer). One JSON object on stdout.
 For each context length C (a prompt of exactly C tokens of prose):
 - `decode_tok_s`: tokens/s of `--tokens` greedy tokens after the prompt, the prompt's reading left out (tinymorph:
   a session whose cache already holds the prompt; transformers.generate: total minus a 1-token run; llama.cpp:
-  the timed loop of `eval([token])` after `eval(prompt)`); median of `--repeats`;
+  the timed loop of `eval([token])` after `eval(prompt)`); median of `--repeats`, the fast path's runs and
+  llama.cpp's taken in turn round by round (`interleaved`: a slow stretch of the host falls on all alike);
 - `prefill_s`: reading the prompt into an empty cache;
 - ratios against llama.cpp unsteered and steered / unsteered.
 Steering: a random direction of the mean residual norm at the SAE's hook, added at every position (tinymorph: a
@@ -30,11 +31,12 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from harness import block_hook, build_document, emit, held_out_text, logger, machine, median_of
+from harness import block_hook, build_document, emit, held_out_text, logger, machine, median_of, timed
 
 from steering.config import EngineConfig, SamplingConfig
 from steering.engine import Engine
@@ -116,6 +118,20 @@ class LlamaCpp:
         return t1 - t0, time.perf_counter() - t1
 
 
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median seconds of each of `runs` (each returns the seconds it measured): one warm-up call each, then
+    `repeats` rounds that call every run once, each round starting one run later, so that a slow stretch of a shared
+    host falls on all of them alike rather than on whichever ran then."""
+    names = list(runs)
+    for name in names:
+        runs[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seconds[name].append(runs[name]())
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -165,17 +181,37 @@ def main(argv: list[str] | None = None) -> None:
                  ) -> str:
             return "".join(e.generate(p, steer, sampling, session=session))
 
+        decoders: dict[str, Callable[[], float]] = {}
         for name, steer, e in (("unsteered", [], engine), ("steered", steering, engine),
                                ("steered_int8_only", steering, int8_only)):
             session = f"bench-{context}-{name}"
             ours(steer, session, e)  # the prompt is now in the session's cache
-            seconds = median_of(lambda s=steer, k=session, e=e: ours(s, k, e), args.repeats)
-            row[f"tinymorph_{name}"] = {"decode_tok_s": round(T / seconds, 2)}
-            if name == "steered_int8_only":
-                continue
+            decoders[f"tinymorph_{name}"] = lambda s=steer, k=session, e=e: timed(lambda: ours(s, k, e)).seconds
+        llama_prefill: dict[str, list[float]] = {}
+        if llama is not None:
+            tokens = llama.tokens(prompt + " and more text to spare " * 8, n)
+
+            def llama_decode(name: str, vec: torch.Tensor | None, t: list[int] = tokens,
+                             kept: dict[str, list[float]] = llama_prefill) -> float:
+                assert llama is not None
+                llama.steer(vec, engine.hook.layer)
+                prefill, seconds = llama.run(t, T)
+                kept.setdefault(name, []).append(prefill)
+                return seconds
+
+            for name, vec in (("unsteered", None), ("steered", vector)):
+                decoders[f"llama_cpp_{name}"] = lambda k=name, v=vec: llama_decode(k, v)
+        seconds = interleaved(decoders, args.repeats)
+        for name, value in seconds.items():
+            row[name] = {"decode_tok_s": round(T / value, 2)}
+        for name, steer in (("unsteered", []), ("steered", steering)):
             prefill = median_of(lambda s=steer: "".join(engine.generate(
                 prompt, s, SamplingConfig(max_tokens=1), session=None)), args.repeats)  # noqa: B023
             row[f"tinymorph_{name}"]["prefill_s"] = round(prefill, 3)
+        for name, values in llama_prefill.items():
+            row[f"llama_cpp_{name}"]["prefill_s"] = round(statistics.median(values), 3)
+        if llama is not None:
+            llama.steer(None, engine.hook.layer)
         loop = median_of(lambda: ours([], None, slow), max(1, args.repeats - 1))
         loop_prefill = median_of(lambda p=prompt: "".join(slow.generate(p, [], SamplingConfig(max_tokens=1))), 1)
         row["tinymorph_transformers_loop"] = {"decode_tok_s": round((T - 1) / max(1e-9, loop - loop_prefill), 2),
@@ -198,15 +234,6 @@ def main(argv: list[str] | None = None) -> None:
             row[f"transformers_generate_{name}"] = {"decode_tok_s": round((T - 1) / max(1e-9, total - first), 2),
                                                     "prefill_s": round(first, 3)}
         if llama is not None:
-            tokens = llama.tokens(prompt + " and more text to spare " * 8, n)
-            for name, vec in (("unsteered", None), ("steered", vector)):
-                llama.steer(vec, engine.hook.layer)
-                llama.run(tokens, T)
-                runs = [llama.run(tokens, T) for _ in range(args.repeats)]
-                row[f"llama_cpp_{name}"] = {
-                    "decode_tok_s": round(T / statistics.median(d for _, d in runs), 2),
-                    "prefill_s": round(statistics.median(p for p, _ in runs), 3)}
-            llama.steer(None, engine.hook.layer)
             base = row["llama_cpp_unsteered"]["decode_tok_s"]
             row["tinymorph_steered_vs_llama_cpp_unsteered"] = round(row["tinymorph_steered"]["decode_tok_s"] / base, 3)
         row["tinymorph_steered_vs_int8_only"] = round(

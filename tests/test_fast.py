@@ -17,6 +17,7 @@ from steering.fast.linear import (
     Linear,
     int4_available,
     int8_available,
+    linear_maker,
     quantize_int4,
     quantize_int8,
     row_bucket,
@@ -337,6 +338,20 @@ def test_int8_weights_round_trip_within_half_a_step() -> None:
     assert q.dtype == torch.int8 and scales.shape == (48,)
     error = (q.float() * scales[:, None] - weight).abs()
     assert bool((error <= scales[:, None] / 2 + 1e-6).all())
+
+
+@pytest.mark.skipif(not int8_available(torch.bfloat16, torch.device("cpu")), reason="no int8 matmul kernel")
+def test_int8_copies_multiply_through_the_quantized_engine_where_there_is_one() -> None:
+    weight = torch.randn(96, 64, dtype=torch.bfloat16)  # full precision: no 4-bit copy
+    lin = linear_maker(torch.bfloat16, torch.device("cpu"), True)(weight)
+    engine = torch.backends.quantized.engine in ("x86", "fbgemm")
+    assert (lin.dynamic is not None) == engine and (lin.int8 is None) == engine and lin.int4 is None
+    few, many = torch.randn(2, 64, dtype=torch.bfloat16), torch.randn(8, 64, dtype=torch.bfloat16)
+    exact = few.float() @ weight.float().T
+    out = lin(few)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 96)
+    assert 0 < float((out.float() - exact).norm() / exact.norm()) < 0.02  # 8-bit weights and inputs: close, not equal
+    assert torch.equal(lin(many), F.linear(many, weight)), "a prompt's rows use the model's own weights"
 
 
 def _four_bit(out_f: int, in_f: int, seed: int = 0) -> torch.Tensor:

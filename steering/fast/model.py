@@ -79,9 +79,10 @@ class View(Protocol):
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of queries or keys `[..., head_dim]`."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    """Rotary position embedding of queries and keys `[..., head_dim]` (both at once: three operations a block, not
+    fourteen), in the tables' dtype. `sin` is signed (`FastModel.rope`): its first half negated, so that rotating
+    half the dimensions is a roll, `(-x2, x1) * sin == roll(x) * signed`."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 def attend_capped(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View, scale: float,
@@ -103,24 +104,25 @@ def attend_capped(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vie
     return out.reshape(rows, heads, tokens, hd).to(q.dtype)
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View, scale: float) -> torch.Tensor:
-    """Grouped-query attention of queries `[rows, heads, tokens, hd]` over `keys`, `values` `[rows, kv, span, hd]`,
-    in the queries' dtype. One query per row over a float32 cache of at most `SDPA_SPAN` positions that it sees
-    whole runs through the fused kernel; one query otherwise as two small matmuls (faster over longer spans, and
-    what a batched step needs: each row sees its own positions); several, through the fused kernel."""
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View, scale: float,
+           dtype: torch.dtype) -> torch.Tensor:
+    """Grouped-query attention of queries `[rows, heads, tokens, hd]` over `keys`, `values` `[rows, kv, span, hd]`.
+    One query per row, in the cache's dtype: over a float32 cache of at most `SDPA_SPAN` positions that it sees
+    whole through the fused kernel; otherwise as two small matmuls (faster over longer spans, and what a batched step
+    needs: each row sees its own positions). Several (reading a prompt): through the fused kernel in `dtype`, the
+    model's."""
     rows, heads, tokens, hd = q.shape
     kv = keys.shape[1]
     if tokens == 1 and view.visible is None and keys.shape[2] <= SDPA_SPAN and keys.dtype == torch.float32:
-        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, scale=scale, enable_gqa=True)
-        return out.to(q.dtype)
+        return F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, scale=scale, enable_gqa=True)
     if tokens == 1:
         scores = torch.matmul(q.reshape(rows, kv, -1, hd).to(keys.dtype), keys.transpose(2, 3)) * scale
         scores = scores.float()
         if view.visible is not None:
             scores = scores.masked_fill(~view.visible[:, None], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
-        return torch.matmul(probs, values).reshape(rows, heads, 1, hd).to(q.dtype)
-    keys, values = keys.to(q.dtype), values.to(q.dtype)
+        return torch.matmul(probs, values).reshape(rows, heads, 1, hd)
+    q, keys, values = q.to(dtype), keys.to(dtype), values.to(dtype)
     if view.causal:
         return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
     mask = None if view.visible is None else view.visible[:, None]
@@ -182,8 +184,13 @@ class FastModel:
         operations)."""
 
     def _norm_weight(self, module: Any) -> torch.Tensor:
+        """A norm's weight as `norm` takes it: LayerNorm's as it is; RMSNorm's (plus the family's offset) followed by
+        as many zeros."""
         weight = module.weight.detach()
-        return weight + self.family.norm_offset if self.family.norm_offset else weight
+        if self.family.gpt2:
+            return weight
+        weight = weight + self.family.norm_offset if self.family.norm_offset else weight
+        return torch.cat((weight, torch.zeros_like(weight)))
 
     # ------------------------------------------------------------------------------------------- pieces
     def bytes_per_token(self) -> int:
@@ -193,8 +200,9 @@ class FastModel:
         return kv * 2 * self.n_layers * self.n_kv * self.head_dim + resid * self.d_model
 
     def rope(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary cosines and sines `[positions, head_dim]` of at least the first `end` positions; for learned
-        positions (GPT-2) their embeddings `[positions, d_model]`, twice."""
+        """Rotary cosines and signed sines (`rotate`) `[positions, head_dim]` of at least the first `end` positions,
+        in the cache's dtype (queries and keys come out of the rotation in it: what the cache keeps and a decode
+        step's attention reads); for learned positions (GPT-2) their embeddings `[positions, d_model]`, twice."""
         if self.positions is not None:
             return self.positions, self.positions
         if self._cos.shape[0] < end:
@@ -202,16 +210,20 @@ class FastModel:
             positions = torch.arange(size, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             assert self.rotary is not None
-            cos, sin = self.rotary(probe, positions)
-            self._cos, self._sin = cos[0], sin[0]
+            cos, sin = (t[0].to(self.cache_dtype) for t in self.rotary(probe, positions))
+            half = self.head_dim // 2
+            self._cos, self._sin = cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
         return self._cos, self._sin
 
     def norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """LayerNorm where there is a `bias`; else RMSNorm through the fused LayerNorm kernel (three operations
+        instead of the eight of `x * rsqrt(mean(x²) + eps) * w`, which torch runs one by one on a CPU): `[x, -x]` has
+        mean 0 and variance mean(x²), so its LayerNorm's first half, by the weight `[w, 0]` (`_norm_weight`), is
+        RMSNorm(x) * w, computed in float32 and rounded once."""
         if bias is not None:
             return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * h.to(x.dtype)
+        d = x.shape[-1]
+        return F.layer_norm(torch.cat((x, -x), dim=-1), (2 * d,), weight, None, self.eps)[..., :d]
 
     def embedding(self, ids: torch.Tensor) -> torch.Tensor:
         x = F.embedding(ids, self.embed)
@@ -225,16 +237,16 @@ class FastModel:
             x = x + view.cos.reshape(rows * tokens, -1).to(x.dtype)
         qkv = layer.qkv(self.norm(x, layer.norm1, layer.norm1_bias))
         nq, nk = self.n_heads * hd, self.n_kv * hd
-        q = qkv[:, :nq].view(rows, tokens, self.n_heads, hd).transpose(1, 2)
-        k = qkv[:, nq:nq + nk].view(rows, tokens, self.n_kv, hd).transpose(1, 2)
-        v = qkv[:, nq + nk:].view(rows, tokens, self.n_kv, hd).transpose(1, 2)
+        qk = qkv[:, :nq + nk].view(rows, tokens, self.n_heads + self.n_kv, hd).transpose(1, 2)
         if self.positions is None:
-            q, k = rotate(q, view.cos, view.sin), rotate(k, view.cos, view.sin)
+            qk = rotate(qk, view.cos, view.sin)
+        q, k = qk[:, :self.n_heads], qk[:, self.n_heads:]
+        v = qkv[:, nq + nk:].view(rows, tokens, self.n_kv, hd).transpose(1, 2)
         keys, values = view.store(i, k, v)
         if self.attention_cap:
             attended = attend_capped(q, keys, values, view, self.scale, self.attention_cap)
         else:
-            attended = attend(q, keys, values, view, self.scale)
+            attended = attend(q, keys, values, view, self.scale, x.dtype)
         out = layer.o(attended.transpose(1, 2).reshape(rows * tokens, nq).to(x.dtype))
         x = x + (out if layer.post_attention is None else self.norm(out, layer.post_attention))
         if self.family.gpt2:
