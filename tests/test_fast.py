@@ -341,10 +341,13 @@ def test_int8_weights_round_trip_within_half_a_step() -> None:
 
 
 @pytest.mark.skipif(not int8_available(torch.bfloat16, torch.device("cpu")), reason="no int8 matmul kernel")
-def test_int8_copies_multiply_through_the_quantized_engine_where_there_is_one() -> None:
+def test_the_unembedding_multiplies_through_the_quantized_engine_where_there_is_one() -> None:
     weight = torch.randn(96, 64, dtype=torch.bfloat16)  # full precision: no 4-bit copy
-    lin = linear_maker(torch.bfloat16, torch.device("cpu"), True)(weight)
+    make = linear_maker(torch.bfloat16, torch.device("cpu"), True)
+    lin = make(weight, dynamic=True)  # the unembedding's
     engine = torch.backends.quantized.engine in ("x86", "fbgemm")
+    block = make(weight)  # a block's: weight-only int8, its inputs exact
+    assert block.dynamic is None and block.int8 is not None
     assert (lin.dynamic is not None) == engine and (lin.int8 is None) == engine and lin.int4 is None
     few, many = torch.randn(2, 64, dtype=torch.bfloat16), torch.randn(8, 64, dtype=torch.bfloat16)
     exact = few.float() @ weight.float().T

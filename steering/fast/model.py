@@ -168,7 +168,7 @@ class FastModel:
         make = linear_maker(self.dtype, self.device, int8, int4)
         self.int8 = int8 and int8_available(self.dtype, self.device)
         """Whether decode steps use int8 copies of the weights (`linear.int8_available`)."""
-        self.unembed = make(model.get_output_embeddings().weight.detach())
+        self.unembed = make(model.get_output_embeddings().weight.detach(), dynamic=True)
         build = _gpt2_layer if family.gpt2 else _llama_layer
         self.layers: list[Layer] = [build(block, make, self._norm_weight, family.sandwich_norms)
                                     for block in (inner.h if family.gpt2 else inner.layers)]
