@@ -402,7 +402,16 @@ def test_a_model_stored_in_four_bits_decodes_from_four_bit_copies_with_the_same_
             fast.upper(cache)
             cache.push(5)
             logits.append(fast.upper(cache, keep=True))
+        # candidate next tokens (guided steering) go through the 4-bit copies several rows at a time
+        rows = []
+        for fast in (plain, quick):
+            cache = PrefixCache(fast)
+            cache.sync(ids)
+            fast.upper(cache)
+            rows.append(fast.candidates(cache, torch.tensor([5, 9, 11])).float())
     assert F.cosine_similarity(logits[0], logits[1], dim=0) > 0.999
+    assert rows[1].shape == (3, lm.d_model)
+    assert bool((F.cosine_similarity(rows[0], rows[1], dim=-1) > 0.999).all())
 
 
 @pytest.mark.skipif(not int8_available(torch.bfloat16, torch.device("cpu")), reason="no int8 matmul kernel")

@@ -219,11 +219,12 @@ class FastModel:
         """LayerNorm where there is a `bias`; else RMSNorm through the fused LayerNorm kernel (three operations
         instead of the eight of `x * rsqrt(mean(x²) + eps) * w`, which torch runs one by one on a CPU): `[x, -x]` has
         mean 0 and variance mean(x²), so its LayerNorm's first half, by the weight `[w, 0]` (`_norm_weight`), is
-        RMSNorm(x) * w, computed in float32 and rounded once."""
+        RMSNorm(x) * w, computed in float32 and rounded once. Contiguous (a copy only for several rows): the 4-bit
+        matmul takes nothing else."""
         if bias is not None:
             return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
         d = x.shape[-1]
-        return F.layer_norm(torch.cat((x, -x), dim=-1), (2 * d,), weight, None, self.eps)[..., :d]
+        return F.layer_norm(torch.cat((x, -x), dim=-1), (2 * d,), weight, None, self.eps)[..., :d].contiguous()
 
     def embedding(self, ids: torch.Tensor) -> torch.Tensor:
         x = F.embedding(ids, self.embed)
