@@ -80,7 +80,7 @@ class View(Protocol):
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of queries and keys `[..., head_dim]` (both at once: three operations a block, not
-    fourteen), in the tables' dtype. `sin` is signed (`FastModel.rope`): its first half negated, so that rotating
+    fourteen). `sin` is signed (`FastModel.rope`): its first half negated, so that rotating
     half the dimensions is a roll, `(-x2, x1) * sin == roll(x) * signed`."""
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
@@ -201,8 +201,9 @@ class FastModel:
 
     def rope(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary cosines and signed sines (`rotate`) `[positions, head_dim]` of at least the first `end` positions,
-        in the cache's dtype (queries and keys come out of the rotation in it: what the cache keeps and a decode
-        step's attention reads); for learned positions (GPT-2) their embeddings `[positions, d_model]`, twice."""
+        in the model's dtype (rotated in float32, keys differed in their last bits between a batched row and the
+        same text alone, and so, after a few steps, did greedy tokens); for learned positions (GPT-2) their
+        embeddings `[positions, d_model]`, twice."""
         if self.positions is not None:
             return self.positions, self.positions
         if self._cos.shape[0] < end:
@@ -210,7 +211,7 @@ class FastModel:
             positions = torch.arange(size, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             assert self.rotary is not None
-            cos, sin = (t[0].to(self.cache_dtype) for t in self.rotary(probe, positions))
+            cos, sin = (t[0].to(self.dtype) for t in self.rotary(probe, positions))
             half = self.head_dim // 2
             self._cos, self._sin = cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
         return self._cos, self._sin
