@@ -5,6 +5,7 @@ The engine keeps no per-user state: steering sets are passed in with each call.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +68,28 @@ def resolve_sae_path(spec: str) -> Path | None:
     if not path.exists() and (found := resolve_release(spec)) is not None:
         return found[0]
     return path
+
+
+class Spellings:
+    """Token ids by their text as it reads after other text (its leading space included), to spell a word out
+    (`Engine.complete_word`) by lookups instead of a pass over the whole vocabulary (20 ms a step on the default
+    model's 49,152 tokens)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.by_text: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            if text:
+                self.by_text.setdefault(text, []).append(i)
+        self.sorted = sorted(self.by_text)
+
+    def fitting(self, left: str) -> list[int]:
+        """The ids, in order, of the tokens whose text starts with `left` or is a beginning of it."""
+        lo = bisect.bisect_left(self.sorted, left)
+        hi = bisect.bisect_left(self.sorted, left + "\U0010ffff")
+        ids = [i for text in self.sorted[lo:hi] for i in self.by_text[text]]
+        ids += [i for n in range(1, len(left)) for i in self.by_text.get(left[:n], ())]
+        return sorted(ids)
 
 
 @dataclass(frozen=True)
@@ -217,7 +240,7 @@ class Engine:
         self._fallback_scale: float | None = None
         self._specificity: Specificity | None = None
         self._corpus_words: frozenset[str] | None = None
-        self._texts: list[str] | None = None
+        self._spelled: Spellings | None = None
         self._labels: dict[str, Any] | None = None
 
     @classmethod
@@ -542,7 +565,8 @@ class Engine:
             return ""
         base = prompt[: len(prompt) - len(partial)].rstrip(" ")
         target = prompt[len(base):]  # the partial word with the spaces before it: how its tokens begin
-        texts = self._token_texts()
+        spellings = self._spellings()
+        texts = spellings.texts
         ids = prompt_ids(self.lm, base)[0].tolist()
         written = ""
         with torch.inference_mode():
@@ -564,7 +588,7 @@ class Engine:
             try:
                 for _ in range(steps):
                     left = target[len(written):]
-                    allowed = [i for i, t in enumerate(texts) if t and (t.startswith(left) or left.startswith(t))]
+                    allowed = spellings.fitting(left)
                     if not allowed:
                         return ""
                     choice = torch.tensor(allowed, device=logits.device)
@@ -579,13 +603,11 @@ class Engine:
                     read.close()
         return ""
 
-    def _token_texts(self) -> list[str]:
-        """Each token id's text as it reads after other text (its leading space included)."""
-        if self._texts is None:
+    def _spellings(self) -> Spellings:
+        if self._spelled is None:
             tokenizer = self.lm.tokenizer
-            size = len(tokenizer)
-            self._texts = [tokenizer.decode([i]) for i in range(size)]
-        return self._texts
+            self._spelled = Spellings([tokenizer.decode([i]) for i in range(len(tokenizer))])
+        return self._spelled
 
     def start(self, prompt: str, steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None,
               cancel: CancelToken | None = None, session: str | None = None) -> Request | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from steering.config import SamplingConfig
-from steering.engine import Engine
+from steering.engine import Engine, Spellings
 from steering.errors import TinymorphError
 from steering.runtime.decode import (
     CancelToken,
@@ -165,3 +167,12 @@ def test_repetition_penalty_breaks_a_greedy_loop(llama) -> None:
                                                                  repetition_penalty=3.0)))
     assert len(set(penalised)) > len(set(plain))
     assert plain[0] == penalised[0]  # nothing generated yet: the first token is the same
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(alphabet=" abtéh", max_size=5), max_size=60), left=st.text(alphabet=" abtéh", min_size=1,
+                                                                                         max_size=6))
+def test_spellings_find_what_a_pass_over_the_vocabulary_finds(texts: list[str], left: str) -> None:
+    # token healing's lookup: every token that starts with what is left of the word, or begins it, in id order
+    expected = [i for i, t in enumerate(texts) if t and (t.startswith(left) or left.startswith(t))]
+    assert Spellings(texts).fitting(left) == expected
