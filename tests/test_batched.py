@@ -8,7 +8,7 @@ import torch
 
 from steering.config import SamplingConfig
 from steering.engine import Engine
-from steering.fast.batched import Batcher, Request
+from steering.fast.batched import BatchCache, Batcher, BatchView, Request
 from steering.fast.cache import PrefixCache
 from steering.fast.decode import fast_token_ids
 from steering.fast.model import FastModel
@@ -53,6 +53,24 @@ def test_each_row_decodes_what_it_would_alone(make, positions: str) -> None:
     batcher.run(requests)
     assert [r.tokens for r in requests] == alone
     assert batcher.steps == sampling.max_tokens - 1  # one shared forward per step after each prompt's first token
+
+
+def test_one_row_decodes_what_it_would_alone_through_the_single_sequence_path() -> None:
+    # the writer's one continuation: stored by a slice, attending through the fused kernel, the same tokens
+    lm = tiny_lm("llama")
+    engine = Engine(lm, _sae(layer=1))
+    sampling = SamplingConfig(max_tokens=20, stop_at_eos=False)
+    for prompt, steering in zip(PROMPTS, _steerings(lm.d_model), strict=True):
+        batcher = Batcher(engine.caches.fast, engine.sae, set(), lm.tokenizer, rows=4)
+        request = Request(prompt_ids(lm, prompt)[0].tolist(), sampling, engine.plan(steering))
+        batcher.run([request])
+        assert request.tokens == _alone(engine, prompt, steering, sampling)
+    cache = BatchCache(engine.caches.fast, 2, 64)
+    cache.lengths[:] = torch.tensor([7, 3])
+    one = BatchView(engine.caches.fast, cache, 1, span=8)
+    assert one.slot == 7 and one.visible is None
+    assert BatchView(engine.caches.fast, cache, 1, span=12).visible is not None  # positions it must not see
+    assert BatchView(engine.caches.fast, cache, 2, span=8).slot is None
 
 
 def test_requests_join_and_leave_between_steps() -> None:
