@@ -104,25 +104,24 @@ def attend_capped(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vie
     return out.reshape(rows, heads, tokens, hd).to(q.dtype)
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View, scale: float,
-           dtype: torch.dtype) -> torch.Tensor:
-    """Grouped-query attention of queries `[rows, heads, tokens, hd]` over `keys`, `values` `[rows, kv, span, hd]`.
-    One query per row, in the cache's dtype: over a float32 cache of at most `SDPA_SPAN` positions that it sees
-    whole through the fused kernel; otherwise as two small matmuls (faster over longer spans, and what a batched step
-    needs: each row sees its own positions). Several (reading a prompt): through the fused kernel in `dtype`, the
-    model's."""
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View, scale: float) -> torch.Tensor:
+    """Grouped-query attention of queries `[rows, heads, tokens, hd]` over `keys`, `values` `[rows, kv, span, hd]`,
+    in the queries' dtype. One query per row over a float32 cache of at most `SDPA_SPAN` positions that it sees
+    whole runs through the fused kernel; one query otherwise as two small matmuls (faster over longer spans, and
+    what a batched step needs: each row sees its own positions); several, through the fused kernel."""
     rows, heads, tokens, hd = q.shape
     kv = keys.shape[1]
     if tokens == 1 and view.visible is None and keys.shape[2] <= SDPA_SPAN and keys.dtype == torch.float32:
-        return F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, scale=scale, enable_gqa=True)
+        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, scale=scale, enable_gqa=True)
+        return out.to(q.dtype)
     if tokens == 1:
         scores = torch.matmul(q.reshape(rows, kv, -1, hd).to(keys.dtype), keys.transpose(2, 3)) * scale
         scores = scores.float()
         if view.visible is not None:
             scores = scores.masked_fill(~view.visible[:, None], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
-        return torch.matmul(probs, values).reshape(rows, heads, 1, hd)
-    q, keys, values = q.to(dtype), keys.to(dtype), values.to(dtype)
+        return torch.matmul(probs, values).reshape(rows, heads, 1, hd).to(q.dtype)
+    keys, values = keys.to(q.dtype), values.to(q.dtype)
     if view.causal:
         return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
     mask = None if view.visible is None else view.visible[:, None]
@@ -201,8 +200,8 @@ class FastModel:
 
     def rope(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary cosines and signed sines (`rotate`) `[positions, head_dim]` of at least the first `end` positions,
-        in the model's dtype (rotated in float32, keys differed in their last bits between a batched row and the
-        same text alone, and so, after a few steps, did greedy tokens); for learned positions (GPT-2) their
+        in the model's dtype, as transformers rotates (rotated in float32, a batched row's keys differed from the
+        same text's alone in their last bits, and greedy tokens followed); for learned positions (GPT-2) their
         embeddings `[positions, d_model]`, twice."""
         if self.positions is not None:
             return self.positions, self.positions
@@ -211,7 +210,7 @@ class FastModel:
             positions = torch.arange(size, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             assert self.rotary is not None
-            cos, sin = (t[0].to(self.dtype) for t in self.rotary(probe, positions))
+            cos, sin = (t[0] for t in self.rotary(probe, positions))
             half = self.head_dim // 2
             self._cos, self._sin = cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
         return self._cos, self._sin
@@ -248,7 +247,7 @@ class FastModel:
         if self.attention_cap:
             attended = attend_capped(q, keys, values, view, self.scale, self.attention_cap)
         else:
-            attended = attend(q, keys, values, view, self.scale, x.dtype)
+            attended = attend(q, keys, values, view, self.scale)
         out = layer.o(attended.transpose(1, 2).reshape(rows * tokens, nq).to(x.dtype))
         x = x + (out if layer.post_attention is None else self.norm(out, layer.post_attention))
         if self.family.gpt2:
