@@ -6,7 +6,7 @@ The engine keeps no per-user state: steering sets are passed in with each call.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,11 +14,18 @@ from typing import Any, NamedTuple
 import torch
 
 from steering.fast.batched import Batcher, Request
-from steering.fast.cache import SessionCaches
+from steering.fast.cache import Encoder, SessionCaches
 from steering.fast.decode import decode, fast_token_ids
 from steering.fast.family import unsupported_reason
 from steering.fast.model import FastModel
-from steering.features.annotate import Annotation, Codes, annotate, annotation_of, encode_document
+from steering.features.annotate import (
+    Annotation,
+    Codes,
+    annotate,
+    annotation_of,
+    encode_codes,
+    encode_document,
+)
 from steering.features.featuremap import FeatureMap, build_map
 from steering.features.labels import (
     LogitLens,
@@ -46,6 +53,7 @@ from steering.runtime.interventions import (
 from steering.runtime.models import LoadedModel, Progress, _no_progress, load_model, module_device
 from steering.runtime.presets import StyleVector, style_vector
 from steering.sae.autoencoder import SAE, HookPoint
+from steering.sae.codes import SparseCodes
 from steering.sae.layouts import load_sae
 from steering.sae.releases import resolve as resolve_release
 
@@ -201,9 +209,9 @@ EXAMPLES = 3
 """Corpus examples shown per feature."""
 
 
-def _encoder(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The SAE's encoder over residuals in the model's dtype and device."""
-    return lambda r: sae.encode(r.to(sae.device, sae.dtype))
+def _encoder(sae: SAE) -> Encoder:
+    """The SAE's encoder (to nonzeros) over residuals in the model's dtype and device."""
+    return lambda r: sae.encode_sparse(r.to(sae.device, sae.dtype))
 
 
 class Engine:
@@ -356,9 +364,10 @@ class Engine:
             annotation = annotate(self.lm, sae, text)
             feats = torch.zeros(0, sae.d_sae)
         else:
-            ids, offsets, feats = encode_document(self.lm, sae, text, codes=self._codes(sae, session))
-            annotation = annotation_of(sae, text, ids, offsets, feats, paragraph_top=per_paragraph + 8,
+            ids, offsets, codes = encode_codes(self.lm, sae, text, codes=self._codes(sae, session))
+            annotation = annotation_of(sae, text, ids, offsets, codes, paragraph_top=per_paragraph + 8,
                                        specificity=self.specificity())
+            feats = codes.dense(len(ids))
         wanted = [f.feature for p in annotation.paragraphs for f in p.features]
         wanted += [f.feature for t in annotation.tokens for f in t.features]
         cards = self.cards(list(dict.fromkeys(wanted)), lens_limit=512)
@@ -374,7 +383,7 @@ class Engine:
         if caches is None:
             return None
 
-        def read(ids: list[int]) -> torch.Tensor | None:
+        def read(ids: list[int]) -> SparseCodes | None:
             got = caches.read(session, ids)
             if got is None:
                 return None

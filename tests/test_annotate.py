@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from steering.engine import Engine
-from steering.features.annotate import annotate, encode_document
+from steering.features.annotate import annotate, annotation_of, encode_document
+from steering.features.ranking import Specificity, rank_dense
 from steering.runtime.hooks import capture_residual
 from steering.sae.autoencoder import SAE, HookPoint
-from steering.spans import paragraphs
+from steering.sae.codes import SparseCodes
+from steering.spans import paragraphs, split_spans
 
 
 def random_sae(d_in: int = 64, d_sae: int = 96, layer: int = 2) -> SAE:
@@ -84,3 +89,49 @@ def test_engine_annotate_and_to_dict(llama) -> None:
     data = engine.annotate(TEXT).to_dict()
     assert data["paragraphs"][0]["text"] == TEXT[: TEXT.index("\n")]
     assert {"index", "token_id", "text", "start", "end", "features"} <= set(data["tokens"][1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), granularity=st.sampled_from(["paragraph", "sentence", "line"]))
+def test_annotation_from_nonzeros_equals_the_dense_reference(seed: int, granularity: str) -> None:
+    """`annotation_of` reads the codes as nonzeros: per token, per span and with watched features it gives what
+    the dense codes give by the definitions (top k per token; sum, peak and count over a span's tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    words = ["rain", "fell.", "The", "harbour", "slept\n", "boats\n\n", "Night", "came."]
+    picks = torch.randint(len(words), (int(torch.randint(1, 60, (1,), generator=g)),), generator=g).tolist()
+    text, offsets = "", []
+    for w in picks:
+        if text and not text.endswith("\n"):
+            text += " "
+        word = words[w].rstrip("\n")
+        offsets.append((len(text), len(text) + len(word)))
+        if word != words[w]:  # the line break is a token of its own, between spans
+            offsets.append((len(text) + len(word), len(text) + len(words[w])))
+        text += words[w]
+    sae = random_sae(d_sae=48)
+    dense = torch.rand(len(offsets), 48, generator=g)
+    dense[dense < 0.8] = 0  # sparse, distinct values: no ties to order
+    dense[0] = 0
+    ids = list(range(len(offsets)))
+    watch = [3, 17]
+    got = annotation_of(sae, text, ids, offsets, dense, top_k=4, paragraph_top=5, granularity=granularity,
+                        watch=watch)
+    assert got == annotation_of(sae, text, ids, offsets, SparseCodes.of(dense), top_k=4, paragraph_top=5,
+                                granularity=granularity, watch=watch)
+    for i, token in enumerate(got.tokens):
+        top = dense[i].topk(4)
+        want = {int(f): float(v) for v, f in zip(top.values, top.indices, strict=True) if v > 0}
+        want.update({f: float(dense[i, f]) for f in watch if dense[i, f] > 0})
+        assert {f.feature: f.activation for f in token.features} == pytest.approx(want)
+    assert set(got.weights) == set(dense.sum(0).nonzero().flatten().tolist())
+    ends = torch.tensor([max(e - 1, s) for s, e in offsets])
+    spans = [(s, e) for s, e in split_spans(text, granularity) if ((ends >= s) & (ends < e)).any()]
+    assert [(p.start, p.end) for p in got.paragraphs] == spans
+    specificity = Specificity(sae)
+    for span in got.paragraphs:
+        block = dense[(ends >= span.start) & (ends < span.end)]
+        total = block.sum(0)
+        assert [f.feature for f in span.features] == [r.feature for r in rank_dense(total, specificity, top=5)]
+        for f in span.features:
+            assert f.total == pytest.approx(float(total[f.feature]), rel=1e-5)
+            assert f.max == float(block[:, f.feature].max()) and f.count == int((block[:, f.feature] > 0).sum())

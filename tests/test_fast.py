@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from steering.config import SamplingConfig
 from steering.engine import Engine
-from steering.fast.cache import PrefixCache, SessionCaches, SparseCodes
+from steering.fast.cache import PrefixCache, SessionCaches
 from steering.fast.decode import fast_token_ids
 from steering.fast.family import unsupported_reason
 from steering.fast.linear import (
@@ -28,6 +28,7 @@ from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids
 from steering.runtime.interventions import Intervention
 from steering.runtime.models import LoadedModel, from_modules
 from steering.sae.autoencoder import SAE, HookPoint
+from steering.sae.codes import SparseCodes
 
 from .conftest import ByteTokenizer, tiny_lm
 from .test_annotate import random_sae
@@ -256,21 +257,28 @@ def sparse_rows(m: int, width: int, nonzeros: int, seed: int) -> torch.Tensor:
     return rows
 
 
+def nonzeros(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rows` as `SAE.encode_sparse` gives codes: each row's nonzeros, padded to the most any row has."""
+    m = int((rows != 0).sum(dim=1).max())
+    index = rows.abs().topk(m, dim=1).indices
+    return index, rows.gather(1, index)
+
+
 def test_sparse_codes_give_back_the_rows_they_keep_as_nonzeros_only() -> None:
     width = 300
     codes = SparseCodes(width)
     first = sparse_rows(40, width, 8, 0)
-    codes.put(0, first)
+    codes.put(0, *nonzeros(first))
     assert torch.equal(codes.dense(40), first)
     assert codes.nbytes < first.numel() * 4 // 10, "kept as index/value pairs, not dense"
     # more rows, denser ones: the kept rows stay, the width of the pairs grows
     more = sparse_rows(25, width, 20, 1)
-    codes.put(40, more)
+    codes.put(40, *nonzeros(more))
     assert torch.equal(codes.dense(65), torch.cat([first, more]))
     # after an edit the rows from the first changed token on are replaced; an empty row stays empty
     edited = sparse_rows(10, width, 4, 2)
     edited[3] = 0
-    codes.put(30, edited)
+    codes.put(30, *nonzeros(edited))
     assert torch.equal(codes.dense(40), torch.cat([first[:30], edited]))
     assert torch.equal(codes.dense(0), torch.zeros(0, width))
 

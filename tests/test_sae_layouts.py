@@ -121,6 +121,11 @@ def check_maths(sae: SAE, w: Weights, arch: str, *, k: int | None = None, sub_b_
     assert_sparse_but_alive(expected)
     features = sae.encode(x)
     torch.testing.assert_close(features, expected)
+    rows = x.reshape(-1, x.shape[-1])
+    index, value = sae.encode_sparse(rows)  # the nonzeros alone, as the prefix cache keeps them
+    assert index.shape == value.shape and index.shape[1] <= (k or sae.d_sae)
+    dense = torch.zeros(len(rows), sae.d_sae, dtype=value.dtype).scatter_add_(1, index, value)
+    torch.testing.assert_close(dense, expected.reshape(len(rows), -1))
     torch.testing.assert_close(sae.decode(expected), ref_decode(w, expected))
     torch.testing.assert_close(sae.reconstruct(x), ref_decode(w, expected) / s)
 

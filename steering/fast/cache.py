@@ -15,8 +15,13 @@ from typing import Protocol
 
 import torch
 
+from steering.sae.codes import SparseCodes
+
 GROW = 512
 """A cache grows in steps of this many tokens."""
+
+Encoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""Residual rows `[n, d]` → their SAE codes' nonzeros, `(index, value)` `[n, j]` (`SAE.encode_sparse`)."""
 
 
 class Layout(Protocol):
@@ -64,19 +69,19 @@ class PrefixCache:
     def nbytes(self) -> int:
         return self.capacity * self.fast.bytes_per_token() + (self.codes.nbytes if self.codes is not None else 0)
 
-    def codes_for(self, n: int, width: int, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The SAE codes `[n, width]` (float32, CPU) of the first `n` tokens (whose residuals are read), encoding
-        with `encode` only the rows not kept from an earlier call."""
-        codes = self.encode(n, width, encode)
-        return codes.dense(n)
+    def codes_for(self, n: int, width: int, encode: Encoder) -> SparseCodes:
+        """The SAE codes of the first `n` tokens (whose residuals are read; a copy, `n` rows), encoding with `encode`
+        only the rows not kept from an earlier call."""
+        return self.encode(n, width, encode).first(n)
 
-    def encode(self, n: int, width: int, encode: Callable[[torch.Tensor], torch.Tensor]) -> SparseCodes:
+    def encode(self, n: int, width: int, encode: Encoder) -> SparseCodes:
         """Encode the SAE codes of the first `n` tokens that are not kept yet (reading a document in pieces encodes
         each piece as it goes, so the annotation after it has only its spans to rank)."""
         if self.codes is None or self.codes.width != width:
             self.codes, self.coded = SparseCodes(width), 0
         if self.coded < n:
-            self.codes.put(self.coded, encode(self.resid[self.coded:n]).float().cpu())
+            index, value = encode(self.resid[self.coded:n])
+            self.codes.put(self.coded, index.cpu(), value.float().cpu())
             self.coded = n
         return self.codes
 
@@ -114,52 +119,6 @@ class PrefixCache:
 
     def push(self, token: int) -> None:
         self.ids.append(token)
-
-
-class SparseCodes:
-    """SAE codes of a token sequence kept as each row's nonzero entries, `width` columns wide when dense.
-
-    A TopK SAE's code has k nonzeros of thousands (64 of 4,608 for the default SAE): dense float32 rows took 18 KB a
-    token, as much as the model's keys and values, so fewer documents fitted the cache budget and a switch between
-    them read a whole document again. Kept here: `index` and `value` `[rows, k]`, k the most nonzeros a row has had;
-    a row with fewer pads with value 0 at column 0, which adds nothing when the rows are made dense again.
-    """
-
-    def __init__(self, width: int) -> None:
-        self.width = width
-        self.index = torch.zeros(0, 0, dtype=torch.int32)
-        self.value = torch.zeros(0, 0)
-
-    @property
-    def nbytes(self) -> int:
-        return self.index.numel() * self.index.element_size() + self.value.numel() * self.value.element_size()
-
-    def put(self, start: int, rows: torch.Tensor) -> None:
-        """Keep `rows` `[m, width]` as rows `start` to `start + m` (rows after them are dropped)."""
-        m = rows.shape[0]
-        k = max(int((rows != 0).sum(dim=1).max()) if m else 0, self.value.shape[1])
-        need, have = start + m, self.value.shape[0]
-        if need > have or k > self.value.shape[1]:
-            size = max(need, have * 5 // 4) if need > have else have
-            index = torch.zeros(size, k, dtype=torch.int32)
-            value = torch.zeros(size, k)
-            kept, width = min(start, have), self.value.shape[1]
-            index[:kept, :width] = self.index[:kept]
-            value[:kept, :width] = self.value[:kept]
-            self.index, self.value = index, value
-        if not m or not k:
-            self.value[start:need] = 0
-            return
-        top = rows.abs().topk(k, dim=1).indices
-        self.index[start:need] = top.to(torch.int32)
-        self.value[start:need] = rows.gather(1, top)
-
-    def dense(self, n: int) -> torch.Tensor:
-        """The first `n` rows as `[n, width]` float32."""
-        out = torch.zeros(n, self.width)
-        if n and self.value.shape[1]:
-            out.scatter_add_(1, self.index[:n].long(), self.value[:n])
-        return out
 
 
 class SessionCaches:

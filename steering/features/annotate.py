@@ -15,6 +15,7 @@ import torch
 from steering.runtime.hooks import windowed_residual
 from steering.runtime.models import LoadedModel
 from steering.sae.autoencoder import SAE
+from steering.sae.codes import SparseCodes
 from steering.spans import split_spans
 
 from .ranking import Specificity, Weight, rank_dense
@@ -86,35 +87,44 @@ class Annotation:
         }
 
 
-Codes = Callable[[list[int]], "torch.Tensor | None"]
-"""Another way to the SAE's codes `[n, d_sae]` (float32, on the CPU) of a token list: the fast path's prefix cache,
-which computes only what changed. None where it cannot."""
+Codes = Callable[[list[int]], "SparseCodes | None"]
+"""Another way to the SAE's codes of a token list (`n` rows): the fast path's prefix cache, which computes only what
+changed. None where it cannot."""
 
 
 @torch.inference_mode()
-def encode_document(
+def encode_codes(
     lm: LoadedModel, sae: SAE, text: str, *, window: int = 1024, context: int = 64,
     codes: Codes | None = None,
-) -> tuple[list[int], list[tuple[int, int]], torch.Tensor]:
-    """Token ids, character offsets and feature activations `[n_tokens, d_sae]` (first token zeroed). Without
-    `codes` (or where it gives None), long documents are read `window` tokens at a time, each after `context`
-    tokens before it."""
+) -> tuple[list[int], list[tuple[int, int]], SparseCodes]:
+    """Token ids, character offsets and feature activations as nonzeros (`SparseCodes`, a row per token, the first
+    token's zeroed). Without `codes` (or where it gives None), long documents are read `window` tokens at a time,
+    each after `context` tokens before it."""
     if sae.hook is None:
         raise ValueError("The SAE has no hook point.")
     enc = lm.tokenizer(text, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    whole = codes(ids) if codes is not None and ids else None
-    if whole is not None:
-        feats = whole.clone()
-    else:
-        feats = torch.zeros(len(ids), sae.d_sae, dtype=torch.float32)
+    got = codes(ids) if codes is not None and ids else None
+    if got is None:
+        got = SparseCodes(sae.d_sae)
         for start, resid in windowed_residual(lm.model, lm.blocks, sae.hook, ids, lm.device, window=window,
                                               context=context):
-            feats[start:start + len(resid)] = sae.encode(resid.to(sae.device, sae.dtype)).float().cpu()
+            index, value = sae.encode_sparse(resid.to(sae.device, sae.dtype))
+            got.put(start, index.cpu(), value.float().cpu())
+        got = got.first(len(ids))
     if len(ids):
-        feats[0] = 0.0
-    return ids, offsets, feats
+        got.value[0] = 0.0
+    return ids, offsets, got
+
+
+def encode_document(
+    lm: LoadedModel, sae: SAE, text: str, *, window: int = 1024, context: int = 64,
+    codes: Codes | None = None,
+) -> tuple[list[int], list[tuple[int, int]], torch.Tensor]:
+    """`encode_codes` with the activations dense, `[n_tokens, d_sae]` float32 (first token zeroed)."""
+    ids, offsets, got = encode_codes(lm, sae, text, window=window, context=context, codes=codes)
+    return ids, offsets, got.dense(len(ids))
 
 
 def annotate(
@@ -129,43 +139,68 @@ def annotate(
     split_spans("", granularity)  # an unknown granularity is an error, also for an empty text
     if not text.strip():
         return Annotation(text, sae.hook.name if sae.hook else "", (), ())
-    ids, offsets, feats = encode_document(lm, sae, text, window=window, codes=codes)
-    return annotation_of(sae, text, ids, offsets, feats, top_k=top_k, paragraph_top=paragraph_top,
+    ids, offsets, got = encode_codes(lm, sae, text, window=window, codes=codes)
+    return annotation_of(sae, text, ids, offsets, got, top_k=top_k, paragraph_top=paragraph_top,
                          granularity=granularity, specificity=specificity, watch=watch)
 
 
 def annotation_of(
-    sae: SAE, text: str, ids: list[int], offsets: list[tuple[int, int]], feats: torch.Tensor, *, top_k: int = 5,
-    paragraph_top: int = 8, granularity: str = "paragraph", specificity: Specificity | None = None,
+    sae: SAE, text: str, ids: list[int], offsets: list[tuple[int, int]], codes: SparseCodes | torch.Tensor, *,
+    top_k: int = 5, paragraph_top: int = 8, granularity: str = "paragraph", specificity: Specificity | None = None,
     watch: Sequence[int] = (),
 ) -> Annotation:
-    """`annotate` from the codes `encode_document` gave."""
+    """`annotate` from the codes `encode_codes` gave (or dense ones, `[n_tokens, d_sae]`)."""
     spans_of = split_spans(text, granularity)
     hook = sae.hook.name if sae.hook else ""
-    k = min(top_k, sae.d_sae)
-    values, indices = feats.topk(k, dim=-1) if k else (torch.zeros(len(ids), 0), torch.zeros(len(ids), 0))
-    watched = sorted({f for f in watch if 0 <= f < sae.d_sae})  # features of another SAE fire nowhere here
-    extra = feats[:, watched].tolist() if watched else None
+    if isinstance(codes, torch.Tensor):
+        codes = SparseCodes.of(codes)
+    n, d = len(ids), sae.d_sae
+    index, value = codes.index[:n].long(), codes.value[:n]
+    k = min(top_k, value.shape[1])
+    if k:
+        top_values, at = value.topk(k, dim=-1)
+        values, features = top_values.tolist(), index.gather(1, at).tolist()
+    else:
+        values = features = [[] for _ in range(n)]
+    watched = sorted({f for f in watch if 0 <= f < d})  # features of another SAE fire nowhere here
+    extra = None
+    if watched:
+        hit = index[:, :, None] == torch.tensor(watched)[None, None]
+        extra = (value[:, :, None] * hit).sum(1).tolist()
     tokens = []
     for i, (token_id, (start, end)) in enumerate(zip(ids, offsets, strict=True)):
-        fv = [FeatureValue(int(f), float(v)) for v, f in zip(values[i].tolist(), indices[i].tolist(), strict=True)
-              if v > 0]
+        fv = [FeatureValue(f, v) for v, f in zip(values[i], features[i], strict=True) if v > 0]
         if extra is not None:
             top = {f.feature for f in fv}
             fv += [FeatureValue(f, v) for f, v in zip(watched, extra[i], strict=True) if v > 0 and f not in top]
             fv.sort(key=lambda x: -x.activation)
         tokens.append(TokenFeatures(i, token_id, text[start:end], start, end, tuple(fv)))
     specificity = specificity or Specificity(sae)
-    seen = (feats > 0).any(0).nonzero().flatten().tolist()
-    weights = {f: specificity.weight(f) for f in seen}
-    ends = torch.tensor([max(e - 1, s) for s, e in offsets])
+    seen = index[value > 0].unique()
+    weights = dict(zip(seen.tolist(), map(Weight, specificity.weights[seen].tolist(),
+                                          specificity.hintable[seen].tolist()), strict=True))
+    # each token belongs to the span its last character falls in (spans do not overlap): every span's sums, peaks
+    # and counts in one pass over the nonzeros
+    ends = torch.tensor([max(e - 1, s) for s, e in offsets], dtype=torch.long)
+    starts = torch.tensor([p_start for p_start, _ in spans_of], dtype=torch.long)
+    owner = torch.searchsorted(starts, ends, right=True) - 1
+    inside = owner >= 0
+    if len(spans_of):
+        stops = torch.tensor([p_end for _, p_end in spans_of], dtype=torch.long)
+        inside &= ends < stops[owner.clamp_min(0)]
+    cells = (owner[inside, None] * d + index[inside]).flatten()
+    fired = value[inside].flatten()
+    size = len(spans_of) * d
+    totals = torch.zeros(size).index_add_(0, cells, fired).view(-1, d)
+    peaks = torch.zeros(size).scatter_reduce_(0, cells, fired, "amax").view(-1, d)
+    counts = torch.zeros(size).index_add_(0, cells, (fired > 0).float()).view(-1, d)
+    present = torch.zeros(len(spans_of), dtype=torch.bool)
+    present[owner[inside]] = True
     spans = []
-    for p_start, p_end in spans_of:
-        mask = (ends >= p_start) & (ends < p_end)
-        if not mask.any():
+    for j, (p_start, p_end) in enumerate(spans_of):
+        if not present[j]:
             continue
-        block = feats[mask]
-        total, peak, count = block.sum(0), block.max(0).values, (block > 0).sum(0)
+        total, peak, count = totals[j], peaks[j], counts[j]
         ranked = rank_dense(total, specificity, top=paragraph_top)
         spans.append(SpanFeatures(p_start, p_end, tuple(
             SpanFeature(r.feature, float(total[r.feature]), float(peak[r.feature]), int(count[r.feature]), r.score,

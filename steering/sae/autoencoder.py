@@ -244,7 +244,23 @@ class SAE(nn.Module):
             x = x - self.b_dec
         if self.architecture == "gated":
             return x @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+        if x.dim() == 2:
+            return torch.addmm(self.b_enc, x, self.W_enc)
         return x @ self.W_enc + self.b_enc
+
+    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nonzero activations of residual rows `x` `[n, d_in]`: `(indices, values)`, both `[n, m]`, m the most
+        nonzeros a row has (a row with fewer pads with value 0). A TopK SAE gives them straight from its top k,
+        without the dense `[n, d_sae]` code (which costs more to build than the encoder's matmul)."""
+        self._check_input(x)
+        if self.architecture == "topk":
+            assert self.k is not None
+            top = self.pre_acts(x).topk(self.k, dim=-1)
+            return top.indices, torch.relu(top.values)
+        dense = self.encode(x)
+        m = int((dense != 0).sum(dim=-1).max()) if dense.shape[0] else 0
+        indices = dense.abs().topk(m, dim=-1).indices
+        return indices, dense.gather(-1, indices)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations `[..., d_sae]` of residual vectors `[..., d_in]`."""
