@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from .generation import OutOfMemory, Superseded, generate, prompt_at, prompt_session
+from .generation import OutOfMemory, Superseded, generate, prompt_at, prompt_session, sampling
 from .hints import short
 from .text import PositionError
 from .worker import EngineUnavailable
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 _WORD_BEFORE = re.compile(r"\w+$")
 _LETTERS_BEFORE = re.compile(r"(?<![\w'’-])[A-Za-z]{1,24}$")
+STOP = ("\n\n",)
+"""A completion ends with its paragraph."""
 """The letters of a word the cursor ends (the whole word: none after a digit, an apostrophe or a hyphen)."""
 
 
@@ -47,11 +49,12 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
         running.cancel.cancel()  # a continuation of another place: stop it now, not after this word is completed
     try:
         if partial and not text[offset:offset + 1].isalpha():  # the cursor ends a word: maybe half of one
-            healed = await ls.run_engine(kind, lambda e: e.complete_word(prompt, partial.group(0),
-                                                                         session=prompt_session(uri)))
+            steering, how = ls.interventions_for(uri), sampling(ls.settings, stop=STOP)
+            healed = await ls.run_engine(kind, lambda e: e.complete_word(
+                prompt, partial.group(0), session=prompt_session(uri), steering=steering, sampling=how))
             if state.asked != prompt:
                 return None  # a request for another place came while the word was completed: it answers
-        out = await generate(ls, uri, prompt + healed, kind=kind, stop=("\n\n",))
+        out = await generate(ls, uri, prompt + healed, kind=kind, stop=STOP)
     except (Superseded, EngineUnavailable, OutOfMemory):  # a newer request took over, the model is not loaded
         return None                                         # (yet), or the device ran out of memory (user told)
     if state.doc.version != version:

@@ -22,7 +22,7 @@ from .incremental import plan, rereads
 from .reading import read_job
 from .state import Annotated, DocState, Suggestion
 from .whole import read_whole
-from .worker import ANNOTATE, SUGGEST, EngineUnavailable
+from .worker import ANNOTATE, READ_SECONDS, SUGGEST, EngineUnavailable
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 
 FULL_REREAD_DELAY = 2.0
 """Seconds of quiet after an incremental annotation before the whole document is read again."""
-READ_CHUNK = 96
-"""Tokens per background engine job when the fast path reads a document: a completion waits for one at most."""
-
 TYPING_GAP = 2.0
 """Changes further apart than this many seconds are pauses, not typing."""
 
@@ -175,10 +172,10 @@ async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = Fa
 
 
 async def read_ahead(server: TinymorphServer, state: DocState, version: int, text: str) -> bool:
-    """Read `text` into the fast path's cache of the document, `READ_CHUNK` tokens per engine job, so that a
+    """Read `text` into the fast path's cache of the document, `READ_SECONDS` per engine job, so that a
     completion never waits long behind it; False when a newer version made it pointless."""
     uri = state.doc.uri
-    while not await server.run_engine("read", lambda e: e.read_ahead(text, uri, READ_CHUNK), ANNOTATE):
+    while not await server.run_engine("read", lambda e: e.read_ahead(text, uri, seconds=READ_SECONDS), ANNOTATE):
         if server.docs.get(uri) is not state or state.doc.version != version:
             return False
     return True

@@ -7,7 +7,7 @@ Each piece is about `PIECE_CHARS` of text from a paragraph break to a paragraph 
 a piece ends depends on the text around it (`pieces`), not on the length of what comes before, so an edit changes
 only the piece it falls in (and the next one's overlap): the other pieces' annotations are kept, keyed by their
 text, and only changed pieces are read again. Reading goes through its own session of the fast path's cache,
-`READ_CHUNK` tokens per engine job at the lowest priority, and that cache is dropped when the pass ends.
+`READ_SECONDS` of reading per engine job at the lowest priority, and that cache is dropped when the pass ends.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .incremental import context_start
 from .progress import begin
 from .reading import read_job
 from .state import Annotated, DocState
-from .worker import WHOLE, EngineAPI, EngineUnavailable
+from .worker import READ_SECONDS, WHOLE, EngineAPI, EngineUnavailable
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -41,8 +41,7 @@ PIECE_CHARS = 3000
 """Characters a piece aims at (about 700 tokens): a cut comes at a paragraph break from half of this on."""
 LONGEST_PIECE = 3 * PIECE_CHARS
 """A piece with no paragraph break is cut at a line or sentence end (or a space) at this length."""
-READ_CHUNK = 96
-"""Tokens per engine job: a completion waits behind one at most."""
+
 
 
 @dataclass(frozen=True)
@@ -182,8 +181,8 @@ async def read_whole(server: TinymorphServer, state: DocState) -> bool:
 
 
 def _reader(text: str, session: str) -> Callable[[EngineAPI], bool]:
-    """The engine job that reads `READ_CHUNK` more tokens of `text` into `session`'s cache."""
-    return lambda engine: engine.read_ahead(text, session, READ_CHUNK)
+    """The engine job that reads about `READ_SECONDS` more of `text` into `session`'s cache."""
+    return lambda engine: engine.read_ahead(text, session, seconds=READ_SECONDS)
 
 
 async def _forget(server: TinymorphServer, session: str) -> None:

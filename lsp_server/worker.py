@@ -64,7 +64,7 @@ class EngineAPI(Protocol):
 
     def drop_batch(self) -> None: ...
 
-    def read_ahead(self, text: str, session: str, tokens: int = 128) -> bool: ...
+    def read_ahead(self, text: str, session: str, tokens: int = 128, *, seconds: float | None = None) -> bool: ...
 
     def forget(self, session: str) -> None: ...
 
@@ -82,7 +82,8 @@ class EngineAPI(Protocol):
 
     def nll(self, prompt: str, texts: Sequence[str]) -> list[float]: ...
 
-    def complete_word(self, prompt: str, partial: str, session: str | None = None, steps: int = 4) -> str: ...
+    def complete_word(self, prompt: str, partial: str, session: str | None = None, steps: int = 4,
+                      steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None) -> str: ...
 
     def features_by_example(self, text: str, start: int = 0, end: int | None = None, *, top: int = 8,
                             session: str | None = None) -> list[ExampleFeature]: ...
@@ -112,6 +113,11 @@ def release_memory() -> None:
     """After an out-of-memory failure: hand the allocator's cached blocks back, so the next job can get them."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+READ_SECONDS = 0.04
+"""Seconds per background engine job when the fast path reads a document (the engine sizes each piece from what
+the last ones cost): a completion waits for one at most."""
 
 
 class EngineUnavailable(RuntimeError):

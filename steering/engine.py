@@ -6,7 +6,9 @@ The engine keeps no per-user state: steering sets are passed in with each call.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,7 +17,7 @@ import torch
 
 from steering.fast.batched import Batcher, Request
 from steering.fast.cache import Encoder, SessionCaches
-from steering.fast.decode import decode, fast_token_ids
+from steering.fast.decode import decode, fast_token_ids, phase_plan
 from steering.fast.family import unsupported_reason
 from steering.fast.model import FastModel
 from steering.features.annotate import (
@@ -40,8 +42,8 @@ from steering.features.labels import (
 from steering.features.ranking import H, Specificity, pick_hints, rank_passage
 from steering.features.selfexplain import SelfExplanation, self_explain
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids, text_pieces
-from steering.runtime.guidance import steers
-from steering.runtime.hooks import capture_residual
+from steering.runtime.guidance import guided, steers
+from steering.runtime.hooks import capture_residual, residual_hook
 from steering.runtime.interventions import (
     CALIBRATION_TEXT,
     DIFFMEAN_MULTIPLE,
@@ -61,6 +63,8 @@ from .config import EngineConfig, SamplingConfig
 from .errors import NoSAEError, SAELoadError, ShapeMismatchError, TinymorphError
 
 DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
+READ_MIN_TOKENS = 16
+"""The fewest tokens a timed `read_ahead` piece reads."""
 
 def resolve_sae_path(spec: str) -> Path | None:
     """`none` gives None; `default` the SAE shipped for the default model; a path that exists, itself; a SAELens
@@ -243,6 +247,9 @@ class Engine:
         """Why generation and annotation use the transformers forward, or None on the fast path."""
         self.fast = None if self.slow_reason else FastModel(lm.model, self.hook, int8=int8, int4=int4)
         self.caches = None if self.fast is None else SessionCaches(self.fast, cache_mb << 20)
+        self._read_cost = 5e-4
+        """Seconds per token of the last `read_ahead` pieces (lower blocks and SAE codes)."""
+        self._last_read: tuple[str, list[int]] | None = None
         """The fast path's prefix caches, one per session (a document)."""
         self._batcher: Batcher | None = None
         self._fallback_scale: float | None = None
@@ -392,20 +399,40 @@ class Engine:
 
         return read
 
-    def read_ahead(self, text: str, session: str, tokens: int = 128) -> bool:
+    def read_ahead(self, text: str, session: str, tokens: int = 128, *, seconds: float | None = None) -> bool:
         """Read up to `tokens` more tokens of `text` into the session's cache and encode their SAE codes (the slow
         part of `annotate`, in pieces a completion can wait for); True once all of it is read (or there is no fast
-        path)."""
+        path). With `seconds`, as many tokens as take about that long at the cost per token the last reads took
+        (it grows along a document, with the attention's span): a piece then costs the same on any machine and
+        anywhere in the text."""
         if self.caches is None or not text:
             return True
-        got = self.caches.read(session, list(self.lm.tokenizer(text)["input_ids"]), tokens)
+        ids = self._read_ids(text)
+        if len(ids) > self.caches.fast.max_positions:
+            return True
+        if seconds is not None:
+            tokens = max(READ_MIN_TOKENS, int(seconds / self._read_cost))
+        before = self.caches.get(session)
+        before.sync(ids)
+        low, started = before.low, time.perf_counter()
+        got = self.caches.read(session, ids, tokens)
         if got is None:
             return True
         cache, done = got
         if self.sae is not None:
             with torch.inference_mode():
                 cache.encode(cache.low, self.sae.d_sae, _encoder(self.sae))
+        if cache.low - low >= READ_MIN_TOKENS:
+            cost = (time.perf_counter() - started) / (cache.low - low)
+            self._read_cost = 0.3 * self._read_cost + 0.7 * cost
         return done
+
+    def _read_ids(self, text: str) -> list[int]:
+        """`text`'s token ids; the last text's kept, as a document is read in many pieces of one version."""
+        last = self._last_read
+        if last is None or last[0] != text:
+            last = self._last_read = (text, list(self.lm.tokenizer(text)["input_ids"]))
+        return last[1]
 
     def forget(self, session: str) -> None:
         """Drop what the fast path keeps for `session` (a closed document)."""
@@ -565,29 +592,35 @@ class Engine:
             tokens = decode_token_ids(self.lm, ids, sampling, steering=hook, hook=self.hook, cancel=cancel)
         return text_pieces(self.lm.tokenizer, ids[0].tolist(), tokens, sampling, self.lm.eos_token_ids)
 
-    def complete_word(self, prompt: str, partial: str, session: str | None = None, steps: int = 4) -> str:
-        """The letters that finish the word `partial` at the end of `prompt`, as the unsteered model would write it
-        (token healing: the prompt is read without the partial word, and the next tokens must spell it out, so a
-        pause in `thun` gives `der`, not a new token glued on, `thunbergers`). "" when the word is complete as it
-        stands or the model spells no word from it."""
+    def complete_word(self, prompt: str, partial: str, session: str | None = None, steps: int = 4,
+                      steering: Sequence[Intervention] = (), sampling: SamplingConfig | None = None) -> str:
+        """The letters that finish the word `partial` at the end of `prompt`, as the model would write it under the
+        `steering` and `sampling` of the continuation that follows (token healing: the prompt is read without the
+        partial word, and the next tokens must spell it out, so a pause in `thun` gives `der`, not a new token glued
+        on, `thunbergers`). "" when the word is complete as it stands or the model spells no word from it. The
+        prompt is read as that continuation reads it, so with a `session` the continuation finds it read: healed
+        unsteered, a steered continuation read the whole prompt again (1.1 s instead of 0.25 s at 450 tokens)."""
         if not partial or not prompt.endswith(partial):
             return ""
+        plan = self.prompt_plan(steering, sampling or SamplingConfig())
         base = prompt[: len(prompt) - len(partial)].rstrip(" ")
         target = prompt[len(base):]  # the partial word with the spaces before it: how its tokens begin
         spellings = self._spellings()
         texts = spellings.texts
         ids = prompt_ids(self.lm, base)[0].tolist()
         written = ""
-        with torch.inference_mode():
+        with torch.inference_mode(), ExitStack() as stack:
             if self.fast is not None and self.caches is not None and len(ids) + steps <= self.fast.max_positions:
                 cache = self.caches.get(session)
                 self.caches.trim()
-                read = decode(self.fast, cache, ids, None, None)
+                read = decode(self.fast, cache, ids, plan, plan)
                 logits = next(read)
                 advance = read.send
             else:
                 read = None
                 context = list(ids)
+                if plan is not None:
+                    stack.enter_context(residual_hook(self.lm.blocks, self.hook, SteeringHook.from_plan(plan)))
 
                 def advance(token: int) -> torch.Tensor:
                     context.append(token)
@@ -611,6 +644,17 @@ class Engine:
                 if read is not None:
                     read.close()
         return ""
+
+    def prompt_plan(self, steering: Sequence[Intervention], sampling: SamplingConfig) -> Plan | None:
+        """The plan a continuation under `steering` and `sampling` reads its prompt with (guided: the guide's plan
+        at the start), as `start` and `generate` read it."""
+        plan = self.plan(steering)
+        prompt = phase_plan(plan, sampling.steer_positions, "prompt")
+        if prompt is not None:
+            guide = guided(phase_plan(plan, sampling.steer_positions, "generated"), sampling)
+            if guide is not None:
+                prompt = guide.current()
+        return prompt
 
     def _spellings(self) -> Spellings:
         if self._spelled is None:

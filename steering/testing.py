@@ -48,6 +48,9 @@ class ByteTokenizer:
             out["offset_mapping"] = offsets
         return out
 
+    def __len__(self) -> int:
+        return VOCAB
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         data = bytes(i - 3 for i in ids if 3 <= i < VOCAB)
         return data.decode("utf-8", errors="replace")

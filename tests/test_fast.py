@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from steering.config import SamplingConfig
-from steering.engine import Engine
+from steering.engine import READ_MIN_TOKENS, Engine
 from steering.fast.cache import PrefixCache, SessionCaches
 from steering.fast.decode import fast_token_ids
 from steering.fast.family import unsupported_reason
@@ -232,6 +232,54 @@ def test_reading_ahead_in_pieces_encodes_as_it_goes_and_annotates_as_a_whole_rea
     fresh = annotate(llama, engine.sae, text)
     assert [[(f.feature, round(f.activation, 3)) for f in t.features] for t in got.tokens] == \
            [[(f.feature, round(f.activation, 3)) for f in t.features] for t in fresh.tokens]
+
+
+def test_timed_pieces_follow_what_the_last_ones_cost(llama) -> None:
+    """`read_ahead(seconds=...)` sizes each piece from the cost per token of the last: a budget far below one token's
+    cost reads the fewest tokens a piece reads, one far above it the rest at once; the codes are the same."""
+    engine = Engine(llama, _sae(1))
+    text = " ".join(f"Sentence {i} about the harbour." for i in range(6))
+    sizes = []
+    while True:
+        before = engine.caches.get("doc").low
+        done = engine.read_ahead(text, "doc", seconds=1e-9)
+        sizes.append(engine.caches.get("doc").low - before)
+        if done:
+            break
+    assert len(sizes) >= 3 and all(n == READ_MIN_TOKENS for n in sizes[:-1]) and 0 < sizes[-1] <= READ_MIN_TOKENS
+    assert engine._read_cost > 0
+    assert engine.read_ahead(text + " One more sentence about the boats.", "doc", seconds=3600.0)
+    engine.read_ahead(text, "other", seconds=3600.0)
+    assert engine.caches.get("other").low == len(engine.caches.get("other").ids), "a generous budget reads it all"
+    got = engine.annotate(text, session="doc")
+    fresh = annotate(llama, engine.sae, text)
+    assert [[(f.feature, round(f.activation, 3)) for f in t.features] for t in got.tokens] == \
+           [[(f.feature, round(f.activation, 3)) for f in t.features] for t in fresh.tokens]
+
+
+def test_healing_reads_the_prompt_as_the_steered_continuation_after_it_will(llama) -> None:
+    """Token healing reads the prompt under the continuation's steering: the continuation then reads only the
+    healed letters in the upper blocks, where an unsteered healing made it read the whole prompt there again.
+    Without the fast path the word is healed the same way."""
+    engine = Engine(llama, _sae(1))
+    fast = engine.caches.fast
+    steer = [Intervention("add", 3, strength=2.0)]
+    how = SamplingConfig(max_tokens=4, stop_at_eos=False)
+    text = PROMPT + " then he sl"
+    counter = Counter(fast)
+    upper_reads = []
+    for healing in (steer, ()):
+        engine.caches.drop("doc")
+        healed = engine.complete_word(text, "sl", session="doc", steering=healing, sampling=how)
+        counter.take()
+        "".join(engine.generate(text + healed, steer, how, session="doc"))
+        upper_reads.append(counter.take()[-1])
+    prompt_tokens = len(prompt_ids(llama, text)[0])
+    assert upper_reads[0] <= 16 < prompt_tokens <= upper_reads[1], upper_reads
+    slow = Engine(llama, _sae(1), fast=False)
+    for healing in (steer, ()):
+        assert slow.complete_word(text, "sl", steering=healing, sampling=how) == \
+            engine.complete_word(text, "sl", session="other", steering=healing, sampling=how)
 
 
 def test_caches_stay_within_their_budget_least_recently_used_first(llama) -> None:
