@@ -111,6 +111,12 @@ def prompt_session(uri: str) -> str:
     return f"{uri}#continuation"
 
 
+def heal_session(uri: str) -> str:
+    """The fast path's cache of the text before a half word (`completion.heal_context`), healed unsteered apart
+    from the continuation's steered cache."""
+    return f"{uri}#heal"
+
+
 def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> SamplingConfig:
     return SamplingConfig(max_tokens=max_tokens or settings.max_tokens, temperature=settings.temperature, stop=stop,
                           seed=0, repetition_penalty=settings.repetition_penalty)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from lsp_server.__main__ import LogForwarder
+from lsp_server.completion import HEAL_CHARS, heal_context
 from lsp_server.server import TinymorphServer
 from lsp_server.worker import ANNOTATE, INTERACTIVE, SUGGEST, EngineUnavailable, EngineWorker
 from steering.config import EngineConfig
@@ -384,3 +385,21 @@ def test_a_fluent_rewrite_passes() -> None:
     text = fit_rewrite("The sea was calm.", " The ship sailed away at dawn. And", " ")
     check_fluent(text, "The sea was calm.", (3.2, 3.0))
     assert text == "The ship sailed away at dawn."
+
+
+def test_healing_reads_a_local_context_whose_start_stays_put_while_the_writer_types() -> None:
+    sentence = "The boats came in one by one while the harbour lights went on. "  # 63 characters
+    text = sentence * 30
+    assert heal_context(text[:200]) == text[:200], "a short prompt is read whole"
+    starts = set()
+    for n in range(1200, 1700):
+        context = heal_context(text[:n])
+        assert text[:n].endswith(context) and HEAL_CHARS // 2 <= len(context) <= HEAL_CHARS
+        assert context.startswith("The boats"), "from a sentence start"
+        starts.add(n - len(context))
+    assert len(starts) <= 500 // len(sentence) + 2, "the start moves a sentence at a time, not with each letter"
+    long_words = "seaward " * 200
+    context = heal_context(long_words)
+    assert context.startswith("seaward") and len(context) <= HEAL_CHARS
+    after_paragraph = sentence * 12 + "\n\nNight fell over the water and the wa"
+    assert heal_context(after_paragraph).startswith("The boats"), "a new paragraph's few words read what precedes"
