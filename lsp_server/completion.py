@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from .generation import OutOfMemory, Superseded, generate, heal_session, prompt_at
+from .generation import OutOfMemory, Superseded, generate, heal_session, prompt_at, prompt_session
 from .hints import short
 from .text import PositionError
 from .worker import EngineUnavailable
@@ -30,13 +30,14 @@ HEAL_CHARS = 600
 
 
 def heal_context(prompt: str) -> str:
-    """The end of `prompt` that token healing reads: all of a short prompt, else from the first paragraph or sentence
-    start between `HEAL_CHARS` and half as many characters before the end (a word start where there is none). The
-    word is healed unsteered, in a cache of its own (`generation.heal_session`), so the steered continuation's cache
-    stays as it is: healed in the continuation's cache, a steered completion after a half word read its whole window
-    again (`bench_typing.py --amplify`: 1.27 s p50 instead of 0.34); healed under the steering, the pull bent the
-    words (`str` → `struttin'`, `bri` → `brite` under the sea, where this gives `street`, `bridge`). The start stays
-    put while the writer types on, so only the new letters are read."""
+    """The end of `prompt` that token healing reads when the continuation is steered: all of a short prompt, else
+    from the first paragraph or sentence start between `HEAL_CHARS` and half as many characters before the end (a
+    word start where there is none). The word is healed unsteered, in a cache of its own
+    (`generation.heal_session`), so the steered continuation's cache stays as it is: healed in the continuation's
+    cache, a steered completion after a half word read its whole window again (`bench_typing.py --amplify`: 1.27 s
+    p50 instead of 0.34); healed under the steering, the pull bent the words (`str` → `struttin'`, `bri` → `brite`
+    under the sea, where this gives `street`, `bridge`). The start stays put while the writer types on, so only the
+    new letters are read."""
     lo = len(prompt) - HEAL_CHARS
     if lo <= 0:
         return prompt
@@ -70,9 +71,10 @@ async def continuation(ls: TinymorphServer, uri: str, position: types.Position, 
         running.cancel.cancel()  # a continuation of another place: stop it now, not after this word is completed
     try:
         if partial and not text[offset:offset + 1].isalpha():  # the cursor ends a word: maybe half of one
-            local = heal_context(prompt)
-            healed = await ls.run_engine(kind, lambda e: e.complete_word(local, partial.group(0),
-                                                                         session=heal_session(uri)))
+            # unsteered, the continuation reads the prompt as healing does: one read serves both
+            context, session = (heal_context(prompt), heal_session(uri)) if ls.interventions_for(uri) else \
+                (prompt, prompt_session(uri))
+            healed = await ls.run_engine(kind, lambda e: e.complete_word(context, partial.group(0), session=session))
             if state.asked != prompt:
                 return None  # a request for another place came while the word was completed: it answers
         out = await generate(ls, uri, prompt + healed, kind=kind, stop=STOP)
