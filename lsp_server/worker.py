@@ -114,7 +114,7 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-READ_SECONDS = 0.04
+READ_SECONDS = 0.05
 """Seconds per background engine job when the fast path reads a document (the engine sizes each piece from what
 the last ones cost): a completion waits for one at most."""
 

@@ -18,6 +18,7 @@ from steering.fast.batched import Batcher, Request
 from steering.fast.cache import Encoder, SessionCaches
 from steering.fast.decode import decode, fast_token_ids
 from steering.fast.family import unsupported_reason
+from steering.fast.linear import whole_rows
 from steering.fast.model import FastModel
 from steering.features.annotate import (
     Annotation,
@@ -64,6 +65,7 @@ from .errors import NoSAEError, SAELoadError, ShapeMismatchError, TinymorphError
 DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
 READ_MIN_TOKENS = 16
 """The fewest tokens a timed `read_ahead` piece reads."""
+
 
 def resolve_sae_path(spec: str) -> Path | None:
     """`none` gives None; `default` the SAE shipped for the default model; a path that exists, itself; a SAELens
@@ -246,10 +248,10 @@ class Engine:
         """Why generation and annotation use the transformers forward, or None on the fast path."""
         self.fast = None if self.slow_reason else FastModel(lm.model, self.hook, int8=int8, int4=int4)
         self.caches = None if self.fast is None else SessionCaches(self.fast, cache_mb << 20)
+        """The fast path's prefix caches, one per session (a document)."""
         self._read_cost = 5e-4
         """Seconds per token of the last `read_ahead` pieces (lower blocks and SAE codes)."""
         self._last_read: tuple[str, list[int]] | None = None
-        """The fast path's prefix caches, one per session (a document)."""
         self._batcher: Batcher | None = None
         self._fallback_scale: float | None = None
         self._specificity: Specificity | None = None
@@ -402,15 +404,15 @@ class Engine:
         """Read up to `tokens` more tokens of `text` into the session's cache and encode their SAE codes (the slow
         part of `annotate`, in pieces a completion can wait for); True once all of it is read (or there is no fast
         path). With `seconds`, as many tokens as take about that long at the cost per token the last reads took
-        (it grows along a document, with the attention's span): a piece then costs the same on any machine and
-        anywhere in the text."""
+        (it grows along a document, with the attention's span), rounded down to a row count the reduced-precision
+        passes do not pad: a piece then costs about the same on any machine and anywhere in the text."""
         if self.caches is None or not text:
             return True
         ids = self._read_ids(text)
         if len(ids) > self.caches.fast.max_positions:
             return True
         if seconds is not None:
-            tokens = max(READ_MIN_TOKENS, int(seconds / self._read_cost))
+            tokens = whole_rows(max(READ_MIN_TOKENS, int(seconds / self._read_cost)))
         before = self.caches.get(session)
         before.sync(ids)
         low, started = before.low, time.perf_counter()

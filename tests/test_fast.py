@@ -21,6 +21,7 @@ from steering.fast.linear import (
     quantize_int4,
     quantize_int8,
     row_bucket,
+    whole_rows,
 )
 from steering.fast.model import FastModel, View
 from steering.features.annotate import annotate
@@ -349,6 +350,9 @@ def test_reduced_precision_passes_run_on_a_few_row_counts_with_the_same_result()
     assert [row_bucket(n) for n in (1, 2, 3, 5, 8, 9, 31, 32, 33, 64, 65, 256, 257)] == \
         [1, 2, 4, 8, 8, 16, 32, 32, 64, 64, 96, 256, 288]
     assert len({row_bucket(n) for n in range(1, 2049)}) == 6 + 2048 // 32 - 1
+    for n in range(1, 700):  # the longest run of rows at most n that is not padded
+        m = whole_rows(n)
+        assert m <= n and row_bucket(m) == m and all(row_bucket(k) != k for k in range(m + 1, n + 1))
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(48, 16, generator=g).to(torch.bfloat16)
     bias = torch.randn(48, generator=g).to(torch.bfloat16)

@@ -106,6 +106,14 @@ def row_bucket(n: int) -> int:
     return -(-n // ROW_BUCKET) * ROW_BUCKET
 
 
+def whole_rows(n: int) -> int:
+    """The most rows, at most `n` (>= 1), that `row_bucket` pads to themselves: a pass of that many wastes nothing
+    (48 rows run as 64, at a third more cost per token)."""
+    if n <= ROW_BUCKET:
+        return 1 << (n.bit_length() - 1)
+    return n // ROW_BUCKET * ROW_BUCKET
+
+
 @dataclass
 class Linear:
     """`x @ weight.T + bias` over rows `[n, in]`, from the 4-bit or int8 copy for a few rows when there is one."""
