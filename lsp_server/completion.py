@@ -27,12 +27,16 @@ STOP = ("\n\n",)
 """A completion ends with its paragraph."""
 HEAL_CHARS = 600
 """At most about this much text before a half word is read to heal it (`heal_context`), at least half of it."""
+HEAL_STEP = 100
+"""Without a sentence start to begin at, the healing context begins at a word after a multiple of this many
+characters into the prompt."""
 
 
 def heal_context(prompt: str) -> str:
     """The end of `prompt` that token healing reads when the continuation is steered: all of a short prompt, else
-    from the first paragraph or sentence start between `HEAL_CHARS` and half as many characters before the end (a
-    word start where there is none). The word is healed unsteered, in a cache of its own
+    from the first paragraph or sentence start between `HEAL_CHARS` and half as many characters before the end
+    (where there is none, the word after the next multiple of `HEAL_STEP` characters). The word is healed
+    unsteered, in a cache of its own
     (`generation.heal_session`), so the steered continuation's cache stays as it is: healed in the continuation's
     cache, a steered completion after a half word read its whole window again (`bench_typing.py --amplify`: 1.27 s
     p50 instead of 0.34); healed under the steering, the pull bent the words (`str` → `struttin'`, `bri` → `brite`
@@ -45,8 +49,9 @@ def heal_context(prompt: str) -> str:
     starts = [at + len(mark) for mark in ("\n\n", ". ") if (at := prompt.find(mark, lo, hi)) != -1]
     if starts:
         return prompt[min(starts):]
-    space = prompt.find(" ", lo, hi)
-    return prompt[space + 1 if space != -1 else lo:]
+    anchor = -(-lo // HEAL_STEP) * HEAL_STEP  # moves a step at a time, not with each letter
+    space = prompt.find(" ", anchor, hi)
+    return prompt[space + 1 if space != -1 else anchor:]
 
 
 async def continuation(ls: TinymorphServer, uri: str, position: types.Position, kind: str,

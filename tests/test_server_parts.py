@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from lsp_server.__main__ import LogForwarder
-from lsp_server.completion import HEAL_CHARS, heal_context
+from lsp_server.completion import HEAL_CHARS, HEAL_STEP, heal_context
 from lsp_server.server import TinymorphServer
 from lsp_server.worker import ANNOTATE, INTERACTIVE, SUGGEST, EngineUnavailable, EngineWorker
 from steering.config import EngineConfig
@@ -398,8 +398,14 @@ def test_healing_reads_a_local_context_whose_start_stays_put_while_the_writer_ty
         assert context.startswith("The boats"), "from a sentence start"
         starts.add(n - len(context))
     assert len(starts) <= 500 // len(sentence) + 2, "the start moves a sentence at a time, not with each letter"
-    long_words = "seaward " * 200
-    context = heal_context(long_words)
-    assert context.startswith("seaward") and len(context) <= HEAL_CHARS
+    words = "the harbour was quiet and she walked along the water "  # no sentence ends: a list, a long line
+    text = words * 40
+    starts = set()
+    for n in range(1200, 1700):
+        context = heal_context(text[:n])
+        assert text[:n].endswith(context) and HEAL_CHARS // 2 <= len(context) <= HEAL_CHARS
+        assert text[n - len(context) - 1] == " ", "from a word start"
+        starts.add(n - len(context))
+    assert len(starts) <= 500 // HEAL_STEP + 2, "the start moves a step at a time, not with each letter"
     after_paragraph = sentence * 12 + "\n\nNight fell over the water and the wa"
     assert heal_context(after_paragraph).startswith("The boats"), "a new paragraph's few words read what precedes"
