@@ -4,6 +4,7 @@ engine thread."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import logging
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ import pytest
 from lsp_server.__main__ import LogForwarder
 from lsp_server.completion import HEAL_CHARS, HEAL_STEP, heal_context
 from lsp_server.server import TinymorphServer
-from lsp_server.worker import ANNOTATE, INTERACTIVE, SUGGEST, EngineUnavailable, EngineWorker
+from lsp_server.worker import ANNOTATE, INTERACTIVE, SUGGEST, EngineUnavailable, EngineWorker, settle_heap
 from steering.config import EngineConfig
 
 
@@ -409,3 +411,21 @@ def test_healing_reads_a_local_context_whose_start_stays_put_while_the_writer_ty
     assert len(starts) <= 500 // HEAL_STEP + 2, "the start moves a step at a time, not with each letter"
     after_paragraph = sentence * 12 + "\n\nNight fell over the water and the wa"
     assert heal_context(after_paragraph).startswith("The boats"), "a new paragraph's few words read what precedes"
+
+
+def test_settling_the_heap_freezes_what_lives_and_still_collects_what_comes_after() -> None:
+    class Node:
+        pass
+
+    kept = [Node() for _ in range(50_000)]  # long-lived, as a loaded engine's objects
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() >= len(kept), "what was alive is left out of later passes"
+        node = Node()
+        node.self = node  # type: ignore[attr-defined]
+        ref = weakref.ref(node)
+        del node
+        gc.collect()
+        assert ref() is None, "a cycle made later is still collected"
+    finally:
+        gc.unfreeze()
