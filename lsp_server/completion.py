@@ -36,12 +36,11 @@ def heal_context(prompt: str) -> str:
     """The end of `prompt` that token healing reads when the continuation is steered: all of a short prompt, else
     from the first paragraph or sentence start between `HEAL_CHARS` and half as many characters before the end
     (where there is none, the word after the next multiple of `HEAL_STEP` characters). The word is healed
-    unsteered, in a cache of its own
-    (`generation.heal_session`), so the steered continuation's cache stays as it is: healed in the continuation's
-    cache, a steered completion after a half word read its whole window again (`bench_typing.py --amplify`: 1.27 s
-    p50 instead of 0.34); healed under the steering, the pull bent the words (`str` → `struttin'`, `bri` → `brite`
-    under the sea, where this gives `street`, `bridge`). The start stays put while the writer types on, so only the
-    new letters are read."""
+    unsteered, in a cache of its own (`generation.heal_session`), so the steered continuation's cache stays as it
+    is: healed in the continuation's cache, a steered completion after a half word read its whole window again
+    (`bench_typing.py --amplify`: 1.27 s p50 instead of 0.34); healed under the steering, the pull bent the words
+    (`str` → `struttin'`, `bri` → `brite` under the sea, where this gives `street`, `bridge`). The start stays put
+    while the writer types on, so only the new letters are read."""
     lo = len(prompt) - HEAL_CHARS
     if lo <= 0:
         return prompt

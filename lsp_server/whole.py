@@ -43,7 +43,6 @@ LONGEST_PIECE = 3 * PIECE_CHARS
 """A piece with no paragraph break is cut at a line or sentence end (or a space) at this length."""
 
 
-
 @dataclass(frozen=True)
 class Piece:
     """`text[start:end]` of the document, read after `text[context:start]`."""

@@ -413,19 +413,16 @@ class Engine:
             return True
         if seconds is not None:
             tokens = whole_rows(max(READ_MIN_TOKENS, int(seconds / self._read_cost)))
-        before = self.caches.get(session)
-        before.sync(ids)
-        low, started = before.low, time.perf_counter()
+        started = time.perf_counter()
         got = self.caches.read(session, ids, tokens)
         if got is None:
             return True
-        cache, done = got
+        cache, done, read = got
         if self.sae is not None:
             with torch.inference_mode():
                 cache.encode(cache.low, self.sae.d_sae, _encoder(self.sae))
-        if cache.low - low >= READ_MIN_TOKENS:
-            cost = (time.perf_counter() - started) / (cache.low - low)
-            self._read_cost = 0.3 * self._read_cost + 0.7 * cost
+        if read >= READ_MIN_TOKENS:
+            self._read_cost = 0.3 * self._read_cost + 0.7 * (time.perf_counter() - started) / read
         return done
 
     def _read_ids(self, text: str) -> list[int]:

@@ -29,7 +29,7 @@ from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids
 from steering.runtime.interventions import Intervention
 from steering.runtime.models import LoadedModel, from_modules
 from steering.sae.autoencoder import SAE, HookPoint
-from steering.sae.codes import SparseCodes
+from steering.sae.codes import SparseCodes, nonzeros
 
 from .conftest import ByteTokenizer, tiny_lm
 from .test_annotate import random_sae
@@ -303,13 +303,6 @@ def sparse_rows(m: int, width: int, nonzeros: int, seed: int) -> torch.Tensor:
         picked = torch.randperm(width, generator=g)[:nonzeros if r % 3 else nonzeros // 2]
         rows[r, picked] = torch.randn(len(picked), generator=g)
     return rows
-
-
-def nonzeros(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`rows` as `SAE.encode_sparse` gives codes: each row's nonzeros, padded to the most any row has."""
-    m = int((rows != 0).sum(dim=1).max())
-    index = rows.abs().topk(m, dim=1).indices
-    return index, rows.gather(1, index)
 
 
 def test_sparse_codes_give_back_the_rows_they_keep_as_nonzeros_only() -> None:

@@ -142,17 +142,19 @@ class SessionCaches:
         while len(self._caches) > 1 and self.nbytes > self.budget:
             self._caches.popitem(last=False)
 
-    def read(self, session: str | None, ids: list[int], limit: int | None = None) -> tuple[PrefixCache, bool] | None:
+    def read(self, session: str | None, ids: list[int], limit: int | None = None,
+             ) -> tuple[PrefixCache, bool, int] | None:
         """The session's cache made to describe `ids`, with the lower blocks read for (up to `limit` more of) them,
-        and whether all are read; None when `ids` exceed the model's positions."""
+        whether all are read, and how many tokens this call read; None when `ids` exceed the model's positions."""
         if len(ids) > self.fast.max_positions:
             return None
         with torch.inference_mode():
             cache = self.get(session)
             cache.sync(ids)
+            low = cache.low
             done = self.fast.lower(cache, limit)
         self.trim()
-        return cache, done
+        return cache, done, cache.low - low
 
     def drop(self, session: str) -> None:
         self._caches.pop(session, None)

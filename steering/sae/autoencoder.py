@@ -19,6 +19,8 @@ from steering.atomic import replacing
 from steering.config import SITES
 from steering.errors import FeatureIndexError, SAELoadError
 
+from .codes import nonzeros
+
 ARCHITECTURES = ("standard", "gated", "jumprelu", "topk")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale")
 
@@ -257,10 +259,7 @@ class SAE(nn.Module):
             assert self.k is not None
             top = self.pre_acts(x).topk(self.k, dim=-1)
             return top.indices, torch.relu(top.values)
-        dense = self.encode(x)
-        m = int((dense != 0).sum(dim=-1).max()) if dense.shape[0] else 0
-        indices = dense.abs().topk(m, dim=-1).indices
-        return indices, dense.gather(-1, indices)
+        return nonzeros(self.encode(x))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations `[..., d_sae]` of residual vectors `[..., d_in]`."""

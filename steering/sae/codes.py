@@ -11,6 +11,14 @@ from __future__ import annotations
 import torch
 
 
+def nonzeros(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's nonzeros of `dense` `[n, width]`: `(index, value)` `[n, m]`, m the most any row has (a row with
+    fewer pads with value 0)."""
+    m = int((dense != 0).sum(dim=-1).max()) if len(dense) else 0
+    index = dense.abs().topk(m, dim=-1).indices
+    return index, dense.gather(-1, index)
+
+
 class SparseCodes:
     """Rows of SAE codes, `width` columns wide when dense, kept as `index` and `value` `[capacity, k]` (the first
     rows in use), k the most nonzeros a row has had; a row with fewer pads with value 0 at column 0, which adds
@@ -26,9 +34,8 @@ class SparseCodes:
     def of(cls, dense: torch.Tensor) -> SparseCodes:
         """The rows of `dense` `[n, width]`."""
         codes = cls(dense.shape[1])
-        m = int((dense != 0).sum(dim=1).max()) if len(dense) else 0
-        index = dense.abs().topk(m, dim=1).indices
-        codes.put(0, index, dense.gather(1, index).float())
+        index, value = nonzeros(dense)
+        codes.put(0, index, value.float())
         return codes
 
     @property
@@ -60,13 +67,9 @@ class SparseCodes:
         out.index, out.value = self.index[:n].clone(), self.value[:n].clone()
         return out
 
-    def dense(self, n: int | None = None) -> torch.Tensor:
-        """The first `n` rows (all without `n`) as `[n, width]` float32."""
-        n = len(self.value) if n is None else n
+    def dense(self, n: int) -> torch.Tensor:
+        """The first `n` rows as `[n, width]` float32."""
         out = torch.zeros(n, self.width)
         if n and self.value.shape[1]:
             out.scatter_add_(1, self.index[:n].long(), self.value[:n])
         return out
-
-    def __len__(self) -> int:
-        return len(self.value)
