@@ -44,6 +44,13 @@ def texts(paths: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def corpus_or_exit(paths: list[str], benchmark: str) -> None:
+    """Exit with a message naming what builds the corpus where one of `paths` is missing."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise SystemExit(f"{benchmark}: {', '.join(missing)} not found (make default-sae-corpus builds it)")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -60,9 +67,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    missing = [p for p in args.corpus if not Path(p).exists()]
-    if missing:
-        raise SystemExit(f"bench_window: {', '.join(missing)} not found (make default-sae-corpus builds it)")
+    corpus_or_exit(args.corpus, "bench_window")
     engine = Engine.load(EngineConfig(model=args.model, sae="none", device=args.device))
     lm, rng = engine.lm, random.Random(args.seed)
     largest, n = max(args.windows), args.continuation

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from lsprotocol import types
 
 from . import findings
-from .generation import drop_stale, heal_session, prompt_session
+from .generation import drop_stale, elsewhere_session, heal_session, prompt_session
 from .pipeline import schedule, typed
 from .state import DocState
 from .text import Document
@@ -67,7 +67,9 @@ async def forget(server: TinymorphServer, uri: str) -> None:
 
 
 def _forget_all(engine: EngineAPI, uri: str) -> None:
-    """The document's own cache, its continuations' (`generation.prompt_session`) and its healing's."""
+    """The document's own cache, its continuations' (`generation.prompt_session`, `generation.elsewhere_session`)
+    and its healing's."""
     engine.forget(uri)
     engine.forget(prompt_session(uri))
+    engine.forget(elsewhere_session(uri))
     engine.forget(heal_session(uri))

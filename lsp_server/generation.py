@@ -21,7 +21,7 @@ from steering.runtime.interventions import Intervention
 from .config import Settings
 from .state import DocState, Running
 from .text import common_prefix
-from .worker import INTERACTIVE, EngineAPI
+from .worker import INTERACTIVE, READ_SECONDS, WHOLE, EngineAPI, EngineUnavailable
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -37,6 +37,9 @@ FRESH_CHARS = 2000
 the size, for 0.05 nats more CE on the first continuations there (`bench_window.py`); typing on, it grows."""
 HEAD_CHARS = 80
 """The window's start is remembered by its first characters, found again after edits above it."""
+SPLICE_CHARS = 400
+"""An edit inside the window of at most this many characters (about 100 tokens) is spliced over on the fast path:
+only its own tokens are read (`steering.fast.model.FastModel.splice`)."""
 
 class Superseded(Exception):
     """A generation cancelled because a newer request for the same document arrived."""
@@ -86,6 +89,40 @@ def prompt_window(text: str, offset: int, size: int = PROMPT_CHARS, head: str | 
     return text[lo:offset], text[lo : lo + HEAD_CHARS]
 
 
+def spliced(prompt: str, before: str) -> bool:
+    """Whether `prompt` is `before` with one edit of at most `SPLICE_CHARS` characters (then typing at the end): the
+    text after the first change is found again that close to it."""
+    at = common_prefix(prompt, before)
+    probe = 40
+    for skip in range(0, SPLICE_CHARS + 1, probe):
+        after = before[at + skip:at + skip + probe]
+        if len(after) < probe:
+            return False
+        if prompt.find(after, at, at + SPLICE_CHARS + probe) != -1:
+            return True
+    return False
+
+
+def relocated(text: str, offset: int, before: str, size: int, fresh: int) -> tuple[str, str] | None:
+    """The last window (`before`) found again after an edit in its first characters (which `prompt_window` finds
+    it by): its start is where a later piece of it is, less that piece's place in it. None where no piece of it is
+    found, or the window would be shorter than `fresh` / 2 or longer than 1.5 `size` characters."""
+    lo = max(0, offset - size - size // 2)
+    for skip in (HEAD_CHARS, 2 * HEAD_CHARS, 4 * HEAD_CHARS):
+        piece = before[skip:skip + HEAD_CHARS]
+        if len(piece) < HEAD_CHARS:
+            return None
+        at = text.rfind(piece, lo, offset)
+        if at != -1:
+            start = at - skip
+            if start < lo or offset - start < fresh // 2:
+                return None
+            space = max(text.rfind(c, max(lo, start - 40), start) for c in (" ", "\n"))
+            start = space + 1 if space != -1 else start  # the start of the word the window began in
+            return text[start:offset], text[start:start + HEAD_CHARS]
+    return None
+
+
 def prompt_at(server: TinymorphServer, state: DocState, offset: int, *, keep: bool = True) -> str:
     """The prompt of a continuation at `offset` in the document (`prompt_window`), the window's start kept for the
     next one unless `keep` is False (a rewrite elsewhere leaves the writer's window where it is)."""
@@ -93,11 +130,15 @@ def prompt_at(server: TinymorphServer, state: DocState, offset: int, *, keep: bo
     size, fresh = (WINDOW_CHARS, FRESH_CHARS) if fast else (PROMPT_CHARS, None)
     text = state.doc.text
     prompt, head = prompt_window(text, offset, size, state.window_head, fresh)
+    if fast and state.window_head and head != state.window_head and (moved := relocated(
+            text, offset, state.window_text, size, FRESH_CHARS)) is not None:
+        prompt, head = moved  # an edit touched the window's first characters: the cache splices over it
     if fast and head and head == state.window_head:
-        # after an edit inside the window far above the cursor, a new window reads less than the kept one would
-        # again: take it where it reads less than two thirds as much
+        # after an edit inside the window far above the cursor that the cache cannot splice over, a new window reads
+        # less than the kept one would again: take it where it reads less than two thirds as much
         unread = len(prompt) - common_prefix(prompt, state.window_text)
-        if unread > FRESH_CHARS:  # a new window is at least 3/4 of FRESH_CHARS: below this it never reads less
+        # a new window is at least 3/4 of FRESH_CHARS: below this it never reads less
+        if unread > FRESH_CHARS and not spliced(prompt, state.window_text):
             other, other_head = prompt_window(text, offset, size, None, fresh)
             if 3 * len(other) < 2 * unread:
                 prompt, head = other, other_head
@@ -109,6 +150,12 @@ def prompt_at(server: TinymorphServer, state: DocState, offset: int, *, keep: bo
 def prompt_session(uri: str) -> str:
     """The fast path's cache of a document's continuation windows (the document's own cache holds its reading)."""
     return f"{uri}#continuation"
+
+
+def elsewhere_session(uri: str) -> str:
+    """The fast path's cache of a suggestion's window away from the writer's (after an edit above the cursor): kept
+    apart, so that the window the writer types in stays read."""
+    return f"{uri}#elsewhere"
 
 
 def heal_session(uri: str) -> str:
@@ -124,11 +171,13 @@ def sampling(settings: Settings, *, max_tokens: int | None = None, stop: tuple[s
 
 async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str, max_tokens: int | None = None,
                    stop: tuple[str, ...] = (), priority: int = INTERACTIVE,
-                   extra: Sequence[Intervention] = ()) -> str:
+                   extra: Sequence[Intervention] = (), session: str | None = None) -> str:
     """A steered continuation of `prompt` (under the workspace's steering, with `extra` in place of its entries
-    for the same features). One generation per document: a request for the same continuation (prompt, steering
-    and sampling) as the running or last one shares its result (the suggestion hint and an inline completion at
-    the same place are one decode), any other cancels it (Superseded)."""
+    for the same features), read through `session`'s cache (the document's continuations', `prompt_session`, by
+    default). One generation per document: a request for the same continuation (prompt, steering and sampling) as
+    the running or last one shares its result (the suggestion hint and an inline completion at the same place are
+    one decode), any other cancels it (Superseded)."""
+    session = session or prompt_session(uri)
     state = server.state(uri)
     replaced = {i.feature for i in extra if i.feature is not None}
     steering = [i for i in server.interventions_for(uri) if i.feature is None or i.feature not in replaced]
@@ -144,9 +193,9 @@ async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str,
 
         def decode(engine: EngineAPI) -> str | Request:
             """Join the batch of continuations where the engine can; else decode alone."""
-            request = engine.start(prompt, steering, how, cancel, session=prompt_session(uri))
+            request = engine.start(prompt, steering, how, cancel, session=session)
             return request if request is not None else "".join(engine.generate(prompt, steering, how, cancel,
-                                                                              session=prompt_session(uri)))
+                                                                              session=session))
 
         async def run() -> str:
             return await server.run_engine(kind, decode, priority, cancel)  # type: ignore[arg-type]
@@ -173,7 +222,29 @@ async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str,
         running.waiters -= 1
     if running.cancel.cancelled:
         raise Superseded(f"a newer request for {uri} took over")
+    if not state.refreshing and server.on_fast_path():
+        state.refreshing = True
+        server.spawn(refresh(server, uri, state), f"refresh {uri}")
     return text
+
+
+async def refresh(server: TinymorphServer, uri: str, state: DocState) -> None:
+    """Read the tokens of the document's continuation windows that completions spliced over (edits above the
+    cursor) again, exactly, `READ_SECONDS` per engine job and after every other job, so that a continuation never
+    reads them in the foreground (`steering.fast.model.SPLICE_LIMIT`)."""
+    try:
+        for session in (prompt_session(uri), elsewhere_session(uri)):
+
+            def piece(engine: EngineAPI, session: str = session) -> bool:
+                return engine.refresh(session, seconds=READ_SECONDS)
+
+            while not await server.run_engine("refresh", piece, WHOLE):
+                if server.docs.get(uri) is not state:
+                    return
+    except EngineUnavailable:
+        pass
+    finally:
+        state.refreshing = False
 
 
 def drop_stale(state: DocState) -> None:

@@ -108,6 +108,8 @@ class DocState:
     """The prompt of the latest completion request (an older one still completing a word gives way to it)."""
     running: Running | None = None
     """The document's generation (running or last): a request for another continuation cancels it."""
+    refreshing: bool = False
+    """Whether the continuation caches' spliced tokens are being read again (`generation.refresh`)."""
     findings: list[Finding] = field(default_factory=list)
     """Where watched features fire above their thresholds, in the current text (`findings`)."""
     findings_id: int = 0

@@ -425,6 +425,19 @@ class Engine:
             self._read_cost = 0.3 * self._read_cost + 0.7 * (time.perf_counter() - started) / read
         return done
 
+    def refresh(self, session: str, *, seconds: float = 0.05) -> bool:
+        """Read the tokens of the session's cache that a continuation spliced over (`fast.model.FastModel.splice`)
+        again, exactly, in the background: about `seconds` of reading a call (every block: the cost per token of
+        `read_ahead`'s lower blocks, scaled to all of them); True when the cache is exact (or there is no fast
+        path)."""
+        fast = self.fast
+        if self.caches is None or fast is None:
+            return True
+        tokens = whole_rows(max(READ_MIN_TOKENS, int(seconds * fast.split / (self._read_cost * fast.n_layers))))
+        done = self.caches.refresh(session, tokens)
+        self.caches.trim()
+        return done
+
     def _read_ids(self, text: str) -> list[int]:
         """`text`'s token ids; the last text's kept, as a document is read in many pieces of one version."""
         last = self._last_read

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from steering.config import SamplingConfig
 from steering.engine import READ_MIN_TOKENS, Engine
-from steering.fast.cache import PrefixCache, SessionCaches
+from steering.fast.cache import ANCHOR, PrefixCache, SessionCaches, moved_run
 from steering.fast.decode import fast_token_ids
 from steering.fast.family import unsupported_reason
 from steering.fast.linear import (
@@ -23,7 +23,7 @@ from steering.fast.linear import (
     row_bucket,
     whole_rows,
 )
-from steering.fast.model import FastModel, View
+from steering.fast.model import SPLICE_LIMIT, SPLICE_MIN, SPLICE_REACH, FastModel, View
 from steering.features.annotate import annotate
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids
 from steering.runtime.interventions import Intervention
@@ -182,6 +182,121 @@ def test_a_cancelled_generation_leaves_a_cache_that_still_gives_the_right_text(l
             cancel.cancel()
     assert i == 3
     assert _fast(fast, cache, llama, PROMPT) == _slow(llama, PROMPT)
+
+
+def test_the_text_after_an_edit_is_found_where_it_moved() -> None:
+    old = list(range(100))
+    inserted = [*old[:40], 900, 901, 902, *old[40:]]
+    assert moved_run(old, inserted, 40, 40, 16) == (40, 43, 60)
+    deleted = old[:40] + old[45:]
+    assert moved_run(old, deleted, 40, 40, 16) == (45, 40, 55)
+    replaced = [*old[:40], 900, *old[41:90], 901, *old[91:]]  # the run ends at the next difference
+    assert moved_run(old, replaced, 40, 40, 16) == (41, 41, 49)
+    assert moved_run(old, replaced, 90, 90, 16) == (91, 91, 9)  # the next edit's, from where the last run ended
+    assert moved_run(old, old[:40] + [900] * 30 + old[60:], 40, 40, 16) is None  # beyond the reach
+    assert moved_run(old, old[:40] + list(range(200, 200 + ANCHOR)), 40, 40, 64) is None  # nothing shared again
+
+
+def _read(fast: FastModel, cache: PrefixCache, ids: list[int]) -> torch.Tensor:
+    """A continuation's read of `ids` through `cache`: the logits after them."""
+    with torch.inference_mode():
+        fast.follow(cache, ids)
+        return fast.upper(cache)
+
+
+def _read_once(lm: LoadedModel, text: str) -> tuple[FastModel, Counter, PrefixCache]:
+    """A fast model, its block counter (emptied) and a cache that read `text` as a continuation."""
+    fast = FastModel(lm.model, HookPoint(1, "resid_post"))
+    counter = Counter(fast)
+    cache = PrefixCache(fast)
+    _read(fast, cache, prompt_ids(lm, text)[0].tolist())
+    counter.take()
+    return fast, counter, cache
+
+
+def test_an_edit_far_above_the_cursor_reads_only_its_own_tokens(llama) -> None:
+    text = "The harbour was quiet in the morning, and the boats rocked slowly on the grey water. " * 3
+    fast, counter, cache = _read_once(llama, text)
+    at = text.index("quiet")
+    edited = text[:at] + "very " + text[at:]
+    new = prompt_ids(llama, edited)[0].tolist()
+    logits = _read(fast, cache, new)
+    lower = [len("very ")] * fast.split  # the edit's own tokens; above the hook the last token again, for its logits
+    assert counter.take() == lower + [len("very ") + 1] * (fast.n_layers - fast.split)
+    stale = at + len("very ")  # the byte tokenizer: a token a character
+    assert cache.stale == stale and cache.splices == 1
+    fresh = PrefixCache(fast)
+    exact = _read(fast, fresh, new)
+    n = len(new)
+    # the first block's keys and values depend on the token and its position alone: moved and rotated, they equal
+    # a fresh read's (a wrong rotation, or none, would not)
+    torch.testing.assert_close(cache.k[0, :, :n], fresh.k[0, :, :n], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(cache.v[0, :, :n], fresh.v[0, :, :n])
+    assert not torch.allclose(cache.k[:, :, :n], fresh.k[:, :, :n], atol=1e-5)  # later blocks: stale, not re-read
+    assert torch.equal(logits.argmax(), exact.argmax())
+    # an exact reader (annotation through the same cache) reads from the first stale token again
+    cache.sync(new)
+    assert cache.low == cache.high == stale and cache.stale is None and cache.splices == 0
+
+
+def test_edits_in_several_places_are_spliced_in_one_read(llama) -> None:
+    text = "The lighthouse keeper climbed the stairs at dusk and lit the great lamp for the ships. " * 4
+    fast, counter, cache = _read_once(llama, text)
+    a, b = text.index("stairs"), text.index("ships")
+    edited = text[:a] + "narrow " + text[a:b] + text[b + len("ships"):]  # a word in, later a word out
+    new = prompt_ids(llama, edited)[0].tolist()
+    _read(fast, cache, new)
+    assert counter.take()[0] == len("narrow ")  # the inserted word alone: the deleted one has no tokens to read
+    assert cache.splices == 2 and cache.stale == a + len("narrow ")
+    fresh = PrefixCache(fast)
+    _read(fast, fresh, new)
+    torch.testing.assert_close(cache.k[0, :, :len(new)], fresh.k[0, :, :len(new)], rtol=1e-2, atol=1e-2)
+
+
+def test_splices_stop_at_a_long_edit_and_after_the_limit(llama) -> None:
+    text = "Rain fell on the town all night, and by morning the river had risen over the old stone bridge. " * 3
+    fast, counter, cache = _read_once(llama, text)
+    pasted = text[:20] + "x" * (SPLICE_REACH + 10) + text[20:]  # too long an edit: read again from it
+    ids = prompt_ids(llama, pasted)[0].tolist()
+    _read(fast, cache, ids)
+    assert counter.take()[0] == len(ids) - 20 and cache.stale is None
+    edited = pasted
+    for round in range(SPLICE_LIMIT + 1):
+        at = len(edited) // 3 + 7 * round
+        edited = edited[:at] + "s" + edited[at:]
+        _read(fast, cache, prompt_ids(llama, edited)[0].tolist())
+        read = counter.take()[0]
+        if round < SPLICE_LIMIT:
+            assert read == 1 and cache.splices == round + 1
+        else:  # the limit: everything from the first stale token is read again, exactly
+            assert read > SPLICE_MIN and cache.stale is None and cache.splices == 0
+
+
+def test_spliced_tokens_are_read_again_exactly_in_the_background(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    caches, fast = engine.caches, engine.fast
+    assert caches is not None and fast is not None
+    text = "The harbour was quiet in the morning, and the boats rocked slowly on the grey water. " * 3
+    sampling = SamplingConfig(max_tokens=4, stop_at_eos=False, guidance=None)
+    "".join(engine.generate(text, sampling=sampling, session="s"))
+    at = text.index("boats")
+    edited = text[:at] + "little " + text[at:]
+    "".join(engine.generate(edited, sampling=sampling, session="s"))
+    cache = caches.get("s")
+    assert cache.stale is not None
+    calls = 0
+    while not engine.refresh("s", seconds=0.0):  # the smallest pieces
+        calls += 1
+        if calls == 2:  # the writer edits again meanwhile: the copy follows
+            edited = edited.replace("grey", "gray")
+            "".join(engine.generate(edited, sampling=sampling, session="s"))
+    assert calls > 2 and cache.stale is None and cache.splices == 0
+    n = cache.high
+    fresh = PrefixCache(fast)
+    _read(fast, fresh, cache.ids[:n])
+    torch.testing.assert_close(cache.k[:, :, :n], fresh.k[:, :, :n])
+    torch.testing.assert_close(cache.v[:, :, :n], fresh.v[:, :, :n])
+    assert engine.refresh("s") and engine.refresh("no such session")
 
 
 def test_engine_sessions_annotate_and_generate_on_one_cache(llama) -> None:

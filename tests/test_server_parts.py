@@ -223,6 +223,9 @@ async def test_out_of_memory_in_a_generation_is_said_once_and_the_next_one_works
         def interventions_for(self, uri: str) -> list[Any]:
             return []
 
+        def on_fast_path(self) -> bool:
+            return False
+
         def tell(self, message: str, kind: Any = None) -> None:
             told.append(message)
 
@@ -319,7 +322,7 @@ def test_the_pieces_annotations_compose_into_the_whole_at_document_offsets() -> 
     assert starts == sorted(starts) and len(set(starts)) == len(starts), "no token twice from the overlaps"
 
 
-def test_an_edit_far_up_inside_the_prompt_window_starts_a_smaller_window_than_reading_it_again() -> None:
+def test_an_edit_far_up_inside_the_prompt_window_is_spliced_or_starts_a_smaller_window() -> None:
     from types import SimpleNamespace
 
     from lsp_server.generation import FRESH_CHARS, WINDOW_CHARS, prompt_at
@@ -343,9 +346,18 @@ def test_an_edit_far_up_inside_the_prompt_window_starts_a_smaller_window_than_re
     assert grown == first + "y" * (WINDOW_CHARS - len(first))
     near = typed[:-500] + "CHANGED" + typed[-500:]  # an edit near the cursor: the window stays
     assert at(near, len(near)).startswith(first[:200])
-    far = near[: len(near) - len(grown) + 100] + "CHANGED" + near[len(near) - len(grown) + 100:]
-    moved = at(far, len(far))
-    assert not moved.startswith(first[:200]) and len(moved) <= FRESH_CHARS and far.endswith(moved)
+    cut = len(near) - len(grown) + 100
+    far = near[:cut] + "CHANGED" + near[cut:]  # a word far up: the cache splices over it, the window stays
+    kept = at(far, len(far))
+    assert kept.startswith(first[:100]) and far.endswith(kept)
+    cut_head = len(far) - len(kept) + 10
+    touched = far[:cut_head] + "ed" + far[cut_head:]  # an edit in the window's first characters: still that window
+    again = at(touched, len(touched))
+    assert len(again) > FRESH_CHARS and touched.endswith(again) and again.startswith(kept[:10])
+    cut += len("ed")
+    pasted = touched[:cut] + "A pasted paragraph. " * 30 + touched[cut:]  # too long to splice: a new, smaller one
+    moved = at(pasted, len(pasted))
+    assert not moved.startswith(first[:200]) and len(moved) <= FRESH_CHARS and pasted.endswith(moved)
 
 
 @pytest.mark.parametrize(("selection", "generated", "before", "expected"), [

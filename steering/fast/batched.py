@@ -278,7 +278,7 @@ class Batcher:
             request.done = True
             return
         cache = request.cache or PrefixCache(fast)
-        cache.sync(request.ids)
+        fast.follow(cache, request.ids)
         guide = request._guide = guided(request.steered(), request.sampling)
         prompt = request.steered("prompt")
         if guide is not None and prompt is not None:

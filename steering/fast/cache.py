@@ -3,7 +3,9 @@ its SAE codes kept as nonzeros.
 
 A cache is cut in two at the steering hook like the model (`model.FastModel`): the lower blocks' keys and values and
 the residual at the hook point hold for any steering; the upper blocks' for the steering they were computed under
-(`key`). After an edit everything from the first changed token on is dropped (`sync`).
+(`key`). After an edit everything from the first changed token on is dropped (`sync`), except where a continuation
+moves the tokens after a short edit instead (`model.FastModel.splice`): those are *stale*, and an exact reader
+(annotation) reads them again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from steering.sae.codes import SparseCodes
 
 GROW = 512
 """A cache grows in steps of this many tokens."""
+ANCHOR = 8
+"""Tokens in a row that find the text after an edit again (`moved_run`)."""
 
 Encoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """Residual rows `[n, d]` → their SAE codes' nonzeros, `(index, value)` `[n, j]` (`SAE.encode_sparse`)."""
@@ -40,9 +44,12 @@ class Layout(Protocol):
 
 
 class Reader(Layout, Protocol):
-    """A model that reads a cache's tokens through its lower blocks (`model.FastModel.lower`)."""
+    """A model that reads a cache's tokens through its lower blocks (`model.FastModel.lower`), or through all of
+    them (`model.FastModel.read`)."""
 
     def lower(self, cache: PrefixCache, limit: int | None = None) -> bool: ...
+
+    def read(self, cache: PrefixCache, limit: int) -> bool: ...
 
 
 class PrefixCache:
@@ -58,6 +65,13 @@ class PrefixCache:
         self.low = 0
         self.high = 0
         self.key: Hashable = None
+        self.plan: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """The steering the upper blocks were computed under (`key` is its key)."""
+        self.stale: int | None = None
+        """The first position whose keys and values were moved after an edit rather than computed after it
+        (`model.FastModel.splice`); None: every read position is exact."""
+        self.splices = 0
+        """Edits spliced over since the cache was last exact."""
         self.capacity = 0
         self.k = self.v = self.resid = torch.empty(0)
         self.codes: SparseCodes | None = None
@@ -104,13 +118,17 @@ class PrefixCache:
             resid[:keep] = self.resid[:keep]
         self.k, self.v, self.resid, self.capacity = k, v, resid, size
 
-    def sync(self, ids: list[int]) -> int:
-        """Make the cache describe `ids`: everything after the first token that differs is dropped. Returns how many
-        tokens were kept."""
+    def sync(self, ids: list[int], *, exact: bool = True) -> int:
+        """Make the cache describe `ids`: everything after the first token that differs is dropped, and with `exact`
+        everything from the first stale one on too. Returns how many tokens were kept."""
         kept = 0
         limit = min(len(ids), len(self.ids))
         while kept < limit and ids[kept] == self.ids[kept]:
             kept += 1
+        if exact and self.stale is not None:
+            kept = min(kept, self.stale)
+        if self.stale is not None and kept <= self.stale:
+            self.stale, self.splices = None, 0
         self.ids = list(ids)
         self.low = min(self.low, kept)
         self.high = min(self.high, kept)
@@ -121,6 +139,31 @@ class PrefixCache:
         self.ids.append(token)
 
 
+def moved_run(old: list[int], new: list[int], start: int, new_start: int, reach: int,
+              ) -> tuple[int, int, int] | None:
+    """Where the text after an edit at `old[start]` (`new[new_start]`) went: `(i, j, n)` with `old[i:i + n] ==
+    new[j:j + n]`, the run of tokens from the `ANCHOR` that `old` and `new` share again nearest after the edit (the
+    fewest tokens deleted and inserted, at most `reach` in either), as long as it goes on; None where there is
+    none."""
+    grams: dict[tuple[int, ...], int] = {}
+    for j in range(min(len(new) - ANCHOR, new_start + reach), new_start - 1, -1):  # the first place of each wins
+        grams[tuple(new[j:j + ANCHOR])] = j
+    best: tuple[int, int] | None = None
+    for i in range(start, min(len(old) - ANCHOR, start + reach) + 1):
+        if best is not None and i - start >= best[0] - start + best[1] - new_start:
+            break  # the edit the nearest match implies is the shortest: none further on is shorter
+        j = grams.get(tuple(old[i:i + ANCHOR]), -1)
+        if j != -1 and (best is None or i - start + j - new_start < best[0] - start + best[1] - new_start):
+            best = i, j
+    if best is None:
+        return None
+    i, j = best
+    n = ANCHOR
+    while i + n < len(old) and j + n < len(new) and old[i + n] == new[j + n]:
+        n += 1
+    return i, j, n
+
+
 class SessionCaches:
     """Prefix caches by session (a document), least recently used dropped beyond `budget_bytes`."""
 
@@ -128,6 +171,8 @@ class SessionCaches:
         self.fast = fast
         self.budget = budget_bytes
         self._caches: OrderedDict[str, PrefixCache] = OrderedDict()
+        self._exact: dict[str, PrefixCache] = {}
+        """Exact copies being read of caches with stale tokens (`refresh`)."""
 
     def get(self, session: str | None) -> PrefixCache:
         """The session's cache (a fresh, unkept one without a session)."""
@@ -156,12 +201,44 @@ class SessionCaches:
         self.trim()
         return cache, done, cache.low - low
 
+    def refresh(self, session: str, limit: int) -> bool:
+        """Read up to `limit` more tokens of an exact copy of the session's cache where it has stale tokens
+        (`model.FastModel.splice`), from its first stale one; once the copy holds them all, it takes their place.
+        True when there is nothing (more) to do. The copy follows the cache: an edit since the last call drops
+        the copy's tokens from the first changed one on, as an exact reader would."""
+        cache = self._caches.get(session)
+        if cache is None or cache.stale is None:
+            self._exact.pop(session, None)
+            return True
+        ids = cache.ids[:cache.high]
+        exact = self._exact.get(session)
+        if exact is None or exact.key != cache.key:
+            exact = self._exact[session] = PrefixCache(self.fast, cache.high)
+            keep = cache.stale
+            exact.k[:, :, :keep] = cache.k[:, :, :keep]
+            exact.v[:, :, :keep] = cache.v[:, :, :keep]
+            exact.resid[:keep] = cache.resid[:keep]
+            exact.ids, exact.low, exact.high = ids[:keep], keep, keep
+            exact.key, exact.plan = cache.key, cache.plan
+        with torch.inference_mode():
+            exact.sync(ids)
+            if not self.fast.read(exact, limit):
+                return False
+            n = len(ids)
+            cache.k[:, :, :n] = exact.k[:, :, :n]
+            cache.v[:, :, :n] = exact.v[:, :, :n]
+            cache.resid[:n] = exact.resid[:n]
+        cache.low, cache.stale, cache.splices = n, None, 0  # (lower blocks read past the upper: over stale ones)
+        del self._exact[session]
+        return True
+
     def drop(self, session: str) -> None:
         self._caches.pop(session, None)
+        self._exact.pop(session, None)
 
     @property
     def nbytes(self) -> int:
-        return sum(c.nbytes for c in self._caches.values())
+        return sum(c.nbytes for c in (*self._caches.values(), *self._exact.values()))
 
     def __len__(self) -> int:
         return len(self._caches)

@@ -26,7 +26,7 @@ def decode(fast: FastModel, cache: PrefixCache, ids: list[int], prompt: Plan | N
     """Logits after `ids`, then after each token sent in (`send(token)`): the cache reads only what it has not
     seen. Generated tokens stay in the cache afterwards; their upper blocks only when the generated positions were
     steered as the prompt was (`prompt`, `generated`: the plan of each phase)."""
-    cache.sync(ids)
+    fast.follow(cache, ids)
     try:
         token = yield fast.upper(cache, prompt)
         while True:
@@ -82,7 +82,7 @@ def guided_token_ids(fast: FastModel, cache: PrefixCache, input_ids: list[int], 
     the lower blocks, the guide takes one, and only its upper blocks are computed after that."""
     sae = guide.plan.sae
     assert sae is not None and sampling.guidance is not None
-    cache.sync(input_ids)
+    fast.follow(cache, input_ids)
     prompt = guide.current() if phase_plan(guide.plan, sampling.steer_positions, "prompt") is not None else None
     generated: list[int] = []
     try:
