@@ -29,7 +29,7 @@ from steering.runtime.guidance import steers
 from steering.runtime.interventions import Intervention
 
 from .cards import card
-from .generation import OutOfMemory, Superseded, generate, prompt_at
+from .generation import OutOfMemory, Superseded, elsewhere_session, generate, prompt_at
 from .hints import short, span_hint
 from .state import DocState
 from .text import PositionError
@@ -174,7 +174,7 @@ async def compute_rewrite(server: TinymorphServer, uri: str, version: int, rng: 
         Intervention("add", suppress, strength=-server.settings.amplify_strength),)
     try:
         text = await generate(server, uri, prompt, kind="rewrite", max_tokens=rewrite_budget(selection), stop=stop,
-                              extra=extra)
+                              extra=extra, session=elsewhere_session(uri))  # the writer's window stays read
     except Superseded:
         raise JsonRpcRequestCancelled("A newer request for this document took over.") from None
     except (EngineUnavailable, OutOfMemory) as exc:

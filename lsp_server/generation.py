@@ -123,6 +123,15 @@ def relocated(text: str, offset: int, before: str, size: int, fresh: int) -> tup
     return None
 
 
+def at_window_end(state: DocState, offset: int) -> bool:
+    """Whether `offset` is at or past the end of the writer's last continuation window (typing on there), not above
+    it: where that window's last characters are found, ending at most at `offset`."""
+    before = state.window_text
+    if not before:
+        return True
+    return state.doc.text.rfind(before[-HEAD_CHARS:], 0, offset) != -1
+
+
 def prompt_at(server: TinymorphServer, state: DocState, offset: int, *, keep: bool = True) -> str:
     """The prompt of a continuation at `offset` in the document (`prompt_window`), the window's start kept for the
     next one unless `keep` is False (a rewrite elsewhere leaves the writer's window where it is)."""
@@ -130,7 +139,8 @@ def prompt_at(server: TinymorphServer, state: DocState, offset: int, *, keep: bo
     size, fresh = (WINDOW_CHARS, FRESH_CHARS) if fast else (PROMPT_CHARS, None)
     text = state.doc.text
     prompt, head = prompt_window(text, offset, size, state.window_head, fresh)
-    if fast and state.window_head and head != state.window_head and (moved := relocated(
+    splices = fast and server.splices()
+    if splices and head and state.window_head and head != state.window_head and (moved := relocated(
             text, offset, state.window_text, size, FRESH_CHARS)) is not None:
         prompt, head = moved  # an edit touched the window's first characters: the cache splices over it
     if fast and head and head == state.window_head:
@@ -138,7 +148,7 @@ def prompt_at(server: TinymorphServer, state: DocState, offset: int, *, keep: bo
         # less than the kept one would again: take it where it reads less than two thirds as much
         unread = len(prompt) - common_prefix(prompt, state.window_text)
         # a new window is at least 3/4 of FRESH_CHARS: below this it never reads less
-        if unread > FRESH_CHARS and not spliced(prompt, state.window_text):
+        if unread > FRESH_CHARS and not (splices and spliced(prompt, state.window_text)):
             other, other_head = prompt_window(text, offset, size, None, fresh)
             if 3 * len(other) < 2 * unread:
                 prompt, head = other, other_head
@@ -222,7 +232,7 @@ async def generate(server: TinymorphServer, uri: str, prompt: str, *, kind: str,
         running.waiters -= 1
     if running.cancel.cancelled:
         raise Superseded(f"a newer request for {uri} took over")
-    if not state.refreshing and server.on_fast_path():
+    if not state.refreshing and server.splices():
         state.refreshing = True
         server.spawn(refresh(server, uri, state), f"refresh {uri}")
     return text
@@ -233,7 +243,7 @@ async def refresh(server: TinymorphServer, uri: str, state: DocState) -> None:
     cursor) again, exactly, `READ_SECONDS` per engine job and after every other job, so that a continuation never
     reads them in the foreground (`steering.fast.model.SPLICE_LIMIT`)."""
     try:
-        for session in (prompt_session(uri), elsewhere_session(uri)):
+        for session in (prompt_session(uri), elsewhere_session(uri), heal_session(uri)):
 
             def piece(engine: EngineAPI, session: str = session) -> bool:
                 return engine.refresh(session, seconds=READ_SECONDS)

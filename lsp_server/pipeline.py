@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 
 from . import findings
 from .config import Settings
-from .generation import HEAD_CHARS, OutOfMemory, Superseded, elsewhere_session, generate, prompt_at
+from .generation import OutOfMemory, Superseded, at_window_end, elsewhere_session, generate, prompt_at
 from .incremental import plan, rereads
 from .reading import read_job
 from .state import Annotated, DocState, Suggestion
-from .text import common_prefix
 from .whole import read_whole
 from .worker import ANNOTATE, READ_SECONDS, SUGGEST, EngineUnavailable
 
@@ -223,12 +222,8 @@ async def suggest(server: TinymorphServer, state: DocState) -> None:
     version, offset = doc.version, state.last_edit
     if offset is None:
         return
-    before = state.window_text
-    prompt = prompt_at(server, state, offset, keep=False)
-    # at the end of the writer's window (typing there) it moves on with it; an edit above leaves it as it is
-    ahead = not before or common_prefix(prompt, before) >= len(before) - HEAD_CHARS
-    if ahead:
-        prompt = prompt_at(server, state, offset)
+    ahead = at_window_end(state, offset)  # typing on there: the window moves on; an edit above leaves it as it is
+    prompt = prompt_at(server, state, offset, keep=ahead)
     if not prompt.strip():
         return
     try:

@@ -139,6 +139,11 @@ class TinymorphServer(LanguageServer):
         """Whether the loaded engine runs on the fast path (a cache per document: long prompts are cheap)."""
         return self.worker.info is not None and self.worker.info.fast_path
 
+    def splices(self) -> bool:
+        """Whether a continuation's cache splices over edits above the cursor (`steering.fast.model.FastModel.splice`):
+        a short edit inside the window then costs only its own tokens."""
+        return self.worker.info is not None and self.worker.info.splices
+
     def refresh_hints(self) -> None:
         if self.supports("workspace.inlay_hint.refresh_support"):
             self.hint_refreshes += 1

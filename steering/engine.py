@@ -124,6 +124,8 @@ class EngineInfo:
     int8_decode: bool = False
     int4_weights: int = 0
     """Decode weights held in 4 bits (the rest of a quantised decode is int8)."""
+    splices: bool = False
+    """Whether a continuation's cache splices over edits above the cursor (`fast.model.FastModel.splice`)."""
     labels: bool = False
     """The SAE has a labels.json (words for its features)."""
 
@@ -307,6 +309,7 @@ class Engine:
             fast_path=self.slow_reason is None,
             int8_decode=self.fast is not None and self.fast.int8,
             int4_weights=self.fast.int4 if self.fast is not None else 0,
+            splices=self.fast is not None and self.fast.can_splice,
             labels=bool(sae is not None and (self.labels() or {}).get("features")),
         )
 

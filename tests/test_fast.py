@@ -239,6 +239,39 @@ def test_an_edit_far_above_the_cursor_reads_only_its_own_tokens(llama) -> None:
     assert cache.low == cache.high == stale and cache.stale is None and cache.splices == 0
 
 
+def test_a_splice_reads_the_edit_under_the_caches_steering_and_survives_a_failure(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    plan = engine.plan([Intervention("vector", vector=torch.randn(64), strength=4.0)])
+    fast = FastModel(llama.model, HookPoint(1, "resid_post"))
+    text = "The harbour was quiet in the morning, and the boats rocked slowly on the grey water. " * 3
+    at = text.index("boats")
+    edited = text[:at] + "little " + text[at:]
+    new = prompt_ids(llama, edited)[0].tolist()
+    cache, fresh = PrefixCache(fast), PrefixCache(fast)
+    with torch.inference_mode():
+        fast.follow(cache, prompt_ids(llama, text)[0].tolist())
+        fast.upper(cache, plan)
+        fast.follow(cache, new)
+        fast.upper(cache, plan)
+        fresh.sync(new)
+        fast.upper(fresh, plan)
+    edit = slice(at, at + len("little "))  # the edit's own tokens attend to an exact prefix: exact, steered
+    torch.testing.assert_close(cache.k[:, :, edit], fresh.k[:, :, edit], rtol=1e-4, atol=1e-4)
+    # a failure part-way (out of memory, say) leaves the exact prefix, and the next read is right
+    broken = PrefixCache(fast)
+    _read(fast, broken, prompt_ids(llama, text)[0].tolist())
+
+    def fail(*args: object) -> torch.Tensor:
+        raise MemoryError
+
+    fast.blocks = fail  # type: ignore[method-assign]
+    with pytest.raises(MemoryError):
+        _read(fast, broken, new)
+    del fast.blocks
+    assert broken.low == broken.high == at and broken.ids == new
+    torch.testing.assert_close(_read(fast, broken, new), _read(fast, PrefixCache(fast), new))
+
+
 def test_edits_in_several_places_are_spliced_in_one_read(llama) -> None:
     text = "The lighthouse keeper climbed the stairs at dusk and lit the great lamp for the ships. " * 4
     fast, counter, cache = _read_once(llama, text)

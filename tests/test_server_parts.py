@@ -223,7 +223,7 @@ async def test_out_of_memory_in_a_generation_is_said_once_and_the_next_one_works
         def interventions_for(self, uri: str) -> list[Any]:
             return []
 
-        def on_fast_path(self) -> bool:
+        def splices(self) -> bool:
             return False
 
         def tell(self, message: str, kind: Any = None) -> None:
@@ -331,7 +331,7 @@ def test_an_edit_far_up_inside_the_prompt_window_is_spliced_or_starts_a_smaller_
 
     sentences = [f"Sentence {i} is about the harbour and word{i}." for i in range(600)]
     text = "\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 600, 5))
-    server: Any = SimpleNamespace(on_fast_path=lambda: True)
+    server: Any = SimpleNamespace(on_fast_path=lambda: True, splices=lambda: True)
     state = DocState(Document("file:///w.md", "markdown", 1, text, "utf-16"))
 
     def at(new_text: str, offset: int) -> str:
@@ -358,6 +358,41 @@ def test_an_edit_far_up_inside_the_prompt_window_is_spliced_or_starts_a_smaller_
     pasted = touched[:cut] + "A pasted paragraph. " * 30 + touched[cut:]  # too long to splice: a new, smaller one
     moved = at(pasted, len(pasted))
     assert not moved.startswith(first[:200]) and len(moved) <= FRESH_CHARS and pasted.endswith(moved)
+
+
+def test_without_splicing_a_small_edit_far_up_moves_the_window_and_a_short_text_is_read_whole() -> None:
+    from types import SimpleNamespace
+
+    from lsp_server.generation import FRESH_CHARS, WINDOW_CHARS, at_window_end, prompt_at
+    from lsp_server.state import DocState
+    from lsp_server.text import Document
+
+    sentences = [f"Sentence {i} is about the harbour and word{i}." for i in range(600)]
+    text = "\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 600, 5))
+    can = {"splice": False}
+    server: Any = SimpleNamespace(on_fast_path=lambda: True, splices=lambda: can["splice"])
+    state = DocState(Document("file:///w.md", "markdown", 1, text, "utf-16"))
+
+    def at(new_text: str, offset: int) -> str:
+        state.doc = Document("file:///w.md", "markdown", state.doc.version + 1, new_text, "utf-16")
+        return prompt_at(server, state, offset)
+
+    offset = 20_000
+    first = at(text, offset)
+    # where a suggestion after the last edit moves the window on (typing at its end) or leaves it (an edit above)
+    assert at_window_end(state, offset) and at_window_end(state, offset + 300)
+    assert not at_window_end(state, offset - 500)
+    typed = text[:offset] + "y" * (WINDOW_CHARS - len(first))
+    grown = at(typed, len(typed))
+    cut = len(typed) - len(grown) + 100
+    far = typed[:cut] + "CHANGED" + typed[cut:]  # a model that cannot splice: a new, smaller window
+    moved = at(far, len(far))
+    assert not moved.startswith(first[:100]) and len(moved) <= FRESH_CHARS
+    can["splice"] = True
+    short = text[5000:8500]  # a window, then 800 characters deleted above: what is left fits, all of it is read
+    assert len(at(short, len(short))) < len(short)
+    shorter = short[:500] + short[1300:]
+    assert at(shorter, len(shorter)) == shorter
 
 
 @pytest.mark.parametrize(("selection", "generated", "before", "expected"), [

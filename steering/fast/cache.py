@@ -214,7 +214,7 @@ class SessionCaches:
         exact = self._exact.get(session)
         if exact is None or exact.key != cache.key:
             exact = self._exact[session] = PrefixCache(self.fast, cache.high)
-            keep = cache.stale
+            keep = min(cache.stale, cache.high)
             exact.k[:, :, :keep] = cache.k[:, :, :keep]
             exact.v[:, :, :keep] = cache.v[:, :, :keep]
             exact.resid[:keep] = cache.resid[:keep]
@@ -238,7 +238,9 @@ class SessionCaches:
 
     @property
     def nbytes(self) -> int:
-        return sum(c.nbytes for c in (*self._caches.values(), *self._exact.values()))
+        """The caches' memory (the exact copies `refresh` reads, one window each while it lasts, left out: counted,
+        they would push the document's own cache out)."""
+        return sum(c.nbytes for c in self._caches.values())
 
     def __len__(self) -> int:
         return len(self._caches)

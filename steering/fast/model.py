@@ -338,8 +338,7 @@ class FastModel:
         moved tokens did not see the edits (they are `stale`; an exact reader reads them again). Each edit at most
         `SPLICE_REACH` tokens long, each run of moved tokens at least `SPLICE_MIN`; False (nothing done) where
         there is no such run."""
-        if self.rotary is None or getattr(self.rotary, "rope_type", "default") == "dynamic" or \
-                getattr(self.rotary, "attention_scaling", 1.0) != 1.0:
+        if not self.can_splice:
             return False
         read = cache.high
         old = cache.ids[:read]
@@ -357,6 +356,9 @@ class FastModel:
             # else: too few tokens to move between two edits: they are read with them
         if not runs:
             return False
+        if runs[0][0] == 0:  # the old first token stays where it was read: moved on, it would keep its first-token
+            i, j, n = runs[0]  # keys and values (most heads' resting place) in the middle of the text
+            runs[0] = (1, j + 1, n - 1)
         end = runs[-1][1] + runs[-1][2]
         plan = cache.plan or self.unsteered
         with torch.inference_mode():
@@ -364,9 +366,11 @@ class FastModel:
             for i, j, n in runs:
                 if i != j:
                     cos, sin = self.turn(j - i)
-                    moved[j] = (rotate(cache.k[:, :, i:i + n], cos, sin), cache.v[:, :, i:i + n].clone(),
-                                cache.resid[i:i + n].clone())
+                    keys = rotate(cache.k[:, :, i:i + n].float(), cos, sin).to(cache.k.dtype)
+                    moved[j] = (keys, cache.v[:, :, i:i + n].clone(), cache.resid[i:i + n].clone())
             cache.reserve(end)
+            cache.low = cache.high = p  # until the splice is done: a failure part-way leaves an exact prefix
+            cache.coded = min(cache.coded, p)
             cache.ids = list(ids)
             edit = p
             for _i, j, n in runs:
@@ -380,19 +384,23 @@ class FastModel:
                     cache.k[:, :, j:j + n], cache.v[:, :, j:j + n], cache.resid[j:j + n] = moved[j]
                 edit = j + n
         cache.low = cache.high = end
-        cache.coded = min(cache.coded, p)
         first = runs[0][1]
         cache.stale = first if cache.stale is None else min(cache.stale, first)
         cache.splices += len(runs)
         return True
 
+    @property
+    def can_splice(self) -> bool:
+        """Whether `splice` can move keys: rotary positions with a fixed frequency per dimension and no scaling."""
+        return self.rotary is not None and getattr(self.rotary, "rope_type", "default") != "dynamic" and \
+            getattr(self.rotary, "attention_scaling", 1.0) == 1.0
+
     def turn(self, delta: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cosines and signed sines (`rotate`) `[head_dim]` that move a rotated key `delta` positions on, in the
-        cache's dtype."""
+        """Cosines and signed sines (`rotate`) `[head_dim]`, float32, that move a rotated key `delta` positions on."""
         assert self.rotary is not None
         angle = delta * self.rotary.inv_freq.to(self.device, torch.float32)
         cos, sin = angle.cos(), angle.sin()
-        return torch.cat((cos, cos)).to(self.cache_dtype), torch.cat((-sin, sin)).to(self.cache_dtype)
+        return torch.cat((cos, cos)), torch.cat((-sin, sin))
 
     def candidates(self, cache: PrefixCache, tokens: torch.Tensor) -> torch.Tensor:
         """The residuals at the hook point `[k, d]` of each of `tokens` `[k]` as the next token of `cache.ids` (whose
