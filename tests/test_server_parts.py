@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import weakref
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -322,21 +323,33 @@ def test_the_pieces_annotations_compose_into_the_whole_at_document_offsets() -> 
     assert starts == sorted(starts) and len(set(starts)) == len(starts), "no token twice from the overlaps"
 
 
+class _Windows:
+    """A 27,000-character document of numbered sentences in paragraphs, and `prompt_at` on edited versions of it
+    (`at`), on the fast path, splicing while `splices`."""
+
+    def __init__(self) -> None:
+        from lsp_server.state import DocState
+        from lsp_server.text import Document
+
+        sentences = [f"Sentence {i} is about the harbour and word{i}." for i in range(600)]
+        self.text = "\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 600, 5))
+        self.splices = True
+        self.server: Any = SimpleNamespace(on_fast_path=lambda: True, splices=lambda: self.splices)
+        self.state = DocState(Document("file:///w.md", "markdown", 1, self.text, "utf-16"))
+
+    def at(self, new_text: str, offset: int) -> str:
+        from lsp_server.generation import prompt_at
+        from lsp_server.text import Document
+
+        self.state.doc = Document("file:///w.md", "markdown", self.state.doc.version + 1, new_text, "utf-16")
+        return prompt_at(self.server, self.state, offset)
+
+
 def test_an_edit_far_up_inside_the_prompt_window_is_spliced_or_starts_a_smaller_window() -> None:
-    from types import SimpleNamespace
+    from lsp_server.generation import FRESH_CHARS, WINDOW_CHARS
 
-    from lsp_server.generation import FRESH_CHARS, WINDOW_CHARS, prompt_at
-    from lsp_server.state import DocState
-    from lsp_server.text import Document
-
-    sentences = [f"Sentence {i} is about the harbour and word{i}." for i in range(600)]
-    text = "\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 600, 5))
-    server: Any = SimpleNamespace(on_fast_path=lambda: True, splices=lambda: True)
-    state = DocState(Document("file:///w.md", "markdown", 1, text, "utf-16"))
-
-    def at(new_text: str, offset: int) -> str:
-        state.doc = Document("file:///w.md", "markdown", state.doc.version + 1, new_text, "utf-16")
-        return prompt_at(server, state, offset)
+    case = _Windows()
+    text, at = case.text, case.at
 
     offset = 20_000
     first = at(text, offset)
@@ -361,21 +374,11 @@ def test_an_edit_far_up_inside_the_prompt_window_is_spliced_or_starts_a_smaller_
 
 
 def test_without_splicing_a_small_edit_far_up_moves_the_window_and_a_short_text_is_read_whole() -> None:
-    from types import SimpleNamespace
+    from lsp_server.generation import FRESH_CHARS, WINDOW_CHARS, at_window_end
 
-    from lsp_server.generation import FRESH_CHARS, WINDOW_CHARS, at_window_end, prompt_at
-    from lsp_server.state import DocState
-    from lsp_server.text import Document
-
-    sentences = [f"Sentence {i} is about the harbour and word{i}." for i in range(600)]
-    text = "\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 600, 5))
-    can = {"splice": False}
-    server: Any = SimpleNamespace(on_fast_path=lambda: True, splices=lambda: can["splice"])
-    state = DocState(Document("file:///w.md", "markdown", 1, text, "utf-16"))
-
-    def at(new_text: str, offset: int) -> str:
-        state.doc = Document("file:///w.md", "markdown", state.doc.version + 1, new_text, "utf-16")
-        return prompt_at(server, state, offset)
+    case = _Windows()
+    case.splices = False
+    text, at, state = case.text, case.at, case.state
 
     offset = 20_000
     first = at(text, offset)
@@ -388,7 +391,7 @@ def test_without_splicing_a_small_edit_far_up_moves_the_window_and_a_short_text_
     far = typed[:cut] + "CHANGED" + typed[cut:]  # a model that cannot splice: a new, smaller window
     moved = at(far, len(far))
     assert not moved.startswith(first[:100]) and len(moved) <= FRESH_CHARS
-    can["splice"] = True
+    case.splices = True
     short = text[5000:8500]  # a window, then 800 characters deleted above: what is left fits, all of it is read
     assert len(at(short, len(short))) < len(short)
     shorter = short[:500] + short[1300:]
