@@ -17,12 +17,20 @@ from typing import TYPE_CHECKING
 
 from . import findings
 from .config import Settings
-from .generation import OutOfMemory, Superseded, at_window_end, elsewhere_session, generate, prompt_at
+from .generation import (
+    OutOfMemory,
+    Superseded,
+    at_window_end,
+    elsewhere_session,
+    generate,
+    prompt_at,
+    prompt_session,
+)
 from .incremental import plan, rereads
 from .reading import read_job
 from .state import Annotated, DocState, Suggestion
 from .whole import read_whole
-from .worker import ANNOTATE, READ_SECONDS, SUGGEST, EngineUnavailable
+from .worker import ANNOTATE, READ_SECONDS, SUGGEST, WHOLE, EngineAPI, EngineUnavailable
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
@@ -116,6 +124,8 @@ async def _annotate_later(server: TinymorphServer, state: DocState, wait: float)
         return
     if server.settings.suggestion and state.last_edit is not None and state.annotated is not None:
         await suggest(server, state)
+    if server.on_fast_path() and not state.window_text and state.annotated is not None:
+        await prefetch(server, state)
     if partial and server.on_fast_path():
         await annotate(server, state, whole=True)
     elif partial:
@@ -179,6 +189,21 @@ async def read_ahead(server: TinymorphServer, state: DocState, version: int, tex
         if server.docs.get(uri) is not state or state.doc.version != version:
             return False
     return True
+
+
+async def prefetch(server: TinymorphServer, state: DocState) -> None:
+    """Read the continuation window at the end of a document no completion has read yet (a writer goes on at the
+    end), `READ_SECONDS` per engine job after every other job: the first completion there then reads only what was
+    typed since, not its whole window cold (0.5-0.8 s on a 2-core CPU)."""
+    uri, version = state.doc.uri, state.doc.version
+    prompt = prompt_at(server, state, len(state.doc.text))
+
+    def piece(engine: EngineAPI) -> bool:
+        return engine.prefetch(prompt, prompt_session(uri), seconds=READ_SECONDS)
+
+    while not await server.run_engine("prefetch", piece, WHOLE):
+        if server.docs.get(uri) is not state or state.doc.version != version:
+            return
 
 
 async def reread(server: TinymorphServer, state: DocState) -> None:

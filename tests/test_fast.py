@@ -332,6 +332,25 @@ def test_spliced_tokens_are_read_again_exactly_in_the_background(llama) -> None:
     assert engine.refresh("s") and engine.refresh("no such session")
 
 
+def test_a_prefetched_prompt_is_read_in_pieces_and_the_continuation_reads_only_what_follows(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    fast = engine.fast
+    assert fast is not None
+    counter = Counter(fast)
+    text = "The harbour was quiet in the morning, and the boats rocked slowly on the grey water. " * 2
+    pieces = 1
+    while not engine.prefetch(text, "s", seconds=0.0):  # the smallest pieces
+        pieces += 1
+    n = len(prompt_ids(llama, text)[0])
+    assert pieces == -(-n // READ_MIN_TOKENS) and counter.take() == [n] * fast.n_layers
+    typed = text + "Then"
+    sampling = SamplingConfig(max_tokens=6, stop_at_eos=False, guidance=None)
+    out = "".join(engine.generate(typed, sampling=sampling, session="s"))
+    assert counter.take() == [len("Then") + 5] * fast.n_layers  # the typed word, then the decode steps
+    assert out == "".join(Engine(llama, _sae(1)).generate(typed, sampling=sampling))
+    assert engine.prefetch("", "s") and engine.prefetch(typed, "s", seconds=10.0)
+
+
 def test_engine_sessions_annotate_and_generate_on_one_cache(llama) -> None:
     engine = Engine(llama, _sae(1))
     fast = engine.caches.fast

@@ -290,9 +290,11 @@ class FastModel:
         return cache.low == len(cache.ids)
 
     def read(self, cache: PrefixCache, limit: int) -> bool:
-        """Compute every block for up to `limit` more tokens of `cache.ids` (the upper ones under `cache.plan`); True
-        when all are read."""
-        plan = cache.plan or self.unsteered
+        """Compute every block for up to `limit` more tokens of `cache.ids` (the upper ones under `cache.plan`,
+        unsteered in a cache that has none yet); True when all are read."""
+        if cache.plan is None:
+            cache.plan, cache.key, cache.high = self.unsteered, self.unsteered.key, 0
+        plan = cache.plan
         self.lower(cache, limit)
         while cache.high < cache.low:
             start = cache.high
