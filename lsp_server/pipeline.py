@@ -124,7 +124,8 @@ async def _annotate_later(server: TinymorphServer, state: DocState, wait: float)
         return
     if server.settings.suggestion and state.last_edit is not None and state.annotated is not None:
         await suggest(server, state)
-    if server.on_fast_path() and not state.window_text and state.annotated is not None:
+    if server.on_fast_path() and not state.window_text and state.annotated is not None and \
+            len(state.doc.text) <= server.settings.max_chars:
         await prefetch(server, state)
     if partial and server.on_fast_path():
         await annotate(server, state, whole=True)
@@ -194,7 +195,9 @@ async def read_ahead(server: TinymorphServer, state: DocState, version: int, tex
 async def prefetch(server: TinymorphServer, state: DocState) -> None:
     """Read the continuation window at the end of a document no completion has read yet (a writer goes on at the
     end), `READ_SECONDS` per engine job after every other job: the first completion there then reads only what was
-    typed since, not its whole window cold (0.5-0.8 s on a 2-core CPU)."""
+    typed since, not its whole window cold (0.5-0.8 s on a 2-core CPU). Not for a document longer than `maxChars`:
+    where it ends is a guess there, and a manuscript's caches already fill the budget (three manuscripts' scrolls
+    were slower with it, their caches pushed out)."""
     uri, version = state.doc.uri, state.doc.version
     prompt = prompt_at(server, state, len(state.doc.text))
 
