@@ -433,11 +433,9 @@ class Engine:
         again, exactly, in the background: about `seconds` of reading a call (every block: the cost per token of
         `read_ahead`'s lower blocks, scaled to all of them); True when the cache is exact (or there is no fast
         path)."""
-        fast = self.fast
-        if self.caches is None or fast is None:
+        if self.caches is None:
             return True
-        tokens = whole_rows(max(READ_MIN_TOKENS, int(seconds * fast.split / (self._read_cost * fast.n_layers))))
-        done = self.caches.refresh(session, tokens)
+        done = self.caches.refresh(session, self._block_tokens(seconds))
         self.caches.trim()
         return done
 
@@ -451,13 +449,19 @@ class Engine:
         ids = prompt_ids(self.lm, prompt)[0].tolist()
         if len(ids) > fast.max_positions:
             return True
-        tokens = whole_rows(max(READ_MIN_TOKENS, int(seconds * fast.split / (self._read_cost * fast.n_layers))))
         with torch.inference_mode():
             cache = self.caches.get(session)
             fast.follow(cache, ids)
-            done = fast.read(cache, tokens)
+            done = fast.read(cache, self._block_tokens(seconds))
         self.caches.trim()
         return done
+
+    def _block_tokens(self, seconds: float) -> int:
+        """Tokens that take about `seconds` through every block: `read_ahead`'s cost per token of the lower blocks,
+        scaled to all of them, rounded as its pieces are."""
+        fast = self.fast
+        assert fast is not None
+        return whole_rows(max(READ_MIN_TOKENS, int(seconds * fast.split / (self._read_cost * fast.n_layers))))
 
     def _read_ids(self, text: str) -> list[int]:
         """`text`'s token ids; the last text's kept, as a document is read in many pieces of one version."""

@@ -121,10 +121,7 @@ class PrefixCache:
     def sync(self, ids: list[int], *, exact: bool = True) -> int:
         """Make the cache describe `ids`: everything after the first token that differs is dropped, and with `exact`
         everything from the first stale one on too. Returns how many tokens were kept."""
-        kept = 0
-        limit = min(len(ids), len(self.ids))
-        while kept < limit and ids[kept] == self.ids[kept]:
-            kept += 1
+        kept = matching(ids, 0, self.ids, 0)
         if exact and self.stale is not None:
             kept = min(kept, self.stale)
         if self.stale is not None and kept <= self.stale:
@@ -158,10 +155,15 @@ def moved_run(old: list[int], new: list[int], start: int, new_start: int, reach:
     if best is None:
         return None
     i, j = best
-    n = ANCHOR
-    while i + n < len(old) and j + n < len(new) and old[i + n] == new[j + n]:
+    return i, j, ANCHOR + matching(old, i + ANCHOR, new, j + ANCHOR)
+
+
+def matching(a: list[int], i: int, b: list[int], j: int) -> int:
+    """How many tokens of `a` from `i` on equal those of `b` from `j` on, before the first that differs."""
+    n = 0
+    while i + n < len(a) and j + n < len(b) and a[i + n] == b[j + n]:
         n += 1
-    return i, j, n
+    return n
 
 
 class SessionCaches:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from steering.runtime.interventions import Plan, compile_plan
 from steering.sae.autoencoder import HookPoint
 
-from .cache import GROW, PrefixCache, moved_run
+from .cache import GROW, PrefixCache, matching, moved_run
 from .family import ACTIVATIONS, activation_name, family_of, window
 from .linear import Linear, fuse, int8_available, linear_maker
 
@@ -344,9 +344,7 @@ class FastModel:
             return False
         read = cache.high
         old = cache.ids[:read]
-        p = 0
-        while p < min(read, len(ids)) and old[p] == ids[p]:
-            p += 1
+        p = matching(old, 0, ids, 0)
         runs: list[tuple[int, int, int]] = []
         a = b = edit = p  # edit: where the edit being followed began in `ids`
         while read - a >= SPLICE_MIN and (run := moved_run(old, ids, a, b, SPLICE_REACH)) is not None and \
