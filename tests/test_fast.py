@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import steering.fast.model as fast_model
 from steering.config import SamplingConfig
 from steering.engine import READ_MIN_TOKENS, Engine
 from steering.fast.cache import ANCHOR, PrefixCache, SessionCaches, moved_run
@@ -23,7 +24,15 @@ from steering.fast.linear import (
     row_bucket,
     whole_rows,
 )
-from steering.fast.model import SPLICE_LIMIT, SPLICE_MIN, SPLICE_REACH, FastModel, View
+from steering.fast.model import (
+    CHUNK,
+    SPLICE_LIMIT,
+    SPLICE_MIN,
+    SPLICE_REACH,
+    FastModel,
+    View,
+    attend_blocks,
+)
 from steering.features.annotate import annotate
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids
 from steering.runtime.interventions import Intervention
@@ -503,6 +512,78 @@ def test_cached_codes_equal_a_fresh_encoding_and_cost_little_memory(llama) -> No
     kept = cache.codes.dense(n)
     fresh = engine.sae.encode(cache.resid[:n].to(engine.sae.dtype)).float()
     assert torch.allclose(kept, fresh, atol=1e-6)
+
+
+def _causal_reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention in float64, each of the last `tokens` queries seeing the span up to its own position."""
+    tokens, span = q.shape[2], keys.shape[2]
+    visible = torch.ones(tokens, span, dtype=torch.bool).tril(span - tokens)
+    return F.scaled_dot_product_attention(q.double(), keys.double(), values.double(), attn_mask=visible,
+                                          scale=scale, enable_gqa=True)
+
+
+def test_blocked_attention_is_causal_after_the_cache_and_matches_the_fused_kernel(monkeypatch) -> None:
+    monkeypatch.setattr(fast_model, "BLOCK_ROWS", 16)  # 50 queries: blocks of 16, 16, 16 and 2
+    g = torch.Generator().manual_seed(3)
+    start, tokens, scale = 37, 50, 0.25
+    q = torch.randn(1, 6, tokens, 16, generator=g)
+    keys, values = torch.randn(2, 1, 2, start + tokens, 16, generator=g)
+    exact = _causal_reference(q, keys, values, scale)
+    assert torch.allclose(attend_blocks(q, keys, values, scale).double(), exact, atol=1e-5)
+    reduced = attend_blocks(q.bfloat16(), keys, values, scale)  # a float32 cache, bfloat16 queries
+    assert reduced.dtype == torch.bfloat16
+    assert float((reduced.double() - exact).norm() / exact.norm()) < 0.02
+    later = keys.clone()
+    later[:, :, start + 20:] += 5.0  # what the 21st new token and those after it see
+    moved = attend_blocks(q, later, values, scale)
+    assert torch.equal(moved[:, :, :20], attend_blocks(q, keys, values, scale)[:, :, :20])
+    assert not torch.allclose(moved[:, :, 20:], exact[:, :, 20:].float(), atol=1e-3)
+
+
+def test_bfloat16_prompts_read_through_blocked_attention_as_transformers_reads_them(monkeypatch) -> None:
+    lm = tiny_lm("llama")
+    lm.model.to(torch.bfloat16)
+    fast = FastModel(lm.model, HookPoint(1, "resid_post"))
+    calls = []
+    monkeypatch.setattr(fast_model, "attend_blocks", lambda *a: calls.append(a[0].shape[2]) or attend_blocks(*a))
+    ids = prompt_ids(lm, PROMPT * 4)[0].tolist()
+    with torch.inference_mode():
+        whole = PrefixCache(fast)
+        whole.sync(ids)
+        fast.lower(whole)
+        pieces = PrefixCache(fast)
+        pieces.sync(ids)
+        while not fast.lower(pieces, 40):  # later pieces attend to the cached keys before them
+            pass
+        out = lm.model(torch.tensor([ids]), output_hidden_states=True)
+    reference = out.hidden_states[2][0].float()
+    assert calls and max(calls) == len(ids) and 40 in calls
+    n = len(ids)
+    for cache in (whole, pieces):
+        got = cache.resid[:n].float()
+        assert float(F.cosine_similarity(got, reference, dim=-1).min()) > 0.999
+
+
+def test_a_long_prompt_is_read_in_as_few_passes_as_its_memory_allows(llama, monkeypatch) -> None:
+    fast = FastModel(llama.model, HookPoint(1, "resid_post"))
+    ids = prompt_ids(llama, PROMPT * 12)[0].tolist()[:500]
+    assert fast.pass_rows(0, len(ids)) >= len(ids), "one pass"
+    passes = []
+    inner = fast.block
+    monkeypatch.setattr(fast, "block", lambda i, x, view: (passes.append(x.shape[0]) if i == 0 else None)
+                        or inner(i, x, view))
+    caches = []
+    with torch.inference_mode():
+        for budget in (fast_model.PASS_BYTES, 100 * fast.row_bytes):  # the MLP's rows, then the keys' mask
+            monkeypatch.setattr(fast_model, "PASS_BYTES", budget)
+            cache = PrefixCache(fast)
+            cache.sync(ids)
+            fast.lower(cache)
+            caches.append(cache)
+    assert passes == [500, CHUNK, 500 - CHUNK]
+    assert torch.allclose(caches[0].resid[:500], caches[1].resid[:500], atol=1e-5)
+    lower = fast.split  # the blocks a read computes
+    assert torch.allclose(caches[0].k[:lower, :, :500], caches[1].k[:lower, :, :500], atol=1e-5)
 
 
 def test_reduced_precision_passes_run_on_a_few_row_counts_with_the_same_result() -> None:
