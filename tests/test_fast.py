@@ -540,24 +540,42 @@ def test_blocked_attention_is_causal_after_the_cache_and_matches_the_fused_kerne
     assert not torch.allclose(moved[:, :, 20:], exact[:, :, 20:].float(), atol=1e-3)
 
 
+def test_blocked_attention_multiplies_on_a_few_shapes_whatever_the_span(monkeypatch) -> None:
+    shapes = set()
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: shapes.add((a.shape, b.shape)) or bmm(a, b))
+    g = torch.Generator().manual_seed(4)
+    keys, values = torch.randn(2, 1, 2, 700, 16, generator=g)
+    for span in range(140, 700, 7):  # a document read in pieces of every size: 80 spans
+        tokens = 128 + span % 17
+        q = torch.randn(1, 4, tokens, 16, generator=g).bfloat16()
+        got = attend_blocks(q, keys[:, :, :span], values[:, :, :span], 0.25)
+        if span % 5 == 0:
+            exact = _causal_reference(q, keys[:, :, :span], values[:, :, :span], 0.25)
+            assert float((got.double() - exact).norm() / exact.norm()) < 0.02
+    # oneDNN keeps a kernel per shape: one per block of queries over the keys padded to a bucket, scores and values
+    assert len(shapes) <= 2 * 3
+
+
 def test_bfloat16_prompts_read_through_blocked_attention_as_transformers_reads_them(monkeypatch) -> None:
     lm = tiny_lm("llama")
     lm.model.to(torch.bfloat16)
     fast = FastModel(lm.model, HookPoint(1, "resid_post"))
     calls = []
     monkeypatch.setattr(fast_model, "attend_blocks", lambda *a: calls.append(a[0].shape[2]) or attend_blocks(*a))
-    ids = prompt_ids(lm, PROMPT * 4)[0].tolist()
+    ids = prompt_ids(lm, PROMPT * 10)[0].tolist()[:480]
+    piece = fast_model.BLOCK_ROWS // 2  # the shortest pass read in blocks
     with torch.inference_mode():
         whole = PrefixCache(fast)
         whole.sync(ids)
         fast.lower(whole)
         pieces = PrefixCache(fast)
         pieces.sync(ids)
-        while not fast.lower(pieces, 40):  # later pieces attend to the cached keys before them
-            pass
+        while not fast.lower(pieces, piece):  # later pieces attend to the cached keys before them; the last (96
+            pass                              # tokens) goes through the fused kernel
         out = lm.model(torch.tensor([ids]), output_hidden_states=True)
     reference = out.hidden_states[2][0].float()
-    assert calls and max(calls) == len(ids) and 40 in calls
+    assert calls == [480] * fast.split + [piece] * 3 * fast.split
     n = len(ids)
     for cache in (whole, pieces):
         got = cache.resid[:n].float()

@@ -48,9 +48,12 @@ within this many bytes. Fewer, longer passes read faster: the default model's lo
 took 0.93 s in one pass against 1.10 s in passes of 256 on a 2-core CPU (each later pass converted the cached
 keys before it to the queries' dtype and masked them); the fused attention keeps its memory linear in the rows."""
 BLOCK_ROWS = 256
-"""Queries per block of `attend_blocks` (128: 5 % slower, 512: half again) ..."""
+"""Queries per block of `attend_blocks` (128: 5 % slower, 512: half again; a pass of at least half as many tokens
+reads through it, a shorter one through the fused kernel) ..."""
 BLOCK_BYTES = 32 << 20
-"""... or fewer, to keep a block's scores and probabilities within this many bytes."""
+"""... or half as many, and so on, to keep a block's scores and probabilities within this many bytes ..."""
+SPAN_BUCKET = 256
+"""... over keys padded to a multiple of this many positions."""
 SPLICE_REACH = 128
 """A continuation splices over an edit of at most this many tokens (`FastModel.splice`) ..."""
 SPLICE_MIN = 32
@@ -128,28 +131,38 @@ def attend_capped(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vie
 def attend_blocks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal grouped-query attention of one sequence's queries `[1, heads, tokens, hd]`, the last `tokens` of the
     span of `keys`, `values` `[1, kv, span, hd]`, as two matmuls and a softmax per block of queries, in the queries'
-    dtype (`BLOCK_BYTES`). On a CPU in bfloat16 this runs a pass over a long prompt in two thirds of the fused kernel's
-    time (the default model's 9 heads over 2,048 tokens: 27-31 against 41-45 ms a block on 2 cores), whose softmax
-    and masking, not its matmuls, bound it. The scores are rounded to bfloat16 before the softmax, as transformers'
-    own attention does in bfloat16; held-out CE over 16 windows of 2,048 tokens: 2.43109 against the fused kernel's
-    2.43159 (float32: 2.43040), the SAE's top 5 features per token agree with float32's as often (99.3 %)."""
+    dtype. On a CPU in bfloat16 this reads a long prompt's attention in two thirds of the fused kernel's time (the
+    default model's 9 heads over 2,048 tokens: 27-31 against 41-45 ms a block on 2 cores), whose softmax and
+    masking, not its matmuls, bound it. The scores are rounded to bfloat16 before the softmax, as transformers' own
+    attention does in bfloat16; held-out CE over 16 windows of 2,048 tokens: 2.43109 against the fused kernel's
+    2.43159 (float32: 2.43040), and the SAE's top 5 features per token agree with float32's as often (99.3 %).
+
+    The matmuls run on a few shapes only (`BLOCK_ROWS`, `SPAN_BUCKET`): oneDNN keeps a compiled kernel for every
+    shape it sees, and a span that grew by one token a call grew a server by 0.8 MB a call."""
     _, heads, tokens, hd = q.shape
     kv, span = keys.shape[1], keys.shape[2]
     group, start = heads // kv, span - tokens
-    keys, values = keys[0].to(q.dtype), values[0].to(q.dtype)
-    grouped = (q[0] * scale).view(kv, group, tokens, hd)  # a query head reads key head h // group, as SDPA's GQA
-    out = q.new_empty(kv, group, tokens, hd)
-    step = max(16, min(BLOCK_ROWS, BLOCK_BYTES // (4 * heads * span)))
+    room = -(-span // SPAN_BUCKET) * SPAN_BUCKET
+    step = BLOCK_ROWS
+    while step > 16 and 4 * heads * step * room > BLOCK_BYTES:
+        step //= 2
+    padded = -(-tokens // step) * step
+    k, v = q.new_zeros(2, kv, room, hd)  # the cache's keys and values in the queries' dtype, the rest hidden
+    k[:, :span], v[:, :span] = keys[0], values[0]
+    grouped = q.new_zeros(kv, group, padded, hd)  # a query head reads key head h // group, as SDPA's GQA
+    grouped[:, :, :tokens] = (q[0] * scale).view(kv, group, tokens, hd)
+    out = q.new_empty(kv, group, padded, hd)
     for first in range(0, tokens, step):
-        last = min(tokens, first + step)
-        n, seen = last - first, start + last
-        scores = torch.bmm(grouped[:, :, first:last].reshape(kv, group * n, hd),
-                           keys[:, :seen].transpose(1, 2)).view(kv, group, n, seen)
-        ahead = torch.full((n, n), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-        scores[..., start + first:seen] += ahead  # the later queries of the block, hidden (a third of masked_fill_'s time)
-        probs = torch.softmax(scores, dim=-1).view(kv, group * n, seen)
-        out[:, :, first:last] = torch.bmm(probs, values[:, :seen]).view(kv, group, n, hd)
-    return out.view(1, heads, tokens, hd)
+        seen = min(room, -(-(start + first + step) // SPAN_BUCKET) * SPAN_BUCKET)
+        scores = torch.bmm(grouped[:, :, first:first + step].reshape(kv, group * step, hd),
+                           k[:, :seen].transpose(1, 2)).view(kv, group, step, seen)
+        # each query sees the keys up to its own position: the later ones of the block and the padding are hidden
+        # (adding -inf takes a third of masked_fill_'s time)
+        scores[..., start + first:] += torch.full((step, seen - start - first), float("-inf"), dtype=q.dtype,
+                                                  device=q.device).triu(1)
+        probs = torch.softmax(scores, dim=-1).view(kv, group * step, seen)
+        out[:, :, first:first + step] = torch.bmm(probs, v[:, :seen]).view(kv, group, step, hd)
+    return out[:, :, :tokens].reshape(1, heads, tokens, hd)
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View, scale: float) -> torch.Tensor:
@@ -170,7 +183,8 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View
             scores = scores.masked_fill(~view.visible[:, None], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         return torch.matmul(probs, values).reshape(rows, heads, 1, hd).to(q.dtype)
-    if view.causal and rows == 1 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+    if view.causal and rows == 1 and tokens >= BLOCK_ROWS // 2 and q.device.type == "cpu" and \
+            q.dtype in (torch.bfloat16, torch.float16):
         return attend_blocks(q, keys, values, scale)
     keys, values = keys.to(q.dtype), values.to(q.dtype)
     span = keys.shape[2]
