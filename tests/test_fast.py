@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import steering.fast.model as fast_model
 from steering.config import SamplingConfig
 from steering.engine import READ_MIN_TOKENS, Engine
+from steering.fast.batched import BatchCache, batch_step
 from steering.fast.cache import ANCHOR, PrefixCache, SessionCaches, moved_run
 from steering.fast.decode import fast_token_ids
 from steering.fast.family import unsupported_reason
@@ -35,7 +36,7 @@ from steering.fast.model import (
 )
 from steering.features.annotate import annotate
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids
-from steering.runtime.interventions import Intervention
+from steering.runtime.interventions import Intervention, RowPlans
 from steering.runtime.models import LoadedModel, from_modules
 from steering.sae.autoencoder import SAE, HookPoint
 from steering.sae.codes import SparseCodes, nonzeros
@@ -66,17 +67,19 @@ def _sae(layer: int = 1, site: str = "resid_post") -> SAE:
 
 
 class Counter:
-    """Counts the positions each block of a FastModel computes."""
+    """Counts the positions each block of a FastModel computes (a decode step's blocks run in one scripted call,
+    `FastModel.blocks`)."""
 
     def __init__(self, fast: FastModel) -> None:
         self.per_block = [0] * fast.n_layers
-        inner = fast.block
+        inner = fast.blocks
 
-        def counting(i: int, x: torch.Tensor, view: View) -> torch.Tensor:
-            self.per_block[i] += x.shape[0]
-            return inner(i, x, view)
+        def counting(x: torch.Tensor, view: View, first: int, last: int) -> torch.Tensor:
+            for i in range(first, last):
+                self.per_block[i] += x.shape[0]
+            return inner(x, view, first, last)
 
-        fast.block = counting  # type: ignore[method-assign]
+        fast.blocks = counting  # type: ignore[method-assign]
 
     def take(self) -> list[int]:
         out, self.per_block = self.per_block, [0] * len(self.per_block)
@@ -756,3 +759,68 @@ def test_int8_decode_steps_stay_close_to_bfloat16_and_prompts_use_the_model_weig
             step_logits.append(fast.upper(cache, keep=True))
     assert not torch.equal(step_logits[0], step_logits[1])
     assert F.cosine_similarity(step_logits[0], step_logits[1], dim=0) > 0.99
+
+
+def _four_bit_llama() -> LoadedModel:
+    lm = tiny_lm("llama")
+    lm.model.to(torch.bfloat16)
+    with torch.no_grad():
+        for i, module in enumerate(lm.model.model.layers.modules()):
+            if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % INT4_GROUP == 0:
+                module.weight.copy_(_four_bit(*module.weight.shape, seed=i) * 4)
+    return lm
+
+
+def _bfloat16(make):
+    def build() -> LoadedModel:
+        lm = make()
+        lm.model.to(torch.bfloat16)
+        return lm
+    return build
+
+
+@pytest.mark.parametrize(("make", "int8"), [(lambda: tiny_lm("llama"), False), (_qwen2, False),
+                                            (_bfloat16(_qwen2), True), (_four_bit_llama, True)],
+                         ids=["float32", "qwen2-biases", "int8", "four-bit"])
+@pytest.mark.parametrize("span", ["fused", "matmuls"])
+def test_a_scripted_decode_step_computes_what_the_blocks_do_to_the_last_bit(make, int8, span, monkeypatch) -> None:
+    if span == "matmuls":
+        monkeypatch.setattr(fast_model, "SDPA_SPAN", 8)  # attention over longer spans as two matmuls
+    lm = make()
+    fast = FastModel(lm.model, HookPoint(1, "resid_post"), int8=int8)
+    assert fast.scripted is not None
+    ids = prompt_ids(lm, PROMPT)[0].tolist()
+    steered = Engine(lm, _sae()).plan([Intervention("add", 3, strength=4.0)])
+    runs = []
+    scripted = fast.scripted
+    calls: list[int] = []
+    fast.block = lambda *a: calls.append(a[0]) or FastModel.block(fast, *a)  # type: ignore[method-assign]
+    for script in (scripted, None):
+        fast.scripted = script
+        calls.clear()
+        cache = PrefixCache(fast)
+        with torch.inference_mode():
+            cache.sync(ids)
+            logits = [fast.upper(cache, steered)]
+            for token in (5, 40, 77, 9):
+                cache.push(token)
+                logits.append(fast.upper(cache, steered, keep=True))
+            # the server's continuation: one row of a batch, each token a step
+            batch = BatchCache(fast, 1, 128)
+            batch.load(0, cache)
+            rows = RowPlans(1, fast.d_model, None, fast.device)
+            logits += [batch_step(fast, batch, torch.tensor([t]), rows, span=int(batch.lengths[0]) + 1)
+                       for t in (11, 12)]
+        runs.append((logits, cache, batch))
+        # with the script, only the prompt's pass runs block by block
+        assert len(calls) == fast.n_layers * (1 if script is not None else 1 + 4 + 2)
+    (first, cache_a, batch_a), (second, cache_b, batch_b) = runs
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    n = len(cache_a.ids)
+    for name in ("k", "v"):
+        assert torch.equal(getattr(cache_a, name)[:, :, :n], getattr(cache_b, name)[:, :, :n])
+        assert torch.equal(getattr(batch_a, name), getattr(batch_b, name))
+
+
+def test_models_the_scripted_step_does_not_cover_decode_block_by_block() -> None:
+    assert FastModel(tiny_lm("gpt2").model, HookPoint(1, "resid_post")).scripted is None

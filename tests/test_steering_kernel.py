@@ -65,17 +65,18 @@ def test_every_mode_has_a_case_here() -> None:
 
 
 class Capture:
-    """Records the residual each block of a FastModel receives, by block."""
+    """Records the residual the first block of each run of a FastModel's blocks receives (the lower ones, then the
+    upper ones from the hook point), by block."""
 
     def __init__(self, fast: FastModel) -> None:
         self.inputs: dict[int, torch.Tensor] = {}
-        inner = fast.block
+        inner = fast.blocks
 
-        def recording(i: int, x: torch.Tensor, view: View) -> torch.Tensor:
-            self.inputs[i] = x.detach().clone()
-            return inner(i, x, view)
+        def recording(x: torch.Tensor, view: View, first: int, last: int) -> torch.Tensor:
+            self.inputs[first] = x.detach().clone()
+            return inner(x, view, first, last)
 
-        fast.block = recording  # type: ignore[method-assign]
+        fast.blocks = recording  # type: ignore[method-assign]
 
 
 def slow_residual(lm: LoadedModel, ids: list[int], hook: SteeringHook | None, sae: SAE) -> torch.Tensor:

@@ -118,10 +118,12 @@ class BatchView:
         """One row on a CPU (the writer's one continuation, the usual case): its position, so that keys and values
         are stored by a slice (an indexed store costs 55 µs a block there) and, when the row sees every position,
         attention runs through the fused kernel (`model.attend`) as a single sequence's does."""
+        self.single: tuple[torch.Tensor, torch.Tensor, int] | None = None
         if rows == 1 and cache.k.device.type == "cpu":
             self.slot = int(self.positions[0])
             if self.slot + 1 == self.span:
                 self.visible = None
+                self.single = cache.k[:, first], cache.v[:, first], self.slot
         self.every = torch.arange(first, first + rows, device=cache.k.device)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +153,7 @@ class CandidateView:
         self.sin = sin[self.positions][:, None, None].expand(rows, 1, count, -1)
         span = torch.arange(self.span, device=device)[None, None]
         self.visible: torch.Tensor | None = (span < self.positions[:, None, None]) | (span == self.slots[:, :, None])
+        self.single: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.every = torch.arange(first, first + rows, device=device)[:, None]
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ from steering.sae.autoencoder import HookPoint
 from .cache import GROW, PrefixCache, matching, moved_run
 from .family import ACTIVATIONS, activation_name, family_of, window
 from .linear import Linear, fuse, int8_available, linear_maker
+from .scripted import ScriptedSteps
 
 SDPA_SPAN = 1536
 """A decode step's attention over a float32 cache of at most this many positions runs through the fused kernel: on
@@ -95,6 +96,13 @@ class View(Protocol):
     causal: bool
     """The new tokens are the last of the span, each seeing the positions up to its own: causal attention after
     whatever the cache holds before them."""
+
+    @property
+    def single(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """For one row's one new token that sees every position before it (a decode step): every block's keys and
+        values `[layers, kv_heads, capacity, head_dim]` and the token's position (`scripted.ScriptedSteps`); else
+        None."""
+        ...
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the new keys and values `[rows, kv_heads, tokens, head_dim]` of block `layer`; every key and value
@@ -169,8 +177,8 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View
     """Grouped-query attention of queries `[rows, heads, tokens, hd]` over `keys`, `values` `[rows, kv, span, hd]`,
     in the queries' dtype. One query per row over a float32 cache of at most `SDPA_SPAN` positions that it sees
     whole runs through the fused kernel; one query otherwise as two small matmuls (faster over longer spans, and
-    what a batched step needs: each row sees its own positions); several causal ones in reduced precision on a CPU
-    in blocks (`attend_blocks`); others through the fused kernel."""
+    what a batched step needs: each row sees its own positions); many causal ones in bfloat16 on a CPU in blocks
+    (`attend_blocks`); others through the fused kernel."""
     rows, heads, tokens, hd = q.shape
     kv = keys.shape[1]
     if tokens == 1 and view.visible is None and keys.shape[2] <= SDPA_SPAN and keys.dtype == torch.float32:
@@ -184,7 +192,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, view: View
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         return torch.matmul(probs, values).reshape(rows, heads, 1, hd).to(q.dtype)
     if view.causal and rows == 1 and tokens >= BLOCK_ROWS // 2 and q.device.type == "cpu" and \
-            q.dtype in (torch.bfloat16, torch.float16):
+            q.dtype == torch.bfloat16:  # (float16 matmuls on a CPU without AVX512-FP16 run a thousand times slower)
         return attend_blocks(q, keys, values, scale)
     keys, values = keys.to(q.dtype), values.to(q.dtype)
     span = keys.shape[2]
@@ -250,6 +258,8 @@ class FastModel:
         query_scalar = getattr(config, "query_pre_attn_scalar", None) if family.soft_caps else None
         self.scale = float(query_scalar or self.head_dim) ** -0.5
         self._cos = self._sin = torch.empty(0)
+        self.scripted = ScriptedSteps.of(self)
+        """A decode step's blocks as one TorchScript call, where it covers the model (`scripted`)."""
         self.unsteered = compile_plan([], None, self.d_model)
         """What the upper blocks apply without steering (a zero vector: steered and unsteered passes run the same
         operations)."""
@@ -337,6 +347,10 @@ class FastModel:
         return x + (out if layer.post_mlp is None else self.norm(out, layer.post_mlp))
 
     def blocks(self, x: torch.Tensor, view: View, first: int, last: int) -> torch.Tensor:
+        single = view.single if self.scripted is not None else None
+        if single is not None and self.scripted is not None:
+            keys, values, position = single
+            return self.scripted(x, keys, values, view.cos, view.sin, position, first, last, SDPA_SPAN)
         for i in range(first, last):
             x = self.block(i, x, view)
         return x
@@ -529,6 +543,10 @@ class PrefixView:
         self.causal = True
         self.visible: torch.Tensor | None = None
 
+    @property
+    def single(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        return (self.cache.k, self.cache.v, self.start) if self.tokens == 1 else None
+
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cache, start, stop = self.cache, self.start, self.stop
         cache.k[layer, :, start:stop] = k[0]
@@ -551,6 +569,7 @@ class CandidateView:
         span = torch.arange(self.pos + count, device=fast.device)
         own = self.pos + torch.arange(count, device=fast.device)
         self.visible: torch.Tensor | None = ((span[None] < self.pos) | (span[None] == own[:, None]))[None]
+        self.single: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cache, pos, end = self.cache, self.pos, self.pos + self.tokens
