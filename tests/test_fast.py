@@ -703,14 +703,20 @@ def test_four_bit_copies_only_for_weights_stored_in_four_bits_and_they_compute_t
     assert quantize_int4(weight[:, :80]) is None, "columns not in whole groups"
 
 
-@pytest.mark.skipif(not int4_available(torch.bfloat16, torch.device("cpu")), reason="no 4-bit matmul kernel")
-def test_a_model_stored_in_four_bits_decodes_from_four_bit_copies_with_the_same_tokens() -> None:
+def _four_bit_llama() -> LoadedModel:
+    """The tiny Llama in bfloat16, its blocks' weights on 4-bit grids (as a Q4_1 GGUF stores them)."""
     lm = tiny_lm("llama")
     lm.model.to(torch.bfloat16)
     with torch.no_grad():
         for i, module in enumerate(lm.model.model.layers.modules()):
             if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % INT4_GROUP == 0:
                 module.weight.copy_(_four_bit(*module.weight.shape, seed=i) * 4)
+    return lm
+
+
+@pytest.mark.skipif(not int4_available(torch.bfloat16, torch.device("cpu")), reason="no 4-bit matmul kernel")
+def test_a_model_stored_in_four_bits_decodes_from_four_bit_copies_with_the_same_tokens() -> None:
+    lm = _four_bit_llama()
     plain = FastModel(lm.model, HookPoint(1, "resid_post"))
     quick = FastModel(lm.model, HookPoint(1, "resid_post"), int8=True)
     assert quick.int4 > 0 and plain.int4 == 0
@@ -759,16 +765,6 @@ def test_int8_decode_steps_stay_close_to_bfloat16_and_prompts_use_the_model_weig
             step_logits.append(fast.upper(cache, keep=True))
     assert not torch.equal(step_logits[0], step_logits[1])
     assert F.cosine_similarity(step_logits[0], step_logits[1], dim=0) > 0.99
-
-
-def _four_bit_llama() -> LoadedModel:
-    lm = tiny_lm("llama")
-    lm.model.to(torch.bfloat16)
-    with torch.no_grad():
-        for i, module in enumerate(lm.model.model.layers.modules()):
-            if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % INT4_GROUP == 0:
-                module.weight.copy_(_four_bit(*module.weight.shape, seed=i) * 4)
-    return lm
 
 
 def _bfloat16(make):
