@@ -136,7 +136,15 @@ class Minute:
     def __init__(self, number: int) -> None:
         self.number = number
         self.latency: dict[str, list[float]] = {"hints": [], "hover": [], "inline": [], "completion": []}
+        self.asked: dict[str, list[float]] = {kind: [] for kind in self.latency}
+        """When each request was sent, seconds after the first edit (`slowest`)."""
         self.errors = 0
+
+    def slowest(self, kind: str, count: int = 3) -> list[list[float]]:
+        """The `count` slowest requests of `kind`: `[ms, seconds after the first edit]` each (is the tail the start's
+        cold reads, or spread?)."""
+        pairs = sorted(zip(self.latency[kind], self.asked[kind], strict=True), reverse=True)[:count]
+        return [[round(ms, 1), round(at, 1)] for ms, at in pairs]
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -180,7 +188,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             errors.append(f"minute {minute.number}: {kind}: {type(exc).__name__}: {exc}"[:300])
             return
         minute.latency[kind].append((time.perf_counter() - t0) * 1000)
+        minute.asked[kind].append(t0 - started)
 
+    started = time.perf_counter()
     for number in range(1, args.minutes + 1):
         current = Minute(number)
         end = time.perf_counter() + 60.0 * args.minute_scale
@@ -202,6 +212,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         every = [ms for values in current.latency.values() for ms in values]
         minutes.append({"minute": number, "all": summary(every),
                         **{k: summary(v) for k, v in current.latency.items()},
+                        "slowest": {k: current.slowest(k) for k in ("inline", "completion")},
                         "errors": current.errors, "memory_mb": memory,
                         "document_tokens": [doc.count(doc.text) for doc in docs]})
         log(f"minute {number}: {minutes[-1]['all']} errors {current.errors} memory {memory} MB")

@@ -347,8 +347,7 @@ class FastModel:
         return x + (out if layer.post_mlp is None else self.norm(out, layer.post_mlp))
 
     def blocks(self, x: torch.Tensor, view: View, first: int, last: int) -> torch.Tensor:
-        single = view.single if self.scripted is not None else None
-        if single is not None and self.scripted is not None:
+        if self.scripted is not None and (single := view.single) is not None:  # a decode step
             keys, values, position = single
             return self.scripted(x, keys, values, view.cos, view.sin, position, first, last, SDPA_SPAN)
         for i in range(first, last):
