@@ -108,6 +108,8 @@ def load_engine(config: EngineConfig, progress: Callable[[str], None]) -> Engine
     if engine.sae is not None:
         progress("reading the SAE's labels")
         engine.specificity()  # now, not inside the first annotation that a completion would wait behind
+    progress("warming up")
+    engine.warm_up()  # likewise the first passes' one-time costs
     settle_heap()
     return engine
 

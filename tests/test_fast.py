@@ -388,6 +388,19 @@ def test_engine_sessions_annotate_and_generate_on_one_cache(llama) -> None:
     assert len(engine.caches) == 0
 
 
+def test_warming_up_runs_every_block_and_leaves_no_session_or_trace(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    counter = Counter(engine.caches.fast)
+    sampling = SamplingConfig(max_tokens=6, stop_at_eos=False)
+    engine.warm_up()
+    per_block = counter.take()
+    assert min(per_block) > 3 and len(set(per_block)) == 1, "the prompt and a few steps through every block"
+    assert len(engine.caches) == 0
+    assert "".join(engine.generate(PROMPT, sampling=sampling)) == \
+        "".join(Engine(tiny_lm("llama"), _sae(1)).generate(PROMPT, sampling=sampling))
+    Engine(tiny_lm("llama"), _sae(1), fast=False).warm_up()  # no fast path: nothing to do
+
+
 def test_annotation_of_an_edited_document_equals_a_fresh_one(llama) -> None:
     engine = Engine(llama, _sae(1))
     text = "One line of text.\n\nA second paragraph follows it here."
