@@ -327,12 +327,11 @@ class Engine:
             return
         ids = prompt_ids(self.lm, CALIBRATION_TEXT * 4)[0].tolist()[:self.fast.max_positions - 4]
         with torch.inference_mode():
-            cache = PrefixCache(self.fast)
-            cache.sync(ids)
-            self.fast.upper(cache)
+            steps = decode(self.fast, PrefixCache(self.fast), ids, None, None)
+            next(steps)
             for token in ids[:3]:
-                cache.push(token)
-                self.fast.upper(cache, keep=True)
+                steps.send(token)
+            steps.close()
 
     def specificity(self) -> Specificity:
         if self._specificity is None:
