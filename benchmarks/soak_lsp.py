@@ -138,6 +138,9 @@ class Minute:
         self.latency: dict[str, list[float]] = {"hints": [], "hover": [], "inline": [], "completion": []}
         self.asked: dict[str, list[float]] = {kind: [] for kind in self.latency}
         """When each request was sent, seconds after the first edit (`slowest`)."""
+        self.texts: dict[str, list[float]] = {"inline": [], "completion": []}
+        """Latencies of the completions that came with text: a request whose document was edited before its
+        continuation was ready is answered at once with none (the editor asks again), and counts in `latency` too."""
         self.errors = 0
 
     def slowest(self, kind: str, count: int = 3) -> list[list[float]]:
@@ -182,15 +185,17 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     async def timed(kind: str, doc: Doc, seed: int, minute: Minute) -> None:
         t0 = time.perf_counter()
         try:
-            await asyncio.wait_for(request(kind, client, doc, random.Random(seed)), TIMEOUT)
+            answer = await asyncio.wait_for(request(kind, client, doc, random.Random(seed)), TIMEOUT)
         except Exception as exc:
             minute.errors += 1
             errors.append(f"minute {minute.number}: {kind}: {type(exc).__name__}: {exc}"[:300])
             return
         minute.latency[kind].append((time.perf_counter() - t0) * 1000)
         minute.asked[kind].append(t0 - started)
+        if kind in minute.texts and answer is not None and answer.items:
+            minute.texts[kind].append(minute.latency[kind][-1])
 
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), time.monotonic()
     for number in range(1, args.minutes + 1):
         current = Minute(number)
         end = time.perf_counter() + 60.0 * args.minute_scale
@@ -213,6 +218,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         minutes.append({"minute": number, "all": summary(every),
                         **{k: summary(v) for k, v in current.latency.items()},
                         "slowest": {k: current.slowest(k) for k in ("inline", "completion")},
+                        "with_text": {k: summary(v) for k, v in current.texts.items()},
                         "errors": current.errors, "memory_mb": memory,
                         "document_tokens": [doc.count(doc.text) for doc in docs]})
         log(f"minute {number}: {minutes[-1]['all']} errors {current.errors} memory {memory} MB")
@@ -238,6 +244,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "documents": args.documents, "document_tokens": n_tokens,
         "per_minute": minutes, "errors": len(errors), "error_samples": errors[:20],
         "documents_out_of_sync": mismatched,
+        "started_monotonic": round(clock, 4),
         "p95_growth_first_to_last": round(growth, 3), "memory_growth_after_warmup": round(memory_growth, 3),
         "goals_met": not errors and not mismatched and growth <= 0.2 and memory_growth < 0.1,
     }

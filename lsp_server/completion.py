@@ -6,6 +6,7 @@ A newer request for the same document cancels the older one (its decode loop sto
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from .worker import EngineUnavailable
 
 if TYPE_CHECKING:
     from .server import TinymorphServer
+    from .state import DocState
 
 _WORD_BEFORE = re.compile(r"\w+$")
 _LETTERS_BEFORE = re.compile(r"(?<![\w'’-])[A-Za-z]{1,24}$")
@@ -55,8 +57,25 @@ def heal_context(prompt: str) -> str:
 
 async def continuation(ls: TinymorphServer, uri: str, position: types.Position, kind: str,
                        ) -> tuple[str, int, int] | None:
-    """(continuation, word start, cursor offset), or None when a newer request took over."""
+    """(continuation, word start, cursor offset), or None when a newer request took over or the writer edited the
+    document meanwhile: then at once, not when the engine reaches a continuation of text that is gone (a request
+    queued behind another document's cold read waited a second and more for nothing)."""
     state = ls.state(uri)
+    work = asyncio.ensure_future(_continue(ls, state, uri, position, kind))
+    state.answering.add(work)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if work.cancelled() and (current is None or not current.cancelling()):
+            return None  # an edit (`generation.drop_stale`): the editor asks again for the text as it is
+        raise
+    finally:
+        state.answering.discard(work)
+
+
+async def _continue(ls: TinymorphServer, state: DocState, uri: str, position: types.Position, kind: str,
+                    ) -> tuple[str, int, int] | None:
     try:
         offset = state.doc.index.offset(position, strict=True)
     except PositionError as exc:

@@ -258,6 +258,9 @@ async def refresh(server: TinymorphServer, uri: str, state: DocState) -> None:
 
 
 def drop_stale(state: DocState) -> None:
-    """A keystroke made the document's generation pointless: stop it before its next decode step."""
+    """A keystroke made the document's generation pointless: stop it before its next decode step, and answer the
+    completion requests waiting for it now, with nothing (`DocState.answering`)."""
     if state.running is not None and not state.running.task.done():
         state.running.cancel.cancel()
+    for task in state.answering:
+        task.cancel()

@@ -108,6 +108,9 @@ class DocState:
     """The prompt of the latest completion request (an older one still completing a word gives way to it)."""
     running: Running | None = None
     """The document's generation (running or last): a request for another continuation cancels it."""
+    answering: set[asyncio.Task[Any]] = field(default_factory=set)
+    """What the document's completion requests wait for (`completion.continuation`): an edit cancels it, and they
+    answer at once with nothing instead of waiting for the engine to reach a continuation no one can use."""
     refreshing: bool = False
     """Whether the continuation caches' spliced tokens are being read again (`generation.refresh`)."""
     findings: list[Finding] = field(default_factory=list)

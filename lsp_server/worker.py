@@ -17,7 +17,9 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import itertools
+import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -65,7 +67,8 @@ class EngineAPI(Protocol):
 
     def drop_batch(self) -> None: ...
 
-    def read_ahead(self, text: str, session: str, tokens: int = 128, *, seconds: float | None = None) -> bool: ...
+    def read_ahead(self, text: str, session: str, tokens: int = 128, *, seconds: float | None = None,
+                   pause: Callable[[], bool] | None = None) -> bool: ...
 
     def refresh(self, session: str, *, seconds: float = 0.05) -> bool: ...
 
@@ -133,8 +136,15 @@ def release_memory() -> None:
 
 
 READ_SECONDS = 0.05
-"""Seconds per background engine job when the fast path reads a document (the engine sizes each piece from what
-the last ones cost): a completion waits for one at most."""
+"""Seconds of background work a more urgent job waits for at most on the fast path: one block of a document's
+read (which stops between blocks when such a job waits: `EngineWorker.urgent`), one piece of a continuation
+window's (the engine sizes both from what the last reads cost)."""
+
+
+TRACE_ENV = "TINYMORPH_TRACE"
+"""A file the worker appends a JSON line to for each job it runs and each batched decode step (kind, priority,
+`time.monotonic()` when queued, started and ended): what a slow request waited behind (`benchmarks/soak_lsp.py
+--trace`)."""
 
 
 class EngineUnavailable(RuntimeError):
@@ -148,6 +158,7 @@ class _Job:
     kind: str = field(compare=False)
     fn: Callable[[Any], Any] = field(compare=False)
     future: concurrent.futures.Future[Any] = field(compare=False)
+    queued: float = field(compare=False, default_factory=time.monotonic)
 
 
 class EngineWorker:
@@ -166,6 +177,8 @@ class EngineWorker:
         self.running: str | None = None
         self._streams: dict[int, tuple[Request, str, float, concurrent.futures.Future[Any]]] = {}
         """Batched continuations decoding, by id of their request: (request, job kind, start time, future)."""
+        trace = os.environ.get(TRACE_ENV)
+        self._trace = open(trace, "a", encoding="utf-8", buffering=1) if trace else None  # noqa: SIM115
         self._thread = threading.Thread(target=self._run, name="tinymorph-engine", daemon=True)
         self._thread.start()
 
@@ -177,6 +190,16 @@ class EngineWorker:
     def batched(self) -> int:
         """Continuations decoding together now."""
         return len(self._streams)
+
+    def urgent(self, priority: int) -> Callable[[], bool]:
+        """A test, for a job of `priority` to call while it runs, that a more urgent job waits (a background read
+        then stops at its next block: `EngineAPI.read_ahead`'s `pause`)."""
+
+        def waiting() -> bool:
+            with self._queue.mutex:
+                return bool(self._queue.queue) and self._queue.queue[0].priority < priority
+
+        return waiting
 
     def submit(self, kind: str, fn: Callable[[EngineAPI], T], priority: int = INTERACTIVE,
                ) -> concurrent.futures.Future[T]:
@@ -224,6 +247,7 @@ class EngineWorker:
         """One decode step of the batched continuations; the finished ones answer their futures."""
         assert self.engine is not None
         self.running = "+".join(sorted({kind for _, kind, _, _ in self._streams.values()}))
+        start = time.monotonic()
         try:
             finished = self.engine.step()
         except BaseException as exc:
@@ -233,6 +257,7 @@ class EngineWorker:
             self._fail_streams(exc)
             return
         finally:
+            self._traced(self.running, SUGGEST, start, start)
             self.running = None
         for request in finished:
             entry = self._streams.pop(id(request), None)
@@ -266,7 +291,11 @@ class EngineWorker:
                     target = None
                 self.running = job.kind
                 start = time.perf_counter()
-                result = job.fn(target)
+                started = time.monotonic()
+                try:
+                    result = job.fn(target)
+                finally:
+                    self._traced(job.kind, job.priority, job.queued, started)
                 if isinstance(result, Request):  # decoded with the others, between the more urgent jobs
                     self._streams[id(result)] = (result, job.kind, start, job.future)
                     continue
@@ -280,6 +309,11 @@ class EngineWorker:
                 job.future.set_exception(exc)
             finally:
                 self.running = None
+
+    def _traced(self, kind: str, priority: int, queued: float, started: float) -> None:
+        if self._trace is not None:
+            self._trace.write(json.dumps({"kind": kind, "priority": priority, "queued": round(queued, 4),
+                                          "start": round(started, 4), "end": round(time.monotonic(), 4)}) + "\n")
 
     def unavailable_reason(self) -> str:
         if self.state == "loading":

@@ -38,14 +38,18 @@ def test_worker_runs_urgent_jobs_first_and_skips_cancelled_ones() -> None:
     order: list[str] = []
     blocker = worker.submit("block", lambda e: gate.wait(10), ANNOTATE)
     time.sleep(0.1)  # the blocker is running; the rest queue up behind it
+    urgent = worker.urgent(ANNOTATE)  # what a background read asks between two blocks
+    assert not urgent()
     late = worker.submit("annotate", lambda e: order.append("annotate"), ANNOTATE)
+    assert not urgent(), "a job as urgent as the read waits its turn"
     suggest = worker.submit("suggest", lambda e: order.append("suggest"), SUGGEST)
     dropped = worker.submit("dropped", lambda e: order.append("dropped"), INTERACTIVE)
-    urgent = worker.submit("completion", lambda e: order.append("completion"), INTERACTIVE)
+    assert urgent()
+    completion = worker.submit("completion", lambda e: order.append("completion"), INTERACTIVE)
     assert dropped.cancel()
     assert worker.queue_depth == 4
     gate.set()
-    for f in (blocker, late, suggest, urgent):
+    for f in (blocker, late, suggest, completion):
         f.result(timeout=10)
     assert order == ["completion", "suggest", "annotate"]
     assert set(worker.latency_ms) >= {"block", "annotate", "suggest", "completion"}
@@ -479,3 +483,60 @@ def test_settling_the_heap_freezes_what_lives_and_still_collects_what_comes_afte
         assert ref() is None, "a cycle made later is still collected"
     finally:
         gc.unfreeze()
+
+
+async def test_a_completion_queued_behind_other_work_answers_at_once_when_its_document_is_edited() -> None:
+    """An edit answers the document's waiting completion request with nothing right away (the editor asks again),
+    and the engine never runs its continuation; without the edit the request waits and gets its text."""
+    from lsprotocol import types
+
+    from lsp_server import completion
+    from lsp_server.generation import drop_stale
+    from lsp_server.state import DocState
+    from lsp_server.text import Document
+
+    calls: list[str] = []
+
+    class Engine:
+        def info(self) -> Any:
+            return SimpleNamespace(fast_path=False, splices=False, hook=None, model="fake")
+
+        def complete_word(self, context: str, partial: str, session: str | None = None, steps: int = 4) -> str:
+            calls.append("word")
+            return "bour"
+
+        def start(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append("continuation")
+            yield " was quiet"
+
+    server = TinymorphServer(lambda config, progress: Engine())  # type: ignore[arg-type,return-value]
+    server.worker.load(EngineConfig(), lambda s: None).result(timeout=10)
+    uri, text = "file:///queued.md", "The rain fell on the har"
+    state = server.docs[uri] = DocState(Document(uri, "markdown", 1, text, "utf-16"))
+    at = types.Position(line=0, character=len(text))
+    try:
+        for edited in (True, False):
+            gate = threading.Event()
+            blocker = server.worker.submit("read", lambda e, gate=gate: gate.wait(10), ANNOTATE)  # say, a cold read
+            while server.worker.running != "read":
+                await asyncio.sleep(0.01)
+            asked = asyncio.ensure_future(completion.continuation(server, uri, at, "inline"))
+            await asyncio.sleep(0.2)
+            assert not asked.done()
+            if edited:
+                drop_stale(state)  # what a change to the document does
+                assert await asyncio.wait_for(asked, 1) is None
+                assert not blocker.done()
+            gate.set()
+            blocker.result(timeout=10)
+            if edited:
+                await asyncio.sleep(0.2)
+                assert calls == [] and server.worker.queue_depth == 0
+            else:
+                assert await asyncio.wait_for(asked, 10) == ("bour was quiet", text.rfind("har"), len(text))
+                assert calls == ["word", "continuation"]
+    finally:
+        server.worker.stop()
