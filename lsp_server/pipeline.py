@@ -183,10 +183,12 @@ async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = Fa
 
 
 async def read_ahead(server: TinymorphServer, state: DocState, version: int, text: str) -> bool:
-    """Read `text` into the fast path's cache of the document, `READ_SECONDS` per engine job, so that a
-    completion never waits long behind it; False when a newer version made it pointless."""
-    uri = state.doc.uri
-    while not await server.run_engine("read", lambda e: e.read_ahead(text, uri, seconds=READ_SECONDS), ANNOTATE):
+    """Read `text` into the fast path's cache of the document, a long pass per engine job that stops between two
+    blocks when a more urgent job waits (each block about `READ_SECONDS`), so that a completion never waits long
+    behind it; False when a newer version made it pointless."""
+    uri, pause = state.doc.uri, server.worker.urgent(ANNOTATE)
+    while not await server.run_engine("read", lambda e: e.read_ahead(text, uri, seconds=READ_SECONDS, pause=pause),
+                                      ANNOTATE):
         if server.docs.get(uri) is not state or state.doc.version != version:
             return False
     return True

@@ -145,7 +145,8 @@ async def read_whole(server: TinymorphServer, state: DocState) -> bool:
             if window in state.pieces:
                 known[window] = state.pieces[window]
                 continue
-            while not await server.run_engine("read whole", _reader(window, session), WHOLE):
+            while not await server.run_engine("read whole", _reader(window, session, server.worker.urgent(WHOLE)),
+                                              WHOLE):
                 if not current():
                     return False
             if not current():
@@ -179,9 +180,10 @@ async def read_whole(server: TinymorphServer, state: DocState) -> bool:
         server.spawn(_forget(server, session), "forget whole")
 
 
-def _reader(text: str, session: str) -> Callable[[EngineAPI], bool]:
-    """The engine job that reads about `READ_SECONDS` more of `text` into `session`'s cache."""
-    return lambda engine: engine.read_ahead(text, session, seconds=READ_SECONDS)
+def _reader(text: str, session: str, pause: Callable[[], bool]) -> Callable[[EngineAPI], bool]:
+    """The engine job that reads a pass more of `text` into `session`'s cache, stopping between two blocks (about
+    `READ_SECONDS` each) when `pause()` says more urgent work waits."""
+    return lambda engine: engine.read_ahead(text, session, seconds=READ_SECONDS, pause=pause)
 
 
 async def _forget(server: TinymorphServer, session: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -418,25 +418,32 @@ class Engine:
 
         return read
 
-    def read_ahead(self, text: str, session: str, tokens: int = 128, *, seconds: float | None = None) -> bool:
+    def read_ahead(self, text: str, session: str, tokens: int = 128, *, seconds: float | None = None,
+                   pause: Callable[[], bool] | None = None) -> bool:
         """Read up to `tokens` more tokens of `text` into the session's cache and encode their SAE codes (the slow
         part of `annotate`, in pieces a completion can wait for); True once all of it is read (or there is no fast
         path). With `seconds`, as many tokens as take about that long at the cost per token the last reads took
         (it grows along a document, with the attention's span), rounded down to a row count the reduced-precision
-        passes do not pad: a piece then costs about the same on any machine and anywhere in the text."""
+        passes do not pad: a piece then costs about the same on any machine and anywhere in the text. With `pause`
+        too (a test that more urgent work waits), a pass as long as one *block* of it takes about `seconds`,
+        stopping between two blocks once `pause()` is true and going on from there at the next call
+        (`fast.model.FastModel.lower`): a 2,048-token document in short pieces took three times as long as in one
+        pass (each piece reads every weight again), and more urgent work still waits one block at most."""
         if self.caches is None or not text:
             return True
         ids = self._read_ids(text)
         if len(ids) > self.caches.fast.max_positions:
             return True
         if seconds is not None:
-            tokens = whole_rows(max(READ_MIN_TOKENS, int(seconds / self._read_cost)))
+            # a block of a pass: aimed at 3/4 of `seconds`, as the cost per token grows along the text
+            budget = seconds if pause is None else 0.75 * seconds * self.caches.fast.split
+            tokens = whole_rows(max(READ_MIN_TOKENS, int(budget / self._read_cost)))
         started = time.perf_counter()
-        got = self.caches.read(session, ids, tokens)
+        got = self.caches.read(session, ids, tokens, pause=pause)
         if got is None:
             return True
         cache, done, read = got
-        if self.sae is not None:
+        if self.sae is not None and (pause is None or not pause()):  # else the next call (or `annotate`) encodes
             with torch.inference_mode():
                 cache.encode(cache.low, self.sae.d_sae, _encoder(self.sae))
         if read >= READ_MIN_TOKENS:

@@ -573,6 +573,60 @@ def test_blocked_attention_multiplies_on_a_few_shapes_whatever_the_span(monkeypa
     assert len(shapes) <= 2 * 3
 
 
+def test_a_paused_pass_goes_on_from_its_block_and_reads_what_one_pass_reads(llama) -> None:
+    """`lower(pause=...)` stops between two blocks (after one at least) and the next call goes on from there; an edit
+    inside the paused pass starts it over, a cache that grows keeps its keys; each ends as one unpaused read."""
+    fast = FastModel(llama.model, HookPoint(2, "resid_post"))
+    ids = prompt_ids(llama, PROMPT * 8)[0].tolist()[:200]
+    edited = [*ids[:40], 7, 8, 9, *ids[43:]]
+
+    def read(tokens: list[int], first: int | None) -> PrefixCache:  # unpaused, in the same passes
+        cache = PrefixCache(fast)
+        cache.sync(tokens)
+        fast.lower(cache, first)
+        fast.lower(cache)
+        return cache
+
+    with torch.inference_mode():
+        calls = 0
+        paused = PrefixCache(fast, capacity=64)  # the pass of 60 tokens fits, the rest makes it grow
+        paused.sync(ids)
+        while not fast.lower(paused, 60 if calls == 0 else None, pause=lambda: True):
+            calls += 1
+            assert paused.partial is not None and paused.partial.block == calls % fast.split
+        assert calls == 2 * fast.split - 1 and paused.capacity >= len(ids)  # one block a call
+        assert paused.block_rows == fast.split * len(ids)
+        moved = PrefixCache(fast)
+        moved.sync(ids)
+        fast.lower(moved, pause=lambda: True)
+        moved.sync(edited)  # inside the paused pass: it is dropped
+        assert moved.partial is None and moved.low == 0
+        while not fast.lower(moved, pause=lambda: True):
+            pass
+        for cache, tokens, first in ((paused, ids, 60), (moved, edited, None)):
+            whole = read(tokens, first)
+            n = len(tokens)
+            assert torch.equal(cache.resid[:n], whole.resid[:n])
+            assert torch.equal(cache.k[:fast.split, :, :n], whole.k[:fast.split, :, :n])
+            assert torch.equal(cache.v[:fast.split, :, :n], whole.v[:fast.split, :, :n])
+
+
+def test_a_paused_read_ahead_leaves_the_codes_to_the_next_call_and_annotates_as_a_whole_reading(llama) -> None:
+    engine = Engine(llama, _sae(1))
+    text = " ".join(f"Sentence {i} about the harbour." for i in range(6))
+    assert engine.caches is not None and engine.caches.fast.split == 2
+    urgent = [True, True, True]  # after the first block, before encoding, and again before encoding; then never
+    calls = 0
+    while not engine.read_ahead(text, "doc", seconds=3600.0, pause=lambda: bool(urgent) and urgent.pop(0)):
+        calls += 1
+    cache = engine.caches.get("doc")
+    assert calls == 1 and cache.low == len(cache.ids) and cache.coded == 0
+    got = engine.annotate(text, session="doc")
+    fresh = annotate(llama, engine.sae, text)
+    assert [[(f.feature, round(f.activation, 3)) for f in t.features] for t in got.tokens] == \
+           [[(f.feature, round(f.activation, 3)) for f in t.features] for t in fresh.tokens]
+
+
 def test_bfloat16_prompts_read_through_blocked_attention_as_transformers_reads_them(monkeypatch) -> None:
     lm = tiny_lm("llama")
     lm.model.to(torch.bfloat16)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -47,9 +47,22 @@ class Reader(Layout, Protocol):
     """A model that reads a cache's tokens through its lower blocks (`model.FastModel.lower`), or through all of
     them (`model.FastModel.read`)."""
 
-    def lower(self, cache: PrefixCache, limit: int | None = None) -> bool: ...
+    split: int
+
+    def lower(self, cache: PrefixCache, limit: int | None = None, *, pause: Callable[[], bool] | None = None,
+              ) -> bool: ...
 
     def read(self, cache: PrefixCache, limit: int) -> bool: ...
+
+
+class Partial(NamedTuple):
+    """A pass over the tokens `start .. stop` that stopped before block `block` (`model.FastModel.lower`'s `pause`):
+    the blocks before it stored those tokens' keys and values; `x` is the residual entering it."""
+
+    start: int
+    stop: int
+    block: int
+    x: torch.Tensor
 
 
 class PrefixCache:
@@ -77,6 +90,10 @@ class PrefixCache:
         self.codes: SparseCodes | None = None
         """SAE codes of the first `coded` tokens: annotation encodes only the tokens after them."""
         self.coded = 0
+        self.partial: Partial | None = None
+        """A lower pass that paused from `low` on: the next one goes on from its block."""
+        self.block_rows = 0
+        """Tokens times blocks the lower passes computed: what a timed read's cost is measured by."""
         self.reserve(min(capacity, fast.max_positions))
 
     @property
@@ -111,7 +128,7 @@ class PrefixCache:
         k = torch.empty(shape, dtype=fast.cache_dtype, device=fast.device)
         v = torch.empty(shape, dtype=fast.cache_dtype, device=fast.device)
         resid = torch.empty(size, fast.d_model, dtype=fast.dtype, device=fast.device)
-        keep = self.low
+        keep = self.low if self.partial is None else self.partial.stop
         if keep:
             k[:, :, :keep] = self.k[:, :, :keep]
             v[:, :, :keep] = self.v[:, :, :keep]
@@ -127,6 +144,8 @@ class PrefixCache:
         if self.stale is not None and kept <= self.stale:
             self.stale, self.splices = None, 0
         self.ids = list(ids)
+        if self.partial is not None and kept < self.partial.stop:
+            self.partial = None
         self.low = min(self.low, kept)
         self.high = min(self.high, kept)
         self.coded = min(self.coded, kept)
@@ -189,19 +208,20 @@ class SessionCaches:
         while len(self._caches) > 1 and self.nbytes > self.budget:
             self._caches.popitem(last=False)
 
-    def read(self, session: str | None, ids: list[int], limit: int | None = None,
-             ) -> tuple[PrefixCache, bool, int] | None:
-        """The session's cache made to describe `ids`, with the lower blocks read for (up to `limit` more of) them,
-        whether all are read, and how many tokens this call read; None when `ids` exceed the model's positions."""
+    def read(self, session: str | None, ids: list[int], limit: int | None = None, *,
+             pause: Callable[[], bool] | None = None) -> tuple[PrefixCache, bool, float] | None:
+        """The session's cache made to describe `ids`, with the lower blocks read for (up to `limit` more of) them
+        (`pause`: see `model.FastModel.lower`), whether all are read, and how much this call read, in tokens
+        through every lower block; None when `ids` exceed the model's positions."""
         if len(ids) > self.fast.max_positions:
             return None
         with torch.inference_mode():
             cache = self.get(session)
             cache.sync(ids)
-            low = cache.low
-            done = self.fast.lower(cache, limit)
+            before = cache.block_rows
+            done = self.fast.lower(cache, limit, pause=pause)
         self.trim()
-        return cache, done, cache.low - low
+        return cache, done, (cache.block_rows - before) / self.fast.split
 
     def refresh(self, session: str, limit: int) -> bool:
         """Read up to `limit` more tokens of an exact copy of the session's cache where it has stale tokens
@@ -231,6 +251,7 @@ class SessionCaches:
             cache.v[:, :, :n] = exact.v[:, :, :n]
             cache.resid[:n] = exact.resid[:n]
         cache.low, cache.stale, cache.splices = n, None, 0  # (lower blocks read past the upper: over stale ones)
+        cache.partial = None
         del self._exact[session]
         return True
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from steering.runtime.interventions import Plan, compile_plan
 from steering.sae.autoencoder import HookPoint
 
-from .cache import GROW, PrefixCache, matching, moved_run
+from .cache import GROW, Partial, PrefixCache, matching, moved_run
 from .family import ACTIVATIONS, activation_name, family_of, window
 from .linear import Linear, fuse, int8_available, linear_maker
 from .scripted import ScriptedSteps
@@ -360,16 +360,37 @@ class FastModel:
         return torch.tanh(logits / self.logit_cap) * self.logit_cap if self.logit_cap else logits
 
     # ------------------------------------------------------------------------------------------- passes
-    def lower(self, cache: PrefixCache, limit: int | None = None) -> bool:
-        """Compute the lower blocks for the tokens of `cache.ids` not yet read (at most `limit` of them), keeping
-        their residuals; True when every token is read."""
+    def lower(self, cache: PrefixCache, limit: int | None = None, *, pause: Callable[[], bool] | None = None,
+              ) -> bool:
+        """Compute the lower blocks for the tokens of `cache.ids` not yet read (at most `limit` of them, or the rest
+        of a pass that paused), keeping their residuals; True when every token is read. With `pause`, a pass
+        stops between two blocks once `pause()` is true (after one block at least), and the next call goes on
+        from there (`PrefixCache.partial`): a background read of long passes, which costs a third of short ones
+        per token, keeps more urgent work waiting for one block at most."""
         end = len(cache.ids) if limit is None else min(len(cache.ids), cache.low + limit)
         cache.reserve(end)
+        ran = False
         while cache.low < end:
-            start = cache.low
-            stop = min(end, start + self.pass_rows(start, end))
-            x = self.embedding(torch.tensor(cache.ids[start:stop], device=self.device))
-            cache.resid[start:stop] = self.blocks(x, PrefixView(self, cache, start, stop), 0, self.split)
+            start, partial, cache.partial = cache.low, cache.partial, None
+            if partial is not None and partial.start == start:
+                stop, first, x = partial.stop, partial.block, partial.x
+            else:
+                stop, first = min(end, start + self.pass_rows(start, end)), 0
+                x = self.embedding(torch.tensor(cache.ids[start:stop], device=self.device))
+            view = PrefixView(self, cache, start, stop)
+            if pause is None:
+                x = self.blocks(x, view, first, self.split)
+            else:
+                for i in range(first, self.split):
+                    if ran and pause():
+                        cache.partial = Partial(start, stop, i, x)
+                        return False
+                    x = self.blocks(x, view, i, i + 1)
+                    cache.block_rows += stop - start
+                    ran = True
+            cache.resid[start:stop] = x
+            if pause is None:
+                cache.block_rows += (self.split - first) * (stop - start)
             cache.low = stop
         return cache.low == len(cache.ids)
 
@@ -454,6 +475,7 @@ class FastModel:
                     moved[j] = (keys, cache.v[:, :, i:i + n].clone(), cache.resid[i:i + n].clone())
             cache.reserve(end)
             cache.low = cache.high = p  # until the splice is done: a failure part-way leaves an exact prefix
+            cache.partial = None
             cache.coded = min(cache.coded, p)
             cache.ids = list(ids)
             edit = p
