@@ -183,9 +183,10 @@ async def annotate(server: TinymorphServer, state: DocState, *, whole: bool = Fa
 
 
 async def read_ahead(server: TinymorphServer, state: DocState, version: int, text: str) -> bool:
-    """Read `text` into the fast path's cache of the document, a long pass per engine job that stops between two
-    blocks when a more urgent job waits (each block about `READ_SECONDS`), so that a completion never waits long
-    behind it; False when a newer version made it pointless."""
+    """Read `text` into the fast path's cache of the document, in long passes that stop between two blocks (each
+    about `READ_SECONDS`) when a more urgent job waits, or after `READ_SECONDS` when one as urgent does
+    (`EngineWorker.urgent`), so that a completion never waits long behind it; False when a newer version made it
+    pointless."""
     uri, pause = state.doc.uri, server.worker.urgent(ANNOTATE)
     while not await server.run_engine("read", lambda e: e.read_ahead(text, uri, seconds=READ_SECONDS, pause=pause),
                                       ANNOTATE):

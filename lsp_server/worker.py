@@ -137,8 +137,9 @@ def release_memory() -> None:
 
 READ_SECONDS = 0.05
 """Seconds of background work a more urgent job waits for at most on the fast path: one block of a document's
-read (which stops between blocks when such a job waits: `EngineWorker.urgent`), one piece of a continuation
-window's (the engine sizes both from what the last reads cost)."""
+read (which stops between blocks when such a job waits, and after this long when one as urgent does:
+`EngineWorker.urgent`), one piece of a continuation window's (the engine sizes both from what the last reads
+cost)."""
 
 
 TRACE_ENV = "TINYMORPH_TRACE"
@@ -175,6 +176,8 @@ class EngineWorker:
         self.error: str | None = None
         self.latency_ms: dict[str, float] = {}
         self.running: str | None = None
+        self._started = 0.0
+        """When the running job started (`time.monotonic()`)."""
         self._streams: dict[int, tuple[Request, str, float, concurrent.futures.Future[Any]]] = {}
         """Batched continuations decoding, by id of their request: (request, job kind, start time, future)."""
         trace = os.environ.get(TRACE_ENV)
@@ -192,12 +195,15 @@ class EngineWorker:
         return len(self._streams)
 
     def urgent(self, priority: int) -> Callable[[], bool]:
-        """A test, for a job of `priority` to call while it runs, that a more urgent job waits (a background read
-        then stops at its next block: `EngineAPI.read_ahead`'s `pause`)."""
+        """A test, for a job of `priority` to call while it runs, that it should make way (a background read then
+        stops at its next block: `EngineAPI.read_ahead`'s `pause`): a more urgent job waits, or one as urgent does
+        and this one has run `READ_SECONDS` (jobs of one priority take turns, as short pieces did)."""
 
         def waiting() -> bool:
             with self._queue.mutex:
-                return bool(self._queue.queue) and self._queue.queue[0].priority < priority
+                head = self._queue.queue[0].priority if self._queue.queue else None
+            return head is not None and (head < priority or (
+                head == priority and time.monotonic() - self._started >= READ_SECONDS))
 
         return waiting
 
@@ -291,7 +297,7 @@ class EngineWorker:
                     target = None
                 self.running = job.kind
                 start = time.perf_counter()
-                started = time.monotonic()
+                started = self._started = time.monotonic()
                 try:
                     result = job.fn(target)
                 finally:

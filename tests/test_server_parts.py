@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from lsp_server import worker as worker_module
 from lsp_server.__main__ import LogForwarder
 from lsp_server.completion import HEAL_CHARS, HEAL_STEP, heal_context
 from lsp_server.server import TinymorphServer
@@ -31,7 +32,7 @@ class FakeEngine:
         return "fake"
 
 
-def test_worker_runs_urgent_jobs_first_and_skips_cancelled_ones() -> None:
+def test_worker_runs_urgent_jobs_first_and_skips_cancelled_ones(monkeypatch) -> None:
     worker = EngineWorker(lambda config, progress: FakeEngine())  # type: ignore[arg-type,return-value]
     assert worker.load(EngineConfig(), lambda s: None).result(timeout=10) == "fake"
     gate = threading.Event()
@@ -41,7 +42,10 @@ def test_worker_runs_urgent_jobs_first_and_skips_cancelled_ones() -> None:
     urgent = worker.urgent(ANNOTATE)  # what a background read asks between two blocks
     assert not urgent()
     late = worker.submit("annotate", lambda e: order.append("annotate"), ANNOTATE)
-    assert not urgent(), "a job as urgent as the read waits its turn"
+    assert urgent(), "a job as urgent as the read gets its turn once the read ran READ_SECONDS"
+    monkeypatch.setattr(worker_module, "READ_SECONDS", 3600.0)
+    assert not urgent(), "... and not before"
+    assert not worker.urgent(SUGGEST)(), "a less urgent job waits"
     suggest = worker.submit("suggest", lambda e: order.append("suggest"), SUGGEST)
     dropped = worker.submit("dropped", lambda e: order.append("dropped"), INTERACTIVE)
     assert urgent()
