@@ -144,8 +144,8 @@ cost)."""
 
 TRACE_ENV = "TINYMORPH_TRACE"
 """A file the worker appends a JSON line to for each job it runs and each batched decode step (kind, priority,
-`time.monotonic()` when queued, started and ended): what a slow request waited behind (`benchmarks/soak_lsp.py
---trace`)."""
+`time.monotonic()` when queued, started and ended): what a slow request waited behind (`TINYMORPH_TRACE=trace.jsonl
+python benchmarks/soak_lsp.py`: the soak's JSON says when it started on that clock)."""
 
 
 class EngineUnavailable(RuntimeError):
