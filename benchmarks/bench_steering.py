@@ -22,7 +22,8 @@ Methods (`--methods`, strength `S` in the unit of `add`, what Amplify's strength
   same vector taken as S x the DiffMean direction);
 - `guided:S`: `add` at S under `config.Guidance`, the decode loop reading the feature on the 4 most likely next
   tokens and preferring one it fires on, easing off once it fired on 35 % of the tokens (the editor's Amplify at 1);
-- `guided8:S`: the same with 8 candidates;
+- `guided8:S`: the same with 8 candidates; `guided_repeats:S`: the same, rewarding also a candidate that repeats a
+  token just taken (before `Guidance.repeats`);
 - `gated:S`: the vector eased off the same way, without candidates;
 - `plausible:S:A`: the vector at S, but only tokens the unsteered model rates at least A x its top token's
   probability (the contrastive-decoding plausibility constraint; two passes a step);
@@ -75,8 +76,8 @@ HERE = Path(__file__).resolve().parent
 PROMPTS = HERE / "steering_prompts.json"
 HELD_OUT = HERE / "steering_topics.json"
 CARRIED = 0.2
-DEFAULT_METHODS = ("unsteered,vector:1,vector:0.5,guided:1,guided:0.75,guided8:1,gated:1,plausible:2:0.05,"
-                   "best4,prompt")
+DEFAULT_METHODS = ("unsteered,vector:1,vector:0.5,guided:1,guided_repeats:1,guided:0.75,guided8:1,gated:1,"
+                   "plausible:2:0.05,best4,prompt")
 
 log = logger("bench_steering")
 
@@ -129,6 +130,8 @@ def sampling(tokens: int, guidance: Guidance | None) -> SamplingConfig:
 
 GATED = Guidance(candidates=1, bonus=0.0, eased_bonus=0.0)
 """Feedback-gated strength alone: the feature read on the token taken, no other candidate."""
+GUIDED_REPEATS = Guidance(repeats=0)
+"""Guidance that also rewards a candidate repeating a token just taken (as before `Guidance.repeats`)."""
 
 
 def batched(engine: Engine, jobs: list[Job], prompts: list[str], tokens: int, strength: float,
@@ -211,8 +214,9 @@ def run_method(engine: Engine, method: str, jobs: list[Job], prompts: list[str],
         return through_server(args, jobs, prompts)
     if name == "unsteered":
         return batched(engine, jobs, prompts, tokens, 0.0, None, rows)
-    if name in ("vector", "guided", "guided8", "gated"):
-        guidance = {"vector": None, "guided": Guidance(), "guided8": Guidance(candidates=8), "gated": GATED}[name]
+    if name in ("vector", "guided", "guided8", "guided_repeats", "gated"):
+        guidance = {"vector": None, "guided": Guidance(), "guided8": Guidance(candidates=8),
+                    "guided_repeats": GUIDED_REPEATS, "gated": GATED}[name]
         return batched(engine, jobs, prompts, tokens, value[0], guidance, rows)
     if name == "plausible":
         return [plausible(engine, ids_of(engine, prompts[j.prompt]), j.feature.feature, value[0], value[1], tokens)
@@ -279,10 +283,11 @@ def summary(rows: list[dict[str, Any]], human: float, refused: set[int]) -> dict
 def speed(engine: Engine, method: str, feature: int, prompts: list[str], tokens: int) -> float:
     """Tokens per second of single requests under `method` (the fast path's one-at-a-time decoding)."""
     name, *params = method.split(":")
-    if name not in ("unsteered", "vector", "guided", "guided8", "gated"):
+    if name not in ("unsteered", "vector", "guided", "guided8", "guided_repeats", "gated"):
         return float("nan")
     strength = float(params[0]) if params else 0.0
-    guidance = {"guided": Guidance(), "guided8": Guidance(candidates=8), "gated": GATED}.get(name)
+    guidance = {"guided": Guidance(), "guided8": Guidance(candidates=8), "guided_repeats": GUIDED_REPEATS,
+                "gated": GATED}.get(name)
     steering = [Intervention("add", feature, strength=strength)] if strength else []
     config = SamplingConfig(max_tokens=tokens, stop_at_eos=False, repetition_penalty=STEERED_REPETITION_PENALTY,
                             guidance=guidance)

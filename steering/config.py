@@ -127,9 +127,15 @@ class Guidance:
     eased_vector: float = 1 / 3
     """The share of the feature's vector kept once it eased off."""
 
+    repeats: int = 8
+    """A candidate that repeats one of the last `repeats` tokens taken earns no bonus for an amplified feature (it
+    still costs for a suppressed one): the feature's word again is a loop (`ship ship ship`), not more of the
+    feature. 0 gives the bonus to repeats too."""
+
     def __post_init__(self) -> None:
-        if self.candidates < 0:
-            raise TinymorphError(f"candidates must be >= 0, not {self.candidates}.")
+        for name in ("candidates", "repeats"):
+            if getattr(self, name) < 0:
+                raise TinymorphError(f"{name} must be >= 0, not {getattr(self, name)}.")
         for name in ("bonus", "eased_bonus", "enough", "vector_share", "eased_vector"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

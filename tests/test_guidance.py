@@ -129,12 +129,12 @@ def test_the_guide_eases_off_once_the_feature_fired_enough() -> None:
     torch.testing.assert_close(guide.current().vector, 0.75 * full)
     fires_4 = torch.zeros(48)
     fires_4[4] = 1.0
-    assert not guide.observe(torch.zeros(48))  # steps 1: the feature not there yet
+    assert not guide.observe(10, torch.zeros(48))  # steps 1: the feature not there yet
     assert guide.bonuses().tolist() == [6.0, -6.0]
-    assert guide.observe(fires_4)  # 1 of 2: enough, eased
+    assert guide.observe(11, fires_4)  # 1 of 2: enough, eased
     assert guide.bonuses().tolist() == [1.0, -6.0]  # a suppressed feature never eases
     torch.testing.assert_close(guide.current().vector, 0.75 * 0.5 * plan.guides[0].vector + 0.75 * plan.guides[1].vector)
-    assert guide.observe(torch.zeros(48))  # 1 of 3: under enough again
+    assert guide.observe(12, torch.zeros(48))  # 1 of 3: under enough again
     assert guide.bonuses().tolist() == [6.0, -6.0]
 
 
@@ -149,3 +149,28 @@ def test_choose_prefers_a_likely_candidate_the_feature_fires_on() -> None:
     assert guide.choose(logits, candidates, codes, greedy, None) == 1  # 1 nat worse, 3 nats of bonus
     codes[1, 2] = 0.0
     assert guide.choose(logits, candidates, codes, greedy, None) == 0  # 5 nats worse is too far
+
+
+def test_a_candidate_repeating_a_token_just_taken_earns_no_bonus_but_a_suppressed_feature_still_costs() -> None:
+    sae = sae_on()
+    plan = compile_plan([Intervention("add", 2, strength=1.0), Intervention("add", 5, strength=-1.0)], sae, 64)
+    greedy = SamplingConfig(guidance=Guidance(bonus=3.0, eased_bonus=3.0, repeats=2))
+    guide = Guided(plan, greedy.guidance)  # type: ignore[arg-type]
+    logits = torch.tensor([5.0, 4.0, 0.0, -1.0])
+    candidates = torch.tensor([0, 1, 2, 3])
+    codes = torch.zeros(4, 48)
+    codes[1, 2] = 1.0  # the amplified feature fires on token 1
+    assert guide.choose(logits, candidates, codes, greedy, None) == 1
+    guide.observe(1, codes[1])
+    assert guide.choose(logits, candidates, codes, greedy, None) == 0  # token 1 again is a loop: no bonus
+    guide.observe(0, codes[0])
+    guide.observe(3, codes[3])
+    assert guide.choose(logits, candidates, codes, greedy, None) == 1  # two tokens later it counts again
+    guide.observe(0, codes[0])
+    suppressed = torch.zeros(4, 48)
+    suppressed[0, 5] = 1.0  # the suppressed feature fires on token 0, just taken: it still costs
+    assert guide.choose(logits, candidates, suppressed, greedy, None) == 1
+    loose = Guided(plan, Guidance(bonus=3.0, eased_bonus=3.0, repeats=0))
+    loose.observe(1, codes[1])
+    assert loose.choose(logits, candidates, codes, SamplingConfig(guidance=loose.guidance),
+                        None) == 1  # repeats 0: the bonus as before

@@ -343,7 +343,7 @@ class Batcher:
         for i, request in enumerate(requests):
             assert request is not None and request._guide is not None
             request._pending = residuals[i, taken[i]]
-            if request._guide.observe(codes[i, taken[i]]):
+            if request._guide.observe(int(tokens[i, taken[i]]), codes[i, taken[i]]):
                 self.steering.set(rows[i], request._guide.current())
             self._emit(request, int(tokens[i, taken[i]]))
 

@@ -97,7 +97,7 @@ def guided_token_ids(fast: FastModel, cache: PrefixCache, input_ids: list[int], 
                 codes = sae.encode(residuals.to(sae.device, sae.dtype))
                 index = guide.choose(logits, tokens, codes, sampling, generator)
                 fast.take(cache, tokens, index, residuals[index])
-                guide.observe(codes[index])
+                guide.observe(int(tokens[index]), codes[index])
             token = int(tokens[index])
             generated.append(token)
             yield token

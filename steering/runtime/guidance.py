@@ -4,7 +4,9 @@ out, while the text stays fluent (`config.Guidance`).
 Each step the decode loop reads the most likely next tokens (`Guidance.candidates`) through the layers below the
 SAE's hook and encodes them: what the SAE reads there is what the clean model reads of the same text, because those
 layers never see steering. `Guided.choose` adds `bonus` nats to a candidate on which an amplified feature fires (and
-takes it from one on which a suppressed feature fires) and takes the best; `Guided.observe` counts where the
+takes it from one on which a suppressed feature fires) and takes the best, but an amplified feature earns nothing on a
+candidate that repeats a token just taken (`Guidance.repeats`: the feature's word again is a loop, not more of the
+feature); `Guided.observe` counts where the
 amplified features fired, and once one has fired on `enough` of the generated tokens its vector and bonus ease off,
 so the text spends its fluency on the feature only until the feature is there. The fast path's batcher
 (`fast.batched`) runs the candidates; this module holds the policy alone.
@@ -31,6 +33,7 @@ class Guided:
         self.fired = torch.zeros(len(plan.guides))
         self.steps = 0
         self.eased = [False] * len(plan.guides)
+        self.taken: list[int] = []
 
     def shares(self) -> list[float]:
         """The share of each guide's vector applied now."""
@@ -56,16 +59,20 @@ class Guided:
         SAE codes `[k, d_sae]` at the hook. Greedy at temperature 0, else sampled among the candidates."""
         scaled = logits.float() / (sampling.temperature or 1.0)
         score = torch.log_softmax(scaled, -1)[candidates.to(logits.device)]
-        fires = (codes[:, self.features.to(codes.device)] > 0).float().to(score.device)
-        score = score + fires @ self.bonuses().to(score.device)
+        fires = (codes[:, self.features.to(codes.device)] > 0).float().cpu()
+        recent = set(self.taken[-self.guidance.repeats:]) if self.guidance.repeats else set()
+        again = torch.tensor([int(c) in recent for c in candidates.tolist()])
+        fires[again[:, None] & (self.signs > 0)[None, :]] = 0.0
+        score = score + (fires @ self.bonuses()).to(score.device)
         if sampling.temperature == 0:
             return int(score.argmax())
         return int(torch.multinomial(torch.softmax(score, -1), 1, generator=generator))
 
-    def observe(self, code: torch.Tensor) -> bool:
-        """Count where the guides' features fired on the token taken (its SAE code `[d_sae]`); True when a guide
-        eased off or back, so the plan applied changed."""
+    def observe(self, token: int, code: torch.Tensor) -> bool:
+        """Count where the guides' features fired on the token taken (`token`, its SAE code `[d_sae]`); True when a
+        guide eased off or back, so the plan applied changed."""
         self.steps += 1
+        self.taken.append(token)
         self.fired += (code[self.features.to(code.device)] > 0).float().cpu()
         share = self.fired / self.steps
         eased = [bool(sign > 0 and s >= self.guidance.enough) for sign, s in zip(self.signs, share, strict=True)]
