@@ -130,7 +130,8 @@ class Guidance:
     repeats: int = 8
     """A candidate that repeats one of the last `repeats` tokens taken earns no bonus for an amplified feature (it
     still costs for a suppressed one): the feature's word again is a loop (`ship ship ship`), not more of the
-    feature. 0 gives the bonus to repeats too."""
+    feature; a function word or punctuation repeated keeps it (`runtime.guidance.joining`). 0 gives the bonus to
+    repeats too."""
 
     def __post_init__(self) -> None:
         for name in ("candidates", "repeats"):

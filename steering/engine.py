@@ -42,7 +42,7 @@ from steering.features.labels import (
 from steering.features.ranking import H, Specificity, pick_hints, rank_passage
 from steering.features.selfexplain import SelfExplanation, self_explain
 from steering.runtime.decode import CancelToken, decode_token_ids, prompt_ids, text_pieces
-from steering.runtime.guidance import steers
+from steering.runtime.guidance import joining, steers
 from steering.runtime.hooks import capture_residual
 from steering.runtime.interventions import (
     CALIBRATION_TEXT,
@@ -227,6 +227,8 @@ class Engine:
     def __init__(self, lm: LoadedModel, sae: SAE | None = None, *, layer: int | None = None, fast: bool = True,
                  int8: bool = True, int4: bool = True, cache_mb: int = 256) -> None:
         self.lm = lm
+        self.joins = joining(lm.tokenizer)
+        """The tokens whose repeat guidance does not count as a loop (`runtime.guidance.joining`)."""
         self.sae = sae
         if sae is not None:
             if sae.d_in != lm.d_model:
@@ -644,7 +646,7 @@ class Engine:
                 cache = self.caches.get(session)
             self.caches.trim()
             tokens = fast_token_ids(self.fast, cache, ids[0].tolist(), sampling, self.lm.eos_token_ids, plan=plan,
-                                    cancel=cancel)
+                                    cancel=cancel, joins=self.joins)
         else:
             hook = None if plan is None else SteeringHook.from_plan(plan)
             tokens = decode_token_ids(self.lm, ids, sampling, steering=hook, hook=self.hook, cancel=cancel)

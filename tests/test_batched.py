@@ -28,7 +28,7 @@ def _alone(engine: Engine, prompt: str | list[int], steering, sampling: Sampling
     fast = engine.caches.fast
     ids = prompt_ids(engine.lm, prompt)[0].tolist() if isinstance(prompt, str) else prompt
     return list(fast_token_ids(fast, PrefixCache(fast), ids, sampling, engine.lm.eos_token_ids,
-                               plan=engine.plan(steering)))
+                               plan=engine.plan(steering), joins=engine.joins))
 
 
 def _steerings(d_model: int) -> list[list[Intervention]]:

@@ -13,11 +13,11 @@ from steering.fast.batched import Batcher, Request
 from steering.fast.cache import PrefixCache
 from steering.fast.decode import fast_token_ids
 from steering.runtime.decode import prompt_ids
-from steering.runtime.guidance import Guided
+from steering.runtime.guidance import Guided, joining
 from steering.runtime.hooks import capture_residual
 from steering.runtime.interventions import Intervention, compile_plan
 from steering.sae.autoencoder import SAE, HookPoint
-from steering.testing import tiny_lm
+from steering.testing import ByteTokenizer, tiny_lm
 
 PROMPTS = ["The lighthouse keeper climbed the stairs", "Rain", "Once upon a time in a small town"]
 
@@ -54,7 +54,7 @@ def fired_share(engine: Engine, prompt: str, tokens: list[int], feature: int) ->
 def alone(engine: Engine, prompt: str, steering, sampling: SamplingConfig) -> list[int]:
     assert engine.fast is not None
     return list(fast_token_ids(engine.fast, PrefixCache(engine.fast), prompt_ids(engine.lm, prompt)[0].tolist(),
-                               sampling, set(), plan=engine.plan(steering)))
+                               sampling, set(), plan=engine.plan(steering), joins=engine.joins))
 
 
 def quiet_feature(engine: Engine) -> int:
@@ -170,7 +170,18 @@ def test_a_candidate_repeating_a_token_just_taken_earns_no_bonus_but_a_suppresse
     suppressed = torch.zeros(4, 48)
     suppressed[0, 5] = 1.0  # the suppressed feature fires on token 0, just taken: it still costs
     assert guide.choose(logits, candidates, suppressed, greedy, None) == 1
+    joined = Guided(plan, greedy.guidance, joins=lambda token: token == 1)  # type: ignore[arg-type]
+    joined.observe(1, codes[1])
+    assert joined.choose(logits, candidates, codes, greedy, None) == 1  # a function word again is no loop
     loose = Guided(plan, Guidance(bonus=3.0, eased_bonus=3.0, repeats=0))
     loose.observe(1, codes[1])
     assert loose.choose(logits, candidates, codes, SamplingConfig(guidance=loose.guidance),
                         None) == 1  # repeats 0: the bonus as before
+
+
+def test_joining_tokens_are_whitespace_punctuation_and_function_words() -> None:
+    tokenizer = ByteTokenizer()
+    joins = joining(tokenizer)
+    ids = {text: tokenizer(text)["input_ids"][0] for text in ("a", "I", " ", ",", "\n", "x", "7")}
+    assert [joins(ids[t]) for t in ("a", "I", " ", ",", "\n")] == [True] * 5
+    assert not joins(ids["x"]) and not joins(ids["7"])

@@ -156,7 +156,7 @@ def test_per_token_normalised_steering_joins_a_batch_and_decodes_as_alone() -> N
     fast = engine.fast
     assert fast is not None
     alone = list(fast_token_ids(fast, PrefixCache(fast), prompt_ids(lm, PROMPT)[0].tolist(), sampling, set(),
-                                plan=plan))
+                                plan=plan, joins=engine.joins))
     assert request.tokens == alone
     assert alone != list(fast_token_ids(fast, PrefixCache(fast), prompt_ids(lm, PROMPT)[0].tolist(), sampling, set()))
 
@@ -170,7 +170,7 @@ def test_batcher_rows_steer_as_their_plans(llama) -> None:
     done = batcher.run([Request(prompt_ids(llama, PROMPT)[0].tolist(), sampling, engine.plan(s)) for s in sets])
     for request, steering in zip(done, sets, strict=True):
         assert request.tokens == list(fast_token_ids(engine.fast, PrefixCache(engine.fast), request.ids, sampling,
-                                                     set(), plan=engine.plan(steering)))
+                                                     set(), plan=engine.plan(steering), joins=engine.joins))
 
 
 @pytest.mark.parametrize("mode", FEATURE_MODES)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from steering.runtime.decode import _forward_kwargs, penalise_repeats
+from steering.runtime.guidance import FUNCTION_WORDS
 from steering.runtime.hooks import residual_hook
 from steering.runtime.interventions import Plan, RowPlans
 from steering.runtime.models import LoadedModel
@@ -159,14 +160,6 @@ def distinct_2(tokens: Sequence[Hashable]) -> float:
 
 
 
-_FUNCTION_WORDS = """a an the and or but if of to in on at by for with from as into onto over under about
-after before than then so that this these those it its he she they we you i me him her them us my your his our their
-is are was were be been being am do does did have has had not no nor there here what which who whom whose when where
-why how all any each some such very just only also too again will would can could shall should may might must one up
-out off down while until because though although through during against between among without within across upon
-i'm it's don't can't i've i'd i'll you're we're they're that's there's"""
-FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
-"""Words that hold a sentence together: a run of words without any of them (and without punctuation) is a list."""
 WORD_LIST_RUN = 5
 """Content words in a row, with no function word or punctuation between, that make a continuation a word list."""
 _PIECE = re.compile(r"[A-Za-z][A-Za-z']*|[0-9]+|[^\sA-Za-z0-9]")

@@ -21,7 +21,7 @@ import torch
 
 from steering.config import SamplingConfig
 from steering.runtime.decode import CancelToken, TextStream, penalise_repeats, pick_token, sampling_generator
-from steering.runtime.guidance import Guided, guided
+from steering.runtime.guidance import Guided, guided, joining
 from steering.runtime.interventions import Plan, RowPlans
 from steering.sae.autoencoder import SAE
 
@@ -229,6 +229,7 @@ class Batcher:
         if rows < 1:
             raise ValueError("A batch needs at least one row.")
         self.fast, self.sae, self.eos_ids, self.tokenizer = fast, sae, eos_ids, tokenizer
+        self.joins = joining(tokenizer)
         self.rows = rows
         self.graphs = fast.device.type == "cuda" if graphs is None else graphs
         self.cache = BatchCache(fast, 1, GROW)
@@ -282,7 +283,7 @@ class Batcher:
             return
         cache = request.cache or PrefixCache(fast)
         fast.follow(cache, request.ids)
-        guide = request._guide = guided(request.steered(), request.sampling)
+        guide = request._guide = guided(request.steered(), request.sampling, self.joins)
         prompt = request.steered("prompt")
         if guide is not None and prompt is not None:
             prompt = guide.current()

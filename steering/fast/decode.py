@@ -9,7 +9,7 @@ import torch
 
 from steering.config import SamplingConfig
 from steering.runtime.decode import CancelToken, penalise_repeats, pick_token, sampling_generator
-from steering.runtime.guidance import Guided, guided
+from steering.runtime.guidance import Guided, Joins, guided
 from steering.runtime.interventions import Plan
 
 from .cache import PrefixCache
@@ -46,13 +46,15 @@ def fast_token_ids(
     *,
     plan: Plan | None = None,
     cancel: CancelToken | None = None,
+    joins: Joins | None = None,
 ) -> Iterator[int]:
-    """`runtime.decode.decode_token_ids` on the fast path: the same tokens, reading only what `cache` lacks."""
+    """`runtime.decode.decode_token_ids` on the fast path: the same tokens, reading only what `cache` lacks.
+    `joins`: the tokens whose repeat guidance does not count as a loop (`runtime.guidance.joining`)."""
     eos = eos_ids if sampling.stop_at_eos else set()
     generator = sampling_generator(sampling, fast.device)
     if sampling.max_tokens == 0 or (cancel is not None and cancel.cancelled):
         return
-    guide = guided(phase_plan(plan, sampling.steer_positions, "generated"), sampling)
+    guide = guided(phase_plan(plan, sampling.steer_positions, "generated"), sampling, joins)
     if guide is not None:
         yield from guided_token_ids(fast, cache, input_ids, sampling, eos, guide, generator, cancel)
         return

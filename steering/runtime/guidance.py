@@ -6,7 +6,7 @@ SAE's hook and encodes them: what the SAE reads there is what the clean model re
 layers never see steering. `Guided.choose` adds `bonus` nats to a candidate on which an amplified feature fires (and
 takes it from one on which a suppressed feature fires) and takes the best, but an amplified feature earns nothing on a
 candidate that repeats a token just taken (`Guidance.repeats`: the feature's word again is a loop, not more of the
-feature); `Guided.observe` counts where the
+feature; a function word or punctuation repeated is no loop and keeps it); `Guided.observe` counts where the
 amplified features fired, and once one has fired on `enough` of the generated tokens its vector and bonus ease off,
 so the text spends its fluency on the feature only until the feature is there. The fast path's batcher
 (`fast.batched`) runs the candidates; this module holds the policy alone.
@@ -14,20 +14,50 @@ so the text spends its fluency on the feature only until the feature is there. T
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from steering.config import Guidance, SamplingConfig
 
 from .interventions import Plan
 
+_FUNCTION_WORDS = """a an the and or but if of to in on at by for with from as into onto over under about
+after before than then so that this these those it its he she they we you i me him her them us my your his our their
+is are was were be been being am do does did have has had not no nor there here what which who whom whose when where
+why how all any each some such very just only also too again will would can could shall should may might must one up
+out off down while until because though although through during against between among without within across upon
+i'm it's don't can't i've i'd i'll you're we're they're that's there's"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+"""Words that hold a sentence together: a run of words without any of them (and without punctuation) is a list
+(`evaluation.continuations.word_list`), and their repeat is no loop (`Guided.choose`)."""
+Joins = Callable[[int], bool]
+"""Whether a token joins words rather than carries one (`joining`)."""
+
+
+def joining(tokenizer: Any) -> Joins:
+    """`Joins` for `tokenizer`: a token whose text is whitespace, punctuation or a function word (`FUNCTION_WORDS`).
+    Each token is decoded the first time it is asked about and remembered."""
+    known: dict[int, bool] = {}
+
+    def joins(token: int) -> bool:
+        if token not in known:
+            text = tokenizer.decode([token]).strip().lower()
+            known[token] = not text or not text[0].isalnum() or text in FUNCTION_WORDS
+        return known[token]
+
+    return joins
+
 
 class Guided:
-    """The guidance state of one continuation under `plan` (which has guides)."""
+    """The guidance state of one continuation under `plan` (which has guides); `joins`: the tokens whose repeat is
+    no loop (function words, punctuation), or None to count every repeat."""
 
-    def __init__(self, plan: Plan, guidance: Guidance) -> None:
+    def __init__(self, plan: Plan, guidance: Guidance, joins: Joins | None = None) -> None:
         if not plan.guides:
             raise ValueError("A guided continuation needs a plan with `add` interventions.")
-        self.plan, self.guidance = plan, guidance
+        self.plan, self.guidance, self.joins = plan, guidance, joins
         self.features = torch.tensor([g.feature for g in plan.guides], dtype=torch.long)
         self.signs = torch.tensor([g.sign for g in plan.guides])
         self.fired = torch.zeros(len(plan.guides))
@@ -61,7 +91,8 @@ class Guided:
         score = torch.log_softmax(scaled, -1)[candidates.to(logits.device)]
         fires = (codes[:, self.features.to(codes.device)] > 0).float().cpu()
         recent = set(self.taken[-self.guidance.repeats:]) if self.guidance.repeats else set()
-        again = torch.tensor([int(c) in recent for c in candidates.tolist()])
+        again = torch.tensor([c in recent and not (self.joins is not None and self.joins(c))
+                              for c in candidates.tolist()])
         fires[again[:, None] & (self.signs > 0)[None, :]] = 0.0
         score = score + (fires @ self.bonuses()).to(score.device)
         if sampling.temperature == 0:
@@ -95,9 +126,9 @@ def steers(steerability: float | None) -> str:
     return "carries it well" if steerability >= 0.5 else "carries it sometimes"
 
 
-def guided(plan: Plan | None, sampling: SamplingConfig) -> Guided | None:
+def guided(plan: Plan | None, sampling: SamplingConfig, joins: Joins | None = None) -> Guided | None:
     """The guidance state of a continuation of the generated positions' `plan`, or None where nothing is guided."""
     guidance = sampling.guidance
     if plan is None or not plan.guides or guidance is None or guidance.candidates == 0:
         return None
-    return Guided(plan, guidance)
+    return Guided(plan, guidance, joins)
