@@ -132,6 +132,9 @@ GATED = Guidance(candidates=1, bonus=0.0, eased_bonus=0.0)
 """Feedback-gated strength alone: the feature read on the token taken, no other candidate."""
 GUIDED_REPEATS = Guidance(repeats=0)
 """Guidance that also rewards a candidate repeating a token just taken (as before `Guidance.repeats`)."""
+GUIDANCE: dict[str, Guidance | None] = {"vector": None, "guided": Guidance(), "guided8": Guidance(candidates=8),
+                                        "guided_repeats": GUIDED_REPEATS, "gated": GATED}
+"""The guidance of each decode-loop method (`vector`: none, its vector alone)."""
 
 
 def batched(engine: Engine, jobs: list[Job], prompts: list[str], tokens: int, strength: float,
@@ -214,10 +217,8 @@ def run_method(engine: Engine, method: str, jobs: list[Job], prompts: list[str],
         return through_server(args, jobs, prompts)
     if name == "unsteered":
         return batched(engine, jobs, prompts, tokens, 0.0, None, rows)
-    if name in ("vector", "guided", "guided8", "guided_repeats", "gated"):
-        guidance = {"vector": None, "guided": Guidance(), "guided8": Guidance(candidates=8),
-                    "guided_repeats": GUIDED_REPEATS, "gated": GATED}[name]
-        return batched(engine, jobs, prompts, tokens, value[0], guidance, rows)
+    if name in GUIDANCE:
+        return batched(engine, jobs, prompts, tokens, value[0], GUIDANCE[name], rows)
     if name == "plausible":
         return [plausible(engine, ids_of(engine, prompts[j.prompt]), j.feature.feature, value[0], value[1], tokens)
                 for j in jobs]
@@ -283,11 +284,10 @@ def summary(rows: list[dict[str, Any]], human: float, refused: set[int]) -> dict
 def speed(engine: Engine, method: str, feature: int, prompts: list[str], tokens: int) -> float:
     """Tokens per second of single requests under `method` (the fast path's one-at-a-time decoding)."""
     name, *params = method.split(":")
-    if name not in ("unsteered", "vector", "guided", "guided8", "guided_repeats", "gated"):
+    if name != "unsteered" and name not in GUIDANCE:
         return float("nan")
     strength = float(params[0]) if params else 0.0
-    guidance = {"guided": Guidance(), "guided8": Guidance(candidates=8), "guided_repeats": GUIDED_REPEATS,
-                "gated": GATED}.get(name)
+    guidance = GUIDANCE.get(name)
     steering = [Intervention("add", feature, strength=strength)] if strength else []
     config = SamplingConfig(max_tokens=tokens, stop_at_eos=False, repetition_penalty=STEERED_REPETITION_PENALTY,
                             guidance=guidance)

@@ -742,7 +742,8 @@ class Engine:
         size)."""
         assert self.fast is not None
         if self._batcher is None or (rows is not None and self._batcher.rows != rows and not self._batcher.busy):
-            self._batcher = Batcher(self.fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer, rows=rows or 8)
+            self._batcher = Batcher(self.fast, self.sae, self.lm.eos_token_ids, self.lm.tokenizer, rows=rows or 8,
+                                    joins=self.joins)
         return self._batcher
 
     def generate_batch(self, prompts: Sequence[str], steering: Sequence[Sequence[Intervention]],

@@ -67,7 +67,8 @@ def test_graph_batch_decoding_equals_single_eager_requests(cuda_lm) -> None:
     steerings = [[], [Intervention("add", 3, strength=4.0)], [Intervention("clamp", 5, value=2.0)],
                  [Intervention("vector", vector=torch.randn(64), strength=1.0)]]
     alone = [list(fast_token_ids(fast, PrefixCache(fast), prompt_ids(cuda_lm, p)[0].tolist(), sampling, set(),
-                                 plan=engine.plan(s), joins=engine.joins)) for p, s in zip(prompts, steerings, strict=True)]
+                                 plan=engine.plan(s), joins=engine.joins))
+             for p, s in zip(prompts, steerings, strict=True)]
     batcher = Batcher(fast, engine.sae, set(), cuda_lm.tokenizer, rows=4)
     assert batcher.graphs
     requests = [Request(prompt_ids(cuda_lm, p)[0].tolist(), sampling, engine.plan(s))

@@ -159,7 +159,6 @@ def distinct_2(tokens: Sequence[Hashable]) -> float:
     return len(set(pairs)) / len(pairs) if pairs else 1.0
 
 
-
 WORD_LIST_RUN = 5
 """Content words in a row, with no function word or punctuation between, that make a continuation a word list."""
 _PIECE = re.compile(r"[A-Za-z][A-Za-z']*|[0-9]+|[^\sA-Za-z0-9]")

@@ -21,7 +21,7 @@ import torch
 
 from steering.config import SamplingConfig
 from steering.runtime.decode import CancelToken, TextStream, penalise_repeats, pick_token, sampling_generator
-from steering.runtime.guidance import Guided, guided, joining
+from steering.runtime.guidance import Guided, Joins, guided, joining
 from steering.runtime.interventions import Plan, RowPlans
 from steering.sae.autoencoder import SAE
 
@@ -225,11 +225,11 @@ class Batcher:
     CUDA device; captured again after the cache changes shape)."""
 
     def __init__(self, fast: FastModel, sae: SAE | None, eos_ids: set[int], tokenizer: Any, *, rows: int = 8,
-                 graphs: bool | None = None) -> None:
+                 graphs: bool | None = None, joins: Joins | None = None) -> None:
         if rows < 1:
             raise ValueError("A batch needs at least one row.")
         self.fast, self.sae, self.eos_ids, self.tokenizer = fast, sae, eos_ids, tokenizer
-        self.joins = joining(tokenizer)
+        self.joins = joins or joining(tokenizer)
         self.rows = rows
         self.graphs = fast.device.type == "cuda" if graphs is None else graphs
         self.cache = BatchCache(fast, 1, GROW)

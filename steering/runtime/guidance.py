@@ -89,15 +89,20 @@ class Guided:
         SAE codes `[k, d_sae]` at the hook. Greedy at temperature 0, else sampled among the candidates."""
         scaled = logits.float() / (sampling.temperature or 1.0)
         score = torch.log_softmax(scaled, -1)[candidates.to(logits.device)]
-        fires = (codes[:, self.features.to(codes.device)] > 0).float().cpu()
-        recent = set(self.taken[-self.guidance.repeats:]) if self.guidance.repeats else set()
-        again = torch.tensor([c in recent and not (self.joins is not None and self.joins(c))
-                              for c in candidates.tolist()])
-        fires[again[:, None] & (self.signs > 0)[None, :]] = 0.0
-        score = score + (fires @ self.bonuses()).to(score.device)
+        fires = (codes[:, self.features.to(codes.device)] > 0).float().to(score.device)
+        loops = self.loops()
+        if loops:
+            again = torch.isin(candidates.to(score.device), torch.tensor(loops, device=score.device))
+            fires[again[:, None] & (self.signs > 0).to(score.device)[None, :]] = 0.0
+        score = score + fires @ self.bonuses().to(score.device)
         if sampling.temperature == 0:
             return int(score.argmax())
         return int(torch.multinomial(torch.softmax(score, -1), 1, generator=generator))
+
+    def loops(self) -> list[int]:
+        """The tokens taken last (`Guidance.repeats`) whose repeat is a loop: all but the joining ones."""
+        recent = self.taken[-self.guidance.repeats:] if self.guidance.repeats else []
+        return [t for t in recent if self.joins is None or not self.joins(t)]
 
     def observe(self, token: int, code: torch.Tensor) -> bool:
         """Count where the guides' features fired on the token taken (`token`, its SAE code `[d_sae]`); True when a
